@@ -1,0 +1,335 @@
+//! The `chitty` command line: `chitty server` runs a node, `chitty client`
+//! joins the chat. Every flag can also be set with a `CHITTY_...` environment
+//! variable.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tracing::error;
+
+use crate::client::{self, Received};
+use crate::core::chat::CoreLimits;
+use crate::node::{DEFAULT_SESSION_QUEUE, NodeConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chitty",
+    version,
+    about = "Chitty-Chat: a chat room over gRPC where every event carries a Lamport timestamp.",
+    long_about = "Chitty-Chat: a chat room over gRPC where every event carries a Lamport timestamp.\n\n\
+        Start a server, then connect clients to it:\n\n  \
+        chitty server\n  \
+        chitty client --name Alice\n  \
+        chitty client --name Bob\n\n\
+        Type a line to publish it to everyone; /quit, end of input or Ctrl-C leaves.\n\
+        Logging is controlled by RUST_LOG (for example RUST_LOG=debug)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a chat node.
+    Server(ServerArgs),
+    /// Join the chat as a participant.
+    Client(ClientArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on (host:port; port 0 picks a free port, which is
+    /// printed on the first line of standard output).
+    #[arg(long, env = "CHITTY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+    /// Address clients and peers should use to reach this node, when it is not
+    /// the listen address (for example behind NAT). Defaults to the bound
+    /// listen address.
+    #[arg(long, env = "CHITTY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Events queued for one participant before it is disconnected as too
+    /// slow.
+    #[arg(long, env = "CHITTY_SESSION_QUEUE", default_value_t = DEFAULT_SESSION_QUEUE)]
+    pub session_queue: usize,
+    /// Recent events kept for replay, by count.
+    #[arg(long, env = "CHITTY_HISTORY_EVENTS", default_value_t = CoreLimits::default().history_events)]
+    pub history_events: usize,
+    /// Recent events kept for replay, by total encoded size in bytes.
+    #[arg(long, env = "CHITTY_HISTORY_BYTES", default_value_t = CoreLimits::default().history_bytes)]
+    pub history_bytes: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Address of the Chitty node to connect to (host:port).
+    #[arg(long, env = "CHITTY_SERVER", default_value = "127.0.0.1:50051")]
+    pub server: String,
+    /// Your name in the chat. Defaults to $USER; asked for when unset and
+    /// running in a terminal.
+    #[arg(long, env = "CHITTY_NAME")]
+    pub name: Option<String>,
+    /// Also write the client's log (every received event with the local
+    /// Lamport time) to this file.
+    #[arg(long, env = "CHITTY_LOG")]
+    pub log: Option<std::path::PathBuf>,
+}
+
+/// Runs `chitty server` until Ctrl-C or SIGTERM.
+pub async fn run_server(args: ServerArgs) -> ExitCode {
+    let listener = match TcpListener::bind(&args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    let bound = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: cannot read the bound address: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut config = NodeConfig::new(args.advertise.unwrap_or_else(|| bound.to_string()));
+    config.session_queue = args.session_queue.max(1);
+    config.limits.history_events = args.history_events;
+    config.limits.history_bytes = args.history_bytes;
+    println!("chitty server listening on {bound}");
+    let _ = std::io::stdout().flush();
+    match crate::server::serve(listener, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = %e, "server stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// A line from the user, or the wish to leave.
+enum Input {
+    Line(String),
+    Quit,
+}
+
+/// Where received lines go: plain stdout, or above the prompt of the line
+/// editor so that what the user is typing stays readable.
+enum Output {
+    Plain,
+    Prompt(Box<dyn rustyline::ExternalPrinter + Send>),
+}
+
+impl Output {
+    fn line(&mut self, text: String) {
+        match self {
+            Output::Plain => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{text}");
+                let _ = out.flush();
+            }
+            Output::Prompt(printer) => {
+                if printer.print(format!("{text}\n")).is_err() {
+                    println!("{text}");
+                }
+            }
+        }
+    }
+}
+
+/// Runs `chitty client`: joins, prints every event, publishes every line.
+pub async fn run_client(args: ClientArgs) -> ExitCode {
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let name = match args.name.clone().or_else(|| std::env::var("USER").ok()) {
+        Some(n) => n,
+        None if interactive => match ask_name() {
+            Some(n) => n,
+            None => return ExitCode::FAILURE,
+        },
+        None => {
+            eprintln!("error: no name given: use --name NAME (or set CHITTY_NAME or USER)");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = crate::core::validate::name(&name) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    let (session, mut events) = match client::join(&args.server, &name).await {
+        Ok(joined) => joined,
+        Err(e) => {
+            eprintln!("error: could not join Chitty-Chat at {}: {e}", args.server);
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "joined Chitty-Chat at {} as {name}; type a message and press Enter, /quit to leave",
+        args.server
+    );
+
+    let terminal = interactive.then(TerminalState::save).flatten();
+    let (input_tx, mut input_rx) = mpsc::channel::<Input>(64);
+    let output = spawn_input_reader(interactive, input_tx);
+
+    // Printing runs on its own task so that a slow publish never holds up
+    // what is being received.
+    let printer = tokio::spawn(async move {
+        let mut output = output;
+        loop {
+            match events.next().await {
+                Ok(Some(item @ Received::Event { .. })) => output.line(item.to_string()),
+                Ok(Some(other)) => eprintln!("{other}"),
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    tokio::pin!(printer);
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut code = ExitCode::SUCCESS;
+    let mut leave = true;
+    loop {
+        tokio::select! {
+            input = input_rx.recv() => match input {
+                Some(Input::Line(line)) if line.trim() == "/quit" => break,
+                Some(Input::Line(line)) => {
+                    if let Err(e) = session.publish(&line).await {
+                        eprintln!("error: message not sent: {e}");
+                    }
+                }
+                Some(Input::Quit) | None => break,
+            },
+            _ = &mut shutdown => break,
+            ended = &mut printer => {
+                leave = false;
+                match ended {
+                    Ok(Ok(())) => eprintln!("the server ended the session"),
+                    Ok(Err(e)) => {
+                        eprintln!("error: disconnected from {}: {e}", args.server);
+                        code = ExitCode::FAILURE;
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        code = ExitCode::FAILURE;
+                    }
+                }
+                break;
+            }
+        }
+    }
+    if leave {
+        match session.leave().await {
+            Ok(lamport) => eprintln!("left Chitty-Chat at Lamport time {lamport}"),
+            Err(e) => {
+                eprintln!("error: leave failed: {e}");
+                code = ExitCode::FAILURE;
+            }
+        }
+        // The stream ends once the server has removed the session; print
+        // whatever arrived before that.
+        let _ = tokio::time::timeout(client::CALL_TIMEOUT, &mut printer).await;
+    }
+    if let Some(t) = terminal {
+        t.restore();
+    }
+    code
+}
+
+fn ask_name() -> Option<String> {
+    eprint!("Your name: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(n) if n > 0 => Some(line.trim().to_string()),
+        _ => {
+            eprintln!("error: no name given");
+            None
+        }
+    }
+}
+
+/// Reads standard input on a dedicated OS thread: reading a terminal or a
+/// pipe blocks and cannot be cancelled, so the thread is left to end with the
+/// process rather than holding up the runtime's shutdown.
+fn spawn_input_reader(interactive: bool, tx: mpsc::Sender<Input>) -> Output {
+    if interactive && let Ok(mut editor) = rustyline::DefaultEditor::new() {
+        if let Ok(printer) = editor.create_external_printer() {
+            std::thread::spawn(move || {
+                loop {
+                    let input = match editor.readline("> ") {
+                        Ok(line) => Input::Line(line),
+                        Err(_) => Input::Quit, // Ctrl-C, Ctrl-D or a terminal error
+                    };
+                    let quit = matches!(input, Input::Quit);
+                    if tx.blocking_send(input).is_err() || quit {
+                        return;
+                    }
+                }
+            });
+            return Output::Prompt(Box::new(printer));
+        }
+    }
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(Input::Line(line)).is_err() {
+                return;
+            }
+        }
+        let _ = tx.blocking_send(Input::Quit);
+    });
+    Output::Plain
+}
+
+/// The terminal settings at start, restored at exit: the line editor may
+/// still be in raw mode when the client exits for another reason.
+struct TerminalState(String);
+
+impl TerminalState {
+    fn save() -> Option<Self> {
+        let out = std::process::Command::new("stty")
+            .arg("-g")
+            .stdin(std::process::Stdio::inherit())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| Self(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+
+    fn restore(self) {
+        let _ = std::process::Command::new("stty")
+            .arg(&self.0)
+            .stdin(std::process::Stdio::inherit())
+            .status();
+    }
+}

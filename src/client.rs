@@ -1,0 +1,274 @@
+//! The client library: connect, join, publish, leave, and receive events with
+//! the participant's Lamport clock applied.
+//!
+//! ```no_run
+//! # async fn demo() -> chitty::error::Result<()> {
+//! let (session, mut events) = chitty::client::join("127.0.0.1:50051", "Alice").await?;
+//! session.publish("hello").await?;
+//! while let Some(item) = events.next().await? {
+//!     println!("{}", item);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::core::LamportClock;
+use crate::error::{Error, Result};
+use crate::proto::chitty_chat_client::ChittyChatClient;
+use crate::proto::{
+    Event, EventKind, Gap, JoinFrame, JoinRequest, LeaveRequest, PublishReply, PublishRequest,
+    ServerList, Welcome, join_frame,
+};
+
+/// How long to wait for a TCP connection to a node.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a unary call may take before it is treated as failed.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to a node at `addr` (`host:port` or a URL).
+pub async fn connect(addr: &str) -> Result<ChittyChatClient<Channel>> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let endpoint = Endpoint::from_shared(url).map_err(|e| Error::Connect {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })?;
+    let channel = endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| Error::Connect {
+            addr: addr.to_string(),
+            reason: source_chain(&e),
+        })?;
+    Ok(ChittyChatClient::new(channel))
+}
+
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// The participant's Lamport clock, shared by the sending and receiving halves.
+#[derive(Debug, Clone, Default)]
+pub struct SharedClock(Arc<Mutex<LamportClock>>);
+
+impl SharedClock {
+    pub fn tick(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).tick()
+    }
+    pub fn observe(&self, remote: u64) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).observe(remote)
+    }
+    pub fn now(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).now()
+    }
+}
+
+/// The sending half of a joined participant.
+#[derive(Debug, Clone)]
+pub struct Session {
+    client: ChittyChatClient<Channel>,
+    welcome: Welcome,
+    name: String,
+    clock: SharedClock,
+}
+
+/// Joins the chat on the node at `addr` as `name`.
+pub async fn join(addr: &str, name: &str) -> Result<(Session, EventStream)> {
+    let client = connect(addr).await?;
+    join_with(client, name).await
+}
+
+/// Joins over an existing connection.
+pub async fn join_with(
+    mut client: ChittyChatClient<Channel>,
+    name: &str,
+) -> Result<(Session, EventStream)> {
+    let clock = SharedClock::default();
+    let lamport = clock.tick();
+    let mut stream = client
+        .join(JoinRequest {
+            name: name.to_string(),
+            lamport,
+            resume: None,
+        })
+        .await?
+        .into_inner();
+    let welcome = match stream.message().await? {
+        Some(JoinFrame {
+            frame: Some(join_frame::Frame::Welcome(w)),
+        }) => w,
+        other => {
+            return Err(Error::Protocol(format!(
+                "expected a Welcome frame first, got {other:?}"
+            )));
+        }
+    };
+    let session = Session {
+        client,
+        welcome,
+        name: name.to_string(),
+        clock: clock.clone(),
+    };
+    let events = EventStream {
+        inner: stream,
+        clock,
+        pending: VecDeque::new(),
+    };
+    Ok((session, events))
+}
+
+impl Session {
+    pub fn participant_id(&self) -> &str {
+        &self.welcome.participant_id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The participant's current Lamport time.
+    pub fn lamport(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// Publishes a message. Returns the server's reply and the Lamport time
+    /// the request was sent at.
+    pub async fn publish(&self, text: &str) -> Result<(PublishReply, u64)> {
+        let lamport = self.clock.tick();
+        tracing::info!(lamport, "sending Publish");
+        let reply = self
+            .client
+            .clone()
+            .publish(PublishRequest {
+                session_token: self.welcome.session_token.clone(),
+                text: text.to_string(),
+                lamport,
+                publish_id: uuid::Uuid::new_v4().to_string(),
+            })
+            .await?
+            .into_inner();
+        Ok((reply, lamport))
+    }
+
+    /// Leaves the chat. Returns the timestamp of the "left" event.
+    pub async fn leave(&self) -> Result<u64> {
+        let lamport = self.clock.tick();
+        tracing::info!(lamport, "sending Leave");
+        let reply = self
+            .client
+            .clone()
+            .leave(LeaveRequest {
+                session_token: self.welcome.session_token.clone(),
+                lamport,
+            })
+            .await?
+            .into_inner();
+        Ok(reply.lamport)
+    }
+}
+
+/// Something the participant received.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// A broadcast event, with the participant's Lamport time after applying
+    /// the receive rule to it.
+    Event { event: Event, local: u64 },
+    /// Events were missed.
+    Gap(Gap),
+    /// The cluster's nodes changed.
+    Servers(ServerList),
+}
+
+impl fmt::Display for Received {
+    /// One line as the command-line client prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Received::Event { event, local } => match event.kind() {
+                EventKind::Message => write!(
+                    f,
+                    "[lamport {} | local {}] {}: {}",
+                    event.lamport, local, event.participant_name, event.text
+                ),
+                _ => write!(
+                    f,
+                    "[lamport {} | local {}] {}",
+                    event.lamport, local, event.text
+                ),
+            },
+            Received::Gap(gap) => write!(f, "[gap] {}", gap.reason),
+            Received::Servers(list) => {
+                let addrs: Vec<_> = list.servers.iter().map(|s| s.addr.as_str()).collect();
+                write!(f, "[servers] {}", addrs.join(", "))
+            }
+        }
+    }
+}
+
+/// The receiving half: every event of the session, in delivery order.
+#[derive(Debug)]
+pub struct EventStream {
+    inner: tonic::Streaming<JoinFrame>,
+    clock: SharedClock,
+    pending: VecDeque<Received>,
+}
+
+impl EventStream {
+    /// The next item; `Ok(None)` when the session ended normally (after a
+    /// Leave), `Err` when it was ended by the server or the connection broke.
+    pub async fn next(&mut self) -> Result<Option<Received>> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Ok(Some(item));
+            }
+            let Some(frame) = self.inner.message().await? else {
+                return Ok(None);
+            };
+            match frame.frame {
+                Some(join_frame::Frame::Events(batch)) => {
+                    for event in batch.events {
+                        let local = self.clock.observe(event.lamport);
+                        tracing::info!(
+                            lamport = event.lamport,
+                            local,
+                            kind = event.kind().as_str_name(),
+                            from = %event.participant_name,
+                            text = %event.text,
+                            "received broadcast"
+                        );
+                        self.pending.push_back(Received::Event { event, local });
+                    }
+                }
+                Some(join_frame::Frame::Gap(gap)) => self.pending.push_back(Received::Gap(gap)),
+                Some(join_frame::Frame::Servers(list)) => {
+                    self.pending.push_back(Received::Servers(list))
+                }
+                Some(join_frame::Frame::Welcome(_)) | None => {
+                    return Err(Error::Protocol("unexpected frame in session stream".into()));
+                }
+            }
+        }
+    }
+}

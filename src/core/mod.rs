@@ -1,0 +1,14 @@
+//! The protocol core: no sockets, no tasks, no clocks but the logical one.
+//!
+//! Everything here is a plain type whose methods take an input and return what
+//! follows from it (the events to broadcast, the error to answer). The node
+//! shell calls these under one lock and routes the results to sessions and
+//! peers. That keeps the rules testable directly and deterministically.
+
+pub mod chat;
+pub mod clock;
+pub mod history;
+pub mod validate;
+
+pub use chat::{ChatCore, Joined, Published};
+pub use clock::LamportClock;

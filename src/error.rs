@@ -1,0 +1,51 @@
+//! The crate's one error type. It is turned into a `tonic::Status` only at the
+//! service edge (see the `From` impl at the bottom), and back from a status on
+//! the client side.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A chat message that is empty or longer than the limit.
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    /// A participant name that breaks the naming rules.
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    /// Another live participant already uses this name.
+    #[error("name {0:?} is already taken by a live participant")]
+    NameTaken(String),
+    /// The session token does not belong to a live session.
+    #[error("no live session for this token: join first (or the session has ended)")]
+    UnknownSession,
+    /// The node is shutting down or otherwise cannot serve.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// A call the server refused or failed (client side).
+    #[error("{}: {}", .0.code(), .0.message())]
+    Rpc(#[from] Status),
+    /// Could not reach a server (client side).
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    /// The server broke the protocol (client side).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let code = match &err {
+            Error::InvalidMessage(_) | Error::InvalidName(_) => Code::InvalidArgument,
+            Error::NameTaken(_) => Code::AlreadyExists,
+            Error::UnknownSession => Code::Unauthenticated,
+            Error::Unavailable(_) | Error::Connect { .. } => Code::Unavailable,
+            Error::Rpc(status) => return status.clone(),
+            Error::Protocol(_) | Error::Io(_) => Code::Internal,
+        };
+        Status::new(code, err.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,32 @@
+//! Chitty: a replicated multi-server chat cluster with Lamport timestamps.
+//!
+//! The crate is split the way the system is:
+//! * [`core`] — the protocol with no I/O: Lamport clocks, validation, the
+//!   participant roster, history and publish dedupe. Plain types driven by
+//!   method calls; everything else is a thin shell around them.
+//! * [`node`] — one running node: the core behind a lock, the per-session
+//!   outgoing queues and the fan-out that feeds them.
+//! * [`service`] — the tonic services, translating protobuf to node calls.
+//! * [`server`] — `serve(listener, config, shutdown)`, shared by the binary
+//!   and the tests.
+//! * [`client`] — the client library: join, publish, leave, receive events.
+//! * [`cli`] — the `chitty` command line.
+
+pub mod cli;
+pub mod client;
+pub mod core;
+pub mod error;
+pub mod node;
+pub mod server;
+pub mod service;
+
+pub use error::Error;
+
+/// Generated protobuf and gRPC code for package `chittychat.v1`.
+pub mod proto {
+    tonic::include_proto!("chittychat.v1");
+
+    /// Encoded descriptor set of `proto/`, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/chitty_descriptor.bin"));
+}

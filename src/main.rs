@@ -1,0 +1,48 @@
+//! The `chitty` binary: parses flags, sets up logging, and hands over to
+//! [`chitty::cli`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use chitty::cli::{Cli, Command};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(args) => {
+            init_logging("info", None);
+            chitty::cli::run_server(args).await
+        }
+        Command::Client(args) => {
+            let file = match &args.log {
+                Some(path) => match std::fs::File::create(path) {
+                    Ok(f) => Some(f),
+                    Err(e) => {
+                        eprintln!("error: cannot write log file {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                },
+                None => None,
+            };
+            // On a terminal the log would run through the prompt, so without
+            // a log file only warnings reach stderr.
+            init_logging(if file.is_some() { "info" } else { "warn" }, file);
+            chitty::cli::run_client(args).await
+        }
+    }
+}
+
+/// Logs to stderr, or to `file`, at `RUST_LOG` or else `default` level.
+fn init_logging(default: &str, file: Option<std::fs::File>) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match file {
+        Some(file) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(file))
+            .init(),
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+}
