@@ -12,7 +12,10 @@ use tracing::error;
 
 use crate::client::{self, Received};
 use crate::core::chat::CoreLimits;
-use crate::node::{DEFAULT_SESSION_QUEUE, NodeConfig};
+use crate::node::{
+    DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE,
+    NodeConfig,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +54,25 @@ pub struct ServerArgs {
     /// listen address.
     #[arg(long, env = "CHITTY_ADVERTISE")]
     pub advertise: Option<String>,
+    /// Join the cluster through this member (host:port of any running node).
+    /// Without it, this node starts a new cluster.
+    #[arg(long, env = "CHITTY_BOOT")]
+    pub boot: Option<String>,
+    /// Secret shared by all nodes of the cluster; mesh calls without it are
+    /// refused. Without it the mesh is open to anyone who can reach the port.
+    #[arg(long, env = "CHITTY_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Interval between heartbeats to each peer, in milliseconds.
+    #[arg(long, env = "CHITTY_HEARTBEAT_MS", default_value_t = DEFAULT_HEARTBEAT.as_millis() as u64)]
+    pub heartbeat_ms: u64,
+    /// A peer silent for this long (milliseconds) is declared failed and its
+    /// participants are announced as left.
+    #[arg(long, env = "CHITTY_FAILURE_TIMEOUT_MS", default_value_t = DEFAULT_FAILURE_TIMEOUT.as_millis() as u64)]
+    pub failure_timeout_ms: u64,
+    /// Events queued for one peer before its link falls back to re-sending
+    /// from history.
+    #[arg(long, env = "CHITTY_PEER_QUEUE", default_value_t = DEFAULT_PEER_QUEUE)]
+    pub peer_queue: usize,
     /// Events queued for one participant before it is disconnected as too
     /// slow.
     #[arg(long, env = "CHITTY_SESSION_QUEUE", default_value_t = DEFAULT_SESSION_QUEUE)]
@@ -96,6 +118,15 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
     };
     let mut config = NodeConfig::new(args.advertise.unwrap_or_else(|| bound.to_string()));
     config.session_queue = args.session_queue.max(1);
+    config.peer_queue = args.peer_queue.max(1);
+    config.boot = args.boot;
+    config.cluster_secret = args.cluster_secret.filter(|s| !s.is_empty());
+    config.heartbeat = std::time::Duration::from_millis(args.heartbeat_ms.max(10));
+    config.failure_timeout = std::time::Duration::from_millis(args.failure_timeout_ms.max(1));
+    if config.failure_timeout <= config.heartbeat * 2 {
+        eprintln!("error: --failure-timeout-ms must be more than twice --heartbeat-ms");
+        return ExitCode::FAILURE;
+    }
     config.limits.history_events = args.history_events;
     config.limits.history_bytes = args.history_bytes;
     println!("chitty server listening on {bound}");
@@ -104,7 +135,8 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "server stopped");
-            ExitCode::FAILURE
+            eprintln!("error: {e}");
+            ExitCode::from(3)
         }
     }
 }

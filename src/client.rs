@@ -75,7 +75,10 @@ impl SharedClock {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).tick()
     }
     pub fn observe(&self, remote: u64) -> u64 {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).observe(remote)
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(remote)
     }
     pub fn now(&self) -> u64 {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).now()

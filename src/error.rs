@@ -21,6 +21,9 @@ pub enum Error {
     /// The node is shutting down or otherwise cannot serve.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The cluster removed this node (it was unreachable too long).
+    #[error("{0}")]
+    Removed(String),
     /// A call the server refused or failed (client side).
     #[error("{}: {}", .0.code(), .0.message())]
     Rpc(#[from] Status),
@@ -41,6 +44,7 @@ impl From<Error> for Status {
             Error::NameTaken(_) => Code::AlreadyExists,
             Error::UnknownSession => Code::Unauthenticated,
             Error::Unavailable(_) | Error::Connect { .. } => Code::Unavailable,
+            Error::Removed(_) => Code::FailedPrecondition,
             Error::Rpc(status) => return status.clone(),
             Error::Protocol(_) | Error::Io(_) => Code::Internal,
         };

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use chitty::cli::{Cli, Command};
+use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -43,6 +43,9 @@ fn init_logging(default: &str, file: Option<std::fs::File>) {
             .with_ansi(false)
             .with_writer(std::sync::Mutex::new(file))
             .init(),
-        None => builder.with_writer(std::io::stderr).init(),
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
     }
 }

@@ -1,14 +1,18 @@
-//! One running node: the [`ChatCore`] behind a lock, plus one bounded outgoing
-//! queue per local session.
+//! One running node: the [`ChatCore`] and the [`Membership`] behind one lock,
+//! one bounded outgoing queue per local session, and one per peer link.
 //!
-//! Ordering: the core stamps events and the node pushes them into the session
-//! queues under the same lock, so every session receives events in stamping
-//! (Lamport) order. Pushing never waits: it is `try_send` on a bounded queue.
+//! Ordering: the core stamps or releases events and the node pushes them into
+//! the session and peer queues under the same lock, so every session receives
+//! events in the order this node delivered them. Pushing never waits: it is
+//! `try_send` on a bounded queue.
 //!
-//! Overflow policy: a session whose queue is full (it is not reading, or
-//! reads slower than the room talks) is disconnected with a
-//! `RESOURCE_EXHAUSTED` status saying why, and announced as left. Nobody else
-//! waits for it.
+//! Overflow policies:
+//! * a session whose queue is full (it is not reading, or reads slower than
+//!   the room talks) is disconnected with `RESOURCE_EXHAUSTED` saying why,
+//!   and announced as left. Nobody else waits for it;
+//! * a peer link whose queue is full drops its queue and re-sends from
+//!   history once the peer catches up ([`crate::mesh`]); a peer so far behind
+//!   that history no longer holds what it misses is told of the gap.
 //!
 //! A session ends when its Join stream is dropped: by the client leaving, by
 //! the client's connection breaking (a killed process), or by the overflow
@@ -17,16 +21,20 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::Stream;
 use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::core::ChatCore;
 use crate::core::chat::CoreLimits;
+use crate::core::membership::Membership;
 use crate::error::{Error, Result};
 use crate::proto::{
     Event, EventBatch, JoinFrame, NodeId, Participant, PublishReply, ServerInfo, ServerList,
@@ -35,6 +43,12 @@ use crate::proto::{
 
 /// Default capacity of one session's outgoing queue, in events.
 pub const DEFAULT_SESSION_QUEUE: usize = 1024;
+/// Default capacity of one peer link's outgoing queue, in events.
+pub const DEFAULT_PEER_QUEUE: usize = 65_536;
+/// Default interval between heartbeats on a peer link.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
+/// Default silence after which a peer is declared failed.
+pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most events put in one `JoinFrame`.
 const MAX_FRAME_EVENTS: usize = 512;
 
@@ -47,6 +61,16 @@ pub struct NodeConfig {
     pub advertise: String,
     /// Capacity of each session's outgoing queue (events).
     pub session_queue: usize,
+    /// Capacity of each peer link's outgoing queue (events).
+    pub peer_queue: usize,
+    /// A member to join the cluster through; `None` starts a new cluster.
+    pub boot: Option<String>,
+    /// Shared secret every mesh call must carry; `None` leaves the mesh open.
+    pub cluster_secret: Option<String>,
+    /// Interval between heartbeats on peer links.
+    pub heartbeat: Duration,
+    /// Silence after which a peer is declared failed.
+    pub failure_timeout: Duration,
     pub limits: CoreLimits,
 }
 
@@ -60,6 +84,11 @@ impl NodeConfig {
             },
             advertise: advertise.into(),
             session_queue: DEFAULT_SESSION_QUEUE,
+            peer_queue: DEFAULT_PEER_QUEUE,
+            boot: None,
+            cluster_secret: None,
+            heartbeat: DEFAULT_HEARTBEAT,
+            failure_timeout: DEFAULT_FAILURE_TIMEOUT,
             limits: CoreLimits::default(),
         }
     }
@@ -78,6 +107,7 @@ pub fn now_millis() -> u64 {
 #[derive(Debug, Clone)]
 enum Outbound {
     Event(Arc<Event>),
+    Servers(ServerList),
 }
 
 #[derive(Debug)]
@@ -89,36 +119,87 @@ struct Sink {
     closed: Arc<OnceLock<Status>>,
 }
 
+/// The node's end of an outgoing peer link (the task is in [`crate::mesh`]).
 #[derive(Debug)]
-struct State {
-    core: ChatCore,
-    sinks: HashMap<String, Sink>,
-    shutting_down: bool,
+pub(crate) struct LinkHandle {
+    pub(crate) peer: NodeId,
+    pub(crate) tx: mpsc::Sender<Arc<Event>>,
+    /// Set when the link must re-send from history (its queue overflowed, or
+    /// a node died and survivors reconcile what each holds).
+    pub(crate) resync: Arc<AtomicBool>,
+    pub(crate) wake: Arc<Notify>,
+    /// The highest of this node's own sequence numbers the peer acknowledged.
+    pub(crate) acked_own: Arc<AtomicU64>,
+    pub(crate) task: JoinHandle<()>,
+}
+
+impl LinkHandle {
+    pub(crate) fn request_resync(&self) {
+        self.resync.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+impl Drop for LinkHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[derive(Debug)]
-struct Shared {
-    config: NodeConfig,
+pub(crate) struct State {
+    pub(crate) core: ChatCore,
+    pub(crate) membership: Membership,
+    sinks: HashMap<String, Sink>,
+    pub(crate) links: HashMap<String, LinkHandle>,
+    /// When each peer was last heard from (any frame on its inbound link).
+    pub(crate) last_heard: HashMap<String, Instant>,
+    /// When each departed node was seen to go, for announcing its
+    /// participants once reconciliation had time to finish.
+    pub(crate) gone_since: HashMap<String, Instant>,
+    pub(crate) shutting_down: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: NodeConfig,
     state: Mutex<State>,
+    /// Fires (true) when the node shuts down; every task watches it.
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Set when the cluster removed this node; the server exits with it.
+    pub(crate) fatal: watch::Sender<Option<String>>,
+    /// Wakes the gossip task to push the membership to every peer.
+    pub(crate) gossip: Notify,
+    /// Inbound relay link tasks (one per peer connection).
+    inbound: Mutex<JoinSet<()>>,
 }
 
 /// A cheap, cloneable handle to a node.
 #[derive(Debug, Clone)]
 pub struct Node {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Node {
     pub fn new(config: NodeConfig) -> Self {
         let core = ChatCore::new(config.node.clone(), config.limits.clone());
+        let membership = Membership::new(config.node.clone(), config.advertise.clone());
         Self {
             shared: Arc::new(Shared {
                 config,
                 state: Mutex::new(State {
                     core,
+                    membership,
                     sinks: HashMap::new(),
+                    links: HashMap::new(),
+                    last_heard: HashMap::new(),
+                    gone_since: HashMap::new(),
                     shutting_down: false,
                 }),
+                shutdown: watch::channel(false).0,
+                fatal: watch::channel(None).0,
+                gossip: Notify::new(),
+                inbound: Mutex::new(JoinSet::new()),
             }),
         }
     }
@@ -127,7 +208,11 @@ impl Node {
         &self.shared.config
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub fn id(&self) -> &NodeId {
+        &self.shared.config.node
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock is a bug; the state is still the
         // best we have, so keep serving rather than poison every call.
         self.shared
@@ -141,7 +226,7 @@ impl Node {
         self.lock().core.lamport()
     }
 
-    /// Opens a session: registers its queue, then stamps and broadcasts the
+    /// Opens a session: registers its queue, then stamps and delivers the
     /// "joined" event, so the joiner receives its own join.
     pub fn join(&self, name: &str, lamport: u64) -> Result<SessionStream> {
         let participant_id = uuid::Uuid::new_v4().to_string();
@@ -164,14 +249,15 @@ impl Node {
             },
         );
         info!(participant = %name, id = %participant_id, lamport = joined.events[0].lamport, "Join");
-        self.broadcast(&mut state, joined.events);
+        self.dispatch(&mut state, joined.events);
         let welcome = Welcome {
             participant_id: participant_id.clone(),
             session_token: token,
             node: Some(self.shared.config.node.clone()),
             resumed: false,
-            servers: Some(self.server_list()),
+            servers: Some(server_list(&state.membership)),
         };
+        drop(state);
         Ok(SessionStream {
             pending: VecDeque::from([JoinFrame {
                 frame: Some(join_frame::Frame::Welcome(welcome)),
@@ -205,7 +291,7 @@ impl Node {
             duplicate = published.duplicate,
             "Publish"
         );
-        self.broadcast(&mut state, published.events);
+        self.dispatch(&mut state, published.events);
         Ok(PublishReply {
             lamport: event.lamport,
             id: event.id.clone(),
@@ -213,7 +299,7 @@ impl Node {
         })
     }
 
-    /// Ends the session owning `token`: broadcasts "left" to the others and
+    /// Ends the session owning `token`: delivers "left" to the others and
     /// ends the leaver's stream once it has drained.
     pub fn leave(&self, token: &str, lamport: u64) -> Result<u64> {
         let mut state = self.lock();
@@ -222,7 +308,7 @@ impl Node {
         state.sinks.remove(&pid);
         info!(participant = %event.participant_name, lamport = event.lamport, request_lamport = lamport, "Leave");
         let time = event.lamport;
-        self.broadcast(&mut state, vec![event]);
+        self.dispatch(&mut state, vec![event]);
         Ok(time)
     }
 
@@ -232,12 +318,7 @@ impl Node {
 
     /// The live nodes of the cluster.
     pub fn server_list(&self) -> ServerList {
-        ServerList {
-            servers: vec![ServerInfo {
-                node: Some(self.shared.config.node.clone()),
-                addr: self.shared.config.advertise.clone(),
-            }],
-        }
+        server_list(&self.lock().membership)
     }
 
     /// Ends every session with `UNAVAILABLE` and refuses new ones, so that a
@@ -250,19 +331,33 @@ impl Node {
         }
     }
 
-    /// Pushes `events` to every local session, in order. A session whose
-    /// queue is full is disconnected and announced as left, which may in turn
-    /// produce more events; the loop runs until none remain.
-    fn broadcast(&self, state: &mut State, events: Vec<Arc<Event>>) {
+    /// Delivers `events` (in order) to every local session, and relays the
+    /// ones this node stamped to every peer. A session whose queue is full is
+    /// disconnected and announced as left, which may in turn produce more
+    /// events; the loop runs until none remain.
+    pub(crate) fn dispatch(&self, state: &mut State, events: Vec<Arc<Event>>) {
+        let me = &self.shared.config.node;
         let mut queue: VecDeque<Arc<Event>> = events.into();
         while let Some(event) = queue.pop_front() {
+            let origin = event.id.as_ref().and_then(|i| i.origin.as_ref());
+            let own = origin == Some(me);
             info!(
                 kind = event.kind().as_str_name(),
                 participant = %event.participant_name,
                 lamport = event.lamport,
+                origin = origin.map(|o| o.id.as_str()).unwrap_or(""),
+                seq = event.id.as_ref().map(|i| i.seq).unwrap_or(0),
                 recipients = state.sinks.len(),
                 "Broadcast"
             );
+            if own {
+                for link in state.links.values() {
+                    if link.tx.try_send(event.clone()).is_err() {
+                        // History still holds it: the link re-sends from there.
+                        link.request_resync();
+                    }
+                }
+            }
             let mut overflowed = Vec::new();
             for (pid, sink) in &state.sinks {
                 match sink.tx.try_send(Outbound::Event(event.clone())) {
@@ -276,17 +371,68 @@ impl Node {
             }
             for (pid, session) in overflowed {
                 let capacity = self.shared.config.session_queue;
-                if let Some(sink) = state.sinks.remove(&pid) {
-                    let _ = sink.closed.set(Status::resource_exhausted(format!(
+                self.end_session(
+                    state,
+                    &pid,
+                    Status::resource_exhausted(format!(
                         "disconnected: too slow to read events \
                          (outgoing queue of {capacity} events is full)"
-                    )));
-                }
+                    )),
+                );
                 if let Some(left) = state.core.session_lost(&pid, session) {
                     warn!(participant = %left.participant_name, lamport = left.lamport, "disconnected a participant whose queue overflowed");
                     queue.push_back(left);
                 }
             }
+        }
+    }
+
+    /// Runs an inbound relay link on a task the node owns (it ends when the
+    /// node stops).
+    pub(crate) fn spawn_inbound(
+        &self,
+        peer: NodeId,
+        inbound: tonic::Streaming<crate::proto::RelayFrame>,
+        acks: mpsc::Sender<Result<crate::proto::RelayAck, Status>>,
+    ) {
+        let mut tasks = self
+            .shared
+            .inbound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(crate::mesh::serve_inbound(
+            self.clone(),
+            peer,
+            inbound,
+            acks,
+        ));
+    }
+
+    /// Takes the inbound link tasks, to wait for them at shutdown.
+    pub(crate) fn take_inbound(&self) -> JoinSet<()> {
+        std::mem::take(
+            &mut *self
+                .shared
+                .inbound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    /// Tells every local session the cluster's nodes changed. Best effort: a
+    /// session whose queue is full is being disconnected anyway.
+    pub(crate) fn notify_servers(&self, state: &State, list: ServerList) {
+        for sink in state.sinks.values() {
+            let _ = sink.tx.try_send(Outbound::Servers(list.clone()));
+        }
+    }
+
+    /// Removes a local session's queue; its stream ends with `status` once it
+    /// has drained what was queued.
+    pub(crate) fn end_session(&self, state: &mut State, participant_id: &str, status: Status) {
+        if let Some(sink) = state.sinks.remove(participant_id) {
+            let _ = sink.closed.set(status);
         }
     }
 
@@ -301,8 +447,22 @@ impl Node {
         }
         if let Some(left) = state.core.session_lost(participant_id, session) {
             info!(participant = %left.participant_name, lamport = left.lamport, "session ended without Leave");
-            self.broadcast(&mut state, vec![left]);
+            self.dispatch(&mut state, vec![left]);
         }
+    }
+}
+
+/// The live nodes in `membership`, as clients see them.
+pub(crate) fn server_list(membership: &Membership) -> ServerList {
+    ServerList {
+        servers: membership
+            .alive()
+            .into_iter()
+            .map(|m| ServerInfo {
+                node: m.node,
+                addr: m.addr,
+            })
+            .collect(),
     }
 }
 
@@ -367,15 +527,36 @@ impl Stream for SessionStream {
                 }
             }
             Poll::Ready(_) => {
-                let events = this
-                    .buf
-                    .drain(..)
-                    .map(|Outbound::Event(e)| Event::clone(&e))
-                    .collect();
-                Poll::Ready(Some(Ok(JoinFrame {
-                    frame: Some(join_frame::Frame::Events(EventBatch { events })),
-                })))
+                // Consecutive events share one frame; a server list gets its own.
+                let mut events = Vec::new();
+                for item in this.buf.drain(..) {
+                    match item {
+                        Outbound::Event(e) => events.push(Event::clone(&e)),
+                        Outbound::Servers(list) => {
+                            if !events.is_empty() {
+                                this.pending
+                                    .push_back(events_frame(std::mem::take(&mut events)));
+                            }
+                            this.pending.push_back(JoinFrame {
+                                frame: Some(join_frame::Frame::Servers(list)),
+                            });
+                        }
+                    }
+                }
+                if !events.is_empty() {
+                    this.pending.push_back(events_frame(events));
+                }
+                match this.pending.pop_front() {
+                    Some(frame) => Poll::Ready(Some(Ok(frame))),
+                    None => Poll::Pending,
+                }
             }
         }
+    }
+}
+
+fn events_frame(events: Vec<Event>) -> JoinFrame {
+    JoinFrame {
+        frame: Some(join_frame::Frame::Events(EventBatch { events })),
     }
 }

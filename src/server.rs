@@ -2,14 +2,16 @@
 //! binary and the tests run exactly the same code.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::mesh::CheckSecret;
 use crate::node::{Node, NodeConfig};
 use crate::proto::chitty_chat_server::ChittyChatServer;
 use crate::proto::server_mesh_server::ServerMeshServer;
@@ -21,14 +23,23 @@ use crate::service::{ChatService, MeshService};
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves a node on `listener` until `shutdown` completes. On shutdown every
-/// Join stream is ended with `UNAVAILABLE`, then in-flight calls finish.
+/// Serves a node on `listener` until `shutdown` completes. With
+/// `config.boot`, the node first joins the cluster through that member.
+///
+/// On shutdown the node flushes its events to its peers and tells them it
+/// leaves, ends every Join stream with `UNAVAILABLE`, stops its mesh tasks,
+/// then lets in-flight calls finish. If the cluster removes this node, it
+/// stops the same way and returns [`Error::Removed`].
 pub async fn serve(
     listener: TcpListener,
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let boot = config.boot.clone();
     let node = Node::new(config);
+    if let Some(boot) = boot {
+        node.join_cluster(&boot).await?;
+    }
     serve_node(listener, node, shutdown).await
 }
 
@@ -40,34 +51,58 @@ pub async fn serve_node(
 ) -> Result<()> {
     let addr = listener.local_addr()?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ChittyChatServer<ChatService>>()
-        .await;
-    health
-        .set_serving::<ServerMeshServer<MeshService>>()
-        .await;
+    health.set_serving::<ChittyChatServer<ChatService>>().await;
+    health.set_serving::<ServerMeshServer<MeshService>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| crate::Error::Protocol(format!("reflection: {e}")))?;
+        .map_err(|e| Error::Protocol(format!("reflection: {e}")))?;
+    if node.config().cluster_secret.is_none() {
+        warn!("no cluster secret set: any program that reaches this port can join the mesh");
+    }
+    let secret = CheckSecret(node.config().cluster_secret.as_deref().map(Arc::from));
 
-    let node_for_shutdown = node.clone();
+    let mesh_tasks = node.start_mesh();
+    let fatal = Arc::new(std::sync::OnceLock::new());
+    let stopping = node.clone();
+    let fatal_reason = fatal.clone();
     let shutdown = async move {
-        shutdown.await;
-        info!("shutting down: closing sessions");
-        node_for_shutdown.close_sessions("server is shutting down");
+        tokio::select! {
+            _ = shutdown => {
+                info!("shutting down: leaving the cluster");
+                stopping.leave_cluster().await;
+            }
+            reason = stopping.removed() => {
+                let _ = fatal_reason.set(reason);
+            }
+        }
+        stopping.close_sessions("server is shutting down");
+        stopping.stop_mesh();
     };
 
-    info!(%addr, node = %node.config().node.id, generation = node.config().node.generation, "serving Chitty-Chat");
-    Server::builder()
+    info!(%addr, advertise = %node.config().advertise, node = %node.id().id, generation = node.id().generation, "serving Chitty-Chat");
+    let served = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ChittyChatServer::new(ChatService::new(node.clone())))
-        .add_service(ServerMeshServer::new(MeshService::new(node)))
+        .add_service(ServerMeshServer::with_interceptor(
+            MeshService::new(node.clone()),
+            secret,
+        ))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
-        .map_err(|e| crate::Error::Unavailable(format!("server failed: {e}")))
+        .await;
+    node.stop_mesh();
+    for task in mesh_tasks {
+        let _ = task.await;
+    }
+    let mut inbound = node.take_inbound();
+    while inbound.join_next().await.is_some() {}
+    served.map_err(|e| Error::Unavailable(format!("server failed: {e}")))?;
+    match fatal.get() {
+        Some(reason) => Err(Error::Removed(reason.clone())),
+        None => Ok(()),
+    }
 }

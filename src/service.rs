@@ -1,8 +1,10 @@
 //! The tonic services: translate protobuf to [`Node`] calls and errors to
 //! `Status`. No chat logic lives here.
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::node::{Node, SessionStream};
 use crate::proto::chitty_chat_server::ChittyChat;
@@ -10,7 +12,7 @@ use crate::proto::server_mesh_server::ServerMesh;
 use crate::proto::{
     JoinRequest, LeaveReply, LeaveRequest, ListParticipantsReply, ListParticipantsRequest,
     ListServersReply, ListServersRequest, PublishReply, PublishRequest, RelayAck, RelayFrame,
-    ServerJoinReply, ServerJoinRequest, UpdateServersReply, UpdateServersRequest,
+    ServerJoinReply, ServerJoinRequest, UpdateServersReply, UpdateServersRequest, relay_frame,
 };
 
 /// The client-facing `ChittyChat` service.
@@ -48,7 +50,10 @@ impl ChittyChat for ChatService {
     }
 
     #[instrument(name = "Publish", skip_all, fields(lamport = req.get_ref().lamport))]
-    async fn publish(&self, req: Request<PublishRequest>) -> Result<Response<PublishReply>, Status> {
+    async fn publish(
+        &self,
+        req: Request<PublishRequest>,
+    ) -> Result<Response<PublishReply>, Status> {
         let req = req.into_inner();
         self.node
             .publish(&req.session_token, &req.text, req.lamport, &req.publish_id)
@@ -85,10 +90,10 @@ impl ChittyChat for ChatService {
     }
 }
 
-/// The peer-facing `ServerMesh` service.
+/// The peer-facing `ServerMesh` service. The cluster secret is checked by
+/// [`crate::mesh::CheckSecret`] before any of these run.
 #[derive(Debug, Clone)]
 pub struct MeshService {
-    #[allow(dead_code)]
     node: Node,
 }
 
@@ -98,28 +103,54 @@ impl MeshService {
     }
 }
 
+/// Capacity of the acknowledgement queue of one inbound relay link. Acks are
+/// cumulative, so when it is full the newest is dropped.
+const ACK_QUEUE: usize = 16;
+
 #[tonic::async_trait]
 impl ServerMesh for MeshService {
-    type RelayStream = tokio_stream::Empty<Result<RelayAck, Status>>;
+    type RelayStream = ReceiverStream<Result<RelayAck, Status>>;
 
+    #[instrument(name = "ServerJoin", skip_all)]
     async fn server_join(
         &self,
-        _req: Request<ServerJoinRequest>,
+        req: Request<ServerJoinRequest>,
     ) -> Result<Response<ServerJoinReply>, Status> {
-        Err(Status::unimplemented("clustering is not implemented yet"))
+        let member = req
+            .into_inner()
+            .member
+            .ok_or_else(|| Status::invalid_argument("ServerJoin without a member"))?;
+        self.node.admit(member).map(Response::new)
     }
 
+    #[instrument(name = "UpdateServers", skip_all)]
     async fn update_servers(
         &self,
-        _req: Request<UpdateServersRequest>,
+        req: Request<UpdateServersRequest>,
     ) -> Result<Response<UpdateServersReply>, Status> {
-        Err(Status::unimplemented("clustering is not implemented yet"))
+        let members = self.node.merge_members(&req.into_inner().members);
+        debug!(members = members.len(), "UpdateServers");
+        Ok(Response::new(UpdateServersReply { members }))
     }
 
+    #[instrument(name = "Relay", skip_all)]
     async fn relay(
         &self,
-        _req: Request<tonic::Streaming<RelayFrame>>,
+        req: Request<tonic::Streaming<RelayFrame>>,
     ) -> Result<Response<Self::RelayStream>, Status> {
-        Err(Status::unimplemented("clustering is not implemented yet"))
+        let mut inbound = req.into_inner();
+        let hello = match inbound.message().await? {
+            Some(RelayFrame {
+                frame: Some(relay_frame::Frame::Hello(member)),
+            }) => member,
+            _ => return Err(Status::invalid_argument("a relay link starts with hello")),
+        };
+        let (peer, delivered) = self.node.relay_hello(hello)?;
+        info!(peer = %peer.id, generation = peer.generation, "Relay link opened");
+        let (tx, rx) = mpsc::channel(ACK_QUEUE);
+        // The first acknowledgement tells the peer what to catch up on.
+        let _ = tx.try_send(Ok(RelayAck { held: delivered }));
+        self.node.spawn_inbound(peer, inbound, tx);
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

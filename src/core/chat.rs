@@ -1,11 +1,23 @@
-//! The chat state machine of one node: who is in the room, the node's Lamport
-//! clock, the events it stamps, recent history and publish dedupe.
+//! The chat state machine of one node: the node's Lamport clock, the events it
+//! stamps, the cluster-wide roster of participants, causal delivery of events
+//! relayed from other nodes, recent history and publish dedupe.
 //!
 //! Every mutating method takes the caller's Lamport time, applies the node's
-//! receive rule, and returns the events that must be broadcast, already
-//! stamped. The caller (the node shell) delivers them in the order returned
-//! while still holding the lock it called under, so every participant sees
-//! events in stamping order, which is increasing Lamport order.
+//! receive rule, and returns the events that must be delivered, already
+//! stamped, in delivery order. The caller (the node shell) hands them to local
+//! sessions (and relays the node's own ones to peers) while still holding the
+//! lock it called under, so every local participant sees events in the order
+//! the node delivered them.
+//!
+//! The roster is derived from delivered events only (joined adds, left
+//! removes, whatever node stamped them), so every node that delivered the same
+//! events has the same roster.
+//!
+//! Names are unique as far as a node can know. Two nodes admitting the same
+//! name at the same moment is resolved by one rule applied everywhere: the
+//! participant whose "joined" event has the smaller (Lamport time, origin node
+//! id, participant id) keeps the name; the other one's home node ends its
+//! session and announces it as left.
 //!
 //! Randomness (participant ids, session tokens) is passed in, so the core is
 //! deterministic under test.
@@ -13,11 +25,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::core::causal::{HoldBack, Offer, OriginKey};
 use crate::core::clock::LamportClock;
 use crate::core::history::History;
 use crate::core::validate;
 use crate::error::{Error, Result};
-use crate::proto::{Event, EventId, EventKind, NodeId, Participant};
+use crate::proto::{Event, EventId, EventKind, GapRange, NodeId, Participant, SeqMark};
 
 /// Limits of one node's core. Every bound of the core is here.
 #[derive(Debug, Clone)]
@@ -28,6 +41,8 @@ pub struct CoreLimits {
     pub history_bytes: usize,
     /// Publish ids remembered for dedupe (oldest forgotten first).
     pub dedupe_ids: usize,
+    /// Relayed events held back waiting for their causal predecessors.
+    pub holdback_events: usize,
 }
 
 impl Default for CoreLimits {
@@ -36,6 +51,7 @@ impl Default for CoreLimits {
             history_events: 10_000,
             history_bytes: 8 << 20,
             dedupe_ids: 100_000,
+            holdback_events: 100_000,
         }
     }
 }
@@ -44,8 +60,11 @@ impl Default for CoreLimits {
 #[derive(Debug, Clone)]
 struct Member {
     name: String,
-    token: String,
     home: NodeId,
+    /// (Lamport time, origin id) of the "joined" event: the name tie-break.
+    joined: (u64, String),
+    /// The session secret, known for local participants only.
+    token: Option<String>,
     /// The local session currently attached, if any (a counter value, so a
     /// stale session that closes late cannot end a newer one).
     session: Option<u64>,
@@ -56,7 +75,7 @@ struct Member {
 pub struct Joined {
     pub participant_id: String,
     pub session: u64,
-    /// Events to broadcast: the "joined" event.
+    /// Events to deliver: the "joined" event.
     pub events: Vec<Arc<Event>>,
 }
 
@@ -66,8 +85,28 @@ pub struct Published {
     /// The message event (the original one for a duplicate).
     pub event: Arc<Event>,
     pub duplicate: bool,
-    /// Events to broadcast: empty for a duplicate.
+    /// Events to deliver: empty for a duplicate.
     pub events: Vec<Arc<Event>>,
+}
+
+/// What relayed events caused.
+#[derive(Debug, Default)]
+pub struct Received {
+    /// Events now deliverable, in order (relayed ones, then any this node
+    /// stamped in consequence).
+    pub events: Vec<Arc<Event>>,
+    /// Local sessions that lost a name clash and must be ended.
+    pub kicked: Vec<(String, u64)>,
+    /// Events refused because the hold-back queue was full.
+    pub refused: usize,
+}
+
+/// What a joining node needs to serve at once.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub participants: Vec<Participant>,
+    pub delivered: Vec<SeqMark>,
+    pub lamport: u64,
 }
 
 #[derive(Debug)]
@@ -79,6 +118,7 @@ pub struct ChatCore {
     members: HashMap<String, Member>,
     by_name: HashMap<String, String>,
     by_token: HashMap<String, String>,
+    holdback: HoldBack,
     history: History,
     published: HashMap<String, Arc<Event>>,
     published_order: VecDeque<String>,
@@ -95,6 +135,7 @@ impl ChatCore {
             members: HashMap::new(),
             by_name: HashMap::new(),
             by_token: HashMap::new(),
+            holdback: HoldBack::new(limits.holdback_events),
             history: History::new(limits.history_events, limits.history_bytes),
             published: HashMap::new(),
             published_order: VecDeque::new(),
@@ -114,6 +155,26 @@ impl ChatCore {
         &self.history
     }
 
+    /// Per origin, the highest sequence number delivered here.
+    pub fn delivered(&self) -> Vec<SeqMark> {
+        self.holdback.delivered()
+    }
+
+    /// The sequence number of the last event this node stamped.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// The node a live participant's session is on.
+    pub fn home_of(&self, participant_id: &str) -> Option<&NodeId> {
+        self.members.get(participant_id).map(|m| &m.home)
+    }
+
+    /// Relayed events waiting for their causal predecessors.
+    pub fn held(&self) -> usize {
+        self.holdback.held()
+    }
+
     /// Opens a new session for `name`. `participant_id` and `token` are fresh
     /// random values chosen by the caller.
     pub fn join(
@@ -130,19 +191,16 @@ impl ChatCore {
         let time = self.clock.observe(lamport);
         let session = self.next_session;
         self.next_session += 1;
-        self.by_name.insert(name.to_string(), participant_id.clone());
-        self.by_token.insert(token.clone(), participant_id.clone());
-        self.members.insert(
-            participant_id.clone(),
-            Member {
-                name: name.to_string(),
-                token,
-                home: self.me.clone(),
-                session: Some(session),
-            },
-        );
         let text = format!("Participant {name} joined Chitty-Chat at Lamport time {time}");
         let event = self.stamp(time, EventKind::Joined, &participant_id, name, text, "");
+        self.apply(&event);
+        let member = self
+            .members
+            .get_mut(&participant_id)
+            .expect("apply added the joiner");
+        member.token = Some(token.clone());
+        member.session = Some(session);
+        self.by_token.insert(token, participant_id.clone());
         Ok(Joined {
             participant_id,
             session,
@@ -151,7 +209,7 @@ impl ChatCore {
     }
 
     /// Publishes `text` for the session that owns `token`. A `publish_id`
-    /// seen before is answered with the original event and broadcasts nothing.
+    /// seen before is answered with the original event and delivers nothing.
     pub fn publish(
         &mut self,
         token: &str,
@@ -159,7 +217,11 @@ impl ChatCore {
         lamport: u64,
         publish_id: &str,
     ) -> Result<Published> {
-        let pid = self.by_token.get(token).ok_or(Error::UnknownSession)?.clone();
+        let pid = self
+            .by_token
+            .get(token)
+            .ok_or(Error::UnknownSession)?
+            .clone();
         if !publish_id.is_empty()
             && let Some(original) = self.published.get(publish_id)
         {
@@ -182,9 +244,7 @@ impl ChatCore {
             text.to_string(),
             publish_id,
         );
-        if !publish_id.is_empty() {
-            self.remember_publish(publish_id, event.clone());
-        }
+        self.apply(&event);
         Ok(Published {
             event: event.clone(),
             duplicate: false,
@@ -195,9 +255,13 @@ impl ChatCore {
     /// Ends the session that owns `token` at the participant's request.
     /// Returns the participant id and the "left" event.
     pub fn leave(&mut self, token: &str, lamport: u64) -> Result<(String, Arc<Event>)> {
-        let pid = self.by_token.get(token).ok_or(Error::UnknownSession)?.clone();
+        let pid = self
+            .by_token
+            .get(token)
+            .ok_or(Error::UnknownSession)?
+            .clone();
         let time = self.clock.observe(lamport);
-        let event = self.remove(&pid, time);
+        let event = self.stamp_left(&pid, time);
         Ok((pid, event))
     }
 
@@ -210,7 +274,95 @@ impl ChatCore {
             return None;
         }
         let time = self.clock.tick();
-        Some(self.remove(participant_id, time))
+        Some(self.stamp_left(participant_id, time))
+    }
+
+    /// Announces as left a participant whose home node is gone. Returns
+    /// `None` if it already left.
+    pub fn announce_left(&mut self, participant_id: &str) -> Option<Arc<Event>> {
+        self.members.get(participant_id)?;
+        let time = self.clock.tick();
+        Some(self.stamp_left(participant_id, time))
+    }
+
+    /// Participants whose home node is not in `alive` (node ids), sorted.
+    pub fn orphans(&self, alive: &[NodeId]) -> Vec<String> {
+        let mut list: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !alive.contains(&m.home))
+            .map(|(id, _)| id.clone())
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Takes in events relayed by a peer and returns what became deliverable.
+    pub fn receive(&mut self, events: Vec<Event>) -> Received {
+        let mut out = Received::default();
+        for event in events {
+            if let Offer::Full = self.holdback.offer(Arc::new(event)) {
+                out.refused += 1;
+            }
+        }
+        while let Some(event) = self.holdback.pop_ready() {
+            self.clock.observe(event.lamport);
+            self.history.push(event.clone());
+            if let Some(loser) = self.apply(&event) {
+                out.kicked.push(loser.clone());
+                out.events.push(event);
+                let time = self.clock.tick();
+                out.events.push(self.stamp_left(&loser.0, time));
+            } else {
+                out.events.push(event);
+            }
+        }
+        out
+    }
+
+    /// Everything history holds after `seen`, and what it no longer holds.
+    pub fn replay_after(&self, seen: &[SeqMark]) -> (Vec<Arc<Event>>, Vec<GapRange>) {
+        let seen: HashMap<OriginKey, u64> = seen
+            .iter()
+            .filter_map(|m| Some((OriginKey::from(m.origin.as_ref()?), m.seq)))
+            .collect();
+        self.history.after(&seen)
+    }
+
+    /// Treats events up to `marks` as delivered without having them (a gap
+    /// reported by a peer).
+    pub fn skip_to(&mut self, marks: &[SeqMark]) -> Vec<Arc<Event>> {
+        self.holdback.set_delivered(marks);
+        self.receive(Vec::new()).events
+    }
+
+    /// State for a node joining the cluster through this one.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            participants: self.participants(),
+            delivered: self.holdback.delivered(),
+            lamport: self.clock.now(),
+        }
+    }
+
+    /// Starts from a peer's snapshot (a freshly joined node).
+    pub fn load(&mut self, snapshot: Snapshot) {
+        self.clock.observe(snapshot.lamport);
+        self.holdback.set_delivered(&snapshot.delivered);
+        for p in snapshot.participants {
+            let home = p.node.unwrap_or_default();
+            self.by_name.entry(p.name.clone()).or_insert(p.id.clone());
+            self.members.insert(
+                p.id,
+                Member {
+                    name: p.name,
+                    joined: (0, home.id.clone()),
+                    home,
+                    token: None,
+                    session: None,
+                },
+            );
+        }
     }
 
     /// Live participants, sorted by name.
@@ -224,7 +376,7 @@ impl ChatCore {
                 node: Some(m.home.clone()),
             })
             .collect();
-        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         list
     }
 
@@ -233,21 +385,76 @@ impl ChatCore {
         self.by_token.get(token).map(String::as_str)
     }
 
-    /// The name of a live participant.
-    pub fn name_of(&self, participant_id: &str) -> Option<&str> {
-        self.members.get(participant_id).map(|m| m.name.as_str())
+    /// Updates the roster for a delivered event. Returns a local participant
+    /// (id, session) that lost a name clash to it.
+    fn apply(&mut self, event: &Event) -> Option<(String, u64)> {
+        let pid = &event.participant_id;
+        match event.kind() {
+            EventKind::Joined => {
+                let origin = event
+                    .id
+                    .as_ref()
+                    .and_then(|i| i.origin.clone())
+                    .unwrap_or_default();
+                let joined = (event.lamport, origin.id.clone());
+                self.members.insert(
+                    pid.clone(),
+                    Member {
+                        name: event.participant_name.clone(),
+                        home: origin,
+                        joined: joined.clone(),
+                        token: None,
+                        session: None,
+                    },
+                );
+                let name = &event.participant_name;
+                let Some(holder) = self.by_name.get(name).cloned() else {
+                    self.by_name.insert(name.clone(), pid.clone());
+                    return None;
+                };
+                if &holder == pid {
+                    return None;
+                }
+                let theirs = self
+                    .members
+                    .get(&holder)
+                    .map(|m| (m.joined.clone(), holder.clone()));
+                let ours = (joined, pid.clone());
+                let (winner, loser) = match theirs {
+                    Some(theirs) if theirs <= ours => (holder, pid.clone()),
+                    _ => (pid.clone(), holder),
+                };
+                self.by_name.insert(name.clone(), winner);
+                let member = self.members.get(&loser)?;
+                Some((loser.clone(), member.session?))
+            }
+            EventKind::Left => {
+                if let Some(member) = self.members.remove(pid) {
+                    if self.by_name.get(&member.name) == Some(pid) {
+                        self.by_name.remove(&member.name);
+                    }
+                    if let Some(token) = member.token {
+                        self.by_token.remove(&token);
+                    }
+                }
+                None
+            }
+            EventKind::Message => {
+                if !event.publish_id.is_empty() {
+                    self.remember_publish(&event.publish_id, Arc::new(event.clone()));
+                }
+                None
+            }
+            EventKind::Unspecified => None,
+        }
     }
 
-    fn remove(&mut self, pid: &str, time: u64) -> Arc<Event> {
-        let member = self
-            .members
-            .remove(pid)
-            .expect("callers look the participant up first");
-        self.by_name.remove(&member.name);
-        self.by_token.remove(&member.token);
-        let name = member.name;
+    fn stamp_left(&mut self, pid: &str, time: u64) -> Arc<Event> {
+        let name = self.members[pid].name.clone();
         let text = format!("Participant {name} left Chitty-Chat at Lamport time {time}");
-        self.stamp(time, EventKind::Left, pid, &name, text, "")
+        let event = self.stamp(time, EventKind::Left, pid, &name, text, "");
+        self.apply(&event);
+        event
     }
 
     fn stamp(
@@ -272,14 +479,21 @@ impl ChatCore {
             participant_id: participant_id.to_string(),
             text,
             publish_id: publish_id.to_string(),
-            deps: Vec::new(),
+            deps: self.holdback.deps(&self.me),
         });
+        self.holdback.record_own(&self.me, seq);
         self.history.push(event.clone());
         event
     }
 
     fn remember_publish(&mut self, publish_id: &str, event: Arc<Event>) {
-        self.published.insert(publish_id.to_string(), event);
+        if self
+            .published
+            .insert(publish_id.to_string(), event)
+            .is_some()
+        {
+            return;
+        }
         self.published_order.push_back(publish_id.to_string());
         while self.published_order.len() > self.limits.dedupe_ids {
             if let Some(old) = self.published_order.pop_front() {
@@ -322,7 +536,10 @@ mod tests {
         assert_eq!(p.event.kind, EventKind::Message as i32);
         let (_, left) = c.leave("tok-Alice", 3).unwrap();
         assert_eq!(left.lamport, 9, "max(8, 3) + 1");
-        assert_eq!(left.text, "Participant Alice left Chitty-Chat at Lamport time 9");
+        assert_eq!(
+            left.text,
+            "Participant Alice left Chitty-Chat at Lamport time 9"
+        );
         assert!(c.participants().is_empty());
     }
 
@@ -331,7 +548,11 @@ mod tests {
         let mut c = core();
         join(&mut c, "A", 1);
         c.publish("tok-A", "x", 2, "").unwrap();
-        let seqs: Vec<u64> = c.history().iter().map(|e| e.id.as_ref().unwrap().seq).collect();
+        let seqs: Vec<u64> = c
+            .history()
+            .iter()
+            .map(|e| e.id.as_ref().unwrap().seq)
+            .collect();
         assert_eq!(seqs, [1, 2]);
     }
 
@@ -356,7 +577,10 @@ mod tests {
         ));
         join(&mut c, "C", 1);
         c.leave("tok-C", 2).unwrap();
-        assert!(matches!(c.publish("tok-C", "hi", 3, ""), Err(Error::UnknownSession)));
+        assert!(matches!(
+            c.publish("tok-C", "hi", 3, ""),
+            Err(Error::UnknownSession)
+        ));
         assert!(matches!(c.leave("tok-C", 3), Err(Error::UnknownSession)));
     }
 
@@ -389,6 +613,9 @@ mod tests {
         assert!(c.session_lost(&j.participant_id, j.session + 1).is_none());
         let left = c.session_lost(&j.participant_id, j.session).unwrap();
         assert_eq!(left.kind, EventKind::Left as i32);
-        assert!(c.session_lost(&j.participant_id, j.session).is_none(), "once");
+        assert!(
+            c.session_lost(&j.participant_id, j.session).is_none(),
+            "once"
+        );
     }
 }

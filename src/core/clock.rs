@@ -41,8 +41,16 @@ mod tests {
     fn tick_and_observe_follow_the_rules() {
         let mut c = LamportClock::new();
         assert_eq!(c.tick(), 1);
-        assert_eq!(c.observe(10), 11, "a later remote time pulls the clock forward");
-        assert_eq!(c.observe(3), 12, "an earlier remote time still advances by one");
+        assert_eq!(
+            c.observe(10),
+            11,
+            "a later remote time pulls the clock forward"
+        );
+        assert_eq!(
+            c.observe(3),
+            12,
+            "an earlier remote time still advances by one"
+        );
         assert_eq!(c.now(), 12);
     }
 }

@@ -4,12 +4,13 @@
 //! A replay that reaches past what is kept is reported as a gap, never
 //! silently shortened.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use prost::Message;
 
-use crate::proto::Event;
+use crate::core::causal::OriginKey;
+use crate::proto::{Event, GapRange};
 
 #[derive(Debug)]
 pub struct History {
@@ -17,6 +18,8 @@ pub struct History {
     bytes: usize,
     max_events: usize,
     max_bytes: usize,
+    /// Per origin, the highest sequence number dropped to stay in bounds.
+    dropped: HashMap<OriginKey, u64>,
 }
 
 impl History {
@@ -26,6 +29,7 @@ impl History {
             bytes: 0,
             max_events,
             max_bytes,
+            dropped: HashMap::new(),
         }
     }
 
@@ -35,7 +39,15 @@ impl History {
         self.bytes += size;
         while self.events.len() > self.max_events || self.bytes > self.max_bytes {
             match self.events.pop_front() {
-                Some((_, size)) => self.bytes -= size,
+                Some((old, size)) => {
+                    self.bytes -= size;
+                    if let Some(id) = &old.id
+                        && let Some(origin) = &id.origin
+                    {
+                        let floor = self.dropped.entry(OriginKey::from(origin)).or_default();
+                        *floor = (*floor).max(id.seq);
+                    }
+                }
                 None => break,
             }
         }
@@ -51,6 +63,41 @@ impl History {
 
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Everything after `seen` (highest sequence seen per origin; origins not
+    /// listed count as nothing seen), in the order it was delivered here, and
+    /// the ranges that were needed but are no longer kept.
+    pub fn after(&self, seen: &HashMap<OriginKey, u64>) -> (Vec<Arc<Event>>, Vec<GapRange>) {
+        let mut gaps = Vec::new();
+        for (origin, &floor) in &self.dropped {
+            let from = seen.get(origin).copied().unwrap_or(0) + 1;
+            if from <= floor {
+                gaps.push(GapRange {
+                    origin: Some(origin.to_node_id()),
+                    from_seq: from,
+                    to_seq: floor + 1,
+                });
+            }
+        }
+        gaps.sort_by(|a, b| {
+            a.origin
+                .as_ref()
+                .map(|o| &o.id)
+                .cmp(&b.origin.as_ref().map(|o| &o.id))
+        });
+        let events = self
+            .iter()
+            .filter(|e| {
+                let Some(id) = &e.id else { return false };
+                let Some(origin) = &id.origin else {
+                    return false;
+                };
+                id.seq > seen.get(&OriginKey::from(origin)).copied().unwrap_or(0)
+            })
+            .cloned()
+            .collect();
+        (events, gaps)
     }
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Arc<Event>> {

@@ -5,9 +5,11 @@
 //! shell calls these under one lock and routes the results to sessions and
 //! peers. That keeps the rules testable directly and deterministically.
 
+pub mod causal;
 pub mod chat;
 pub mod clock;
 pub mod history;
+pub mod membership;
 pub mod validate;
 
 pub use chat::{ChatCore, Joined, Published};

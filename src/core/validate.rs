@@ -55,8 +55,14 @@ mod tests {
     #[test]
     fn message_length_counts_characters_not_bytes() {
         assert!(message(&"a".repeat(128)).is_ok());
-        assert!(message(&"😀".repeat(128)).is_ok(), "128 emoji are 512 bytes but valid");
-        assert!(matches!(message(&"a".repeat(129)), Err(Error::InvalidMessage(_))));
+        assert!(
+            message(&"😀".repeat(128)).is_ok(),
+            "128 emoji are 512 bytes but valid"
+        );
+        assert!(matches!(
+            message(&"a".repeat(129)),
+            Err(Error::InvalidMessage(_))
+        ));
         assert!(matches!(message(""), Err(Error::InvalidMessage(_))));
         assert!(message(" ").is_ok(), "white space is a character");
     }
@@ -65,7 +71,15 @@ mod tests {
     fn names_are_printable_trimmed_and_bounded() {
         assert!(name("Alice").is_ok());
         assert!(name("Zoë 🦀").is_ok());
-        for bad in ["", "   ", " Alice", "Alice ", "Al\nice", "A\u{7}", &"x".repeat(33)] {
+        for bad in [
+            "",
+            "   ",
+            " Alice",
+            "Alice ",
+            "Al\nice",
+            "A\u{7}",
+            &"x".repeat(33),
+        ] {
             assert!(matches!(name(bad), Err(Error::InvalidName(_))), "{bad:?}");
         }
     }

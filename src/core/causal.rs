@@ -1,0 +1,550 @@
+//! Causal delivery of relayed events: per-origin FIFO plus dependencies, with
+//! a bounded hold-back queue.
+//!
+//! An event is identified by its origin (a node incarnation) and a sequence
+//! number, 1, 2, 3, ... per origin without gaps. Its `deps` say what the origin
+//! had delivered when it stamped the event: "everything from origin X up to
+//! seq n". A node delivers an event only when
+//! * its seq is the next one expected from its origin (FIFO per origin), and
+//! * for every dependency, at least that much of that origin is delivered.
+//!
+//! Events reach a node over different links (directly from their origin,
+//! forwarded by a third node, replayed after a reconnect), so they arrive out
+//! of order and more than once. Delivering them as they come would show a
+//! reply before the message it answers, or a "left" before the "joined". So an
+//! event that is not yet deliverable waits here, and each delivery may make
+//! others deliverable. Duplicates are recognised by seq and dropped.
+//!
+//! The queue is bounded by `capacity`. When it is full a new event is refused
+//! ([`Offer::Full`]) and not stored: the caller decides what that means (the
+//! link re-sends later, or the gap is reported and skipped with
+//! [`HoldBack::set_delivered`]). One exception keeps a full queue from
+//! deadlocking: an event that is deliverable right now is always accepted,
+//! since the queue may be full of events waiting for exactly that one. At most
+//! one event per origin is deliverable at a time, so the queue holds at most
+//! `capacity` plus the number of origins.
+//!
+//! When several events are deliverable the one with the smallest (Lamport
+//! time, origin) goes first, so delivery depends only on what was offered, not
+//! on hash-map order.
+//!
+//! Origins are node incarnations: a restarted node has a new generation and
+//! numbers its events from 1 again, so it is a different origin.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::proto::{Event, NodeId, SeqMark};
+
+/// A node incarnation as a map key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OriginKey {
+    pub id: String,
+    pub generation: u64,
+}
+
+impl From<&NodeId> for OriginKey {
+    fn from(node: &NodeId) -> Self {
+        Self {
+            id: node.id.clone(),
+            generation: node.generation,
+        }
+    }
+}
+
+impl OriginKey {
+    pub fn to_node_id(&self) -> NodeId {
+        NodeId {
+            id: self.id.clone(),
+            generation: self.generation,
+        }
+    }
+}
+
+/// What [`HoldBack::offer`] did with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// Already delivered or already held (or malformed): dropped.
+    Duplicate,
+    /// Stored; it leaves through [`HoldBack::pop_ready`] once deliverable.
+    Held,
+    /// Refused: the queue is at capacity. The event was not stored.
+    Full,
+}
+
+/// The delivered vector and the events waiting for their predecessors.
+#[derive(Debug)]
+pub struct HoldBack {
+    /// Per origin, the highest seq delivered (everything up to it is).
+    delivered: HashMap<OriginKey, u64>,
+    /// Per origin, events offered but not delivered yet, by seq.
+    pending: HashMap<OriginKey, BTreeMap<u64, Arc<Event>>>,
+    /// Total events in `pending`.
+    held: usize,
+    capacity: usize,
+}
+
+impl HoldBack {
+    /// An empty queue holding at most `capacity` events that are not yet
+    /// deliverable.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            delivered: HashMap::new(),
+            pending: HashMap::new(),
+            held: 0,
+            capacity,
+        }
+    }
+
+    /// Takes in an event from any link.
+    pub fn offer(&mut self, event: Arc<Event>) -> Offer {
+        let Some((origin, seq)) = identity(&event) else {
+            return Offer::Duplicate;
+        };
+        if seq == 0 || seq <= self.delivered_of(&origin) {
+            return Offer::Duplicate;
+        }
+        if self
+            .pending
+            .get(&origin)
+            .is_some_and(|queue| queue.contains_key(&seq))
+        {
+            return Offer::Duplicate;
+        }
+        if self.held >= self.capacity && !self.ready(&origin, seq, &event) {
+            return Offer::Full;
+        }
+        self.pending.entry(origin).or_default().insert(seq, event);
+        self.held += 1;
+        Offer::Held
+    }
+
+    /// Removes and returns one deliverable event, marking it delivered; `None`
+    /// if nothing held is deliverable.
+    pub fn pop_ready(&mut self) -> Option<Arc<Event>> {
+        // Only the lowest held seq of each origin can be next in FIFO order.
+        let (origin, seq) = self
+            .pending
+            .iter()
+            .filter_map(|(origin, queue)| {
+                let (&seq, event) = queue.first_key_value()?;
+                self.ready(origin, seq, event)
+                    .then_some((event.lamport, origin, seq))
+            })
+            .min()
+            .map(|(_, origin, seq)| (origin.clone(), seq))?;
+        let queue = self.pending.get_mut(&origin)?;
+        let event = queue.remove(&seq)?;
+        if queue.is_empty() {
+            self.pending.remove(&origin);
+        }
+        self.held -= 1;
+        self.delivered.insert(origin, seq);
+        Some(event)
+    }
+
+    /// This node stamped its own event `seq`: it is delivered here by
+    /// definition.
+    pub fn record_own(&mut self, origin: &NodeId, seq: u64) {
+        self.raise(OriginKey::from(origin), seq);
+    }
+
+    /// The delivered vector, sorted by origin.
+    pub fn delivered(&self) -> Vec<SeqMark> {
+        let mut marks: Vec<(&OriginKey, u64)> =
+            self.delivered.iter().map(|(k, &seq)| (k, seq)).collect();
+        marks.sort();
+        marks
+            .into_iter()
+            .map(|(origin, seq)| SeqMark {
+                origin: Some(origin.to_node_id()),
+                seq,
+            })
+            .collect()
+    }
+
+    /// Highest seq delivered from `origin` (0 for none).
+    pub fn delivered_of(&self, origin: &OriginKey) -> u64 {
+        self.delivered.get(origin).copied().unwrap_or(0)
+    }
+
+    /// Treats everything up to `marks` as delivered: the state a joining node
+    /// starts from, or a gap being skipped. Never lowers anything; held events
+    /// that this makes obsolete are dropped.
+    pub fn set_delivered(&mut self, marks: &[SeqMark]) {
+        for mark in marks {
+            if let Some(origin) = mark.origin.as_ref() {
+                self.raise(OriginKey::from(origin), mark.seq);
+            }
+        }
+    }
+
+    /// Events held, waiting for their predecessors (or for `pop_ready`).
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// The dependencies to stamp on a new event of `except` (the node itself:
+    /// its own order is already given by seq).
+    pub fn deps(&self, except: &NodeId) -> Vec<SeqMark> {
+        let except = OriginKey::from(except);
+        self.delivered()
+            .into_iter()
+            .filter(|m| m.origin.as_ref().map(OriginKey::from).as_ref() != Some(&except))
+            .collect()
+    }
+
+    /// Whether event `seq` of `origin` can be delivered now.
+    fn ready(&self, origin: &OriginKey, seq: u64, event: &Event) -> bool {
+        seq == self.delivered_of(origin) + 1
+            && event.deps.iter().all(|dep| {
+                let Some(dep_origin) = dep.origin.as_ref() else {
+                    return true;
+                };
+                let dep_origin = OriginKey::from(dep_origin);
+                // FIFO already orders an origin's own events; a self
+                // dependency at or past `seq` could never be met.
+                dep_origin == *origin || self.delivered_of(&dep_origin) >= dep.seq
+            })
+    }
+
+    fn raise(&mut self, origin: OriginKey, seq: u64) {
+        if seq <= self.delivered_of(&origin) {
+            return;
+        }
+        self.delivered.insert(origin.clone(), seq);
+        if let Some(queue) = self.pending.get_mut(&origin) {
+            let keep = queue.split_off(&(seq + 1));
+            self.held -= queue.len();
+            *queue = keep;
+            if queue.is_empty() {
+                self.pending.remove(&origin);
+            }
+        }
+    }
+}
+
+/// The origin and seq of an event, if it has them.
+fn identity(event: &Event) -> Option<(OriginKey, u64)> {
+    let id = event.id.as_ref()?;
+    let origin = id.origin.as_ref()?;
+    Some((OriginKey::from(origin), id.seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::proto::EventId;
+
+    fn node(id: &str) -> NodeId {
+        NodeId {
+            id: id.into(),
+            generation: 1,
+        }
+    }
+
+    fn mark(origin: &str, seq: u64) -> SeqMark {
+        SeqMark {
+            origin: Some(node(origin)),
+            seq,
+        }
+    }
+
+    fn event(origin: &str, seq: u64, lamport: u64, deps: Vec<SeqMark>) -> Arc<Event> {
+        Arc::new(Event {
+            id: Some(EventId {
+                origin: Some(node(origin)),
+                seq,
+            }),
+            lamport,
+            deps,
+            ..Default::default()
+        })
+    }
+
+    fn drain(hb: &mut HoldBack) -> Vec<(String, u64)> {
+        std::iter::from_fn(|| hb.pop_ready())
+            .map(|e| {
+                let id = e.id.as_ref().unwrap();
+                (id.origin.as_ref().unwrap().id.clone(), id.seq)
+            })
+            .collect()
+    }
+
+    fn ids(list: &[(&str, u64)]) -> Vec<(String, u64)> {
+        list.iter().map(|&(o, s)| (o.to_string(), s)).collect()
+    }
+
+    #[test]
+    fn in_order_events_are_delivered_at_once() {
+        let mut hb = HoldBack::new(10);
+        for seq in 1..=3 {
+            assert_eq!(hb.offer(event("a", seq, seq, vec![])), Offer::Held);
+            assert_eq!(drain(&mut hb), ids(&[("a", seq)]));
+        }
+        assert_eq!(hb.held(), 0);
+        assert_eq!(hb.delivered(), [mark("a", 3)]);
+    }
+
+    #[test]
+    fn reordered_events_are_delivered_fifo_per_origin() {
+        let mut hb = HoldBack::new(10);
+        hb.offer(event("a", 3, 3, vec![]));
+        hb.offer(event("b", 2, 9, vec![]));
+        hb.offer(event("a", 2, 2, vec![]));
+        assert!(drain(&mut hb).is_empty());
+        assert_eq!(hb.held(), 3);
+        hb.offer(event("b", 1, 8, vec![]));
+        hb.offer(event("a", 1, 1, vec![]));
+        // Ties between origins go by Lamport time.
+        assert_eq!(
+            drain(&mut hb),
+            ids(&[("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2)])
+        );
+        assert_eq!(hb.held(), 0);
+    }
+
+    #[test]
+    fn an_event_waits_for_its_dependencies() {
+        let mut hb = HoldBack::new(10);
+        // b stamped its first event after delivering a:1.
+        hb.offer(event("b", 1, 5, vec![mark("a", 1)]));
+        assert!(drain(&mut hb).is_empty(), "a:1 is missing");
+        hb.offer(event("a", 1, 3, vec![]));
+        assert_eq!(drain(&mut hb), ids(&[("a", 1), ("b", 1)]));
+        // A dependency on the event's own origin is FIFO's business.
+        hb.offer(event("a", 2, 9, vec![mark("a", 5)]));
+        assert_eq!(drain(&mut hb), ids(&[("a", 2)]));
+    }
+
+    #[test]
+    fn duplicates_are_ignored() {
+        let mut hb = HoldBack::new(10);
+        hb.offer(event("a", 1, 1, vec![]));
+        assert_eq!(hb.offer(event("a", 3, 3, vec![])), Offer::Held);
+        assert_eq!(hb.offer(event("a", 3, 3, vec![])), Offer::Duplicate, "held");
+        drain(&mut hb);
+        assert_eq!(
+            hb.offer(event("a", 1, 1, vec![])),
+            Offer::Duplicate,
+            "delivered"
+        );
+        assert_eq!(
+            hb.offer(event("a", 0, 1, vec![])),
+            Offer::Duplicate,
+            "seq 0"
+        );
+        let no_id = Arc::new(Event::default());
+        assert_eq!(hb.offer(no_id), Offer::Duplicate);
+        let no_origin = Arc::new(Event {
+            id: Some(EventId {
+                origin: None,
+                seq: 1,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(hb.offer(no_origin), Offer::Duplicate);
+        assert_eq!(hb.held(), 1, "only a:3");
+    }
+
+    #[test]
+    fn a_full_queue_refuses_events_it_cannot_deliver() {
+        let mut hb = HoldBack::new(2);
+        assert_eq!(hb.offer(event("a", 3, 3, vec![])), Offer::Held);
+        assert_eq!(hb.offer(event("a", 4, 4, vec![])), Offer::Held);
+        assert_eq!(hb.offer(event("a", 5, 5, vec![])), Offer::Full);
+        assert_eq!(hb.offer(event("b", 1, 1, vec![mark("a", 1)])), Offer::Full);
+        assert_eq!(hb.held(), 2, "refused events are not stored");
+        // What everything held waits for is still taken in.
+        assert_eq!(hb.offer(event("a", 1, 1, vec![])), Offer::Held);
+        assert_eq!(hb.offer(event("a", 2, 2, vec![])), Offer::Full);
+        assert_eq!(drain(&mut hb), ids(&[("a", 1)]));
+        assert_eq!(hb.offer(event("a", 2, 2, vec![])), Offer::Held);
+        assert_eq!(drain(&mut hb), ids(&[("a", 2), ("a", 3), ("a", 4)]));
+        assert_eq!(hb.offer(event("a", 5, 5, vec![])), Offer::Held);
+    }
+
+    #[test]
+    fn set_delivered_skips_and_drops_obsolete_events() {
+        let mut hb = HoldBack::new(10);
+        hb.offer(event("a", 2, 2, vec![]));
+        hb.offer(event("a", 4, 4, vec![]));
+        hb.offer(event("a", 6, 6, vec![]));
+        hb.offer(event("b", 1, 7, vec![mark("a", 5)]));
+        // a:1..=4 are reported lost: a:2 and a:4 are obsolete.
+        hb.set_delivered(&[mark("a", 4), mark("c", 0)]);
+        assert_eq!(hb.held(), 2);
+        assert_eq!(hb.offer(event("a", 3, 3, vec![])), Offer::Duplicate);
+        hb.offer(event("a", 5, 5, vec![]));
+        assert_eq!(drain(&mut hb), ids(&[("a", 5), ("a", 6), ("b", 1)]));
+        // Never lowers.
+        hb.set_delivered(&[mark("a", 1)]);
+        assert_eq!(hb.delivered_of(&OriginKey::from(&node("a"))), 6);
+    }
+
+    #[test]
+    fn own_events_and_deps() {
+        let mut hb = HoldBack::new(10);
+        hb.offer(event("a", 1, 1, vec![]));
+        drain(&mut hb);
+        hb.record_own(&node("me"), 1);
+        hb.record_own(&node("me"), 2);
+        assert_eq!(hb.delivered(), [mark("a", 1), mark("me", 2)]);
+        assert_eq!(hb.deps(&node("me")), [mark("a", 1)]);
+        // A new generation is a different origin.
+        let me2 = NodeId {
+            id: "me".into(),
+            generation: 2,
+        };
+        assert_eq!(hb.deps(&me2).len(), 2);
+        let key = OriginKey::from(&me2);
+        assert_eq!(key.to_node_id(), me2);
+        assert_eq!(hb.delivered_of(&key), 0);
+    }
+
+    /// xorshift64*: a tiny deterministic generator so schedules replay by seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn new(seed: u64) -> Self {
+            Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        }
+
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn shuffle<T>(&mut self, items: &mut [T]) {
+            for i in (1..items.len()).rev() {
+                items.swap(i, self.below(i + 1));
+            }
+        }
+    }
+
+    /// A simulated origin node: stamps events and receives the others' in
+    /// random order through its own hold-back queue.
+    struct Origin {
+        me: NodeId,
+        hb: HoldBack,
+        seq: u64,
+        lamport: u64,
+        inbox: Vec<Arc<Event>>,
+    }
+
+    /// A causal history: each origin stamps with deps = its delivered vector.
+    fn history(rng: &mut Rng, seed: u64) -> Vec<Arc<Event>> {
+        let count = 3 + rng.below(2);
+        let mut origins: Vec<Origin> = (0..count)
+            .map(|i| Origin {
+                me: NodeId {
+                    id: format!("o{i}"),
+                    generation: 1 + rng.below(2) as u64,
+                },
+                hb: HoldBack::new(usize::MAX),
+                seq: 0,
+                lamport: 0,
+                inbox: Vec::new(),
+            })
+            .collect();
+        let mut all = Vec::new();
+        for _ in 0..40 {
+            let o = rng.below(count);
+            if rng.below(2) == 0 || origins[o].inbox.is_empty() {
+                let origin = &mut origins[o];
+                origin.seq += 1;
+                origin.lamport += 1;
+                let e = Arc::new(Event {
+                    id: Some(EventId {
+                        origin: Some(origin.me.clone()),
+                        seq: origin.seq,
+                    }),
+                    lamport: origin.lamport,
+                    deps: origin.hb.deps(&origin.me),
+                    ..Default::default()
+                });
+                let me = origin.me.clone();
+                origin.hb.record_own(&me, origin.seq);
+                for (i, other) in origins.iter_mut().enumerate() {
+                    if i != o {
+                        other.inbox.push(e.clone());
+                    }
+                }
+                all.push(e);
+            } else {
+                let origin = &mut origins[o];
+                let i = rng.below(origin.inbox.len());
+                let e = origin.inbox.swap_remove(i);
+                assert_eq!(origin.hb.offer(e), Offer::Held, "seed {seed}");
+                while let Some(e) = origin.hb.pop_ready() {
+                    origin.lamport = origin.lamport.max(e.lamport) + 1;
+                }
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn random_causal_histories_deliver_exactly_once_in_causal_order() {
+        for seed in 0..200u64 {
+            let mut rng = Rng::new(seed);
+            let events = history(&mut rng, seed);
+            for round in 0..5 {
+                let mut order = events.clone();
+                rng.shuffle(&mut order);
+                let mut hb = HoldBack::new(events.len());
+                let mut shadow: HashMap<OriginKey, u64> = HashMap::new();
+                let mut seen: HashSet<(OriginKey, u64)> = HashSet::new();
+                for (n, e) in order.iter().enumerate() {
+                    assert_eq!(
+                        hb.offer(e.clone()),
+                        Offer::Held,
+                        "seed {seed} round {round}"
+                    );
+                    if n > 0 && rng.below(4) == 0 {
+                        // Re-offer something already offered.
+                        let again = order[rng.below(n)].clone();
+                        assert_eq!(
+                            hb.offer(again),
+                            Offer::Duplicate,
+                            "seed {seed} round {round}"
+                        );
+                    }
+                    while let Some(d) = hb.pop_ready() {
+                        let (origin, seq) = identity(&d).unwrap();
+                        let last = shadow.entry(origin.clone()).or_insert(0);
+                        assert_eq!(seq, *last + 1, "seed {seed} round {round}: FIFO");
+                        *last = seq;
+                        for dep in &d.deps {
+                            let dep_origin = OriginKey::from(dep.origin.as_ref().unwrap());
+                            assert!(
+                                shadow.get(&dep_origin).copied().unwrap_or(0) >= dep.seq,
+                                "seed {seed} round {round}: {origin:?}:{seq} before dep {dep:?}"
+                            );
+                        }
+                        assert!(
+                            seen.insert((origin, seq)),
+                            "seed {seed} round {round}: twice"
+                        );
+                    }
+                }
+                assert_eq!(seen.len(), events.len(), "seed {seed} round {round}: all");
+                assert_eq!(hb.held(), 0, "seed {seed} round {round}");
+                let delivered: HashMap<OriginKey, u64> = hb
+                    .delivered()
+                    .iter()
+                    .map(|m| (OriginKey::from(m.origin.as_ref().unwrap()), m.seq))
+                    .collect();
+                assert_eq!(delivered, shadow, "seed {seed} round {round}");
+            }
+        }
+    }
+}

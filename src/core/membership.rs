@@ -1,0 +1,762 @@
+//! Server membership: which nodes make up the cluster, as a state-based CRDT.
+//!
+//! The view is a map keyed by node id. Each entry is a [`Member`]: the node
+//! incarnation (`NodeId { id, generation }`), its address, a state (`Alive`,
+//! `Left` after a graceful stop, `Dead` when a peer declared it failed) and a
+//! version that grows with every change its owner or a peer makes to it.
+//!
+//! Views are exchanged whole (gossip, heartbeats, the `ServerJoin` reply) and
+//! [`Membership::merge`] keeps, per node id, the greater of the two entries by
+//! the lexicographic order (generation, version, state rank `Alive < Left <
+//! Dead`), with the address as a last tie-break so that the order is total.
+//! Taking a maximum per key is commutative, associative and idempotent, so
+//! views converge whatever the order, duplication or batching of the gossip.
+//! That is the point: two nodes joining at the same time through different
+//! members each reach half the cluster first, and both must survive. Replacing
+//! a view by the last list received would silently drop one of them.
+//!
+//! Nodes are never deleted from the map; a stopped or failed node stays as a
+//! `Left` or `Dead` tombstone. Otherwise a peer that has not heard of the
+//! death yet would gossip the old `Alive` entry back and resurrect it. With
+//! the tombstone, that stale entry is smaller and loses. A restarted node
+//! comes back with a higher generation, which beats any entry of its old
+//! incarnation, tombstone included. Tombstones cost one entry per node id
+//! (not per incarnation), so the map is bounded by the number of ids ever
+//! used.
+//!
+//! A node learns that it has itself been declared dead (or that a newer
+//! incarnation of its id exists) through [`Change::self_removed`]; what to do
+//! about it (stop, or restart with a new generation) is the shell's decision.
+
+use std::collections::HashMap;
+
+use crate::proto::{Member, MemberState, NodeId};
+
+/// Builds a membership entry.
+pub fn member(node: NodeId, addr: &str, state: MemberState, version: u64) -> Member {
+    Member {
+        node: Some(node),
+        addr: addr.to_string(),
+        state: state as i32,
+        version,
+    }
+}
+
+/// What a merge changed, as seen by this node.
+#[derive(Debug, Default, PartialEq)]
+pub struct Change {
+    /// Nodes that became alive: a new id, or a newer incarnation of a known one.
+    pub added: Vec<Member>,
+    /// Nodes that were alive and no longer are (left, dead, or replaced by a
+    /// newer incarnation), as they were before the merge.
+    pub removed: Vec<Member>,
+    /// The cluster says this incarnation is no longer alive.
+    pub self_removed: bool,
+}
+
+/// One node's view of the cluster.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    me: NodeId,
+    addr: String,
+    /// Keyed by node id; every entry is valid (node set, id non-empty, state
+    /// one of Alive, Left, Dead).
+    entries: HashMap<String, Member>,
+}
+
+impl Membership {
+    /// A view holding only this node, alive at version 1.
+    pub fn new(me: NodeId, addr: String) -> Self {
+        let own = member(me.clone(), &addr, MemberState::Alive, 1);
+        let mut entries = HashMap::new();
+        entries.insert(me.id.clone(), own);
+        Self { me, addr, entries }
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// Merges a remote view (whole or partial) into this one.
+    pub fn merge(&mut self, remote: &[Member]) -> Change {
+        // What each touched id held before this merge: the change is reported
+        // between before and after, so a remote list naming one id twice (or
+        // an incarnation that is replaced within the same list) is reported
+        // once, as its net effect.
+        let mut before: HashMap<String, Option<Member>> = HashMap::new();
+        for entry in remote {
+            let Some(id) = valid_id(entry) else {
+                continue;
+            };
+            let current = self.entries.get(id);
+            if current.is_some_and(|c| order_key(c) >= order_key(entry)) {
+                continue;
+            }
+            before
+                .entry(id.to_string())
+                .or_insert_with(|| current.cloned());
+            self.entries.insert(id.to_string(), entry.clone());
+        }
+
+        let mut touched: Vec<(String, Option<Member>)> = before.into_iter().collect();
+        touched.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut change = Change::default();
+        for (id, old) in touched {
+            let new = &self.entries[&id];
+            if id == self.me.id {
+                // Our entry only changes here when a remote one beat it: a
+                // greater generation (we are a stale incarnation) or our own
+                // generation marked Left/Dead at a greater version.
+                change.self_removed |=
+                    !(is_alive_entry(new) && new.node.as_ref() == Some(&self.me));
+                continue;
+            }
+            let old = old.filter(is_alive_entry);
+            let new = is_alive_entry(new).then(|| new.clone());
+            match (old, new) {
+                // Same incarnation still alive (a version bump): nothing to say.
+                (Some(old), Some(new)) if old.node == new.node => {}
+                (old, new) => {
+                    change.removed.extend(old);
+                    change.added.extend(new);
+                }
+            }
+        }
+        change
+    }
+
+    /// Declares `node` (that exact incarnation) failed. Returns the updated
+    /// entry to gossip, or `None` if it was not alive here or is ourselves.
+    pub fn mark_dead(&mut self, node: &NodeId) -> Option<Member> {
+        self.mark(node, MemberState::Dead)
+    }
+
+    /// Records that `node` (that exact incarnation) stopped gracefully.
+    /// Returns the updated entry, or `None` if it was not alive here or is
+    /// ourselves.
+    pub fn mark_left(&mut self, node: &NodeId) -> Option<Member> {
+        self.mark(node, MemberState::Left)
+    }
+
+    /// This node stops gracefully: its entry becomes `Left` at the next
+    /// version. Returns the entry to gossip. Calling it again returns the same
+    /// entry. If a newer incarnation of our id already replaced us, the
+    /// returned entry is not stored and loses every merge, which is right: the
+    /// newer incarnation is not leaving.
+    pub fn leave(&mut self) -> Member {
+        match self.entries.get_mut(&self.me.id) {
+            Some(own) if own.node.as_ref() == Some(&self.me) => {
+                if is_alive_entry(own) {
+                    own.state = MemberState::Left as i32;
+                    own.version += 1;
+                }
+                own.clone()
+            }
+            _ => member(self.me.clone(), &self.addr, MemberState::Left, 0),
+        }
+    }
+
+    /// Whether this exact incarnation is alive in this view.
+    pub fn is_alive(&self, node: &NodeId) -> bool {
+        self.entries
+            .get(&node.id)
+            .is_some_and(|e| is_alive_entry(e) && e.node.as_ref() == Some(node))
+    }
+
+    /// Every alive node, ourselves included, sorted by node id.
+    pub fn alive(&self) -> Vec<Member> {
+        self.sorted(|e| is_alive_entry(e))
+    }
+
+    /// Every alive node but ourselves, sorted by node id.
+    pub fn peers(&self) -> Vec<Member> {
+        self.sorted(|e| is_alive_entry(e) && entry_id(e) != self.me.id)
+    }
+
+    /// Every entry, tombstones included, sorted by node id: the view to gossip.
+    pub fn snapshot(&self) -> Vec<Member> {
+        self.sorted(|_| true)
+    }
+
+    /// The alive node with the smallest id. Every node with the same view
+    /// picks the same one, so exactly one of them announces what follows from
+    /// a node's death (its participants leaving). Falls back to ourselves when
+    /// nothing is alive (we left).
+    pub fn announcer(&self) -> NodeId {
+        self.entries
+            .values()
+            .filter(|e| is_alive_entry(e))
+            .filter_map(|e| e.node.as_ref())
+            .min_by(|a, b| a.id.cmp(&b.id))
+            .cloned()
+            .unwrap_or_else(|| self.me.clone())
+    }
+
+    fn mark(&mut self, node: &NodeId, state: MemberState) -> Option<Member> {
+        if node.id == self.me.id {
+            return None;
+        }
+        let entry = self.entries.get_mut(&node.id)?;
+        if !is_alive_entry(entry) || entry.node.as_ref() != Some(node) {
+            return None;
+        }
+        entry.state = state as i32;
+        entry.version += 1;
+        Some(entry.clone())
+    }
+
+    fn sorted(&self, keep: impl Fn(&Member) -> bool) -> Vec<Member> {
+        let mut list: Vec<Member> = self.entries.values().filter(|e| keep(e)).cloned().collect();
+        list.sort_by(|a, b| entry_id(a).cmp(entry_id(b)));
+        list
+    }
+}
+
+/// Rank of a state in the merge order; `None` for states that are not valid
+/// in an entry (unspecified or unknown), which are ignored.
+fn rank(state: i32) -> Option<u8> {
+    match MemberState::try_from(state) {
+        Ok(MemberState::Alive) => Some(0),
+        Ok(MemberState::Left) => Some(1),
+        Ok(MemberState::Dead) => Some(2),
+        _ => None,
+    }
+}
+
+/// The node id of an entry that may be merged, or `None` if it is malformed.
+fn valid_id(entry: &Member) -> Option<&str> {
+    let node = entry.node.as_ref()?;
+    rank(entry.state)?;
+    (!node.id.is_empty()).then_some(node.id.as_str())
+}
+
+/// The merge order: (generation, version, state rank, address).
+fn order_key(entry: &Member) -> (u64, u64, u8, &str) {
+    let generation = entry.node.as_ref().map_or(0, |n| n.generation);
+    let rank = rank(entry.state).unwrap_or(0);
+    (generation, entry.version, rank, entry.addr.as_str())
+}
+
+fn is_alive_entry(entry: &Member) -> bool {
+    entry.state == MemberState::Alive as i32
+}
+
+fn entry_id(entry: &Member) -> &str {
+    entry.node.as_ref().map_or("", |n| n.id.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    fn node(id: &str, generation: u64) -> NodeId {
+        NodeId {
+            id: id.into(),
+            generation,
+        }
+    }
+
+    fn start(id: &str, generation: u64) -> Membership {
+        Membership::new(node(id, generation), format!("{id}:{generation}"))
+    }
+
+    /// `joiner` joins through `via`: the member merges the joiner's entry and
+    /// the joiner takes the member's view (the `ServerJoin` exchange).
+    fn join(joiner: &mut Membership, via: &mut Membership) {
+        via.merge(&joiner.snapshot());
+        joiner.merge(&via.snapshot());
+    }
+
+    /// Push-pull gossip from `a` to `b` and back.
+    fn gossip(a: &mut Membership, b: &mut Membership) {
+        b.merge(&a.snapshot());
+        a.merge(&b.snapshot());
+    }
+
+    fn ids(list: &[Member]) -> Vec<(String, u64)> {
+        list.iter()
+            .map(|m| {
+                let n = m.node.as_ref().unwrap();
+                (n.id.clone(), n.generation)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn joins_through_different_members_converge() {
+        let mut a = start("a", 1);
+        let mut b = start("b", 1);
+        join(&mut b, &mut a);
+        // c and d join at the same time, c through a and d through b.
+        let mut c = start("c", 1);
+        let mut d = start("d", 1);
+        join(&mut c, &mut a);
+        join(&mut d, &mut b);
+        assert_eq!(ids(&a.alive()).len(), 3, "a has not heard of d yet");
+        assert_eq!(ids(&b.alive()).len(), 3, "b has not heard of c yet");
+
+        // b's list reaching a must not drop c (no "last list wins").
+        let change = a.merge(&b.snapshot());
+        assert_eq!(ids(&change.added), [("d".to_string(), 1)]);
+        assert!(change.removed.is_empty());
+        gossip(&mut d, &mut c);
+        gossip(&mut b, &mut c);
+
+        let expected = a.snapshot();
+        for view in [&a, &b, &c, &d] {
+            assert_eq!(view.snapshot(), expected, "view of {:?}", view.me());
+        }
+        assert_eq!(ids(&expected).len(), 4);
+        assert_eq!(
+            ids(&c.peers()),
+            [("a".into(), 1), ("b".into(), 1), ("d".into(), 1)]
+        );
+        assert_eq!(c.announcer(), node("a", 1));
+    }
+
+    #[test]
+    fn a_stale_alive_update_does_not_resurrect_a_dead_node() {
+        let mut a = start("a", 1);
+        let mut b = start("b", 1);
+        let mut c = start("c", 1);
+        join(&mut b, &mut a);
+        join(&mut c, &mut a);
+        b.merge(&a.snapshot());
+        let stale = b.snapshot();
+
+        let dead = a.mark_dead(&node("c", 1)).unwrap();
+        assert_eq!(dead.state, MemberState::Dead as i32);
+        assert_eq!(dead.version, 2);
+        assert!(a.mark_dead(&node("c", 1)).is_none(), "already dead");
+
+        let change = a.merge(&stale);
+        assert_eq!(change, Change::default());
+        assert!(!a.is_alive(&node("c", 1)));
+
+        // b hears of the death and reports it; a later stale list is ignored.
+        let change = b.merge(&a.snapshot());
+        assert_eq!(ids(&change.removed), [("c".to_string(), 1)]);
+        assert!(change.added.is_empty());
+        assert_eq!(b.merge(&stale), Change::default());
+        assert_eq!(ids(&b.alive()), [("a".into(), 1), ("b".into(), 1)]);
+        assert!(
+            b.snapshot()
+                .iter()
+                .any(|m| m.state == MemberState::Dead as i32),
+            "the tombstone is kept"
+        );
+    }
+
+    #[test]
+    fn a_newer_generation_replaces_the_old_incarnation() {
+        let mut a = start("a", 1);
+        let mut b = start("b", 1);
+        let mut c1 = start("c", 1);
+        join(&mut b, &mut a);
+        join(&mut c1, &mut a);
+        b.merge(&a.snapshot());
+        a.mark_dead(&node("c", 1)).unwrap();
+
+        // c restarts with generation 2 and joins through a, which saw the old
+        // incarnation die: only the new one is reported.
+        let mut c2 = start("c", 2);
+        let change = a.merge(&c2.snapshot());
+        assert_eq!(ids(&change.added), [("c".to_string(), 2)]);
+        assert!(change.removed.is_empty());
+        c2.merge(&a.snapshot());
+
+        // b still had generation 1 alive: it is removed and the new one added.
+        let change = b.merge(&a.snapshot());
+        assert_eq!(ids(&change.removed), [("c".to_string(), 1)]);
+        assert_eq!(ids(&change.added), [("c".to_string(), 2)]);
+        assert!(b.is_alive(&node("c", 2)));
+        assert!(!b.is_alive(&node("c", 1)));
+
+        // Neither the old incarnation alive nor its tombstone beats generation 2.
+        assert_eq!(b.merge(&c1.snapshot()), Change::default());
+        assert!(b.mark_dead(&node("c", 1)).is_none(), "not that incarnation");
+        assert!(b.is_alive(&node("c", 2)));
+    }
+
+    #[test]
+    fn self_removal_is_detected_and_never_reported_as_a_peer() {
+        let mut a = start("a", 1);
+        let mut b = start("b", 1);
+        join(&mut b, &mut a);
+
+        // A stale or equal entry about ourselves changes nothing.
+        let stale = vec![member(node("b", 1), "b:1", MemberState::Alive, 1)];
+        assert_eq!(b.merge(&stale), Change::default());
+        assert_eq!(
+            b.merge(&[member(node("b", 0), "old", MemberState::Dead, 9)]),
+            Change::default()
+        );
+
+        // Declared dead by a peer.
+        a.mark_dead(&node("b", 1)).unwrap();
+        let change = b.merge(&a.snapshot());
+        assert!(change.self_removed);
+        assert!(change.added.is_empty() && change.removed.is_empty());
+        assert!(!b.is_alive(&node("b", 1)));
+
+        // Superseded by a newer incarnation of our id.
+        let mut b1 = start("b", 1);
+        let change = b1.merge(&[member(node("b", 2), "b:2", MemberState::Alive, 1)]);
+        assert!(change.self_removed);
+        assert!(
+            change.added.is_empty(),
+            "our id is never reported: {change:?}"
+        );
+        assert_eq!(b1.leave().version, 0, "a stale incarnation leaves nothing");
+
+        // Marks never apply to ourselves.
+        let mut c = start("c", 1);
+        assert!(c.mark_dead(&node("c", 1)).is_none());
+        assert!(c.mark_left(&node("c", 1)).is_none());
+    }
+
+    #[test]
+    fn leave_and_mark_left() {
+        let mut a = start("a", 1);
+        let mut b = start("b", 1);
+        join(&mut b, &mut a);
+        let left = b.leave();
+        assert_eq!(left.state, MemberState::Left as i32);
+        assert_eq!(left.version, 2);
+        assert_eq!(b.leave(), left, "leaving twice changes nothing");
+        assert_eq!(b.announcer(), node("a", 1));
+
+        let change = a.merge(std::slice::from_ref(&left));
+        assert_eq!(ids(&change.removed), [("b".to_string(), 1)]);
+        assert_eq!(ids(&a.peers()), Vec::<(String, u64)>::new());
+
+        let mut c = start("c", 1);
+        join(&mut c, &mut a);
+        let marked = a.mark_left(&node("c", 1)).unwrap();
+        assert_eq!(
+            (marked.state, marked.version),
+            (MemberState::Left as i32, 2)
+        );
+        assert!(a.mark_dead(&node("c", 1)).is_none());
+        assert_eq!(a.announcer(), node("a", 1));
+        let mut z = start("z", 1);
+        z.leave();
+        assert_eq!(z.announcer(), node("z", 1), "falls back to ourselves");
+    }
+
+    #[test]
+    fn malformed_entries_are_ignored() {
+        let mut a = start("a", 1);
+        let before = a.snapshot();
+        let junk = vec![
+            Member {
+                node: None,
+                addr: "x".into(),
+                state: MemberState::Alive as i32,
+                version: 5,
+            },
+            member(node("", 3), "y", MemberState::Alive, 5),
+            member(node("q", 3), "y", MemberState::Unspecified, 5),
+            Member {
+                node: Some(node("r", 1)),
+                addr: "r".into(),
+                state: 42,
+                version: 1,
+            },
+        ];
+        assert_eq!(a.merge(&junk), Change::default());
+        assert_eq!(a.snapshot(), before);
+    }
+
+    #[test]
+    fn merge_is_idempotent_commutative_and_associative() {
+        let x = vec![
+            member(node("a", 1), "a", MemberState::Alive, 1),
+            member(node("b", 1), "b", MemberState::Dead, 2),
+            member(node("c", 2), "c", MemberState::Alive, 1),
+        ];
+        let y = vec![
+            member(node("a", 1), "a", MemberState::Left, 2),
+            member(node("b", 1), "b", MemberState::Alive, 1),
+            member(node("c", 1), "c", MemberState::Dead, 5),
+            member(node("d", 1), "d", MemberState::Alive, 1),
+        ];
+        let z = vec![
+            member(node("b", 2), "b2", MemberState::Alive, 1),
+            member(node("d", 1), "d", MemberState::Dead, 1),
+            // Same rank order key but another address: the tie-break decides.
+            member(node("e", 1), "e1", MemberState::Alive, 1),
+        ];
+        let z2 = vec![member(node("e", 1), "e0", MemberState::Alive, 1)];
+        let lists = [&x, &y, &z, &z2];
+
+        let apply = |order: &[usize]| {
+            let mut m = start("m", 1);
+            for &i in order {
+                m.merge(lists[i]);
+            }
+            m.snapshot()
+        };
+        let reference = apply(&[0, 1, 2, 3]);
+        for order in [[3, 2, 1, 0], [1, 0, 3, 2], [2, 0, 3, 1], [3, 1, 0, 2]] {
+            assert_eq!(apply(&order), reference, "order {order:?}");
+        }
+        assert_eq!(apply(&[2, 0, 0, 3, 1, 2, 3, 1]), reference, "duplicates");
+
+        // Associativity: merging a merged view equals merging the parts.
+        let mut xy = start("m", 1);
+        xy.merge(&x);
+        xy.merge(&y);
+        let mut grouped = start("m", 1);
+        grouped.merge(&z);
+        grouped.merge(&z2);
+        grouped.merge(&xy.snapshot());
+        assert_eq!(grouped.snapshot(), reference);
+
+        // Idempotence: merging a view into itself, or twice, changes nothing.
+        let mut m = start("m", 1);
+        m.merge(&x);
+        let once = m.snapshot();
+        assert_eq!(m.merge(&x), Change::default());
+        assert_eq!(m.merge(&once), Change::default());
+        assert_eq!(m.snapshot(), once);
+    }
+
+    /// xorshift64*: a tiny deterministic generator so schedules replay by seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn new(seed: u64) -> Self {
+            Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        }
+
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn chance(&mut self, percent: u64) -> bool {
+            self.next() % 100 < percent
+        }
+    }
+
+    /// One simulated process: its view plus what the test checks about it.
+    struct Proc {
+        view: Membership,
+        /// The alive peers as told by the `Change`s it received.
+        told: HashSet<(String, u64)>,
+        /// Incarnations this view has ever held as not alive (or superseded).
+        buried: HashSet<(String, u64)>,
+        /// Per id, the greatest order key seen, to check monotonicity.
+        high: HashMap<String, (u64, u64, u8, String)>,
+        saw_self_removed: bool,
+        left: bool,
+    }
+
+    impl Proc {
+        fn new(view: Membership) -> Self {
+            let mut p = Self {
+                view,
+                told: HashSet::new(),
+                buried: HashSet::new(),
+                high: HashMap::new(),
+                saw_self_removed: false,
+                left: false,
+            };
+            p.check(0);
+            p
+        }
+
+        fn merge(&mut self, remote: &[Member], seed: u64) {
+            let change = self.view.merge(remote);
+            self.saw_self_removed |= change.self_removed;
+            for m in &change.removed {
+                let key = ids(std::slice::from_ref(m)).remove(0);
+                assert!(
+                    self.told.remove(&key),
+                    "seed {seed}: removed unknown {key:?}"
+                );
+            }
+            for m in &change.added {
+                let key = ids(std::slice::from_ref(m)).remove(0);
+                assert!(
+                    self.told.insert(key.clone()),
+                    "seed {seed}: added twice {key:?}"
+                );
+            }
+            self.check(seed);
+        }
+
+        /// Invariants after every step.
+        fn check(&mut self, seed: u64) {
+            let me = self.view.me().id.clone();
+            let peers: HashSet<(String, u64)> = ids(&self.view.peers()).into_iter().collect();
+            assert_eq!(
+                self.told, peers,
+                "seed {seed}: changes of {me} disagree with its view"
+            );
+            for entry in self.view.snapshot() {
+                let n = entry.node.clone().unwrap();
+                let key = order_key(&entry);
+                let key = (key.0, key.1, key.2, key.3.to_string());
+                if let Some(high) = self.high.get(&n.id) {
+                    assert!(
+                        &key >= high,
+                        "seed {seed}: {me}'s entry for {} went back",
+                        n.id
+                    );
+                }
+                self.high.insert(n.id.clone(), key);
+                let incarnation = (n.id.clone(), n.generation);
+                if is_alive_entry(&entry) {
+                    assert!(
+                        !self.buried.contains(&incarnation),
+                        "seed {seed}: {me} resurrected {incarnation:?}"
+                    );
+                } else {
+                    self.buried.insert(incarnation);
+                }
+                for g in 0..n.generation {
+                    self.buried.insert((n.id.clone(), g));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_schedules_converge() {
+        const NODES: usize = 5;
+        const STEPS: usize = 120;
+        for seed in 0..200u64 {
+            let mut rng = Rng::new(seed);
+            let names: Vec<String> = (0..NODES).map(|i| format!("n{i}")).collect();
+            let mut generation = [0u64; NODES];
+            // Current process per id (None until first started); replaced
+            // processes keep running as stale incarnations that still gossip.
+            let mut current: Vec<Option<Proc>> = (0..NODES).map(|_| None).collect();
+            let mut stale: Vec<Proc> = Vec::new();
+            generation[0] = 1;
+            current[0] = Some(Proc::new(start(&names[0], 1)));
+
+            for _ in 0..STEPS {
+                let started: Vec<usize> = (0..NODES).filter(|&i| current[i].is_some()).collect();
+                match rng.below(10) {
+                    // Gossip a random subset of one view to another process.
+                    0..=4 => {
+                        let from = started[rng.below(started.len())];
+                        let mut subset = current[from].as_ref().unwrap().view.snapshot();
+                        subset.retain(|_| rng.chance(60));
+                        if !stale.is_empty() && rng.chance(15) {
+                            let s = rng.below(stale.len());
+                            stale[s].merge(&subset, seed);
+                            continue;
+                        }
+                        let to = started[rng.below(started.len())];
+                        current[to].as_mut().unwrap().merge(&subset, seed);
+                    }
+                    // A stale incarnation gossips its old view.
+                    5 if !stale.is_empty() => {
+                        let s = rng.below(stale.len());
+                        let list = stale[s].view.snapshot();
+                        let to = started[rng.below(started.len())];
+                        current[to].as_mut().unwrap().merge(&list, seed);
+                    }
+                    // Someone declares a peer dead (or seen leaving).
+                    5 | 6 => {
+                        let by = started[rng.below(started.len())];
+                        let p = current[by].as_mut().unwrap();
+                        let peers = p.view.peers();
+                        if !peers.is_empty() {
+                            let target = peers[rng.below(peers.len())].node.clone().unwrap();
+                            let marked = if rng.chance(70) {
+                                p.view.mark_dead(&target)
+                            } else {
+                                p.view.mark_left(&target)
+                            };
+                            assert!(marked.is_some(), "seed {seed}: peer was alive");
+                            p.told.remove(&(target.id.clone(), target.generation));
+                            p.check(seed);
+                        }
+                    }
+                    // A node starts, or restarts with the next generation,
+                    // joining through a random started node.
+                    7 | 8 => {
+                        let i = rng.below(NODES);
+                        let via = started[rng.below(started.len())];
+                        if via == i {
+                            continue;
+                        }
+                        generation[i] += 1;
+                        let mut fresh = Proc::new(start(&names[i], generation[i]));
+                        let entry = fresh.view.snapshot();
+                        current[via].as_mut().unwrap().merge(&entry, seed);
+                        let view = current[via].as_ref().unwrap().view.snapshot();
+                        fresh.merge(&view, seed);
+                        if let Some(old) = current[i].replace(fresh) {
+                            stale.push(old);
+                        }
+                    }
+                    // A node leaves gracefully and tells one peer.
+                    _ => {
+                        let i = started[rng.below(started.len())];
+                        let p = current[i].as_mut().unwrap();
+                        let left = p.view.leave();
+                        p.left = true;
+                        p.check(seed);
+                        let to = started[rng.below(started.len())];
+                        current[to].as_mut().unwrap().merge(&[left], seed);
+                    }
+                }
+            }
+
+            // Final all-pairs gossip: everyone pushes to everyone, twice so
+            // that what arrived late in the first round spreads too.
+            let mut procs: Vec<Proc> = current.into_iter().flatten().collect();
+            procs.append(&mut stale);
+            for _ in 0..2 {
+                for a in 0..procs.len() {
+                    for b in 0..procs.len() {
+                        if a != b {
+                            let list = procs[a].view.snapshot();
+                            procs[b].merge(&list, seed);
+                        }
+                    }
+                }
+            }
+            let expected = procs[0].view.snapshot();
+            for p in &procs {
+                assert_eq!(
+                    p.view.snapshot(),
+                    expected,
+                    "seed {seed}: view of {:?} differs",
+                    p.view.me()
+                );
+                if !p.view.alive().is_empty() {
+                    // (With nothing alive each falls back to itself.)
+                    assert_eq!(p.view.announcer(), procs[0].view.announcer(), "seed {seed}");
+                }
+                let me = p.view.me();
+                if !p.view.is_alive(me) && !p.left {
+                    assert!(
+                        p.saw_self_removed,
+                        "seed {seed}: {me:?} was removed without being told"
+                    );
+                }
+            }
+            // At most one incarnation per id, and each is the newest started.
+            for m in &expected {
+                let n = m.node.as_ref().unwrap();
+                let i: usize = n.id[1..].parse().unwrap();
+                assert_eq!(n.generation, generation[i], "seed {seed}: {n:?}");
+            }
+        }
+    }
+}
