@@ -73,6 +73,10 @@ pub struct ServerArgs {
     /// from history.
     #[arg(long, env = "CHITTY_PEER_QUEUE", default_value_t = DEFAULT_PEER_QUEUE)]
     pub peer_queue: usize,
+    /// Testing only: delay live relay batches to the peer at ADDR by MS
+    /// milliseconds (ADDR=MS).
+    #[arg(long, env = "CHITTY_FAULT_LINK_DELAY", hide = true, value_parser = parse_link_delay)]
+    pub fault_link_delay: Option<(String, std::time::Duration)>,
     /// Events queued for one participant before it is disconnected as too
     /// slow.
     #[arg(long, env = "CHITTY_SESSION_QUEUE", default_value_t = DEFAULT_SESSION_QUEUE)]
@@ -120,6 +124,7 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
     config.session_queue = args.session_queue.max(1);
     config.peer_queue = args.peer_queue.max(1);
     config.boot = args.boot;
+    config.fault_link_delay = args.fault_link_delay;
     config.cluster_secret = args.cluster_secret.filter(|s| !s.is_empty());
     config.heartbeat = std::time::Duration::from_millis(args.heartbeat_ms.max(10));
     config.failure_timeout = std::time::Duration::from_millis(args.failure_timeout_ms.max(1));
@@ -139,6 +144,14 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+fn parse_link_delay(text: &str) -> Result<(String, std::time::Duration), String> {
+    let (addr, ms) = text
+        .rsplit_once('=')
+        .ok_or_else(|| "expected ADDR=MS".to_string())?;
+    let ms: u64 = ms.parse().map_err(|e| format!("bad milliseconds: {e}"))?;
+    Ok((addr.to_string(), std::time::Duration::from_millis(ms)))
 }
 
 /// Completes on Ctrl-C (SIGINT) or SIGTERM.

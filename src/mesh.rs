@@ -384,7 +384,7 @@ impl Node {
 /// announces the participants of departed nodes as left.
 async fn run_detector(node: Node) {
     let mut shutdown = node.shared.shutdown.subscribe();
-    let period = node.config().heartbeat / 2;
+    let period = node.config().heartbeat / 4;
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_tick = Instant::now();
@@ -402,7 +402,7 @@ async fn run_detector(node: Node) {
 
 fn detect(node: &Node, now: Instant, paused: bool) {
     let timeout = node.config().failure_timeout;
-    let settle = node.config().heartbeat * 2;
+    let settle = node.config().heartbeat;
     let mut state = node.lock();
     if paused {
         // This process was not running (SIGSTOP, a frozen VM): silence from
@@ -613,6 +613,11 @@ impl Link {
                 n = self.rx.recv_many(&mut buf, MAX_RELAY_BATCH) => {
                     if n == 0 {
                         return Ok(()); // the node dropped this link
+                    }
+                    if let Some((addr, delay)) = &node.config().fault_link_delay
+                        && addr == &self.peer.addr
+                    {
+                        tokio::time::sleep(*delay).await;
                     }
                     let me = node.id();
                     let last = self.last_sent_own;

@@ -48,7 +48,7 @@ pub const DEFAULT_PEER_QUEUE: usize = 65_536;
 /// Default interval between heartbeats on a peer link.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
 /// Default silence after which a peer is declared failed.
-pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_millis(2500);
 /// Most events put in one `JoinFrame`.
 const MAX_FRAME_EVENTS: usize = 512;
 
@@ -72,6 +72,9 @@ pub struct NodeConfig {
     /// Silence after which a peer is declared failed.
     pub failure_timeout: Duration,
     pub limits: CoreLimits,
+    /// Test-only fault: delay every batch of live events sent to the peer at
+    /// this address by this long (to show replies never overtake originals).
+    pub fault_link_delay: Option<(String, Duration)>,
 }
 
 impl NodeConfig {
@@ -90,6 +93,7 @@ impl NodeConfig {
             heartbeat: DEFAULT_HEARTBEAT,
             failure_timeout: DEFAULT_FAILURE_TIMEOUT,
             limits: CoreLimits::default(),
+            fault_link_delay: None,
         }
     }
 }
@@ -438,6 +442,10 @@ impl Node {
 
     fn session_ended(&self, participant_id: &str, session: u64) {
         let mut state = self.lock();
+        if state.shutting_down {
+            // The node is leaving; its peers announce its participants.
+            return;
+        }
         if state
             .sinks
             .get(participant_id)

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs a local Chitty cluster of N nodes (default 3) in this terminal.
+#
+#   cluster/run.sh            # 3 nodes on 127.0.0.1:50051..50053
+#   cluster/run.sh 5          # 5 nodes
+#   BASE_PORT=6000 cluster/run.sh
+#
+# Builds once, starts node 1 as the boot node and joins each next node
+# through the previous one. Every log line is prefixed with its node's name.
+# Ctrl-C stops all nodes (each leaves the cluster gracefully).
+set -euo pipefail
+
+nodes=${1:-3}
+base=${BASE_PORT:-50051}
+secret=${CHITTY_CLUSTER_SECRET:-chitty-local-$(date +%s)-$$}
+cd "$(dirname "$0")/.."
+
+cargo build --release --quiet
+bin=target/release/chitty
+
+pids=()
+stop() {
+    trap - INT TERM EXIT
+    echo "cluster: stopping ${#pids[@]} nodes" >&2
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+# Waits until a node answers on its port (bounded).
+wait_port() {
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "cluster: node on port $1 did not start" >&2
+    return 1
+}
+
+prev=""
+for i in $(seq 1 "$nodes"); do
+    port=$((base + i - 1))
+    args=(server --listen "127.0.0.1:$port" --cluster-secret "$secret")
+    [ -n "$prev" ] && args+=(--boot "$prev")
+    # Prefix each line with the node's name; the subshell keeps the pid of
+    # the node itself in $!.
+    "$bin" "${args[@]}" > >(sed -u "s/^/[node$i] /") 2> >(sed -u "s/^/[node$i] /" >&2) &
+    pids+=($!)
+    wait_port "$port"
+    prev="127.0.0.1:$port"
+done
+
+cat >&2 <<MSG
+cluster: $nodes nodes running on 127.0.0.1:$base..$((base + nodes - 1))
+cluster: connect clients from other terminals, for example:
+  $bin client --name Alice --server 127.0.0.1:$base
+  $bin client --name Bob   --server 127.0.0.1:$((base + nodes - 1))
+cluster: kill a node to watch failover: kill -9 <pid> (pids: ${pids[*]})
+cluster: Ctrl-C stops every node
+MSG
+wait
