@@ -165,7 +165,7 @@ impl Membership {
 
     /// Every alive node, ourselves included, sorted by node id.
     pub fn alive(&self) -> Vec<Member> {
-        self.sorted(|e| is_alive_entry(e))
+        self.sorted(is_alive_entry)
     }
 
     /// Every alive node but ourselves, sorted by node id.
