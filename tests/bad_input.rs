@@ -132,8 +132,7 @@ async fn a_name_held_by_a_live_participant_is_refused_with_already_exists() {
     // Through the client library too, with the same answer.
     let err = chitty::client::join(&server.addr, "Observer")
         .await
-        .err()
-        .expect("a second Observer must be refused");
+        .expect_err("a second Observer must be refused");
     assert_eq!(code(&err), Code::AlreadyExists, "{err}");
 
     // Nothing was announced, and the holder of the name is unaffected.
