@@ -69,6 +69,10 @@ pub struct ServerArgs {
     /// participants are announced as left.
     #[arg(long, env = "CHITTY_FAILURE_TIMEOUT_MS", default_value_t = DEFAULT_FAILURE_TIMEOUT.as_millis() as u64)]
     pub failure_timeout_ms: u64,
+    /// How long (milliseconds) a participant whose connection or node failed
+    /// may resume on any node before it is announced as left.
+    #[arg(long, env = "CHITTY_GRACE_MS", default_value_t = CoreLimits::default().grace.as_millis() as u64)]
+    pub grace_ms: u64,
     /// Events queued for one peer before its link falls back to re-sending
     /// from history.
     #[arg(long, env = "CHITTY_PEER_QUEUE", default_value_t = DEFAULT_PEER_QUEUE)]
@@ -134,6 +138,7 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
     }
     config.limits.history_events = args.history_events;
     config.limits.history_bytes = args.history_bytes;
+    config.limits.grace = std::time::Duration::from_millis(args.grace_ms);
     println!("chitty server listening on {bound}");
     let _ = std::io::stdout().flush();
     match crate::server::serve(listener, config, shutdown_signal()).await {

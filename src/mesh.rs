@@ -165,6 +165,7 @@ impl Node {
             participants: reply.participants,
             delivered: reply.delivered,
             lamport: reply.lamport,
+            grants: reply.grants,
         });
         let change = state.membership.merge(&reply.members);
         info!(
@@ -182,7 +183,7 @@ impl Node {
             return Err(Status::invalid_argument("member without a node id"));
         };
         let mut state = self.lock();
-        let change = state.membership.merge(&[joiner.clone()]);
+        let change = state.membership.merge(std::slice::from_ref(&joiner));
         if !state.membership.is_alive(&node) {
             return Err(Status::failed_precondition(
                 "this node incarnation was removed from the cluster; restart it",
@@ -196,6 +197,7 @@ impl Node {
             participants: snapshot.participants,
             lamport: snapshot.lamport,
             delivered: snapshot.delivered,
+            grants: snapshot.grants,
         })
     }
 
@@ -246,6 +248,8 @@ impl Node {
         }
         self.notify_servers(state, server_list(&state.membership));
         self.shared.gossip.notify_one();
+        // Publishes waiting on a departed peer's acknowledgement re-check.
+        self.shared.acked.notify_waiters();
     }
 
     /// The first frame of an inbound relay link: who is calling.
@@ -282,7 +286,17 @@ impl Node {
         self.heard(&mut state, peer)?;
         match frame.frame {
             Some(relay_frame::Frame::Batch(batch)) => {
+                for grant in batch.grants {
+                    state.core.grant(grant);
+                }
                 let received = state.core.receive(batch.events);
+                for pid in &received.moved {
+                    self.end_session(
+                        &mut state,
+                        pid,
+                        Status::aborted("this session was resumed on another node"),
+                    );
+                }
                 if received.refused > 0 {
                     warn!(peer = %peer.id, refused = received.refused, "hold-back queue full; events refused until the link resyncs");
                 }
@@ -402,8 +416,15 @@ async fn run_detector(node: Node) {
 
 fn detect(node: &Node, now: Instant, paused: bool) {
     let timeout = node.config().failure_timeout;
-    let settle = node.config().heartbeat;
+    // Participants of a departed node get the grace period to resume
+    // elsewhere, and at least one heartbeat for survivors to reconcile.
+    let settle = node.config().limits.grace.max(node.config().heartbeat);
     let mut state = node.lock();
+    let expired = state.core.expire(now);
+    for left in &expired {
+        info!(participant = %left.participant_name, lamport = left.lamport, "grace period over: participant left");
+    }
+    node.dispatch(&mut state, expired);
     if paused {
         // This process was not running (SIGSTOP, a frozen VM): silence from
         // peers says nothing about them. Start their clocks afresh.
@@ -653,6 +674,7 @@ impl Link {
         let me = self.node.id();
         if let Some(mark) = held.iter().find(|m| m.origin.as_ref() == Some(me)) {
             self.acked_own.fetch_max(mark.seq, Ordering::AcqRel);
+            self.node.shared.acked.notify_waiters();
         }
     }
 
@@ -694,8 +716,9 @@ impl Link {
         if let Some(max) = events.iter().filter_map(|e| own_seq(e, &me)).max() {
             self.last_sent_own = self.last_sent_own.max(max);
         }
+        let grants = self.node.lock().core.grants_for(&events);
         let frame = RelayFrame {
-            frame: Some(relay_frame::Frame::Batch(RelayBatch { events })),
+            frame: Some(relay_frame::Frame::Batch(RelayBatch { events, grants })),
         };
         out.send(frame)
             .await

@@ -37,8 +37,8 @@ use crate::core::chat::CoreLimits;
 use crate::core::membership::Membership;
 use crate::error::{Error, Result};
 use crate::proto::{
-    Event, EventBatch, JoinFrame, NodeId, Participant, PublishReply, ServerInfo, ServerList,
-    Welcome, join_frame,
+    Event, EventBatch, EventKind, Gap, JoinFrame, NodeId, Participant, PublishReply, Resume,
+    ServerInfo, ServerList, Welcome, join_frame,
 };
 
 /// Default capacity of one session's outgoing queue, in events.
@@ -174,6 +174,8 @@ pub(crate) struct Shared {
     pub(crate) fatal: watch::Sender<Option<String>>,
     /// Wakes the gossip task to push the membership to every peer.
     pub(crate) gossip: Notify,
+    /// Woken when a peer acknowledges events or a link goes away.
+    pub(crate) acked: Notify,
     /// Inbound relay link tasks (one per peer connection).
     inbound: Mutex<JoinSet<()>>,
 }
@@ -203,6 +205,7 @@ impl Node {
                 shutdown: watch::channel(false).0,
                 fatal: watch::channel(None).0,
                 gossip: Notify::new(),
+                acked: Notify::new(),
                 inbound: Mutex::new(JoinSet::new()),
             }),
         }
@@ -242,30 +245,109 @@ impl Node {
         let joined = state
             .core
             .join(name, lamport, participant_id.clone(), token.clone())?;
+        info!(participant = %name, id = %participant_id, lamport = joined.events[0].lamport, "Join");
+        let stream = self.open_session(
+            &mut state,
+            participant_id,
+            token,
+            joined.session,
+            false,
+            VecDeque::new(),
+        );
+        self.dispatch(&mut state, joined.events);
+        Ok(stream)
+    }
+
+    /// Reattaches a participant whose session ended without a Leave (its
+    /// node failed, or its connection broke), on proof of ownership. Replays
+    /// what it missed after `resume.seen`, then continues live. Announces
+    /// nothing to participants.
+    pub async fn resume(&self, resume: Resume, lamport: u64) -> Result<SessionStream> {
+        // A client that saw events this node has not delivered yet waits for
+        // them (bounded), so nothing it publishes here can overtake them.
+        let deadline = Instant::now() + self.shared.config.failure_timeout * 2;
+        while !self.lock().core.covers(&resume.seen) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut state = self.lock();
+        if state.shutting_down {
+            return Err(Error::Unavailable("node is shutting down".into()));
+        }
+        let pid = resume.participant_id;
+        let resumed = state.core.resume(&pid, &resume.session_token, lamport)?;
+        // A stale session of the same participant here (a half-open
+        // connection) gives way to the new one.
+        self.end_session(
+            &mut state,
+            &pid,
+            Status::aborted("this session was resumed on another connection"),
+        );
+        let (replay, gaps) = state.core.replay_after(&resume.seen);
+        let mut prelude = VecDeque::new();
+        if !gaps.is_empty() {
+            prelude.push_back(JoinFrame {
+                frame: Some(join_frame::Frame::Gap(Gap {
+                    reason: "some events are older than this node's history and cannot be replayed"
+                        .into(),
+                    ranges: gaps,
+                })),
+            });
+        }
+        let replay: Vec<Event> = replay
+            .iter()
+            .filter(|e| visible(e))
+            .map(|e| Event::clone(e))
+            .collect();
+        info!(participant = %resumed.name, id = %pid, replayed = replay.len(), lamport = resumed.events[0].lamport, "Resume");
+        for chunk in replay.chunks(MAX_FRAME_EVENTS) {
+            prelude.push_back(events_frame(chunk.to_vec()));
+        }
+        let stream = self.open_session(
+            &mut state,
+            pid,
+            resume.session_token,
+            resumed.session,
+            true,
+            prelude,
+        );
+        self.dispatch(&mut state, resumed.events);
+        Ok(stream)
+    }
+
+    /// Registers a local session's queue and builds its stream: the
+    /// `Welcome`, then `prelude`, then live events.
+    fn open_session(
+        &self,
+        state: &mut State,
+        participant_id: String,
+        token: String,
+        session: u64,
+        resumed: bool,
+        prelude: VecDeque<JoinFrame>,
+    ) -> SessionStream {
         let (tx, rx) = mpsc::channel(self.shared.config.session_queue);
         let closed = Arc::new(OnceLock::new());
         state.sinks.insert(
             participant_id.clone(),
             Sink {
-                session: joined.session,
+                session,
                 tx,
                 closed: closed.clone(),
             },
         );
-        info!(participant = %name, id = %participant_id, lamport = joined.events[0].lamport, "Join");
-        self.dispatch(&mut state, joined.events);
         let welcome = Welcome {
             participant_id: participant_id.clone(),
             session_token: token,
             node: Some(self.shared.config.node.clone()),
-            resumed: false,
+            resumed,
             servers: Some(server_list(&state.membership)),
         };
-        drop(state);
-        Ok(SessionStream {
-            pending: VecDeque::from([JoinFrame {
-                frame: Some(join_frame::Frame::Welcome(welcome)),
-            }]),
+        let mut pending = prelude;
+        pending.push_front(JoinFrame {
+            frame: Some(join_frame::Frame::Welcome(welcome)),
+        });
+        SessionStream {
+            pending,
             rx,
             buf: Vec::with_capacity(MAX_FRAME_EVENTS),
             closed,
@@ -273,9 +355,9 @@ impl Node {
             _guard: SessionGuard {
                 node: Arc::downgrade(&self.shared),
                 participant_id,
-                session: joined.session,
+                session,
             },
-        })
+        }
     }
 
     pub fn publish(
@@ -301,6 +383,35 @@ impl Node {
             id: event.id.clone(),
             duplicate: published.duplicate,
         })
+    }
+
+    /// Waits until a peer holds this node's event `seq`, so that an
+    /// acknowledged publish survives this node's crash. Returns at once when
+    /// the node has no peers.
+    pub async fn wait_replicated(&self, seq: u64) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + self.shared.config.failure_timeout * 2;
+        loop {
+            let notified = self.shared.acked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.lock();
+                if state.links.is_empty()
+                    || state
+                        .links
+                        .values()
+                        .any(|l| l.acked_own.load(Ordering::Acquire) >= seq)
+                {
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Error::Unavailable(
+                    "no other node acknowledged the message yet; retry with the same publish id"
+                        .into(),
+                ));
+            }
+        }
     }
 
     /// Ends the session owning `token`: delivers "left" to the others and
@@ -362,6 +473,9 @@ impl Node {
                     }
                 }
             }
+            if !visible(&event) {
+                continue;
+            }
             let mut overflowed = Vec::new();
             for (pid, sink) in &state.sinks {
                 match sink.tx.try_send(Outbound::Event(event.clone())) {
@@ -373,7 +487,7 @@ impl Node {
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
-            for (pid, session) in overflowed {
+            for (pid, _session) in overflowed {
                 let capacity = self.shared.config.session_queue;
                 self.end_session(
                     state,
@@ -383,7 +497,7 @@ impl Node {
                          (outgoing queue of {capacity} events is full)"
                     )),
                 );
-                if let Some(left) = state.core.session_lost(&pid, session) {
+                if let Some(left) = state.core.disconnect(&pid) {
                     warn!(participant = %left.participant_name, lamport = left.lamport, "disconnected a participant whose queue overflowed");
                     queue.push_back(left);
                 }
@@ -453,9 +567,17 @@ impl Node {
         {
             state.sinks.remove(participant_id);
         }
-        if let Some(left) = state.core.session_lost(participant_id, session) {
-            info!(participant = %left.participant_name, lamport = left.lamport, "session ended without Leave");
-            self.dispatch(&mut state, vec![left]);
+        match state
+            .core
+            .session_lost(participant_id, session, Instant::now())
+        {
+            Some(left) => {
+                info!(participant = %left.participant_name, lamport = left.lamport, "session ended without Leave");
+                self.dispatch(&mut state, vec![left]);
+            }
+            None => {
+                info!(participant = %participant_id, "session ended without Leave; it may resume within the grace period")
+            }
         }
     }
 }
@@ -567,4 +689,9 @@ fn events_frame(events: Vec<Event>) -> JoinFrame {
     JoinFrame {
         frame: Some(join_frame::Frame::Events(EventBatch { events })),
     }
+}
+
+/// Whether participants see `event` (internal ones stay between nodes).
+fn visible(event: &Event) -> bool {
+    event.kind() != EventKind::Moved
 }

@@ -40,13 +40,11 @@ impl ChittyChat for ChatService {
     #[instrument(name = "Join", skip_all, fields(name = %req.get_ref().name, lamport = req.get_ref().lamport))]
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<SessionStream>, Status> {
         let req = req.into_inner();
-        if req.resume.is_some() {
-            return Err(Status::unimplemented("session resume is not supported yet"));
-        }
-        self.node
-            .join(&req.name, req.lamport)
-            .map(Response::new)
-            .map_err(|e| refuse("Join", e))
+        let opened = match req.resume {
+            Some(resume) => self.node.resume(resume, req.lamport).await,
+            None => self.node.join(&req.name, req.lamport),
+        };
+        opened.map(Response::new).map_err(|e| refuse("Join", e))
     }
 
     #[instrument(name = "Publish", skip_all, fields(lamport = req.get_ref().lamport))]
@@ -55,10 +53,23 @@ impl ChittyChat for ChatService {
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
         let req = req.into_inner();
-        self.node
+        let reply = self
+            .node
             .publish(&req.session_token, &req.text, req.lamport, &req.publish_id)
-            .map(Response::new)
-            .map_err(|e| refuse("Publish", e))
+            .map_err(|e| refuse("Publish", e))?;
+        // Acknowledge only once another node holds the event.
+        let own = reply
+            .id
+            .as_ref()
+            .filter(|id| id.origin.as_ref() == Some(self.node.id()))
+            .map(|id| id.seq);
+        if let Some(seq) = own {
+            self.node
+                .wait_replicated(seq)
+                .await
+                .map_err(|e| refuse("Publish", e))?;
+        }
+        Ok(Response::new(reply))
     }
 
     #[instrument(name = "Leave", skip_all, fields(lamport = req.get_ref().lamport))]

@@ -24,13 +24,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::core::causal::{HoldBack, Offer, OriginKey};
 use crate::core::clock::LamportClock;
 use crate::core::history::History;
 use crate::core::validate;
 use crate::error::{Error, Result};
-use crate::proto::{Event, EventId, EventKind, GapRange, NodeId, Participant, SeqMark};
+use crate::proto::{
+    Event, EventId, EventKind, GapRange, NodeId, Participant, SeqMark, SessionGrant,
+};
 
 /// Limits of one node's core. Every bound of the core is here.
 #[derive(Debug, Clone)]
@@ -43,6 +46,9 @@ pub struct CoreLimits {
     pub dedupe_ids: usize,
     /// Relayed events held back waiting for their causal predecessors.
     pub holdback_events: usize,
+    /// How long a participant whose session ended without a Leave may resume
+    /// before it is announced as left.
+    pub grace: Duration,
 }
 
 impl Default for CoreLimits {
@@ -52,6 +58,7 @@ impl Default for CoreLimits {
             history_bytes: 8 << 20,
             dedupe_ids: 100_000,
             holdback_events: 100_000,
+            grace: Duration::from_secs(10),
         }
     }
 }
@@ -63,11 +70,12 @@ struct Member {
     home: NodeId,
     /// (Lamport time, origin id) of the "joined" event: the name tie-break.
     joined: (u64, String),
-    /// The session secret, known for local participants only.
-    token: Option<String>,
     /// The local session currently attached, if any (a counter value, so a
     /// stale session that closes late cannot end a newer one).
     session: Option<u64>,
+    /// Set on the home node when the session ended without a Leave: the
+    /// participant is announced as left if it does not resume in time.
+    detached: Option<Instant>,
 }
 
 /// Result of a successful join.
@@ -97,6 +105,8 @@ pub struct Received {
     pub events: Vec<Arc<Event>>,
     /// Local sessions that lost a name clash and must be ended.
     pub kicked: Vec<(String, u64)>,
+    /// Local sessions whose participant resumed on another node.
+    pub moved: Vec<String>,
     /// Events refused because the hold-back queue was full.
     pub refused: usize,
 }
@@ -107,6 +117,16 @@ pub struct Snapshot {
     pub participants: Vec<Participant>,
     pub delivered: Vec<SeqMark>,
     pub lamport: u64,
+    pub grants: Vec<SessionGrant>,
+}
+
+/// Result of a successful resume.
+#[derive(Debug)]
+pub struct Resumed {
+    pub name: String,
+    pub session: u64,
+    /// Events to deliver: the internal "moved" event, for peers.
+    pub events: Vec<Arc<Event>>,
 }
 
 #[derive(Debug)]
@@ -117,7 +137,9 @@ pub struct ChatCore {
     next_session: u64,
     members: HashMap<String, Member>,
     by_name: HashMap<String, String>,
+    /// Session tokens, cluster-wide: token to participant id, and back.
     by_token: HashMap<String, String>,
+    token_of: HashMap<String, String>,
     holdback: HoldBack,
     history: History,
     published: HashMap<String, Arc<Event>>,
@@ -135,6 +157,7 @@ impl ChatCore {
             members: HashMap::new(),
             by_name: HashMap::new(),
             by_token: HashMap::new(),
+            token_of: HashMap::new(),
             holdback: HoldBack::new(limits.holdback_events),
             history: History::new(limits.history_events, limits.history_bytes),
             published: HashMap::new(),
@@ -198,9 +221,11 @@ impl ChatCore {
             .members
             .get_mut(&participant_id)
             .expect("apply added the joiner");
-        member.token = Some(token.clone());
         member.session = Some(session);
-        self.by_token.insert(token, participant_id.clone());
+        self.grant(SessionGrant {
+            participant_id: participant_id.clone(),
+            session_token: token,
+        });
         Ok(Joined {
             participant_id,
             session,
@@ -217,11 +242,7 @@ impl ChatCore {
         lamport: u64,
         publish_id: &str,
     ) -> Result<Published> {
-        let pid = self
-            .by_token
-            .get(token)
-            .ok_or(Error::UnknownSession)?
-            .clone();
+        let pid = self.local_owner(token)?;
         if !publish_id.is_empty()
             && let Some(original) = self.published.get(publish_id)
         {
@@ -255,11 +276,7 @@ impl ChatCore {
     /// Ends the session that owns `token` at the participant's request.
     /// Returns the participant id and the "left" event.
     pub fn leave(&mut self, token: &str, lamport: u64) -> Result<(String, Arc<Event>)> {
-        let pid = self
-            .by_token
-            .get(token)
-            .ok_or(Error::UnknownSession)?
-            .clone();
+        let pid = self.local_owner(token)?;
         let time = self.clock.observe(lamport);
         let event = self.stamp_left(&pid, time);
         Ok((pid, event))
@@ -268,13 +285,116 @@ impl ChatCore {
     /// The local session `session` of `participant_id` ended without a Leave
     /// (its stream broke, or it was disconnected for reading too slowly).
     /// Returns the "left" event, or `None` if that session was already gone.
-    pub fn session_lost(&mut self, participant_id: &str, session: u64) -> Option<Arc<Event>> {
-        let member = self.members.get(participant_id)?;
+    /// With a grace period the participant is only detached: it may resume
+    /// (here or on another node) until [`ChatCore::expire`] announces it.
+    pub fn session_lost(
+        &mut self,
+        participant_id: &str,
+        session: u64,
+        now: Instant,
+    ) -> Option<Arc<Event>> {
+        let grace = self.limits.grace;
+        let member = self.members.get_mut(participant_id)?;
         if member.session != Some(session) {
+            return None;
+        }
+        member.session = None;
+        if !grace.is_zero() {
+            member.detached = Some(now);
             return None;
         }
         let time = self.clock.tick();
         Some(self.stamp_left(participant_id, time))
+    }
+
+    /// Ends a local session at once, whatever the grace period (the
+    /// participant read too slowly, or lost a name clash).
+    pub fn disconnect(&mut self, participant_id: &str) -> Option<Arc<Event>> {
+        self.members.get(participant_id)?;
+        let time = self.clock.tick();
+        Some(self.stamp_left(participant_id, time))
+    }
+
+    /// Announces as left the detached participants whose grace has run out.
+    pub fn expire(&mut self, now: Instant) -> Vec<Arc<Event>> {
+        let grace = self.limits.grace;
+        let mut due: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.detached.is_some_and(|t| now.duration_since(t) >= grace))
+            .map(|(id, _)| id.clone())
+            .collect();
+        due.sort();
+        due.into_iter()
+            .map(|pid| {
+                let time = self.clock.tick();
+                self.stamp_left(&pid, time)
+            })
+            .collect()
+    }
+
+    /// Reattaches participant `participant_id` to a new local session, on
+    /// proof of ownership (`token`). Stamps an internal "moved" event so
+    /// every node knows the participant's new home.
+    pub fn resume(&mut self, participant_id: &str, token: &str, lamport: u64) -> Result<Resumed> {
+        if self.by_token.get(token).map(String::as_str) != Some(participant_id)
+            || !self.members.contains_key(participant_id)
+        {
+            return Err(Error::UnknownSession);
+        }
+        let time = self.clock.observe(lamport);
+        let session = self.next_session;
+        self.next_session += 1;
+        let name = self.members[participant_id].name.clone();
+        let text = String::new();
+        let event = self.stamp(time, EventKind::Moved, participant_id, &name, text, "");
+        self.apply(&event);
+        let member = self.members.get_mut(participant_id).expect("checked above");
+        member.session = Some(session);
+        member.detached = None;
+        Ok(Resumed {
+            name,
+            session,
+            events: vec![event],
+        })
+    }
+
+    /// Whether this node has delivered everything in `seen`.
+    pub fn covers(&self, seen: &[SeqMark]) -> bool {
+        seen.iter().all(|m| {
+            m.origin
+                .as_ref()
+                .is_none_or(|o| self.holdback.delivered_of(&OriginKey::from(o)) >= m.seq)
+        })
+    }
+
+    /// Records a participant's session token (from the mesh).
+    pub fn grant(&mut self, grant: SessionGrant) {
+        if grant.participant_id.is_empty() || grant.session_token.is_empty() {
+            return;
+        }
+        if let Some(old) = self
+            .token_of
+            .insert(grant.participant_id.clone(), grant.session_token.clone())
+        {
+            self.by_token.remove(&old);
+        }
+        self.by_token
+            .insert(grant.session_token, grant.participant_id);
+    }
+
+    /// The session tokens of the participants that `events` announce joined.
+    pub fn grants_for<'a>(&self, events: impl IntoIterator<Item = &'a Event>) -> Vec<SessionGrant> {
+        events
+            .into_iter()
+            .filter(|e| e.kind() == EventKind::Joined)
+            .filter_map(|e| {
+                Some(SessionGrant {
+                    participant_id: e.participant_id.clone(),
+                    session_token: self.token_of.get(&e.participant_id)?.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Announces as left a participant whose home node is gone. Returns
@@ -307,14 +427,26 @@ impl ChatCore {
         }
         while let Some(event) = self.holdback.pop_ready() {
             self.clock.observe(event.lamport);
+            if self.is_retry_of_delivered(&event) {
+                // The same publish, stamped again by another node after a
+                // failover: delivered once already, so not again.
+                continue;
+            }
             self.history.push(event.clone());
-            if let Some(loser) = self.apply(&event) {
+            let local_before = self.local_session(&event.participant_id);
+            let loser = self.apply(&event);
+            if event.kind() == EventKind::Moved
+                && local_before
+                && !self.local_session(&event.participant_id)
+            {
+                out.moved.push(event.participant_id.clone());
+            }
+            out.events.push(event);
+            if let Some(loser) = loser {
                 out.kicked.push(loser.clone());
-                out.events.push(event);
-                let time = self.clock.tick();
-                out.events.push(self.stamp_left(&loser.0, time));
-            } else {
-                out.events.push(event);
+                if let Some(left) = self.disconnect(&loser.0) {
+                    out.events.push(left);
+                }
             }
         }
         out
@@ -342,6 +474,14 @@ impl ChatCore {
             participants: self.participants(),
             delivered: self.holdback.delivered(),
             lamport: self.clock.now(),
+            grants: self
+                .token_of
+                .iter()
+                .map(|(pid, token)| SessionGrant {
+                    participant_id: pid.clone(),
+                    session_token: token.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -349,6 +489,9 @@ impl ChatCore {
     pub fn load(&mut self, snapshot: Snapshot) {
         self.clock.observe(snapshot.lamport);
         self.holdback.set_delivered(&snapshot.delivered);
+        for grant in snapshot.grants {
+            self.grant(grant);
+        }
         for p in snapshot.participants {
             let home = p.node.unwrap_or_default();
             self.by_name.entry(p.name.clone()).or_insert(p.id.clone());
@@ -358,8 +501,8 @@ impl ChatCore {
                     name: p.name,
                     joined: (0, home.id.clone()),
                     home,
-                    token: None,
                     session: None,
+                    detached: None,
                 },
             );
         }
@@ -380,11 +523,6 @@ impl ChatCore {
         list
     }
 
-    /// The participant id owning `token`, if its session is live.
-    pub fn owner_of(&self, token: &str) -> Option<&str> {
-        self.by_token.get(token).map(String::as_str)
-    }
-
     /// Updates the roster for a delivered event. Returns a local participant
     /// (id, session) that lost a name clash to it.
     fn apply(&mut self, event: &Event) -> Option<(String, u64)> {
@@ -403,8 +541,8 @@ impl ChatCore {
                         name: event.participant_name.clone(),
                         home: origin,
                         joined: joined.clone(),
-                        token: None,
                         session: None,
+                        detached: None,
                     },
                 );
                 let name = &event.participant_name;
@@ -433,9 +571,22 @@ impl ChatCore {
                     if self.by_name.get(&member.name) == Some(pid) {
                         self.by_name.remove(&member.name);
                     }
-                    if let Some(token) = member.token {
-                        self.by_token.remove(&token);
+                }
+                if let Some(token) = self.token_of.remove(pid) {
+                    self.by_token.remove(&token);
+                }
+                None
+            }
+            EventKind::Moved => {
+                let origin = event.id.as_ref().and_then(|i| i.origin.clone());
+                if let Some(member) = self.members.get_mut(pid)
+                    && let Some(origin) = origin
+                {
+                    if origin != self.me {
+                        member.session = None;
                     }
+                    member.home = origin;
+                    member.detached = None;
                 }
                 None
             }
@@ -447,6 +598,29 @@ impl ChatCore {
             }
             EventKind::Unspecified => None,
         }
+    }
+
+    /// The participant owning `token`, if its session is attached here.
+    fn local_owner(&self, token: &str) -> Result<String> {
+        self.by_token
+            .get(token)
+            .filter(|pid| self.local_session(pid))
+            .cloned()
+            .ok_or(Error::UnknownSession)
+    }
+
+    fn local_session(&self, pid: &str) -> bool {
+        self.members.get(pid).is_some_and(|m| m.session.is_some())
+    }
+
+    /// A message whose publish id was already delivered as another event.
+    fn is_retry_of_delivered(&self, event: &Event) -> bool {
+        event.kind() == EventKind::Message
+            && !event.publish_id.is_empty()
+            && self
+                .published
+                .get(&event.publish_id)
+                .is_some_and(|original| original.id != event.id)
     }
 
     fn stamp_left(&mut self, pid: &str, time: u64) -> Arc<Event> {
@@ -513,7 +687,10 @@ mod tests {
                 id: "n1".into(),
                 generation: 1,
             },
-            CoreLimits::default(),
+            CoreLimits {
+                grace: Duration::ZERO,
+                ..CoreLimits::default()
+            },
         )
     }
 
@@ -610,12 +787,124 @@ mod tests {
     fn a_stale_session_cannot_end_a_newer_one() {
         let mut c = core();
         let j = join(&mut c, "F", 1);
-        assert!(c.session_lost(&j.participant_id, j.session + 1).is_none());
-        let left = c.session_lost(&j.participant_id, j.session).unwrap();
+        assert!(
+            c.session_lost(&j.participant_id, j.session + 1, Instant::now())
+                .is_none()
+        );
+        let left = c
+            .session_lost(&j.participant_id, j.session, Instant::now())
+            .unwrap();
         assert_eq!(left.kind, EventKind::Left as i32);
         assert!(
-            c.session_lost(&j.participant_id, j.session).is_none(),
+            c.session_lost(&j.participant_id, j.session, Instant::now())
+                .is_none(),
             "once"
         );
+    }
+
+    #[test]
+    fn a_lost_session_may_resume_within_the_grace_period() {
+        let mut c = core();
+        c.limits.grace = Duration::from_secs(10);
+        let j = join(&mut c, "G", 1);
+        let t0 = Instant::now();
+        assert!(
+            c.session_lost(&j.participant_id, j.session, t0).is_none(),
+            "detached, not left"
+        );
+        assert!(c.expire(t0 + Duration::from_secs(5)).is_empty());
+        assert!(matches!(
+            c.resume(&j.participant_id, "wrong", 5),
+            Err(Error::UnknownSession)
+        ));
+        let r = c.resume(&j.participant_id, "tok-G", 5).unwrap();
+        assert_eq!(r.events[0].kind(), EventKind::Moved);
+        assert!(
+            c.expire(t0 + Duration::from_secs(60)).is_empty(),
+            "resumed: never expires"
+        );
+        assert!(c.publish("tok-G", "back", 9, "").is_ok());
+    }
+
+    #[test]
+    fn a_detached_participant_is_announced_once_after_the_grace_period() {
+        let mut c = core();
+        c.limits.grace = Duration::from_secs(10);
+        let j = join(&mut c, "H", 1);
+        let t0 = Instant::now();
+        c.session_lost(&j.participant_id, j.session, t0);
+        let left = c.expire(t0 + Duration::from_secs(10));
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].kind(), EventKind::Left);
+        assert!(c.expire(t0 + Duration::from_secs(20)).is_empty());
+        assert!(c.resume(&j.participant_id, "tok-H", 30).is_err());
+    }
+
+    #[test]
+    fn publish_and_leave_need_a_session_attached_to_this_node() {
+        let mut a = core();
+        let mut b = ChatCore::new(
+            NodeId {
+                id: "n2".into(),
+                generation: 1,
+            },
+            CoreLimits::default(),
+        );
+        let j = join(&mut a, "I", 1);
+        let events: Vec<Event> = j.events.iter().map(|e| Event::clone(e)).collect();
+        b.grant(SessionGrant {
+            participant_id: j.participant_id.clone(),
+            session_token: "tok-I".into(),
+        });
+        b.receive(events);
+        assert!(matches!(
+            b.publish("tok-I", "x", 3, ""),
+            Err(Error::UnknownSession)
+        ));
+        assert!(
+            b.resume(&j.participant_id, "tok-I", 3).is_ok(),
+            "the token works on every node"
+        );
+        assert!(b.publish("tok-I", "x", 4, "").is_ok());
+    }
+
+    #[test]
+    fn concurrent_joins_of_one_name_keep_the_earlier_everywhere() {
+        let mut a = core();
+        let mut b = ChatCore::new(
+            NodeId {
+                id: "n2".into(),
+                generation: 1,
+            },
+            CoreLimits {
+                grace: Duration::ZERO,
+                ..CoreLimits::default()
+            },
+        );
+        let ja = a.join("Sam", 1, "pa".into(), "ta".into()).unwrap();
+        let jb = b.join("Sam", 5, "pb".into(), "tb".into()).unwrap();
+        let to_b: Vec<Event> = ja.events.iter().map(|e| Event::clone(e)).collect();
+        let to_a: Vec<Event> = jb.events.iter().map(|e| Event::clone(e)).collect();
+        let at_b = b.receive(to_b);
+        let at_a = a.receive(to_a);
+        assert!(
+            at_a.kicked.is_empty(),
+            "n1's Sam joined earlier and keeps the name"
+        );
+        assert_eq!(at_b.kicked, vec![("pb".to_string(), jb.session)]);
+        let left = at_b.events.last().unwrap();
+        assert_eq!(
+            (left.kind(), left.participant_id.as_str()),
+            (EventKind::Left, "pb")
+        );
+        a.receive(vec![Event::clone(left)]);
+        let names = |c: &ChatCore| {
+            c.participants()
+                .into_iter()
+                .map(|p| p.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&a), ["pa"]);
+        assert_eq!(names(&b), ["pa"]);
     }
 }
