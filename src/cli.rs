@@ -12,6 +12,7 @@ use tracing::error;
 
 use crate::client::{self, Received};
 use crate::core::chat::CoreLimits;
+use crate::failover::{self, ClientOptions, Update};
 use crate::node::{
     DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE,
     NodeConfig,
@@ -95,9 +96,12 @@ pub struct ServerArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Address of the Chitty node to connect to (host:port).
-    #[arg(long, env = "CHITTY_SERVER", default_value = "127.0.0.1:50051")]
-    pub server: String,
+    /// Address of a Chitty node to connect to (host:port). Give several
+    /// (comma-separated or repeated) to have fallbacks; the client also learns
+    /// every node of the cluster from the node it is connected to, and moves
+    /// to a live one by itself when its node fails.
+    #[arg(long, env = "CHITTY_SERVER", default_value = "127.0.0.1:50051", value_delimiter = ',', num_args = 1..)]
+    pub server: Vec<String>,
     /// Your name in the chat. Defaults to $USER; asked for when unset and
     /// running in a terminal.
     #[arg(long, env = "CHITTY_NAME")]
@@ -232,17 +236,17 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let (session, mut events) = match client::join(&args.server, &name).await {
-        Ok(joined) => joined,
+    let options = ClientOptions::new(args.server.clone(), name.clone());
+    let (chat, mut updates, driver) = match failover::start(options).await {
+        Ok(started) => started,
         Err(e) => {
-            eprintln!("error: could not join Chitty-Chat at {}: {e}", args.server);
+            eprintln!(
+                "error: could not join Chitty-Chat at {}: {e}",
+                args.server.join(", ")
+            );
             return ExitCode::FAILURE;
         }
     };
-    eprintln!(
-        "joined Chitty-Chat at {} as {name}; type a message and press Enter, /quit to leave",
-        args.server
-    );
 
     let terminal = interactive.then(TerminalState::save).flatten();
     let (input_tx, mut input_rx) = mpsc::channel::<Input>(64);
@@ -252,14 +256,42 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
     // what is being received.
     let printer = tokio::spawn(async move {
         let mut output = output;
-        loop {
-            match events.next().await {
-                Ok(Some(item @ Received::Event { .. })) => output.line(item.to_string()),
-                Ok(Some(other)) => eprintln!("{other}"),
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(e),
+        while let Some(update) = updates.recv().await {
+            match update {
+                Update::Received(item @ Received::Event { .. }) => output.line(item.to_string()),
+                Update::Received(Received::Gap(gap)) => {
+                    eprintln!("warning: some events were lost: {}", gap.reason)
+                }
+                Update::Received(Received::Servers(list)) => {
+                    tracing::info!(servers = ?list.servers.iter().map(|s| &s.addr).collect::<Vec<_>>(), "cluster nodes")
+                }
+                Update::Joined { server, .. } => eprintln!(
+                    "joined Chitty-Chat at {server} as {name}; type a message and press Enter, /quit to leave"
+                ),
+                Update::Moved { from, to } => {
+                    eprintln!("moved from {from} to {to}: session resumed, nothing missed")
+                }
+                Update::Rejoined { server } => eprintln!(
+                    "the old session had expired: joined again at {server} as a new participant"
+                ),
+                Update::Reconnecting { reason } => {
+                    tracing::info!(%reason, "connection lost; reconnecting")
+                }
+                Update::PublishGaveUp {
+                    text,
+                    maybe_delivered,
+                } => eprintln!(
+                    "error: gave up sending {text:?}: {}",
+                    if maybe_delivered {
+                        "it may or may not have been delivered"
+                    } else {
+                        "it was not delivered"
+                    }
+                ),
+                Update::Ended(result) => return result,
             }
         }
+        Ok(())
     });
     tokio::pin!(printer);
 
@@ -272,7 +304,7 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
             input = input_rx.recv() => match input {
                 Some(Input::Line(line)) if line.trim() == "/quit" => break,
                 Some(Input::Line(line)) => {
-                    if let Err(e) = session.publish(&line).await {
+                    if let Err(e) = chat.publish(&line).await {
                         eprintln!("error: message not sent: {e}");
                     }
                 }
@@ -282,9 +314,9 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
             ended = &mut printer => {
                 leave = false;
                 match ended {
-                    Ok(Ok(())) => eprintln!("the server ended the session"),
+                    Ok(Ok(())) => eprintln!("the session ended"),
                     Ok(Err(e)) => {
-                        eprintln!("error: disconnected from {}: {e}", args.server);
+                        eprintln!("error: the session ended: {e}");
                         code = ExitCode::FAILURE;
                     }
                     Err(e) => {
@@ -297,17 +329,18 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
         }
     }
     if leave {
-        match session.leave().await {
+        match chat.leave().await {
             Ok(lamport) => eprintln!("left Chitty-Chat at Lamport time {lamport}"),
             Err(e) => {
                 eprintln!("error: leave failed: {e}");
                 code = ExitCode::FAILURE;
             }
         }
-        // The stream ends once the server has removed the session; print
-        // whatever arrived before that.
+        drop(chat);
+        // The driver ends once the session is over; print what it still has.
         let _ = tokio::time::timeout(client::CALL_TIMEOUT, &mut printer).await;
     }
+    driver.abort();
     if let Some(t) = terminal {
         t.restore();
     }

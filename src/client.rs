@@ -30,6 +30,9 @@ use crate::proto::{
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a unary call may take before it is treated as failed.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 ping interval and the wait for its answer.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Connects to a node at `addr` (`host:port` or a URL).
 pub async fn connect(addr: &str) -> Result<ChittyChatClient<Channel>> {
@@ -42,9 +45,15 @@ pub async fn connect(addr: &str) -> Result<ChittyChatClient<Channel>> {
         addr: addr.to_string(),
         reason: e.to_string(),
     })?;
+    // No whole-request timeout here: it would also cut the endless Join
+    // stream. Unary calls are bounded one by one instead. HTTP/2 keepalive
+    // notices a node that stopped answering (hung or unplugged) within
+    // KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT.
     let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true)
         .connect()
         .await
@@ -64,6 +73,15 @@ fn source_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Runs a unary call with [`CALL_TIMEOUT`].
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("call timed out")))
 }
 
 /// The participant's Lamport clock, shared by the sending and receiving halves.
@@ -162,17 +180,14 @@ impl Session {
     pub async fn publish(&self, text: &str) -> Result<(PublishReply, u64)> {
         let lamport = self.clock.tick();
         tracing::info!(lamport, "sending Publish");
-        let reply = self
-            .client
-            .clone()
-            .publish(PublishRequest {
-                session_token: self.welcome.session_token.clone(),
-                text: text.to_string(),
-                lamport,
-                publish_id: uuid::Uuid::new_v4().to_string(),
-            })
-            .await?
-            .into_inner();
+        let mut client = self.client.clone();
+        let call = client.publish(PublishRequest {
+            session_token: self.welcome.session_token.clone(),
+            text: text.to_string(),
+            lamport,
+            publish_id: uuid::Uuid::new_v4().to_string(),
+        });
+        let reply = bounded(call).await?.into_inner();
         Ok((reply, lamport))
     }
 
@@ -180,16 +195,12 @@ impl Session {
     pub async fn leave(&self) -> Result<u64> {
         let lamport = self.clock.tick();
         tracing::info!(lamport, "sending Leave");
-        let reply = self
-            .client
-            .clone()
-            .leave(LeaveRequest {
-                session_token: self.welcome.session_token.clone(),
-                lamport,
-            })
-            .await?
-            .into_inner();
-        Ok(reply.lamport)
+        let mut client = self.client.clone();
+        let call = client.leave(LeaveRequest {
+            session_token: self.welcome.session_token.clone(),
+            lamport,
+        });
+        Ok(bounded(call).await?.into_inner().lamport)
     }
 }
 

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod client;
 pub mod core;
 pub mod error;
+pub mod failover;
 pub mod mesh;
 pub mod node;
 pub mod server;

@@ -1,0 +1,592 @@
+//! A participant that survives node failures: the client side of failover.
+//!
+//! One driver task owns the connection. It keeps the cluster's node list
+//! current (from `Welcome` and `Servers` frames), the participant's identity
+//! (id and session token), its Lamport clock, and what it has seen (highest
+//! sequence number per origin). When the stream breaks (the node died, was
+//! stopped, or hangs: HTTP/2 keepalive notices within about two seconds) it
+//! reconnects to a live node with jittered backoff and resumes the session,
+//! handing over what it has seen so the node replays the rest. Events already
+//! seen are dropped, so each is delivered once.
+//!
+//! Publishes are queued in order, each with a publish id (a UUID). One is in
+//! flight at a time; a publish that fails for a transport reason is retried
+//! with the same id after reconnecting, and the cluster applies each id at
+//! most once. A publish that cannot be acknowledged within
+//! [`ClientOptions::publish_timeout`] is reported as given up, saying whether
+//! it may still have been delivered.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
+
+use crate::client::{CALL_TIMEOUT, Received, SharedClock, connect};
+use crate::core::causal::OriginKey;
+use crate::error::{Error, Result};
+use crate::proto::chitty_chat_client::ChittyChatClient;
+use crate::proto::{
+    JoinFrame, JoinRequest, LeaveRequest, PublishReply, PublishRequest, Resume, SeqMark, Welcome,
+    join_frame,
+};
+
+/// Settings of a failover client.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Nodes to try, in order, until the cluster tells us its own list.
+    pub servers: Vec<String>,
+    pub name: String,
+    /// Longest pause between reconnection attempts.
+    pub max_backoff: Duration,
+    /// How long a publish is retried before it is given up.
+    pub publish_timeout: Duration,
+}
+
+impl ClientOptions {
+    pub fn new(servers: Vec<String>, name: impl Into<String>) -> Self {
+        Self {
+            servers,
+            name: name.into(),
+            max_backoff: Duration::from_secs(2),
+            publish_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What the driver reports.
+#[derive(Debug)]
+pub enum Update {
+    /// An event, a gap or a server list (see [`Received`]).
+    Received(Received),
+    /// Joined for the first time.
+    Joined {
+        server: String,
+        participant_id: String,
+    },
+    /// The session moved to another node (or reconnected to the same one).
+    Moved { from: String, to: String },
+    /// The old session could not be resumed (its grace period ran out), so
+    /// the participant joined again as new.
+    Rejoined { server: String },
+    /// The connection broke; reconnecting.
+    Reconnecting { reason: String },
+    /// A publish was abandoned.
+    PublishGaveUp { text: String, maybe_delivered: bool },
+    /// The session is over (after a Leave, or a fatal refusal).
+    Ended(Result<()>),
+}
+
+enum Command {
+    Publish {
+        text: String,
+        done: oneshot::Sender<Result<PublishReply>>,
+    },
+    Leave {
+        done: oneshot::Sender<Result<u64>>,
+    },
+}
+
+/// Capacity of the command queue (publishes waiting to be sent).
+const COMMAND_QUEUE: usize = 256;
+/// Capacity of the update queue; the driver waits when it is full, which
+/// leaves events queued at the node, where the overflow policy applies.
+const UPDATE_QUEUE: usize = 1024;
+
+/// The sending half of a failover participant. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Chat {
+    commands: mpsc::Sender<Command>,
+}
+
+impl Chat {
+    /// Queues a publish; resolves when the cluster acknowledged it (after
+    /// retries), or with the error that made it give up.
+    pub async fn publish(&self, text: &str) -> Result<PublishReply> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Publish {
+                text: text.to_string(),
+                done,
+            })
+            .await
+            .map_err(|_| Error::Unavailable("the session has ended".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the session has ended".into()))?
+    }
+
+    /// Leaves once every queued publish was handled. Returns the Lamport
+    /// time of the "left" event.
+    pub async fn leave(&self) -> Result<u64> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Leave { done })
+            .await
+            .map_err(|_| Error::Unavailable("the session has ended".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the session has ended".into()))?
+    }
+}
+
+/// Joins and starts the driver. Returns the sending half, the updates, and
+/// the driver's task (it ends after `Update::Ended`).
+pub async fn start(
+    options: ClientOptions,
+) -> Result<(Chat, mpsc::Receiver<Update>, tokio::task::JoinHandle<()>)> {
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (updates, update_rx) = mpsc::channel(UPDATE_QUEUE);
+    let mut driver = Driver {
+        servers: options.servers.clone(),
+        seeds: options.servers.clone(),
+        options,
+        clock: SharedClock::default(),
+        seen: HashMap::new(),
+        identity: None,
+        current: String::new(),
+        client: None,
+        stream: None,
+        updates,
+        pending: VecDeque::new(),
+        in_flight: None,
+        leaving: None,
+    };
+    // The first join is done before returning, so a bad name or an
+    // unreachable cluster is reported to the caller directly.
+    driver.first_join().await?;
+    let task = tokio::spawn(driver.run(command_rx));
+    Ok((Chat { commands }, update_rx, task))
+}
+
+struct Identity {
+    participant_id: String,
+    token: String,
+}
+
+struct PendingPublish {
+    text: String,
+    publish_id: String,
+    first_try: Instant,
+    /// Whether any attempt may have reached a node (so it may be delivered).
+    maybe_sent: bool,
+    done: oneshot::Sender<Result<PublishReply>>,
+}
+
+type Call<T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>;
+
+struct Driver {
+    options: ClientOptions,
+    /// The cluster's nodes, as last reported, then the configured ones.
+    servers: Vec<String>,
+    seeds: Vec<String>,
+    clock: SharedClock,
+    seen: HashMap<OriginKey, u64>,
+    identity: Option<Identity>,
+    current: String,
+    client: Option<ChittyChatClient<Channel>>,
+    stream: Option<Streaming<JoinFrame>>,
+    updates: mpsc::Sender<Update>,
+    pending: VecDeque<PendingPublish>,
+    in_flight: Option<Call<PublishReply>>,
+    leaving: Option<oneshot::Sender<Result<u64>>>,
+}
+
+impl Driver {
+    async fn first_join(&mut self) -> Result<()> {
+        let mut last = Error::Unavailable("no server given".into());
+        for addr in self.seeds.clone() {
+            match self.open(&addr, false).await {
+                Ok(()) => {
+                    let participant_id = self
+                        .identity
+                        .as_ref()
+                        .map(|i| i.participant_id.clone())
+                        .unwrap_or_default();
+                    self.emit(Update::Joined {
+                        server: addr,
+                        participant_id,
+                    })
+                    .await;
+                    return Ok(());
+                }
+                // A refusal (bad name, name taken) is final; a dead node is not.
+                Err(Error::Rpc(s)) if !retryable(s.code()) => return Err(Error::Rpc(s)),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// Connects to `addr` and joins (or, with `resume`, resumes).
+    async fn open(&mut self, addr: &str, resume: bool) -> Result<()> {
+        let mut client = connect(addr).await?;
+        let resume = match (&self.identity, resume) {
+            (Some(id), true) => Some(Resume {
+                participant_id: id.participant_id.clone(),
+                session_token: id.token.clone(),
+                seen: self
+                    .seen
+                    .iter()
+                    .map(|(o, &seq)| SeqMark {
+                        origin: Some(o.to_node_id()),
+                        seq,
+                    })
+                    .collect(),
+            }),
+            _ => None,
+        };
+        let request = JoinRequest {
+            name: self.options.name.clone(),
+            lamport: self.clock.tick(),
+            resume,
+        };
+        let mut stream = tokio::time::timeout(CALL_TIMEOUT, async {
+            let mut stream = client.join(request).await?.into_inner();
+            let first = stream.message().await?;
+            Ok::<_, Status>((stream, first))
+        })
+        .await
+        .map_err(|_| Error::Unavailable(format!("{addr} did not answer Join")))??;
+        let welcome: Welcome = match stream.1.take() {
+            Some(JoinFrame {
+                frame: Some(join_frame::Frame::Welcome(w)),
+            }) => w,
+            other => {
+                return Err(Error::Protocol(format!(
+                    "expected a Welcome frame first, got {other:?}"
+                )));
+            }
+        };
+        if let Some(list) = &welcome.servers {
+            self.learn_servers(list);
+        }
+        self.identity = Some(Identity {
+            participant_id: welcome.participant_id,
+            token: welcome.session_token,
+        });
+        self.current = addr.to_string();
+        self.client = Some(client);
+        self.stream = Some(stream.0);
+        Ok(())
+    }
+
+    fn learn_servers(&mut self, list: &crate::proto::ServerList) {
+        let mut servers: Vec<String> = list.servers.iter().map(|s| s.addr.clone()).collect();
+        for seed in &self.seeds {
+            if !servers.contains(seed) {
+                servers.push(seed.clone());
+            }
+        }
+        self.servers = servers;
+    }
+
+    /// Reports `update`. The returned future does not borrow the driver
+    /// (which is not `Sync`), so the driver's future stays `Send`.
+    fn emit(&self, update: Update) -> impl Future<Output = ()> + Send + 'static {
+        let updates = self.updates.clone();
+        async move {
+            let _ = updates.send(update).await;
+        }
+    }
+
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let result = self.drive(&mut commands).await;
+        // Whatever is still queued will not be sent: say so.
+        for p in self.pending.drain(..) {
+            let _ = p
+                .done
+                .send(Err(Error::Unavailable("the session has ended".into())));
+        }
+        self.emit(Update::Ended(result)).await;
+    }
+
+    async fn drive(&mut self, commands: &mut mpsc::Receiver<Command>) -> Result<()> {
+        let mut commands_open = true;
+        loop {
+            if self.in_flight.is_none() {
+                self.start_next_publish().await;
+            }
+            if self.in_flight.is_none()
+                && self.pending.is_empty()
+                && let Some(done) = self.leaving.take()
+            {
+                return self.do_leave(done).await;
+            }
+            let stream = self.stream.as_mut().expect("connected");
+            tokio::select! {
+                frame = stream.message() => match frame {
+                    Ok(Some(frame)) => self.on_frame(frame).await,
+                    Ok(None) => self.reconnect("the node ended the session".into()).await?,
+                    Err(status) => {
+                        if fatal_stream_end(&status) {
+                            return Err(Error::Rpc(status));
+                        }
+                        self.reconnect(status.message().to_string()).await?;
+                    }
+                },
+                cmd = commands.recv(), if commands_open && self.leaving.is_none() => match cmd {
+                    Some(Command::Publish { text, done }) => {
+                        self.pending.push_back(PendingPublish {
+                            text,
+                            publish_id: uuid::Uuid::new_v4().to_string(),
+                            first_try: Instant::now(),
+                            maybe_sent: false,
+                            done,
+                        });
+                    }
+                    Some(Command::Leave { done }) => self.leaving = Some(done),
+                    None => commands_open = false,
+                },
+                result = poll_call(&mut self.in_flight) => {
+                    self.in_flight = None;
+                    self.on_publish_result(result).await?;
+                }
+            }
+        }
+    }
+
+    async fn start_next_publish(&mut self) {
+        loop {
+            let Some(front) = self.pending.front_mut() else {
+                return;
+            };
+            if front.first_try.elapsed() > self.options.publish_timeout {
+                let p = self.pending.pop_front().expect("front exists");
+                let maybe = p.maybe_sent;
+                let _ = p.done.send(Err(Error::Unavailable(if maybe {
+                    "gave up: the message may or may not have been delivered".into()
+                } else {
+                    "gave up: the message was not delivered".into()
+                })));
+                self.emit(Update::PublishGaveUp {
+                    text: p.text,
+                    maybe_delivered: maybe,
+                })
+                .await;
+                continue;
+            }
+            let (Some(client), Some(id)) = (&self.client, &self.identity) else {
+                return;
+            };
+            let request = PublishRequest {
+                session_token: id.token.clone(),
+                text: front.text.clone(),
+                lamport: self.clock.tick(),
+                publish_id: front.publish_id.clone(),
+            };
+            tracing::info!(lamport = request.lamport, publish_id = %request.publish_id, "sending Publish");
+            front.maybe_sent = true;
+            let mut client = client.clone();
+            self.in_flight = Some(Box::pin(async move {
+                tokio::time::timeout(CALL_TIMEOUT, client.publish(request))
+                    .await
+                    .unwrap_or_else(|_| Err(Status::deadline_exceeded("publish timed out")))
+                    .map(tonic::Response::into_inner)
+            }));
+            return;
+        }
+    }
+
+    async fn on_publish_result(&mut self, result: Result<PublishReply, Status>) -> Result<()> {
+        match result {
+            Ok(reply) => {
+                if let Some(p) = self.pending.pop_front() {
+                    let _ = p.done.send(Ok(reply));
+                }
+                Ok(())
+            }
+            Err(status) if retryable(status.code()) => {
+                // Keep it at the front; it is retried once reconnected.
+                self.reconnect(format!("publish failed: {}", status.message()))
+                    .await
+            }
+            Err(status) => {
+                if let Some(p) = self.pending.pop_front() {
+                    let _ = p.done.send(Err(Error::Rpc(status)));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: JoinFrame) {
+        match frame.frame {
+            Some(join_frame::Frame::Events(batch)) => {
+                for event in batch.events {
+                    let Some((origin, seq)) = event
+                        .id
+                        .as_ref()
+                        .and_then(|id| Some((OriginKey::from(id.origin.as_ref()?), id.seq)))
+                    else {
+                        continue;
+                    };
+                    let seen = self.seen.entry(origin).or_default();
+                    if seq <= *seen {
+                        continue; // already delivered before a failover
+                    }
+                    *seen = seq;
+                    let local = self.clock.observe(event.lamport);
+                    tracing::info!(
+                        lamport = event.lamport,
+                        local,
+                        kind = event.kind().as_str_name(),
+                        from = %event.participant_name,
+                        text = %event.text,
+                        "received broadcast"
+                    );
+                    self.emit(Update::Received(Received::Event { event, local }))
+                        .await;
+                }
+            }
+            Some(join_frame::Frame::Gap(gap)) => {
+                self.emit(Update::Received(Received::Gap(gap))).await;
+            }
+            Some(join_frame::Frame::Servers(list)) => {
+                self.learn_servers(&list);
+                self.emit(Update::Received(Received::Servers(list))).await;
+            }
+            Some(join_frame::Frame::Welcome(_)) | None => {}
+        }
+    }
+
+    /// Finds a live node and resumes there; if the session cannot be
+    /// resumed any more, joins again as new.
+    async fn reconnect(&mut self, reason: String) -> Result<()> {
+        let from = std::mem::take(&mut self.current);
+        self.stream = None;
+        self.client = None;
+        self.in_flight = None;
+        self.emit(Update::Reconnecting { reason }).await;
+        let mut backoff = Duration::from_millis(50);
+        let mut resume = true;
+        loop {
+            // Try the others first: the node we lost is the least likely to
+            // answer.
+            let mut candidates = self.servers.clone();
+            if let Some(pos) = candidates.iter().position(|s| s == &from) {
+                let lost = candidates.remove(pos);
+                candidates.push(lost);
+            }
+            for addr in candidates {
+                match self.open(&addr, resume).await {
+                    Ok(()) => {
+                        let update = if resume {
+                            Update::Moved {
+                                from: from.clone(),
+                                to: addr,
+                            }
+                        } else {
+                            Update::Rejoined { server: addr }
+                        };
+                        self.emit(update).await;
+                        return Ok(());
+                    }
+                    Err(Error::Rpc(s)) if resume && s.code() == Code::Unauthenticated => {
+                        // The session is gone (its grace period ran out or
+                        // it was announced as left): join again as new.
+                        resume = false;
+                        self.seen.clear();
+                        break;
+                    }
+                    Err(Error::Rpc(s))
+                        if !retryable(s.code()) && s.code() != Code::AlreadyExists =>
+                    {
+                        return Err(Error::Rpc(s));
+                    }
+                    Err(e) => tracing::debug!(addr, error = %e, "reconnect attempt failed"),
+                }
+            }
+            let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 100);
+            tokio::time::sleep(backoff + jitter).await;
+            backoff = (backoff * 2).min(self.options.max_backoff);
+            // Drop publishes that have waited too long, telling the user.
+            self.expire_publishes().await;
+        }
+    }
+
+    async fn expire_publishes(&mut self) {
+        while let Some(front) = self.pending.front() {
+            if front.first_try.elapsed() <= self.options.publish_timeout {
+                return;
+            }
+            let p = self.pending.pop_front().expect("front exists");
+            let maybe = p.maybe_sent;
+            let _ = p
+                .done
+                .send(Err(Error::Unavailable("gave up while reconnecting".into())));
+            self.emit(Update::PublishGaveUp {
+                text: p.text,
+                maybe_delivered: maybe,
+            })
+            .await;
+        }
+    }
+
+    async fn do_leave(&mut self, done: oneshot::Sender<Result<u64>>) -> Result<()> {
+        loop {
+            let (Some(client), Some(id)) = (&self.client, &self.identity) else {
+                let _ = done.send(Err(Error::Unavailable("not connected".into())));
+                return Ok(());
+            };
+            let request = LeaveRequest {
+                session_token: id.token.clone(),
+                lamport: self.clock.tick(),
+            };
+            tracing::info!(lamport = request.lamport, "sending Leave");
+            let mut client = client.clone();
+            let result = tokio::time::timeout(CALL_TIMEOUT, client.leave(request))
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("leave timed out")));
+            match result {
+                Ok(reply) => {
+                    // Print what arrived before the stream ends.
+                    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+                    while let Some(stream) = self.stream.as_mut() {
+                        match tokio::time::timeout_at(deadline, stream.message()).await {
+                            Ok(Ok(Some(frame))) => self.on_frame(frame).await,
+                            _ => break,
+                        }
+                    }
+                    let _ = done.send(Ok(reply.into_inner().lamport));
+                    return Ok(());
+                }
+                Err(status) if retryable(status.code()) => {
+                    self.reconnect(format!("leave failed: {}", status.message()))
+                        .await?;
+                }
+                Err(status) => {
+                    let _ = done.send(Err(Error::Rpc(status)));
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn poll_call<T>(call: &mut Option<Call<T>>) -> Result<T, Status> {
+    match call {
+        Some(call) => call.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Errors that a retry on this or another node may cure.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Aborted
+            | Code::Internal
+            | Code::Unauthenticated
+    )
+}
+
+/// Stream endings that a reconnect would not cure.
+fn fatal_stream_end(status: &Status) -> bool {
+    matches!(status.code(), Code::AlreadyExists | Code::InvalidArgument)
+}
