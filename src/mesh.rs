@@ -297,9 +297,7 @@ impl Node {
                         Status::aborted("this session was resumed on another node"),
                     );
                 }
-                if received.refused > 0 {
-                    warn!(peer = %peer.id, refused = received.refused, "hold-back queue full; events refused until the link resyncs");
-                }
+                let refused = received.refused;
                 for (pid, _) in &received.kicked {
                     self.end_session(
                         &mut state,
@@ -311,6 +309,14 @@ impl Node {
                     );
                 }
                 self.dispatch(&mut state, received.events);
+                if refused > 0 {
+                    // Ending the link makes the peer reconnect and re-send
+                    // from what we acknowledge, once the queue has room.
+                    warn!(peer = %peer.id, refused, "hold-back queue full: resetting the link");
+                    return Err(Status::resource_exhausted(
+                        "hold-back queue full; reconnect and re-send",
+                    ));
+                }
             }
             Some(relay_frame::Frame::Heartbeat(hb)) => {
                 let change = state.membership.merge(&hb.members);
