@@ -46,8 +46,8 @@ use crate::error::{Error, Result};
 use crate::node::{LinkHandle, Node, State, server_list};
 use crate::proto::server_mesh_client::ServerMeshClient;
 use crate::proto::{
-    Event, Gap, Heartbeat, Member, MemberState, NodeId, RelayAck, RelayBatch, RelayFrame, SeqMark,
-    ServerJoinReply, ServerJoinRequest, UpdateServersRequest, relay_frame,
+    Event, EventKind, Gap, Heartbeat, Member, MemberState, NodeId, RelayAck, RelayBatch,
+    RelayFrame, SeqMark, ServerJoinReply, ServerJoinRequest, UpdateServersRequest, relay_frame,
 };
 
 /// The metadata entry that carries the cluster secret.
@@ -230,7 +230,9 @@ impl Node {
                 state.links.remove(&node.id);
             }
             state.last_heard.remove(&node.id);
-            state.gone_since.insert(node.id.clone(), now);
+            state
+                .gone_since
+                .insert(node.id.clone(), (node.clone(), now));
         }
         for added in &change.added {
             let Some(node) = &added.node else { continue };
@@ -290,12 +292,16 @@ impl Node {
                     state.core.grant(grant);
                 }
                 let received = state.core.receive(batch.events);
-                for pid in &received.moved {
-                    self.end_session(
-                        &mut state,
-                        pid,
-                        Status::aborted("this session was resumed on another node"),
-                    );
+                for (pid, kind) in &received.ended {
+                    let status = match kind {
+                        EventKind::Moved => {
+                            Status::aborted("this session was resumed on another node")
+                        }
+                        _ => Status::not_found(
+                            "this session ended: the cluster announced the participant as left",
+                        ),
+                    };
+                    self.end_session(&mut state, pid, status);
                 }
                 let refused = received.refused;
                 for (pid, _) in &received.kicked {
@@ -333,6 +339,7 @@ impl Node {
                     })
                     .collect();
                 let events = state.core.skip_to(&marks);
+                self.notify_gap(&state, gap);
                 self.dispatch(&mut state, events);
             }
             Some(relay_frame::Frame::Hello(_)) | None => {
@@ -456,6 +463,29 @@ fn detect(node: &Node, now: Instant, paused: bool) {
             }
         }
     }
+    // Events held back for events of a departed node that no survivor could
+    // provide are released once reconciliation had time, with a gap notice.
+    let stuck: Vec<NodeId> = state
+        .gone_since
+        .values()
+        .filter(|(_, since)| now.duration_since(*since) >= timeout)
+        .map(|(gone, _)| gone.clone())
+        .collect();
+    for gone in stuck {
+        if let Some((range, events)) = state.core.release_gone(&gone) {
+            let gap = Gap {
+                reason: format!(
+                    "events {}..{} of departed node {} were lost with it",
+                    range.from_seq,
+                    range.to_seq - 1,
+                    gone.id
+                ),
+                ranges: vec![range],
+            };
+            node.notify_gap(&state, gap);
+            node.dispatch(&mut state, events);
+        }
+    }
     if &state.membership.announcer() != node.id() {
         return;
     }
@@ -467,12 +497,11 @@ fn detect(node: &Node, now: Instant, paused: bool) {
         .collect();
     let mut events = Vec::new();
     for pid in state.core.orphans(&alive) {
-        let home = state
-            .core
-            .home_of(&pid)
-            .map(|h| h.id.clone())
-            .unwrap_or_default();
-        let since = *state.gone_since.entry(home).or_insert(now);
+        let home = state.core.home_of(&pid).cloned().unwrap_or_default();
+        let (_, since) = *state
+            .gone_since
+            .entry(home.id.clone())
+            .or_insert((home, now));
         if now.duration_since(since) < settle {
             continue;
         }

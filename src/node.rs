@@ -112,6 +112,7 @@ pub fn now_millis() -> u64 {
 enum Outbound {
     Event(Arc<Event>),
     Servers(ServerList),
+    Gap(Gap),
 }
 
 #[derive(Debug)]
@@ -160,7 +161,7 @@ pub(crate) struct State {
     pub(crate) last_heard: HashMap<String, Instant>,
     /// When each departed node was seen to go, for announcing its
     /// participants once reconciliation had time to finish.
-    pub(crate) gone_since: HashMap<String, Instant>,
+    pub(crate) gone_since: HashMap<String, (NodeId, Instant)>,
     pub(crate) shutting_down: bool,
 }
 
@@ -546,6 +547,14 @@ impl Node {
         }
     }
 
+    /// Tells every local session that events were lost (never silently).
+    pub(crate) fn notify_gap(&self, state: &State, gap: Gap) {
+        warn!(reason = %gap.reason, "telling participants about lost events");
+        for sink in state.sinks.values() {
+            let _ = sink.tx.try_send(Outbound::Gap(gap.clone()));
+        }
+    }
+
     /// Removes a local session's queue; its stream ends with `status` once it
     /// has drained what was queued.
     pub(crate) fn end_session(&self, state: &mut State, participant_id: &str, status: Status) {
@@ -657,21 +666,22 @@ impl Stream for SessionStream {
                 }
             }
             Poll::Ready(_) => {
-                // Consecutive events share one frame; a server list gets its own.
+                // Consecutive events share one frame; anything else gets its own.
                 let mut events = Vec::new();
                 for item in this.buf.drain(..) {
-                    match item {
-                        Outbound::Event(e) => events.push(Event::clone(&e)),
-                        Outbound::Servers(list) => {
-                            if !events.is_empty() {
-                                this.pending
-                                    .push_back(events_frame(std::mem::take(&mut events)));
-                            }
-                            this.pending.push_back(JoinFrame {
-                                frame: Some(join_frame::Frame::Servers(list)),
-                            });
+                    let frame = match item {
+                        Outbound::Event(e) => {
+                            events.push(Event::clone(&e));
+                            continue;
                         }
+                        Outbound::Servers(list) => join_frame::Frame::Servers(list),
+                        Outbound::Gap(gap) => join_frame::Frame::Gap(gap),
+                    };
+                    if !events.is_empty() {
+                        this.pending
+                            .push_back(events_frame(std::mem::take(&mut events)));
                     }
+                    this.pending.push_back(JoinFrame { frame: Some(frame) });
                 }
                 if !events.is_empty() {
                     this.pending.push_back(events_frame(events));

@@ -179,6 +179,29 @@ impl HoldBack {
         }
     }
 
+    /// The highest sequence number of `origin` that some held event still
+    /// waits for (as a dependency, or as a predecessor of a later event of
+    /// `origin` itself); `None` if nothing waits on `origin`.
+    pub fn blocked_on(&self, origin: &OriginKey) -> Option<u64> {
+        let delivered = self.delivered_of(origin);
+        let as_dep = self
+            .pending
+            .values()
+            .flat_map(|queue| queue.values())
+            .flat_map(|event| event.deps.iter())
+            .filter(|dep| dep.origin.as_ref().map(OriginKey::from).as_ref() == Some(origin))
+            .map(|dep| dep.seq);
+        let as_predecessor = self
+            .pending
+            .get(origin)
+            .and_then(|queue| queue.keys().next())
+            .map(|first| first - 1);
+        as_dep
+            .chain(as_predecessor)
+            .max()
+            .filter(|&need| need > delivered)
+    }
+
     /// Events held, waiting for their predecessors (or for `pop_ready`).
     pub fn held(&self) -> usize {
         self.held
@@ -546,5 +569,42 @@ mod tests {
                 assert_eq!(delivered, shadow, "seed {seed} round {round}");
             }
         }
+    }
+
+    #[test]
+    fn blocked_on_names_the_missing_events_of_an_origin() {
+        let a = NodeId {
+            id: "a".into(),
+            generation: 1,
+        };
+        let b = NodeId {
+            id: "b".into(),
+            generation: 1,
+        };
+        let mut hb = HoldBack::new(100);
+        let waiting = Event {
+            id: Some(EventId {
+                origin: Some(b.clone()),
+                seq: 1,
+            }),
+            lamport: 9,
+            deps: vec![SeqMark {
+                origin: Some(a.clone()),
+                seq: 4,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(hb.offer(Arc::new(waiting)), Offer::Held);
+        assert!(hb.pop_ready().is_none());
+        assert_eq!(hb.blocked_on(&OriginKey::from(&a)), Some(4));
+        assert_eq!(hb.blocked_on(&OriginKey::from(&b)), None);
+        hb.set_delivered(&[SeqMark {
+            origin: Some(a),
+            seq: 4,
+        }]);
+        assert!(
+            hb.pop_ready().is_some(),
+            "skipping the lost events releases it"
+        );
     }
 }

@@ -105,8 +105,9 @@ pub struct Received {
     pub events: Vec<Arc<Event>>,
     /// Local sessions that lost a name clash and must be ended.
     pub kicked: Vec<(String, u64)>,
-    /// Local sessions whose participant resumed on another node.
-    pub moved: Vec<String>,
+    /// Local sessions ended by a relayed event: the participant resumed on
+    /// another node (`Moved`), or was announced as left there (`Left`).
+    pub ended: Vec<(String, EventKind)>,
     /// Events refused because the hold-back queue was full.
     pub refused: usize,
 }
@@ -435,11 +436,11 @@ impl ChatCore {
             self.history.push(event.clone());
             let local_before = self.local_session(&event.participant_id);
             let loser = self.apply(&event);
-            if event.kind() == EventKind::Moved
-                && local_before
-                && !self.local_session(&event.participant_id)
-            {
-                out.moved.push(event.participant_id.clone());
+            if local_before && !self.local_session(&event.participant_id) {
+                // Another node took over this local participant's session
+                // (moved), or announced it as left (its grace ran out there
+                // at the moment it resumed here): its local stream ends.
+                out.ended.push((event.participant_id.clone(), event.kind()));
             }
             out.events.push(event);
             if let Some(loser) = loser {
@@ -466,6 +467,23 @@ impl ChatCore {
     pub fn skip_to(&mut self, marks: &[SeqMark]) -> Vec<Arc<Event>> {
         self.holdback.set_delivered(marks);
         self.receive(Vec::new()).events
+    }
+
+    /// Releases events held back for events of the departed node `gone` that
+    /// no survivor could provide: skips them and reports the gap.
+    pub fn release_gone(&mut self, gone: &NodeId) -> Option<(GapRange, Vec<Arc<Event>>)> {
+        let key = OriginKey::from(gone);
+        let need = self.holdback.blocked_on(&key)?;
+        let gap = GapRange {
+            origin: Some(gone.clone()),
+            from_seq: self.holdback.delivered_of(&key) + 1,
+            to_seq: need + 1,
+        };
+        let events = self.skip_to(&[SeqMark {
+            origin: Some(gone.clone()),
+            seq: need,
+        }]);
+        Some((gap, events))
     }
 
     /// State for a node joining the cluster through this one.
