@@ -28,6 +28,8 @@ use chitty::proto::{Event, EventKind};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub mod cluster;
+
 /// How long any single wait may take before the test is declared failed.
 /// Generous: it only matters when something is broken.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -102,26 +104,36 @@ impl Lines {
     /// Waits until `found` returns `Some` for the lines so far, or panics
     /// after [`DEADLINE`] (or when the stream ends first) with `what` and
     /// every line seen.
-    pub fn wait_until<T>(&self, what: &str, mut found: impl FnMut(&[String]) -> Option<T>) -> T {
+    pub fn wait_until<T>(&self, what: &str, found: impl FnMut(&[String]) -> Option<T>) -> T {
+        self.try_wait_until(what, found)
+            .unwrap_or_else(|failure| panic!("{failure}"))
+    }
+
+    /// Like [`Lines::wait_until`], returning the failure instead of panicking.
+    pub fn try_wait_until<T>(
+        &self,
+        what: &str,
+        mut found: impl FnMut(&[String]) -> Option<T>,
+    ) -> Result<T, String> {
         let (state, cond) = &*self.inner;
         let deadline = Instant::now() + DEADLINE;
         let mut guard = lock(state);
         loop {
             if let Some(value) = found(&guard.lines) {
-                return value;
+                return Ok(value);
             }
             if guard.closed {
-                panic!(
+                return Err(format!(
                     "output ended before {what}; lines seen:\n{}",
                     guard.lines.join("\n")
-                );
+                ));
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!(
+                return Err(format!(
                     "timed out after {DEADLINE:?} waiting for {what}; lines seen:\n{}",
                     guard.lines.join("\n")
-                );
+                ));
             }
             guard = cond
                 .wait_timeout(guard, deadline - now)
@@ -395,12 +407,20 @@ impl ClientProcess {
     /// Waits for the first event line matching `pred`.
     pub fn wait_for_event(&self, what: &str, pred: impl Fn(&EventLine) -> bool) -> EventLine {
         let what = format!("{what} (client {})", self.name);
-        self.stdout.wait_until(&what, |lines| {
-            lines
-                .iter()
-                .filter_map(|l| EventLine::parse(l))
-                .find(|e| pred(e))
-        })
+        self.stdout
+            .try_wait_until(&what, |lines| {
+                lines
+                    .iter()
+                    .filter_map(|l| EventLine::parse(l))
+                    .find(|e| pred(e))
+            })
+            .unwrap_or_else(|failure| {
+                panic!(
+                    "{failure}\nstandard error of {}:\n{}",
+                    self.name,
+                    self.stderr.snapshot().join("\n")
+                )
+            })
     }
 
     /// Waits until this client has printed its own "joined" line.
