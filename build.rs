@@ -1,13 +1,33 @@
 //! Compiles `proto/` with protox (a pure-Rust protobuf compiler), so building
 //! needs no system `protoc`. The encoded descriptor set is also written out for
 //! gRPC server reflection.
+//!
+//! The proto is turned into code twice:
+//! * `chittychat.v1.rs`: every message, and the clients;
+//! * `server/chittychat.v1.rs`: the servers only, reusing those messages,
+//!   except that a Join stream sends `crate::wire::EncodedFrame`: frames
+//!   assembled from events encoded once per node rather than once per
+//!   recipient. On the wire it is exactly a `JoinFrame`.
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(["chitty.proto"], ["proto"])?;
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("chitty_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_fds(fds.clone())?;
+
+    let server_out = out.join("server");
+    std::fs::create_dir_all(&server_out)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(&server_out)
+        .extern_path(".chittychat.v1", "crate::proto")
+        .extern_path(".chittychat.v1.JoinFrame", "crate::wire::EncodedFrame")
+        .compile_fds(fds)?;
+
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

@@ -21,12 +21,19 @@ pub mod mesh;
 pub mod node;
 pub mod server;
 pub mod service;
+pub mod wire;
 
 pub use error::Error;
 
 /// Generated protobuf and gRPC code for package `chittychat.v1`.
 pub mod proto {
     tonic::include_proto!("chittychat.v1");
+
+    /// The servers, generated apart so that a Join stream sends
+    /// [`crate::wire::EncodedFrame`] (see `build.rs`).
+    pub mod server {
+        include!(concat!(env!("OUT_DIR"), "/server/chittychat.v1.rs"));
+    }
 
     /// Encoded descriptor set of `proto/`, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use prost::bytes::Bytes;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::Stream;
@@ -37,9 +38,10 @@ use crate::core::chat::CoreLimits;
 use crate::core::membership::Membership;
 use crate::error::{Error, Result};
 use crate::proto::{
-    Event, EventBatch, EventKind, Gap, JoinFrame, NodeId, Participant, PublishReply, Resume,
-    ServerInfo, ServerList, Welcome, join_frame,
+    Event, EventKind, Gap, JoinFrame, NodeId, Participant, PublishReply, Resume, ServerInfo,
+    ServerList, Welcome, join_frame,
 };
+use crate::wire::{self, EncodedFrame};
 
 /// Default capacity of one session's outgoing queue, in events.
 pub const DEFAULT_SESSION_QUEUE: usize = 1024;
@@ -110,7 +112,8 @@ pub fn now_millis() -> u64 {
 /// What goes down a session's queue.
 #[derive(Debug, Clone)]
 enum Outbound {
-    Event(Arc<Event>),
+    /// An event encoded once per node ([`crate::wire::event_field`]).
+    Event(Bytes),
     Servers(ServerList),
     Gap(Gap),
 }
@@ -286,22 +289,22 @@ impl Node {
         let (replay, gaps) = state.core.replay_after(&resume.seen);
         let mut prelude = VecDeque::new();
         if !gaps.is_empty() {
-            prelude.push_back(JoinFrame {
+            prelude.push_back(EncodedFrame::message(&JoinFrame {
                 frame: Some(join_frame::Frame::Gap(Gap {
                     reason: "some events are older than this node's history and cannot be replayed"
                         .into(),
                     ranges: gaps,
                 })),
-            });
+            }));
         }
-        let replay: Vec<Event> = replay
+        let replay: Vec<Bytes> = replay
             .iter()
             .filter(|e| visible(e))
-            .map(|e| Event::clone(e))
+            .map(|e| wire::event_field(e))
             .collect();
         info!(participant = %resumed.name, id = %pid, replayed = replay.len(), lamport = resumed.events[0].lamport, "Resume");
         for chunk in replay.chunks(MAX_FRAME_EVENTS) {
-            prelude.push_back(events_frame(chunk.to_vec()));
+            prelude.push_back(EncodedFrame::events(chunk.to_vec()));
         }
         let stream = self.open_session(
             &mut state,
@@ -324,7 +327,7 @@ impl Node {
         token: String,
         session: u64,
         resumed: bool,
-        prelude: VecDeque<JoinFrame>,
+        prelude: VecDeque<EncodedFrame>,
     ) -> SessionStream {
         let (tx, rx) = mpsc::channel(self.shared.config.session_queue);
         let closed = Arc::new(OnceLock::new());
@@ -344,9 +347,9 @@ impl Node {
             servers: Some(server_list(&state.membership)),
         };
         let mut pending = prelude;
-        pending.push_front(JoinFrame {
+        pending.push_front(EncodedFrame::message(&JoinFrame {
             frame: Some(join_frame::Frame::Welcome(welcome)),
-        });
+        }));
         SessionStream {
             pending,
             rx,
@@ -474,12 +477,14 @@ impl Node {
                     }
                 }
             }
-            if !visible(&event) {
+            if !visible(&event) || state.sinks.is_empty() {
                 continue;
             }
+            // Encoded once here, however many participants receive it.
+            let wire = wire::event_field(&event);
             let mut overflowed = Vec::new();
             for (pid, sink) in &state.sinks {
-                match sink.tx.try_send(Outbound::Event(event.clone())) {
+                match sink.tx.try_send(Outbound::Event(wire.clone())) {
                     Ok(()) => debug!(to = %pid, lamport = event.lamport, "deliver"),
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         overflowed.push((pid.clone(), sink.session))
@@ -626,7 +631,7 @@ impl Drop for SessionGuard {
 /// catches up in few large writes rather than many small ones.
 #[derive(Debug)]
 pub struct SessionStream {
-    pending: VecDeque<JoinFrame>,
+    pending: VecDeque<EncodedFrame>,
     rx: mpsc::Receiver<Outbound>,
     buf: Vec<Outbound>,
     closed: Arc<OnceLock<Status>>,
@@ -634,19 +639,8 @@ pub struct SessionStream {
     _guard: SessionGuard,
 }
 
-impl SessionStream {
-    /// The first frame (the `Welcome`), for callers that want it before
-    /// handing the stream on.
-    pub fn welcome(&self) -> Option<&Welcome> {
-        match self.pending.front()?.frame.as_ref()? {
-            join_frame::Frame::Welcome(w) => Some(w),
-            _ => None,
-        }
-    }
-}
-
 impl Stream for SessionStream {
-    type Item = Result<JoinFrame, Status>;
+    type Item = Result<EncodedFrame, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -671,20 +665,21 @@ impl Stream for SessionStream {
                 for item in this.buf.drain(..) {
                     let frame = match item {
                         Outbound::Event(e) => {
-                            events.push(Event::clone(&e));
+                            events.push(e);
                             continue;
                         }
                         Outbound::Servers(list) => join_frame::Frame::Servers(list),
                         Outbound::Gap(gap) => join_frame::Frame::Gap(gap),
                     };
                     if !events.is_empty() {
-                        this.pending
-                            .push_back(events_frame(std::mem::take(&mut events)));
+                        let batch = std::mem::take(&mut events);
+                        this.pending.push_back(EncodedFrame::events(batch));
                     }
-                    this.pending.push_back(JoinFrame { frame: Some(frame) });
+                    this.pending
+                        .push_back(EncodedFrame::message(&JoinFrame { frame: Some(frame) }));
                 }
                 if !events.is_empty() {
-                    this.pending.push_back(events_frame(events));
+                    this.pending.push_back(EncodedFrame::events(events));
                 }
                 match this.pending.pop_front() {
                     Some(frame) => Poll::Ready(Some(Ok(frame))),
@@ -692,12 +687,6 @@ impl Stream for SessionStream {
                 }
             }
         }
-    }
-}
-
-fn events_frame(events: Vec<Event>) -> JoinFrame {
-    JoinFrame {
-        frame: Some(join_frame::Frame::Events(EventBatch { events })),
     }
 }
 

@@ -13,8 +13,8 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::mesh::CheckSecret;
 use crate::node::{Node, NodeConfig};
-use crate::proto::chitty_chat_server::ChittyChatServer;
-use crate::proto::server_mesh_server::ServerMeshServer;
+use crate::proto::server::chitty_chat_server::ChittyChatServer;
+use crate::proto::server::server_mesh_server::ServerMeshServer;
 use crate::service::{ChatService, MeshService};
 
 /// How often the server pings an idle HTTP/2 connection, and how long it waits

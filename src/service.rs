@@ -7,8 +7,8 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, instrument, warn};
 
 use crate::node::{Node, SessionStream};
-use crate::proto::chitty_chat_server::ChittyChat;
-use crate::proto::server_mesh_server::ServerMesh;
+use crate::proto::server::chitty_chat_server::ChittyChat;
+use crate::proto::server::server_mesh_server::ServerMesh;
 use crate::proto::{
     JoinRequest, LeaveReply, LeaveRequest, ListParticipantsReply, ListParticipantsRequest,
     ListServersReply, ListServersRequest, PublishReply, PublishRequest, RelayAck, RelayFrame,

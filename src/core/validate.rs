@@ -40,12 +40,32 @@ pub fn name(name: &str) -> Result<()> {
             "name starts or ends with white space".into(),
         ));
     }
-    if let Some(c) = name.chars().find(|c| c.is_control()) {
+    if let Some(c) = name.chars().find(|&c| !printable(c)) {
         return Err(Error::InvalidName(format!(
-            "name contains the control character {c:?}"
+            "name contains the invisible or control character {c:?}"
         )));
     }
     Ok(())
+}
+
+/// Whether `c` may appear in a name: not a control or format character
+/// (zero-width spaces, direction overrides, ...), and no white space but the
+/// plain space, so that a name shows as what it is.
+fn printable(c: char) -> bool {
+    if c == ' ' {
+        return true;
+    }
+    if c.is_control() || c.is_whitespace() {
+        return false;
+    }
+    // Unicode general category Cf (format), the invisible characters.
+    !matches!(c,
+        '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}'
+        | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{110BD}' | '\u{110CD}'
+        | '\u{13430}'..='\u{1343F}' | '\u{1BCA0}'..='\u{1BCA3}' | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}' | '\u{E0020}'..='\u{E007F}')
 }
 
 #[cfg(test)]

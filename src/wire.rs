@@ -1,0 +1,137 @@
+//! Join-stream frames assembled from parts encoded once per node.
+//!
+//! A node sends every event to each of its participants. Encoding the event
+//! once per recipient would make fan-out cost grow with the room; instead the
+//! node encodes each event once, as the bytes of one `EventBatch.events`
+//! field, and a participant's frame is those parts behind a short header.
+//! [`EncodedFrame`] is what the server's Join stream yields: a
+//! `prost::Message` whose encoding is exactly a `JoinFrame`, so clients
+//! decode it with the ordinary generated type.
+
+use prost::Message;
+use prost::bytes::{Buf, BufMut, Bytes};
+use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint};
+
+use crate::proto::{Event, JoinFrame};
+
+/// Field numbers of `JoinFrame.events` and `EventBatch.events`.
+const JOIN_FRAME_EVENTS: u32 = 2;
+const EVENT_BATCH_EVENTS: u32 = 1;
+
+/// One `Event`, encoded as a length-delimited `EventBatch.events` field.
+pub fn event_field(event: &Event) -> Bytes {
+    let len = event.encoded_len();
+    let mut buf = Vec::with_capacity(len + 1 + encoded_len_varint(len as u64));
+    encode_key(EVENT_BATCH_EVENTS, WireType::LengthDelimited, &mut buf);
+    encode_varint(len as u64, &mut buf);
+    event.encode_raw(&mut buf);
+    Bytes::from(buf)
+}
+
+/// A `JoinFrame`, already encoded in parts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncodedFrame {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl EncodedFrame {
+    /// A frame encoded the ordinary way (Welcome, Gap, Servers).
+    pub fn message(frame: &JoinFrame) -> Self {
+        let bytes = Bytes::from(frame.encode_to_vec());
+        Self {
+            len: bytes.len(),
+            parts: vec![bytes],
+        }
+    }
+
+    /// An `events` frame from parts made by [`event_field`].
+    pub fn events(events: Vec<Bytes>) -> Self {
+        let body: usize = events.iter().map(Bytes::len).sum();
+        let mut header = Vec::with_capacity(11);
+        encode_key(JOIN_FRAME_EVENTS, WireType::LengthDelimited, &mut header);
+        encode_varint(body as u64, &mut header);
+        let len = header.len() + body;
+        let mut parts = Vec::with_capacity(events.len() + 1);
+        parts.push(Bytes::from(header));
+        parts.extend(events);
+        Self { parts, len }
+    }
+}
+
+impl Message for EncodedFrame {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        for part in &self.parts {
+            buf.put_slice(part);
+        }
+    }
+
+    /// Never used: the server only sends these. Anything decoded is skipped.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.len
+    }
+
+    fn clear(&mut self) {
+        self.parts.clear();
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{EventBatch, EventId, EventKind, NodeId, Welcome, join_frame};
+
+    fn event(seq: u64, text: &str) -> Event {
+        Event {
+            id: Some(EventId {
+                origin: Some(NodeId {
+                    id: "n".into(),
+                    generation: 7,
+                }),
+                seq,
+            }),
+            lamport: seq * 3,
+            kind: EventKind::Message as i32,
+            participant_name: "Zoë".into(),
+            participant_id: "p".into(),
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_events_frame_decodes_as_the_join_frame_it_stands_for() {
+        let events = vec![event(1, "hi"), event(2, &"😀".repeat(128))];
+        let frame = EncodedFrame::events(events.iter().map(event_field).collect());
+        let bytes = frame.encode_to_vec();
+        assert_eq!(bytes.len(), frame.encoded_len());
+        let expected = JoinFrame {
+            frame: Some(join_frame::Frame::Events(EventBatch { events })),
+        };
+        assert_eq!(JoinFrame::decode(bytes.as_slice()).unwrap(), expected);
+        assert_eq!(bytes, expected.encode_to_vec(), "byte for byte");
+    }
+
+    #[test]
+    fn other_frames_are_passed_through() {
+        let welcome = JoinFrame {
+            frame: Some(join_frame::Frame::Welcome(Welcome {
+                participant_id: "p".into(),
+                ..Default::default()
+            })),
+        };
+        let bytes = EncodedFrame::message(&welcome).encode_to_vec();
+        assert_eq!(JoinFrame::decode(bytes.as_slice()).unwrap(), welcome);
+    }
+}
