@@ -16,14 +16,16 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::core::LamportClock;
 use crate::error::{Error, Result};
 use crate::proto::chitty_chat_client::ChittyChatClient;
 use crate::proto::{
-    Event, EventKind, Gap, JoinFrame, JoinRequest, LeaveRequest, PublishReply, PublishRequest,
-    ServerList, Welcome, join_frame,
+    Event, EventKind, Gap, JoinFrame, JoinRequest, LeaveRequest, PublishOutcome, PublishReply,
+    PublishRequest, ServerList, Welcome, join_frame,
 };
 
 /// How long to wait for a TCP connection to a node.
@@ -191,6 +193,25 @@ impl Session {
         Ok((reply, lamport))
     }
 
+    /// Opens a publish stream: messages sent on it are published in order
+    /// without waiting for each reply; the outcomes come back, in order, on
+    /// the returned stream.
+    pub async fn publisher(&self) -> Result<(PublishSender, tonic::Streaming<PublishOutcome>)> {
+        let (tx, rx) = mpsc::channel(PUBLISH_WINDOW);
+        let replies = self
+            .client
+            .clone()
+            .publish_stream(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let sender = PublishSender {
+            tx,
+            token: self.welcome.session_token.clone(),
+            clock: self.clock.clone(),
+        };
+        Ok((sender, replies))
+    }
+
     /// Leaves the chat. Returns the timestamp of the "left" event.
     pub async fn leave(&self) -> Result<u64> {
         let lamport = self.clock.tick();
@@ -201,6 +222,34 @@ impl Session {
             lamport,
         });
         Ok(bounded(call).await?.into_inner().lamport)
+    }
+}
+
+/// Messages a [`PublishSender`] may have queued before it waits.
+const PUBLISH_WINDOW: usize = 256;
+
+/// The sending side of a publish stream.
+#[derive(Debug, Clone)]
+pub struct PublishSender {
+    tx: mpsc::Sender<PublishRequest>,
+    token: String,
+    clock: SharedClock,
+}
+
+impl PublishSender {
+    /// Queues `text` for publishing; returns the Lamport time of the request.
+    pub async fn send(&self, text: &str) -> Result<u64> {
+        let lamport = self.clock.tick();
+        self.tx
+            .send(PublishRequest {
+                session_token: self.token.clone(),
+                text: text.to_string(),
+                lamport,
+                publish_id: uuid::Uuid::new_v4().to_string(),
+            })
+            .await
+            .map_err(|_| Error::Unavailable("the publish stream has ended".into()))?;
+        Ok(lamport)
     }
 }
 

@@ -20,6 +20,7 @@
 //! node, which then announces the participant as left unless it already left.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -180,7 +181,7 @@ pub(crate) struct Shared {
     pub(crate) gossip: Notify,
     /// Woken when a peer acknowledges events or a link goes away.
     pub(crate) acked: Notify,
-    /// Inbound relay link tasks (one per peer connection).
+    /// Stream-serving tasks: inbound relay links and publish streams.
     inbound: Mutex<JoinSet<()>>,
 }
 
@@ -511,26 +512,22 @@ impl Node {
         }
     }
 
-    /// Runs an inbound relay link on a task the node owns (it ends when the
-    /// node stops).
-    pub(crate) fn spawn_inbound(
-        &self,
-        peer: NodeId,
-        inbound: tonic::Streaming<crate::proto::RelayFrame>,
-        acks: mpsc::Sender<Result<crate::proto::RelayAck, Status>>,
-    ) {
+    /// Runs a stream-serving task (an inbound relay link, a publish stream)
+    /// that the node owns: it must end when the node's shutdown fires, and
+    /// the server waits for it before returning.
+    pub(crate) fn spawn_owned(&self, task: impl Future<Output = ()> + Send + 'static) {
         let mut tasks = self
             .shared
             .inbound
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         while tasks.try_join_next().is_some() {}
-        tasks.spawn(crate::mesh::serve_inbound(
-            self.clone(),
-            peer,
-            inbound,
-            acks,
-        ));
+        tasks.spawn(task);
+    }
+
+    /// A receiver that fires when the node shuts down.
+    pub(crate) fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shared.shutdown.subscribe()
     }
 
     /// Takes the inbound link tasks, to wait for them at shutdown.

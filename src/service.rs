@@ -11,8 +11,9 @@ use crate::proto::server::chitty_chat_server::ChittyChat;
 use crate::proto::server::server_mesh_server::ServerMesh;
 use crate::proto::{
     JoinRequest, LeaveReply, LeaveRequest, ListParticipantsReply, ListParticipantsRequest,
-    ListServersReply, ListServersRequest, PublishReply, PublishRequest, RelayAck, RelayFrame,
-    ServerJoinReply, ServerJoinRequest, UpdateServersReply, UpdateServersRequest, relay_frame,
+    ListServersReply, ListServersRequest, PublishOutcome, PublishReply, PublishRequest, RelayAck,
+    RelayFrame, ServerJoinReply, ServerJoinRequest, UpdateServersReply, UpdateServersRequest,
+    relay_frame,
 };
 
 /// The client-facing `ChittyChat` service.
@@ -27,6 +28,88 @@ impl ChatService {
     }
 }
 
+/// Publishes accepted on one publish stream and not yet answered (waiting for
+/// a peer to hold them). When full, the stream stops reading requests.
+const PUBLISH_STREAM_QUEUE: usize = 1024;
+
+/// Serves one publish stream: each request is published at once, in order;
+/// its outcome is sent once a peer holds the event (replication is
+/// cumulative, so waiting in order costs nothing extra).
+async fn serve_publish_stream(
+    node: Node,
+    mut requests: tonic::Streaming<PublishRequest>,
+    replies: mpsc::Sender<Result<PublishOutcome, Status>>,
+) {
+    let mut shutdown = node.shutdown_signal();
+    let (waiting_tx, mut waiting) =
+        mpsc::channel::<(Option<u64>, PublishOutcome)>(PUBLISH_STREAM_QUEUE);
+    let answering = {
+        let node = node.clone();
+        let replies = replies.clone();
+        async move {
+            while let Some((seq, outcome)) = waiting.recv().await {
+                let outcome = match seq {
+                    Some(seq) => match node.wait_replicated(seq).await {
+                        Ok(()) => outcome,
+                        Err(e) => refused(refuse("PublishStream", e)),
+                    },
+                    None => outcome,
+                };
+                if replies.send(Ok(outcome)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    let reading = async move {
+        loop {
+            let request = tokio::select! {
+                _ = shutdown.changed() => {
+                    let _ = replies.send(Err(Status::unavailable("node is shutting down"))).await;
+                    return;
+                }
+                request = requests.message() => request,
+            };
+            let Ok(Some(req)) = request else { return };
+            let item =
+                match node.publish(&req.session_token, &req.text, req.lamport, &req.publish_id) {
+                    Ok(reply) => {
+                        let own = own_seq(&node, &reply);
+                        (
+                            own,
+                            PublishOutcome {
+                                reply: Some(reply),
+                                ..Default::default()
+                            },
+                        )
+                    }
+                    Err(e) => (None, refused(refuse("PublishStream", e))),
+                };
+            if waiting_tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::join!(reading, answering);
+}
+
+fn refused(status: Status) -> PublishOutcome {
+    PublishOutcome {
+        reply: None,
+        error_code: status.code() as i32,
+        error_message: status.message().to_string(),
+    }
+}
+
+/// The sequence number of a published event if this node stamped it.
+fn own_seq(node: &Node, reply: &PublishReply) -> Option<u64> {
+    reply
+        .id
+        .as_ref()
+        .filter(|id| id.origin.as_ref() == Some(node.id()))
+        .map(|id| id.seq)
+}
+
 /// Logs a refused call and converts the error at the edge.
 fn refuse(call: &str, err: crate::Error) -> Status {
     warn!(call, error = %err, "refused");
@@ -36,6 +119,7 @@ fn refuse(call: &str, err: crate::Error) -> Status {
 #[tonic::async_trait]
 impl ChittyChat for ChatService {
     type JoinStream = SessionStream;
+    type PublishStreamStream = ReceiverStream<Result<PublishOutcome, Status>>;
 
     #[instrument(name = "Join", skip_all, fields(name = %req.get_ref().name, lamport = req.get_ref().lamport))]
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<SessionStream>, Status> {
@@ -58,18 +142,27 @@ impl ChittyChat for ChatService {
             .publish(&req.session_token, &req.text, req.lamport, &req.publish_id)
             .map_err(|e| refuse("Publish", e))?;
         // Acknowledge only once another node holds the event.
-        let own = reply
-            .id
-            .as_ref()
-            .filter(|id| id.origin.as_ref() == Some(self.node.id()))
-            .map(|id| id.seq);
-        if let Some(seq) = own {
+        if let Some(seq) = own_seq(&self.node, &reply) {
             self.node
                 .wait_replicated(seq)
                 .await
                 .map_err(|e| refuse("Publish", e))?;
         }
         Ok(Response::new(reply))
+    }
+
+    #[instrument(name = "PublishStream", skip_all)]
+    async fn publish_stream(
+        &self,
+        req: Request<tonic::Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let (tx, rx) = mpsc::channel(PUBLISH_STREAM_QUEUE);
+        self.node.spawn_owned(serve_publish_stream(
+            self.node.clone(),
+            req.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     #[instrument(name = "Leave", skip_all, fields(lamport = req.get_ref().lamport))]
@@ -161,7 +254,12 @@ impl ServerMesh for MeshService {
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
         // The first acknowledgement tells the peer what to catch up on.
         let _ = tx.try_send(Ok(RelayAck { held: delivered }));
-        self.node.spawn_inbound(peer, inbound, tx);
+        self.node.spawn_owned(crate::mesh::serve_inbound(
+            self.node.clone(),
+            peer,
+            inbound,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
