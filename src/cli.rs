@@ -1,5 +1,5 @@
 //! The `chitty` command line: `chitty server` runs a node, `chitty client`
-//! joins the chat. Every flag can also be set with a `CHITTY_...` environment
+//! joins the chat, `chitty bench` measures a cluster. Every flag can also be set with a `CHITTY_...` environment
 //! variable.
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -42,6 +42,9 @@ pub enum Command {
     Server(ServerArgs),
     /// Join the chat as a participant.
     Client(ClientArgs),
+    /// Measure fan-out: start a local cluster (or use running nodes), join
+    /// participants, publish, and report throughput, latency and cost.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -110,6 +113,153 @@ pub struct ClientArgs {
     /// Lamport time) to this file.
     #[arg(long, env = "CHITTY_LOG")]
     pub log: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Nodes of the local cluster to start (real `chitty server` processes
+    /// on 127.0.0.1, killed at the end).
+    #[arg(long, env = "CHITTY_BENCH_NODES", default_value_t = 3)]
+    pub nodes: usize,
+    /// Use these running nodes (host:port, comma-separated) instead of
+    /// starting a cluster. Server CPU and memory are then not measured.
+    #[arg(long, env = "CHITTY_BENCH_SERVERS", value_delimiter = ',', num_args = 1..)]
+    pub servers: Vec<String>,
+    /// Participants, spread round-robin over the nodes; all of them read.
+    #[arg(
+        long,
+        short = 's',
+        env = "CHITTY_BENCH_PARTICIPANTS",
+        default_value_t = 30
+    )]
+    pub participants: usize,
+    /// How many of the participants also publish.
+    #[arg(
+        long,
+        short = 'p',
+        env = "CHITTY_BENCH_PUBLISHERS",
+        default_value_t = 3
+    )]
+    pub publishers: usize,
+    /// Messages to send in total, across publishers.
+    #[arg(
+        long,
+        short = 'm',
+        env = "CHITTY_BENCH_MESSAGES",
+        default_value_t = 10_000
+    )]
+    pub messages: u64,
+    /// Bytes (ASCII characters) per message text.
+    #[arg(long, env = "CHITTY_BENCH_SIZE", default_value_t = 64)]
+    pub size: usize,
+    /// Messages per second in total (paced on a fixed schedule); without it,
+    /// every publisher sends as fast as its publishes are acknowledged.
+    #[arg(long, env = "CHITTY_BENCH_RATE")]
+    pub rate: Option<f64>,
+    /// Also join this many participants that never read their stream.
+    #[arg(long, env = "CHITTY_BENCH_SLOW", default_value_t = 0)]
+    pub slow: usize,
+    /// Also join this many reading, non-publishing participants, and report
+    /// node memory per participant.
+    #[arg(long, env = "CHITTY_BENCH_IDLE", default_value_t = 0)]
+    pub idle: usize,
+    /// Most Join streams that share one gRPC connection.
+    #[arg(
+        long,
+        env = "CHITTY_BENCH_STREAMS_PER_CONNECTION",
+        default_value_t = 100
+    )]
+    pub streams_per_connection: usize,
+    /// Seconds to wait for the last deliveries after the last publish; what
+    /// has not arrived by then counts as missing.
+    #[arg(long, env = "CHITTY_BENCH_DRAIN_SECS", default_value_t = 30)]
+    pub drain_secs: u64,
+    /// Seconds the publishers may take in all before they are stopped.
+    #[arg(long, env = "CHITTY_BENCH_TIMEOUT_SECS", default_value_t = 600)]
+    pub timeout_secs: u64,
+    /// RUST_LOG of the spawned nodes (their per-event info logs would be
+    /// measured too).
+    #[arg(long, env = "CHITTY_BENCH_NODE_LOG", default_value = "warn")]
+    pub node_log: String,
+    /// Extra argument for every spawned node (repeat it), e.g.
+    /// `--node-arg=--session-queue=4096`.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    pub node_args: Vec<String>,
+    /// Keep the spawned nodes' logs in this directory (default: a temporary
+    /// one, removed unless the run fails).
+    #[arg(long, env = "CHITTY_BENCH_LOG_DIR")]
+    pub log_dir: Option<std::path::PathBuf>,
+    /// Print one JSON object with the results as the last line of stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Run the sweep instead: S = 3, 30, 300, 3000 on N = 1, 3, 5 nodes at
+    /// full speed, writing OUT/bench-results.jsonl and OUT/bench-scaling.svg.
+    #[arg(long)]
+    pub sweep: bool,
+    /// Directory the sweep writes to.
+    #[arg(long, default_value = "docs")]
+    pub out: std::path::PathBuf,
+    /// Deliveries per sweep point: each point sends about this many
+    /// divided by S messages (at least 200, at most --sweep-max-messages).
+    #[arg(long, default_value_t = 300_000)]
+    pub sweep_deliveries: u64,
+    /// Most messages one sweep point sends.
+    #[arg(long, default_value_t = 2_000)]
+    pub sweep_max_messages: u64,
+}
+
+/// Runs `chitty bench`; Ctrl-C stops it (and every node it started).
+pub async fn run_bench(args: BenchArgs) -> ExitCode {
+    let config = crate::bench::Config {
+        nodes: args.nodes,
+        servers: args.servers,
+        participants: args.participants,
+        publishers: args.publishers,
+        messages: args.messages,
+        size: args.size,
+        rate: args.rate,
+        slow: args.slow,
+        idle: args.idle,
+        streams_per_connection: args.streams_per_connection,
+        drain: std::time::Duration::from_secs(args.drain_secs),
+        timeout: std::time::Duration::from_secs(args.timeout_secs),
+        node_log: args.node_log,
+        node_args: args.node_args,
+        log_dir: args.log_dir,
+        progress: true,
+    };
+    let work = async {
+        if args.sweep {
+            let base = crate::bench::Config {
+                messages: args.sweep_max_messages,
+                ..config
+            };
+            let reports = crate::bench::sweep(&base, args.sweep_deliveries, &args.out).await?;
+            Ok(reports.iter().all(|r| r.correct()))
+        } else {
+            let report = crate::bench::run(&config).await?;
+            println!("{}", report.table());
+            if args.json {
+                println!("{}", report.to_json());
+            }
+            Ok::<_, String>(report.correct())
+        }
+    };
+    // Dropping `work` on Ctrl-C drops the cluster guard, which kills the nodes.
+    tokio::select! {
+        result = work => match result {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(2),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        _ = shutdown_signal() => {
+            eprintln!("bench: interrupted; stopping the nodes");
+            ExitCode::from(130)
+        }
+    }
 }
 
 /// Runs `chitty server` until Ctrl-C or SIGTERM.

@@ -11,7 +11,9 @@
 //!   and the tests.
 //! * [`client`] — the client library: join, publish, leave, receive events.
 //! * [`cli`] — the `chitty` command line.
+//! * [`bench`] — `chitty bench`, the fan-out benchmark.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod core;

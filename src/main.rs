@@ -31,6 +31,10 @@ async fn main() -> ExitCode {
             init_logging(if file.is_some() { "info" } else { "warn" }, file);
             chitty::cli::run_client(args).await
         }
+        Command::Bench(args) => {
+            init_logging("warn", None);
+            chitty::cli::run_bench(args).await
+        }
     }
 }
 
