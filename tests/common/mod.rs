@@ -448,6 +448,15 @@ impl ClientProcess {
     }
 }
 
+impl Drop for ClientProcess {
+    fn drop(&mut self) {
+        // The log of a failed test is kept for reading; others are removed.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
 /// The number after `key=` in a log line, e.g. `field(line, "lamport")`.
 pub fn log_field(line: &str, key: &str) -> Option<u64> {
     let pattern = format!(" {key}=");
