@@ -449,15 +449,26 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
     tokio::pin!(shutdown);
     let mut code = ExitCode::SUCCESS;
     let mut leave = true;
+    let mut outcomes = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             input = input_rx.recv() => match input {
                 Some(Input::Line(line)) if line.trim() == "/quit" => break,
-                Some(Input::Line(line)) => {
-                    if let Err(e) = chat.publish(&line).await {
-                        eprintln!("error: message not sent: {e}");
+                Some(Input::Line(line)) => match chat.submit(&line).await {
+                    // Queued in order; the outcome is reported when it comes,
+                    // so that Ctrl-C and /quit are never stuck behind it.
+                    Ok(outcome) => {
+                        while outcomes.try_join_next().is_some() {}
+                        outcomes.spawn(async move {
+                            match outcome.await {
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => eprintln!("error: message not sent: {e}"),
+                                Err(_) => eprintln!("error: message not sent: the session ended"),
+                            }
+                        });
                     }
-                }
+                    Err(e) => eprintln!("error: message not sent: {e}"),
+                },
                 Some(Input::Quit) | None => break,
             },
             _ = &mut shutdown => break,
@@ -490,6 +501,11 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
         // The driver ends once the session is over; print what it still has.
         let _ = tokio::time::timeout(client::CALL_TIMEOUT, &mut printer).await;
     }
+    // Report the outcomes still to come (each resolves once the driver ends).
+    let _ = tokio::time::timeout(client::CALL_TIMEOUT, async {
+        while outcomes.join_next().await.is_some() {}
+    })
+    .await;
     driver.abort();
     if let Some(t) = terminal {
         t.restore();

@@ -106,6 +106,15 @@ impl Chat {
     /// Queues a publish; resolves when the cluster acknowledged it (after
     /// retries), or with the error that made it give up.
     pub async fn publish(&self, text: &str) -> Result<PublishReply> {
+        self.submit(text)
+            .await?
+            .await
+            .map_err(|_| Error::Unavailable("the session has ended".into()))?
+    }
+
+    /// Queues a publish (in order with every other) and returns at once with
+    /// a receiver for its outcome.
+    pub async fn submit(&self, text: &str) -> Result<oneshot::Receiver<Result<PublishReply>>> {
         let (done, rx) = oneshot::channel();
         self.commands
             .send(Command::Publish {
@@ -114,8 +123,7 @@ impl Chat {
             })
             .await
             .map_err(|_| Error::Unavailable("the session has ended".into()))?;
-        rx.await
-            .map_err(|_| Error::Unavailable("the session has ended".into()))?
+        Ok(rx)
     }
 
     /// Leaves once every queued publish was handled. Returns the Lamport
@@ -139,6 +147,7 @@ pub async fn start(
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
     let (updates, update_rx) = mpsc::channel(UPDATE_QUEUE);
     let mut driver = Driver {
+        commands: Some(command_rx),
         servers: options.servers.clone(),
         seeds: options.servers.clone(),
         options,
@@ -156,7 +165,7 @@ pub async fn start(
     // The first join is done before returning, so a bad name or an
     // unreachable cluster is reported to the caller directly.
     driver.first_join().await?;
-    let task = tokio::spawn(driver.run(command_rx));
+    let task = tokio::spawn(driver.run());
     Ok((Chat { commands }, update_rx, task))
 }
 
@@ -177,6 +186,9 @@ struct PendingPublish {
 type Call<T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>;
 
 struct Driver {
+    /// The user's commands. Taken out while a reconnection attempt races
+    /// them, so that the user can still leave while no node answers.
+    commands: Option<mpsc::Receiver<Command>>,
     options: ClientOptions,
     /// The cluster's nodes, as last reported, then the configured ones.
     servers: Vec<String>,
@@ -291,19 +303,20 @@ impl Driver {
         }
     }
 
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let result = self.drive(&mut commands).await;
+    async fn run(mut self) {
+        let result = self.drive().await;
         // Whatever is still queued will not be sent: say so.
         for p in self.pending.drain(..) {
-            let _ = p
-                .done
-                .send(Err(Error::Unavailable("the session has ended".into())));
+            let _ = p.done.send(Err(Error::Unavailable(if p.maybe_sent {
+                "the session ended: the message may or may not have been delivered".into()
+            } else {
+                "the session ended before the message was sent".into()
+            })));
         }
         self.emit(Update::Ended(result)).await;
     }
 
-    async fn drive(&mut self, commands: &mut mpsc::Receiver<Command>) -> Result<()> {
-        let mut commands_open = true;
+    async fn drive(&mut self) -> Result<()> {
         loop {
             if self.in_flight.is_none() {
                 self.start_next_publish().await;
@@ -315,6 +328,10 @@ impl Driver {
                 return self.do_leave(done).await;
             }
             let stream = self.stream.as_mut().expect("connected");
+            let commands = self
+                .commands
+                .as_mut()
+                .expect("the driver owns its commands");
             tokio::select! {
                 frame = stream.message() => match frame {
                     Ok(Some(frame)) => self.on_frame(frame).await,
@@ -326,24 +343,50 @@ impl Driver {
                         self.reconnect(status.message().to_string()).await?;
                     }
                 },
-                cmd = commands.recv(), if commands_open && self.leaving.is_none() => match cmd {
-                    Some(Command::Publish { text, done }) => {
-                        self.pending.push_back(PendingPublish {
-                            text,
-                            publish_id: uuid::Uuid::new_v4().to_string(),
-                            first_try: Instant::now(),
-                            maybe_sent: false,
-                            done,
-                        });
-                    }
+                cmd = commands.recv(), if self.leaving.is_none() => match cmd {
+                    Some(Command::Publish { text, done }) => self.queue_publish(text, done),
                     Some(Command::Leave { done }) => self.leaving = Some(done),
-                    None => commands_open = false,
+                    // Every sender is gone: nobody can publish or leave any
+                    // more, so leave now.
+                    None => {
+                        let (done, _) = oneshot::channel();
+                        self.leaving = Some(done);
+                    }
                 },
                 result = poll_call(&mut self.in_flight) => {
                     self.in_flight = None;
                     self.on_publish_result(result).await?;
                 }
             }
+        }
+    }
+
+    fn queue_publish(&mut self, text: String, done: oneshot::Sender<Result<PublishReply>>) {
+        self.pending.push_back(PendingPublish {
+            text,
+            publish_id: uuid::Uuid::new_v4().to_string(),
+            first_try: Instant::now(),
+            maybe_sent: false,
+            done,
+        });
+    }
+
+    /// Handles a command that arrived while no node answers: a publish is
+    /// queued; a Leave (or every sender dropped) ends the driver with an
+    /// error, since the leave cannot be announced.
+    fn take_command(&mut self, cmd: Option<Command>) -> Result<()> {
+        const CANNOT_LEAVE: &str = "not connected to any node, so the leave could not be \
+                                    announced: the cluster announces it after its grace period";
+        match cmd {
+            Some(Command::Publish { text, done }) => {
+                self.queue_publish(text, done);
+                Ok(())
+            }
+            Some(Command::Leave { done }) => {
+                let _ = done.send(Err(Error::Unavailable(CANNOT_LEAVE.into())));
+                Err(Error::Unavailable(CANNOT_LEAVE.into()))
+            }
+            None => Err(Error::Unavailable(CANNOT_LEAVE.into())),
         }
     }
 
@@ -470,7 +513,19 @@ impl Driver {
                 candidates.push(lost);
             }
             for addr in candidates {
-                match self.open(&addr, resume).await {
+                let mut commands = self.commands.take().expect("the driver owns its commands");
+                let raced = tokio::select! {
+                    result = self.open(&addr, resume) => Ok(result),
+                    cmd = commands.recv() => Err(cmd),
+                };
+                self.commands = Some(commands);
+                let attempt = match raced {
+                    Ok(result) => Some(result),
+                    // A Leave ends the driver; a publish waits its turn.
+                    Err(cmd) => self.take_command(cmd).map(|()| None)?,
+                };
+                let Some(attempt) = attempt else { continue };
+                match attempt {
                     Ok(()) => {
                         let update = if resume {
                             Update::Moved {
@@ -499,7 +554,18 @@ impl Driver {
                 }
             }
             let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 100);
-            tokio::time::sleep(backoff + jitter).await;
+            let pause = tokio::time::sleep(backoff + jitter);
+            tokio::pin!(pause);
+            loop {
+                let commands = self
+                    .commands
+                    .as_mut()
+                    .expect("the driver owns its commands");
+                tokio::select! {
+                    _ = &mut pause => break,
+                    cmd = commands.recv() => self.take_command(cmd)?,
+                }
+            }
             backoff = (backoff * 2).min(self.options.max_backoff);
             // Drop publishes that have waited too long, telling the user.
             self.expire_publishes().await;

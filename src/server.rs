@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
@@ -92,7 +92,12 @@ pub async fn serve_node(
             MeshService::new(node.clone()),
             secret,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // Small frames (an event, a publish reply) must leave at once,
+            // not wait for a delayed ACK: Nagle off on every connection.
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await;
     node.stop_mesh();
     for task in mesh_tasks {
