@@ -17,6 +17,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -301,6 +302,17 @@ fn chitty_command() -> Command {
         }
     }
     cmd.env_remove("RUST_LOG");
+    // If the test process dies without running its guards (killed by a
+    // timeout, say), the kernel kills the child too, so nothing outlives the
+    // run. (The signal follows the spawning thread: tests spawn from their
+    // own thread, which outlives the guards.)
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     cmd
 }
 
