@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use chitty::proto::chitty_chat_client::ChittyChatClient;
 use chitty::proto::{ListParticipantsRequest, ListServersRequest};
 
-use super::{ChildGuard, ClientProcess, DEADLINE, EventLine, ServerProcess, spawn_server};
+use super::{
+    ChildGuard, ClientProcess, DEADLINE, EventLine, ServerProcess, spawn_client, spawn_server,
+};
 
 /// The cluster secret every test cluster runs with.
 pub const SECRET: &str = "chitty-test-secret";
@@ -180,6 +182,43 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
+    /// Restarts node `i` (which must have exited) as a new process on the
+    /// same address, joining through `boot`: a new incarnation (new id and
+    /// generation) where clients already look for a node.
+    pub fn restart_node(&mut self, i: usize, boot: &str) {
+        let addr = self.addr(i);
+        let mut child = super::chitty_command()
+            .args(["server", "--listen", &addr, "--cluster-secret", SECRET])
+            .args(&self.flags)
+            .args(["--boot", boot])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start chitty server");
+        let stdout = super::Lines::collect(child.stdout.take().expect("stdout is piped"));
+        let stderr = super::Lines::collect(child.stderr.take().expect("stderr is piped"));
+        let child = ChildGuard::new(child, format!("chitty server (restarted at {addr})"));
+        let expected = format!("chitty server listening on {addr}");
+        let first = stdout
+            .try_wait_until("the restarted server's first line", |lines| {
+                lines.first().cloned()
+            })
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{e}\n(its address may have been taken meanwhile); standard error:\n{}",
+                    stderr.snapshot().join("\n")
+                )
+            });
+        assert_eq!(first, expected, "the restarted server's first line");
+        self.nodes[i] = ServerProcess {
+            child,
+            addr,
+            stdout,
+            stderr,
+        };
+    }
+
     /// The address of node `i`.
     pub fn addr(&self, i: usize) -> String {
         self.nodes[i].addr.clone()
@@ -188,6 +227,44 @@ impl Cluster {
     /// The addresses of every node started.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.addr.clone()).collect()
+    }
+}
+
+/// Starts one client per `(node, name)`, each after the previous one has
+/// printed its own join, and waits until every one has seen the last join,
+/// so that all of them receive everything published afterwards.
+pub fn spawn_participants(cluster: &Cluster, placement: &[(usize, &str)]) -> Vec<ClientProcess> {
+    let mut clients = Vec::new();
+    for (node, name) in placement {
+        let client = spawn_client(&cluster.addr(*node), name);
+        client.wait_joined();
+        clients.push(client);
+    }
+    let (_, last) = placement.last().expect("at least one participant");
+    for client in &clients {
+        client.wait_for_event(&format!("{last}'s join"), |e| {
+            e.joined().is_some_and(|(n, _)| n == *last)
+        });
+    }
+    clients
+}
+
+/// Waits until every node in `asked` lists at least the nodes in `expected`
+/// (for use inside a tokio runtime, where [`wait_members`] cannot run).
+pub async fn converged(asked: &[&str], expected: &[&str]) {
+    let expected = sorted(expected);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    for addr in asked {
+        loop {
+            let listed = servers_of(addr).await;
+            match &listed {
+                Ok(list) if expected.iter().all(|e| list.contains(e)) => break,
+                _ if tokio::time::Instant::now() >= deadline => {
+                    panic!("{addr} does not list {expected:?} after {DEADLINE:?}: {listed:?}")
+                }
+                _ => tokio::time::sleep(POLL_INTERVAL).await,
+            }
+        }
     }
 }
 
@@ -244,6 +321,22 @@ impl Talker {
             .into_iter()
             .filter(|l| l.contains("message not sent") || l.contains("gave up sending"))
             .collect()
+    }
+}
+
+impl ChildGuard {
+    /// Waits up to `limit` for the process to exit on its own; `None` if it
+    /// is still running then (it is left running).
+    pub fn wait_exit_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL_INTERVAL),
+                Ok(None) => return None,
+                Err(e) => panic!("cannot wait for {}: {e}", self.label),
+            }
+        }
     }
 }
 
