@@ -16,7 +16,7 @@
 //! [`ClientOptions::publish_timeout`] is reported as given up, saying whether
 //! it may still have been delivered.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -90,6 +90,11 @@ enum Command {
     },
 }
 
+/// Most node addresses a client remembers.
+const MAX_KNOWN_SERVERS: usize = 64;
+/// Publish ids remembered to drop a message delivered twice under two ids.
+const RECENT_PUBLISH_IDS: usize = 10_000;
+
 /// Capacity of the command queue (publishes waiting to be sent).
 const COMMAND_QUEUE: usize = 256;
 /// Capacity of the update queue; the driver waits when it is full, which
@@ -153,6 +158,8 @@ pub async fn start(
         options,
         clock: SharedClock::default(),
         seen: HashMap::new(),
+        publish_ids: HashSet::new(),
+        publish_order: VecDeque::new(),
         identity: None,
         current: String::new(),
         client: None,
@@ -195,6 +202,8 @@ struct Driver {
     seeds: Vec<String>,
     clock: SharedClock,
     seen: HashMap<OriginKey, u64>,
+    publish_ids: HashSet<String>,
+    publish_order: VecDeque<String>,
     identity: Option<Identity>,
     current: String,
     client: Option<ChittyChatClient<Channel>>,
@@ -284,14 +293,37 @@ impl Driver {
         Ok(())
     }
 
+    /// The nodes the cluster reports live come first; nodes known before
+    /// (they may come back) and the configured ones follow, so a client whose
+    /// known nodes all failed still has somewhere to go.
     fn learn_servers(&mut self, list: &crate::proto::ServerList) {
-        let mut servers: Vec<String> = list.servers.iter().map(|s| s.addr.clone()).collect();
-        for seed in &self.seeds {
-            if !servers.contains(seed) {
-                servers.push(seed.clone());
+        let mut servers: Vec<String> = Vec::new();
+        let reported = list.servers.iter().map(|s| &s.addr);
+        for addr in reported.chain(&self.servers).chain(&self.seeds) {
+            if !servers.contains(addr) && servers.len() < MAX_KNOWN_SERVERS {
+                servers.push(addr.clone());
             }
         }
         self.servers = servers;
+    }
+
+    /// Whether `event` repeats a message already delivered under another id:
+    /// a publish retried on another node after the first node showed it to
+    /// its own participants and died before any peer held it.
+    fn repeats_a_publish(&mut self, event: &crate::proto::Event) -> bool {
+        if event.kind() != crate::proto::EventKind::Message || event.publish_id.is_empty() {
+            return false;
+        }
+        if !self.publish_ids.insert(event.publish_id.clone()) {
+            return true;
+        }
+        self.publish_order.push_back(event.publish_id.clone());
+        if self.publish_order.len() > RECENT_PUBLISH_IDS
+            && let Some(old) = self.publish_order.pop_front()
+        {
+            self.publish_ids.remove(&old);
+        }
+        false
     }
 
     /// Reports `update`. The returned future does not borrow the driver
@@ -470,6 +502,9 @@ impl Driver {
                         continue; // already delivered before a failover
                     }
                     *seen = seq;
+                    if self.repeats_a_publish(&event) {
+                        continue;
+                    }
                     let local = self.clock.observe(event.lamport);
                     tracing::info!(
                         lamport = event.lamport,

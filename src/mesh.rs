@@ -421,13 +421,16 @@ async fn run_detector(node: Node) {
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        let paused = now.duration_since(last_tick) > node.config().failure_timeout;
+        // Time this task did not run (the process was paused or starved) is
+        // not silence of the peers: their heartbeats may be waiting unread.
+        let gap = now.duration_since(last_tick);
+        let stalled = (gap > period * 2).then(|| gap - period);
         last_tick = now;
-        detect(&node, now, paused);
+        detect(&node, now, stalled);
     }
 }
 
-fn detect(node: &Node, now: Instant, paused: bool) {
+fn detect(node: &Node, now: Instant, stalled: Option<Duration>) {
     let timeout = node.config().failure_timeout;
     // Participants of a departed node get the grace period to resume
     // elsewhere, and at least one heartbeat for survivors to reconcile.
@@ -438,14 +441,16 @@ fn detect(node: &Node, now: Instant, paused: bool) {
         info!(participant = %left.participant_name, lamport = left.lamport, "grace period over: participant left");
     }
     node.dispatch(&mut state, expired);
-    if paused {
-        // This process was not running (SIGSTOP, a frozen VM): silence from
-        // peers says nothing about them. Start their clocks afresh.
-        warn!("this node was paused; not judging peers on this tick");
+    if let Some(stalled) = stalled {
+        // This process was not running (SIGSTOP, a frozen VM, starvation):
+        // credit every peer with that time rather than blame it.
+        warn!(
+            stalled_ms = stalled.as_millis() as u64,
+            "this node was not running for a while; not counting that time against its peers"
+        );
         for heard in state.last_heard.values_mut() {
-            *heard = now;
+            *heard = (*heard + stalled).min(now);
         }
-        return;
     }
     for peer in state.membership.peers() {
         let Some(id) = peer.node.clone() else {
@@ -602,12 +607,11 @@ impl Link {
             match self.session(&mut shutdown).await {
                 Ok(()) => return,
                 Err(status) if status.code() == Code::FailedPrecondition => {
-                    warn!(peer = %self.peer.addr, reason = status.message(), "peer refused this node");
-                    self.node.shared.fatal.send_replace(Some(format!(
-                        "removed from the cluster: {}",
-                        status.message()
-                    )));
-                    return;
+                    // One peer's word is not enough to conclude we were
+                    // removed (its own view may be the stale one): exchange
+                    // membership, whose merge tells for sure.
+                    warn!(peer = %self.peer.addr, reason = status.message(), "peer refused this node; exchanging membership");
+                    self.node.shared.gossip.notify_one();
                 }
                 Err(status) => {
                     debug!(peer = %self.peer.addr, error = %status, "peer link down; reconnecting");

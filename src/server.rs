@@ -22,6 +22,8 @@ use crate::service::{ChatService, MeshService};
 /// machine or network vanished without closing its socket.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping node waits for its connections to close.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves a node on `listener` until `shutdown` completes. With
 /// `config.boot`, the node first joins the cluster through that member.
@@ -67,6 +69,7 @@ pub async fn serve_node(
     let fatal = Arc::new(std::sync::OnceLock::new());
     let stopping = node.clone();
     let fatal_reason = fatal.clone();
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         tokio::select! {
             _ = shutdown => {
@@ -79,10 +82,20 @@ pub async fn serve_node(
         }
         stopping.close_sessions("server is shutting down");
         stopping.stop_mesh();
+        let _ = stopping_tx.send(());
+    };
+    // Connections get DRAIN_TIMEOUT to close after shutdown begins; a peer
+    // that stopped reading (a frozen client) does not hold the node up.
+    let drain_deadline = async move {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
     };
 
     info!(%addr, advertise = %node.config().advertise, node = %node.id().id, generation = node.id().generation, "serving Chitty-Chat");
-    let served = Server::builder()
+    let serving = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
@@ -97,8 +110,14 @@ pub async fn serve_node(
             // not wait for a delayed ACK: Nagle off on every connection.
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
-        )
-        .await;
+        );
+    let served = tokio::select! {
+        served = serving => served,
+        _ = drain_deadline => {
+            warn!(after = ?DRAIN_TIMEOUT, "connections did not close in time; dropping them");
+            Ok(())
+        }
+    };
     node.stop_mesh();
     for task in mesh_tasks {
         let _ = task.await;
