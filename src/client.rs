@@ -103,6 +103,21 @@ impl SharedClock {
     pub fn now(&self) -> u64 {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).now()
     }
+
+    /// Applies the receive rule to `event` and writes it to the log with the
+    /// participant's new time (R4).
+    pub fn receive(&self, event: Event) -> Received {
+        let local = self.observe(event.lamport);
+        tracing::info!(
+            lamport = event.lamport,
+            local,
+            kind = event.kind().as_str_name(),
+            from = %event.participant_name,
+            text = %event.text,
+            "received broadcast"
+        );
+        Received::Event { event, local }
+    }
 }
 
 /// The sending half of a joined participant.
@@ -312,16 +327,7 @@ impl EventStream {
             match frame.frame {
                 Some(join_frame::Frame::Events(batch)) => {
                     for event in batch.events {
-                        let local = self.clock.observe(event.lamport);
-                        tracing::info!(
-                            lamport = event.lamport,
-                            local,
-                            kind = event.kind().as_str_name(),
-                            from = %event.participant_name,
-                            text = %event.text,
-                            "received broadcast"
-                        );
-                        self.pending.push_back(Received::Event { event, local });
+                        self.pending.push_back(self.clock.receive(event));
                     }
                 }
                 Some(join_frame::Frame::Gap(gap)) => self.pending.push_back(Received::Gap(gap)),

@@ -505,17 +505,7 @@ impl Driver {
                     if self.repeats_a_publish(&event) {
                         continue;
                     }
-                    let local = self.clock.observe(event.lamport);
-                    tracing::info!(
-                        lamport = event.lamport,
-                        local,
-                        kind = event.kind().as_str_name(),
-                        from = %event.participant_name,
-                        text = %event.text,
-                        "received broadcast"
-                    );
-                    self.emit(Update::Received(Received::Event { event, local }))
-                        .await;
+                    self.emit(Update::Received(self.clock.receive(event))).await;
                 }
             }
             Some(join_frame::Frame::Gap(gap)) => {

@@ -259,6 +259,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::core::test_rng::Rng;
     use crate::proto::EventId;
 
     fn node(id: &str) -> NodeId {
@@ -425,32 +426,6 @@ mod tests {
         let key = OriginKey::from(&me2);
         assert_eq!(key.to_node_id(), me2);
         assert_eq!(hb.delivered_of(&key), 0);
-    }
-
-    /// xorshift64*: a tiny deterministic generator so schedules replay by seed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn new(seed: u64) -> Self {
-            Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-        }
-
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn shuffle<T>(&mut self, items: &mut [T]) {
-            for i in (1..items.len()).rev() {
-                items.swap(i, self.below(i + 1));
-            }
-        }
     }
 
     /// A simulated origin node: stamps events and receives the others' in

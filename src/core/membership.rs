@@ -250,6 +250,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::core::test_rng::Rng;
 
     fn node(id: &str, generation: u64) -> NodeId {
         NodeId {
@@ -522,30 +523,6 @@ mod tests {
         assert_eq!(m.merge(&x), Change::default());
         assert_eq!(m.merge(&once), Change::default());
         assert_eq!(m.snapshot(), once);
-    }
-
-    /// xorshift64*: a tiny deterministic generator so schedules replay by seed.
-    struct Rng(u64);
-
-    impl Rng {
-        fn new(seed: u64) -> Self {
-            Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-        }
-
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-
-        fn chance(&mut self, percent: u64) -> bool {
-            self.next() % 100 < percent
-        }
     }
 
     /// One simulated process: its view plus what the test checks about it.

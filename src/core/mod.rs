@@ -14,3 +14,5 @@ pub mod validate;
 
 pub use chat::{ChatCore, Joined, Published};
 pub use clock::LamportClock;
+#[cfg(test)]
+mod test_rng;
