@@ -250,8 +250,10 @@ impl Node {
         }
         self.notify_servers(state, server_list(&state.membership));
         self.shared.gossip.notify_one();
-        // Publishes waiting on a departed peer's acknowledgement re-check.
+        // Publishes and the local gate waiting on a departed peer's
+        // acknowledgement re-check.
         self.shared.acked.notify_waiters();
+        self.dispatch(state, Vec::new());
     }
 
     /// The first frame of an inbound relay link: who is calling.
@@ -712,8 +714,10 @@ impl Link {
     fn note_ack(&self, held: &[SeqMark]) {
         let me = self.node.id();
         if let Some(mark) = held.iter().find(|m| m.origin.as_ref() == Some(me)) {
-            self.acked_own.fetch_max(mark.seq, Ordering::AcqRel);
-            self.node.shared.acked.notify_waiters();
+            if self.acked_own.fetch_max(mark.seq, Ordering::AcqRel) < mark.seq {
+                self.node.shared.acked.notify_waiters();
+                self.node.release();
+            }
         }
     }
 

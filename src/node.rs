@@ -122,6 +122,9 @@ enum Outbound {
 #[derive(Debug)]
 struct Sink {
     session: u64,
+    /// The first gate index this session receives: events that entered the
+    /// gate before it opened are not its to see (or were replayed to it).
+    from_gate: u64,
     tx: mpsc::Sender<Outbound>,
     /// Why the node ended the session, read by the stream once the queue is
     /// drained and closed.
@@ -167,6 +170,11 @@ pub(crate) struct State {
     /// participants once reconciliation had time to finish.
     pub(crate) gone_since: HashMap<String, (NodeId, Instant)>,
     pub(crate) shutting_down: bool,
+    /// Events on their way to local sessions (see `release_next`), with their
+    /// gate index. Bounded in time: a peer that never acknowledges is
+    /// declared failed within the failure timeout, which opens the gate.
+    gate: VecDeque<(u64, Arc<Event>)>,
+    next_gate_index: u64,
 }
 
 #[derive(Debug)]
@@ -206,6 +214,8 @@ impl Node {
                     last_heard: HashMap::new(),
                     gone_since: HashMap::new(),
                     shutting_down: false,
+                    gate: VecDeque::new(),
+                    next_gate_index: 0,
                 }),
                 shutdown: watch::channel(false).0,
                 fatal: watch::channel(None).0,
@@ -336,6 +346,7 @@ impl Node {
             participant_id.clone(),
             Sink {
                 session,
+                from_gate: state.next_gate_index,
                 tx,
                 closed: closed.clone(),
             },
@@ -458,9 +469,16 @@ impl Node {
     pub(crate) fn dispatch(&self, state: &mut State, events: Vec<Arc<Event>>) {
         let me = &self.shared.config.node;
         let mut queue: VecDeque<Arc<Event>> = events.into();
-        while let Some(event) = queue.pop_front() {
+        loop {
+            // Local participants get events through the gate, in order: this
+            // node's own events only once a peer holds them.
+            while let Some(event) = self.release_next(state) {
+                queue.extend(self.deliver(state, &event));
+            }
+            let Some(event) = queue.pop_front() else {
+                return;
+            };
             let origin = event.id.as_ref().and_then(|i| i.origin.as_ref());
-            let own = origin == Some(me);
             info!(
                 kind = event.kind().as_str_name(),
                 participant = %event.participant_name,
@@ -470,7 +488,7 @@ impl Node {
                 recipients = state.sinks.len(),
                 "Broadcast"
             );
-            if own {
+            if origin == Some(me) {
                 for link in state.links.values() {
                     if link.tx.try_send(event.clone()).is_err() {
                         // History still holds it: the link re-sends from there.
@@ -478,38 +496,79 @@ impl Node {
                     }
                 }
             }
-            if !visible(&event) || state.sinks.is_empty() {
-                continue;
-            }
-            // Encoded once here, however many participants receive it.
-            let wire = wire::event_field(&event);
-            let mut overflowed = Vec::new();
-            for (pid, sink) in &state.sinks {
-                match sink.tx.try_send(Outbound::Event(wire.clone())) {
-                    Ok(()) => debug!(to = %pid, lamport = event.lamport, "deliver"),
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        overflowed.push((pid.clone(), sink.session))
-                    }
-                    // The stream is gone; its guard is about to report it.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
-            }
-            for (pid, _session) in overflowed {
-                let capacity = self.shared.config.session_queue;
-                self.end_session(
-                    state,
-                    &pid,
-                    Status::resource_exhausted(format!(
-                        "disconnected: too slow to read events \
-                         (outgoing queue of {capacity} events is full)"
-                    )),
-                );
-                if let Some(left) = state.core.disconnect(&pid) {
-                    warn!(participant = %left.participant_name, lamport = left.lamport, "disconnected a participant whose queue overflowed");
-                    queue.push_back(left);
-                }
+            if visible(&event) {
+                let index = state.next_gate_index;
+                state.next_gate_index += 1;
+                state.gate.push_back((index, event));
             }
         }
+    }
+
+    /// Re-checks the gate (a peer acknowledged events, or a link went away).
+    pub(crate) fn release(&self) {
+        let mut state = self.lock();
+        self.dispatch(&mut state, Vec::new());
+    }
+
+    /// The next event the gate lets through, if any. An event of this node
+    /// waits until a peer holds it (or the node has no peers), so nobody
+    /// sees an event that a crash of this node could still take back; events
+    /// behind it wait too, to keep the order.
+    fn release_next(&self, state: &mut State) -> Option<(u64, Arc<Event>)> {
+        let (_, event) = state.gate.front()?;
+        let id = event.id.as_ref()?;
+        let own = id.origin.as_ref() == Some(&self.shared.config.node);
+        let held_elsewhere = || {
+            state.links.is_empty()
+                || state
+                    .links
+                    .values()
+                    .any(|l| l.acked_own.load(Ordering::Acquire) >= id.seq)
+        };
+        if own && !held_elsewhere() {
+            return None;
+        }
+        state.gate.pop_front()
+    }
+
+    /// Hands a released event to every local session that was open when it
+    /// entered the gate. A session whose queue is full is disconnected and
+    /// announced as left: the returned events.
+    fn deliver(&self, state: &mut State, (index, event): &(u64, Arc<Event>)) -> Vec<Arc<Event>> {
+        if state.sinks.is_empty() {
+            return Vec::new();
+        }
+        // Encoded once here, however many participants receive it.
+        let wire = wire::event_field(event);
+        let mut overflowed = Vec::new();
+        for (pid, sink) in &state.sinks {
+            if *index < sink.from_gate {
+                continue; // stamped before this session opened
+            }
+            match sink.tx.try_send(Outbound::Event(wire.clone())) {
+                Ok(()) => debug!(to = %pid, lamport = event.lamport, "deliver"),
+                Err(mpsc::error::TrySendError::Full(_)) => overflowed.push(pid.clone()),
+                // The stream is gone; its guard is about to report it.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        let mut left_events = Vec::new();
+        for pid in overflowed {
+            let capacity = self.shared.config.session_queue;
+            self.end_session(
+                state,
+                &pid,
+                Status::resource_exhausted(format!(
+                    "disconnected: too slow to read events \
+                     (outgoing queue of {capacity} events is full)"
+                )),
+            );
+            if let Some(left) = state.core.disconnect(&pid) {
+                warn!(participant = %left.participant_name, lamport = left.lamport, "disconnected a participant whose queue overflowed");
+                left_events.push(left);
+            }
+        }
+        left_events
     }
 
     /// Runs a stream-serving task (an inbound relay link, a publish stream)
