@@ -48,7 +48,8 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, oneshot, watch};
@@ -581,6 +582,8 @@ struct Counters {
     events: AtomicU64,
     /// Distinct bench messages received.
     delivered: AtomicU64,
+    /// The stream ended (the bench did not stop it).
+    ended: AtomicBool,
 }
 
 /// Receivers that have not yet got everything (or ended), and a wake-up for
@@ -589,9 +592,21 @@ struct Counters {
 struct Completion {
     remaining: AtomicUsize,
     all_done: Notify,
+    /// Why the first stream that ended early ended, for warnings.
+    first_end: Mutex<Option<String>>,
 }
 
 impl Completion {
+    fn ended(&self, reason: &str) {
+        let mut first = self.first_end.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert_with(|| reason.to_string());
+    }
+
+    fn first_end(&self) -> String {
+        let first = self.first_end.lock().unwrap_or_else(|p| p.into_inner());
+        first.clone().unwrap_or_default()
+    }
+
     fn finish_one(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.all_done.notify_one();
@@ -739,6 +754,10 @@ async fn receive(
                 break;
             }
         }
+    }
+    if let Some(reason) = &tracker.ended {
+        counters.ended.store(true, Ordering::Release);
+        completion.ended(reason);
     }
     if !finished {
         completion.finish_one();
@@ -889,15 +908,20 @@ impl Room {
                 .readers
                 .iter()
                 .zip(before)
-                .filter(|(r, b)| r.counters.events.load(Ordering::Relaxed) < *b + batch)
+                .filter(|(r, b)| {
+                    !r.counters.ended.load(Ordering::Acquire)
+                        && r.counters.events.load(Ordering::Relaxed) < *b + batch
+                })
                 .count();
             if behind == 0 {
+                self.warn_ended();
                 return;
             }
             if Instant::now() >= deadline {
                 eprintln!(
                     "bench: warning: {behind} participants did not receive all join events within {JOIN_BATCH_TIMEOUT:?}"
                 );
+                self.warn_ended();
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -926,6 +950,21 @@ impl Room {
             }
         }
         eprintln!("bench: warning: participants still receiving after {QUIET_TIMEOUT:?}");
+    }
+
+    /// Says how many streams have ended early so far, and why the first did.
+    fn warn_ended(&self) {
+        let ended = self
+            .readers
+            .iter()
+            .filter(|r| r.counters.ended.load(Ordering::Acquire))
+            .count();
+        if ended > 0 {
+            eprintln!(
+                "bench: warning: {ended} participants' streams have ended (first: {})",
+                self.completion.first_end()
+            );
+        }
     }
 
     fn delivered(&self) -> u64 {
