@@ -613,7 +613,8 @@ impl Link {
                     // removed (its own view may be the stale one): exchange
                     // membership, whose merge tells for sure.
                     warn!(peer = %self.peer.addr, reason = status.message(), "peer refused this node; exchanging membership");
-                    self.node.shared.gossip.notify_one();
+                    let members = self.node.lock().membership.snapshot();
+                    push_members(&self.node, members, vec![self.peer.clone()]).await;
                 }
                 Err(status) => {
                     debug!(peer = %self.peer.addr, error = %status, "peer link down; reconnecting");
