@@ -1318,9 +1318,9 @@ async fn measure(
     }
     report.expected = report.sent * readers;
     report.complete = report.missing == 0;
-    // The measured window ends at the last delivery when everything came,
-    // at the moment the bench gave up waiting otherwise.
-    let window_end = if report.complete {
+    // The measured window ends at the last delivery, also when some never
+    // came (waiting for them is not delivering).
+    let window_end = if report.delivered > 0 {
         last_delivery_us
     } else {
         end_us
@@ -1821,7 +1821,7 @@ pub fn scaling_svg(reports: &[Report], machine: &str, note: &str) -> String {
         // One line per node count.
         for (i, &nodes) in SWEEP_NODES.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
-            let mut points: Vec<(f64, f64)> = reports
+            let mut points: Vec<(f64, f64, bool)> = reports
                 .iter()
                 .filter(|r| r.nodes == nodes)
                 .filter_map(|r| {
@@ -1832,7 +1832,7 @@ pub fn scaling_svg(reports: &[Report], machine: &str, note: &str) -> String {
                         let v = r.latency_p99_ms.filter(|v| *v > 0.0)?;
                         (v.log10() - lo) / (hi - lo)
                     };
-                    Some((x, bottom - frac * PANEL_H))
+                    Some((x, bottom - frac * PANEL_H, r.correct()))
                 })
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -1841,17 +1841,20 @@ pub fn scaling_svg(reports: &[Report], machine: &str, note: &str) -> String {
             }
             let path: Vec<String> = points
                 .iter()
-                .map(|(x, y)| format!("{x:.1},{y:.1}"))
+                .map(|(x, y, _)| format!("{x:.1},{y:.1}"))
                 .collect();
             let _ = writeln!(
                 svg,
                 r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
                 path.join(" ")
             );
-            for (x, y) in points {
+            for (x, y, correct) in points {
+                // A run that lost, repeated or reordered deliveries is drawn
+                // hollow: its numbers are not comparable.
+                let fill = if correct { color } else { "white" };
                 let _ = writeln!(
                     svg,
-                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="3.5" fill="{color}"/>"#
+                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="4" fill="{fill}" stroke="{color}" stroke-width="2"/>"#
                 );
             }
         }
@@ -1868,6 +1871,14 @@ pub fn scaling_svg(reports: &[Report], machine: &str, note: &str) -> String {
             x + 30.0,
             y + 4.0,
             if nodes == 1 { "" } else { "s" }
+        );
+    }
+    if reports.iter().any(|r| !r.correct()) {
+        let _ = writeln!(
+            svg,
+            r##"<text x="{}" y="{}" fill="#555">hollow point: deliveries were missing, duplicated or out of order</text>"##,
+            LEFTS[0] + 380.0,
+            H - 26.0
         );
     }
     let _ = writeln!(
