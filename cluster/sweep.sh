@@ -13,11 +13,15 @@
 # the bench itself: no plotting tools needed. Extra arguments go to
 # `chitty bench` (see `chitty bench --help`).
 #
-# Takes a few minutes on a 2-core machine. Numbers depend on the machine and on
+# Takes a minute or two on a 2-core machine. Numbers depend on the machine and on
 # whatever else runs on it: the SVG caption names the CPU, and a quiet machine
 # gives steadier results.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo build --release --quiet
-exec target/release/chitty bench --sweep "$@"
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    commit="$commit with local changes"
+fi
+exec target/release/chitty bench --sweep --sweep-label "commit $commit, $(date -u +%Y-%m-%d)" "$@"

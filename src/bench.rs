@@ -1626,10 +1626,15 @@ pub fn sweep_messages(participants: usize, budget: u64, cap: u64) -> u64 {
 
 /// Runs every point of [`SWEEP_NODES`] × [`SWEEP_PARTICIPANTS`] at full speed
 /// with `base`'s other settings (`base.messages` is the most messages a
-/// point sends), writes the JSON lines to
+/// point sends; `label` goes into the caption), writes the JSON lines to
 /// `out/bench-results.jsonl` (one per point, as they finish) and the picture
 /// to `out/bench-scaling.svg`. Returns the reports of the points that ran.
-pub async fn sweep(base: &Config, budget: u64, out: &Path) -> Result<Vec<Report>, String> {
+pub async fn sweep(
+    base: &Config,
+    budget: u64,
+    label: &str,
+    out: &Path,
+) -> Result<Vec<Report>, String> {
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let jsonl = out.join("bench-results.jsonl");
     let svg = out.join("bench-scaling.svg");
@@ -1669,7 +1674,12 @@ pub async fn sweep(base: &Config, budget: u64, out: &Path) -> Result<Vec<Report>
         "each point: a fresh cluster, about {budget} deliveries (messages = {budget}/S, at least 200, at most {}); data in bench-results.jsonl",
         base.messages.max(200)
     );
-    std::fs::write(&svg, scaling_svg(&reports, &machine(), &note))
+    let caption = if label.is_empty() {
+        machine()
+    } else {
+        format!("{}, {label}", machine())
+    };
+    std::fs::write(&svg, scaling_svg(&reports, &caption, &note))
         .map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
     eprintln!("sweep: wrote {} and {}", jsonl.display(), svg.display());
     Ok(reports)
@@ -1692,7 +1702,7 @@ pub fn machine() -> String {
 /// Two panels, deliveries/s and p99 latency against participants (log
 /// scale), one line per node count; `machine` and `note` are captions.
 pub fn scaling_svg(reports: &[Report], machine: &str, note: &str) -> String {
-    const W: f64 = 980.0;
+    const W: f64 = 1000.0;
     const H: f64 = 440.0;
     const PANEL_W: f64 = 400.0;
     const PANEL_H: f64 = 280.0;

@@ -206,6 +206,10 @@ pub struct BenchArgs {
     /// Most messages one sweep point sends.
     #[arg(long, default_value_t = 2_000)]
     pub sweep_max_messages: u64,
+    /// Text added to the sweep picture's caption (cluster/sweep.sh passes
+    /// the git commit).
+    #[arg(long, default_value = "")]
+    pub sweep_label: String,
 }
 
 /// Runs `chitty bench`; Ctrl-C stops it (and every node it started).
@@ -234,7 +238,9 @@ pub async fn run_bench(args: BenchArgs) -> ExitCode {
                 messages: args.sweep_max_messages,
                 ..config
             };
-            let reports = crate::bench::sweep(&base, args.sweep_deliveries, &args.out).await?;
+            let reports =
+                crate::bench::sweep(&base, args.sweep_deliveries, &args.sweep_label, &args.out)
+                    .await?;
             Ok(reports.iter().all(|r| r.correct()))
         } else {
             let report = crate::bench::run(&config).await?;
