@@ -502,6 +502,16 @@ impl Driver {
                         continue; // already delivered before a failover
                     }
                     *seen = seq;
+                    // What the node had delivered when it stamped this event
+                    // was delivered before it, so it counts as seen: events
+                    // older than this participant's join are never replayed
+                    // to it after a failover.
+                    for dep in &event.deps {
+                        if let Some(origin) = &dep.origin {
+                            let mark = self.seen.entry(OriginKey::from(origin)).or_default();
+                            *mark = (*mark).max(dep.seq);
+                        }
+                    }
                     if self.repeats_a_publish(&event) {
                         continue;
                     }
