@@ -33,8 +33,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a unary call may take before it is treated as failed.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 ping interval and the wait for its answer.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(1);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connects to a node at `addr` (`host:port` or a URL).
 pub async fn connect(addr: &str) -> Result<ChittyChatClient<Channel>> {
@@ -50,9 +50,12 @@ pub async fn connect(addr: &str) -> Result<ChittyChatClient<Channel>> {
     // No whole-request timeout here: it would also cut the endless Join
     // stream. Unary calls are bounded one by one instead. HTTP/2 keepalive
     // notices a node that stopped answering (hung or unplugged) within
-    // KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT.
+    // KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT (5 s): tighter, and a busy
+    // machine's scheduling delays start cutting healthy connections.
     let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
+        .initial_stream_window_size(crate::server::STREAM_WINDOW)
+        .initial_connection_window_size(crate::server::CONNECTION_WINDOW)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)

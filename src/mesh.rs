@@ -116,6 +116,8 @@ pub async fn mesh_client(addr: &str, secret: Option<&str>) -> Result<MeshClient>
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| connect_err(e.to_string()))?
         .connect_timeout(MESH_CALL_TIMEOUT)
+        .initial_stream_window_size(crate::server::STREAM_WINDOW)
+        .initial_connection_window_size(crate::server::CONNECTION_WINDOW)
         .tcp_nodelay(true);
     let channel = endpoint
         .connect()
@@ -782,13 +784,13 @@ pub(crate) async fn serve_inbound(
     node: Node,
     peer: NodeId,
     mut inbound: tonic::Streaming<RelayFrame>,
-    acks: mpsc::Sender<Result<RelayAck, Status>>,
+    acks: tokio::sync::watch::Sender<Result<RelayAck, Status>>,
 ) {
     let mut shutdown = node.shared.shutdown.subscribe();
     loop {
         let frame = tokio::select! {
             _ = shutdown.changed() => {
-                let _ = acks.try_send(Err(Status::unavailable("node is shutting down")));
+                let _ = acks.send_replace(Err(Status::unavailable("node is shutting down")));
                 return;
             }
             frame = inbound.message() => frame,
@@ -798,13 +800,11 @@ pub(crate) async fn serve_inbound(
             Ok(None) | Err(_) => return,
         };
         match node.relay_frame(&peer, frame) {
-            // Acknowledgements are cumulative: when the queue is full the
-            // next one carries the same news, so dropping this one is fine.
             Ok(ack) => {
-                let _ = acks.try_send(Ok(ack));
+                let _ = acks.send_replace(Ok(ack));
             }
             Err(status) => {
-                let _ = acks.send(Err(status)).await;
+                let _ = acks.send_replace(Err(status));
                 return;
             }
         }

@@ -45,7 +45,7 @@ use crate::proto::{
 use crate::wire::{self, EncodedFrame};
 
 /// Default capacity of one session's outgoing queue, in events.
-pub const DEFAULT_SESSION_QUEUE: usize = 1024;
+pub const DEFAULT_SESSION_QUEUE: usize = 8192;
 /// Default capacity of one peer link's outgoing queue, in events.
 pub const DEFAULT_PEER_QUEUE: usize = 65_536;
 /// Default interval between heartbeats on a peer link.

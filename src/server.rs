@@ -22,6 +22,9 @@ use crate::service::{ChatService, MeshService};
 /// machine or network vanished without closing its socket.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control windows (bytes), for servers and clients alike.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+pub const CONNECTION_WINDOW: u32 = 4 << 20;
 /// How long a stopping node waits for its connections to close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -98,6 +101,10 @@ pub async fn serve_node(
     let serving = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        // Room for a burst of events in flight per stream and connection, so
+        // flow control does not stall a busy relay link or session.
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ChittyChatServer::new(ChatService::new(node.clone())))

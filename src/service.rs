@@ -1,8 +1,8 @@
 //! The tonic services: translate protobuf to [`Node`] calls and errors to
 //! `Status`. No chat logic lives here.
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, instrument, warn};
 
@@ -207,13 +207,12 @@ impl MeshService {
     }
 }
 
-/// Capacity of the acknowledgement queue of one inbound relay link. Acks are
-/// cumulative, so when it is full the newest is dropped.
-const ACK_QUEUE: usize = 16;
-
 #[tonic::async_trait]
 impl ServerMesh for MeshService {
-    type RelayStream = ReceiverStream<Result<RelayAck, Status>>;
+    /// Acknowledgements are cumulative: the stream carries the latest one
+    /// (a watch), so a slow reader skips stale ones and never misses the
+    /// newest.
+    type RelayStream = WatchStream<Result<RelayAck, Status>>;
 
     #[instrument(name = "ServerJoin", skip_all)]
     async fn server_join(
@@ -251,15 +250,14 @@ impl ServerMesh for MeshService {
         };
         let (peer, delivered) = self.node.relay_hello(hello)?;
         info!(peer = %peer.id, generation = peer.generation, "Relay link opened");
-        let (tx, rx) = mpsc::channel(ACK_QUEUE);
         // The first acknowledgement tells the peer what to catch up on.
-        let _ = tx.try_send(Ok(RelayAck { held: delivered }));
+        let (tx, rx) = watch::channel(Ok(RelayAck { held: delivered }));
         self.node.spawn_owned(crate::mesh::serve_inbound(
             self.node.clone(),
             peer,
             inbound,
             tx,
         ));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(WatchStream::new(rx)))
     }
 }
