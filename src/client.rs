@@ -80,6 +80,18 @@ fn source_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// The first frame of a Join stream, which must be the `Welcome`.
+pub(crate) fn expect_welcome(first: Option<JoinFrame>) -> Result<Welcome> {
+    match first {
+        Some(JoinFrame {
+            frame: Some(join_frame::Frame::Welcome(w)),
+        }) => Ok(w),
+        other => Err(Error::Protocol(format!(
+            "expected a Welcome frame first, got {other:?}"
+        ))),
+    }
+}
+
 /// Runs a unary call with [`CALL_TIMEOUT`].
 async fn bounded<T>(
     call: impl std::future::Future<Output = Result<T, tonic::Status>>,
@@ -153,16 +165,7 @@ pub async fn join_with(
         })
         .await?
         .into_inner();
-    let welcome = match stream.message().await? {
-        Some(JoinFrame {
-            frame: Some(join_frame::Frame::Welcome(w)),
-        }) => w,
-        other => {
-            return Err(Error::Protocol(format!(
-                "expected a Welcome frame first, got {other:?}"
-            )));
-        }
-    };
+    let welcome = expect_welcome(stream.message().await?)?;
     let session = Session {
         client,
         welcome,

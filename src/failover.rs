@@ -25,13 +25,12 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
-use crate::client::{CALL_TIMEOUT, Received, SharedClock, connect};
+use crate::client::{CALL_TIMEOUT, Received, SharedClock, connect, expect_welcome};
 use crate::core::causal::OriginKey;
 use crate::error::{Error, Result};
 use crate::proto::chitty_chat_client::ChittyChatClient;
 use crate::proto::{
-    JoinFrame, JoinRequest, LeaveRequest, PublishReply, PublishRequest, Resume, SeqMark, Welcome,
-    join_frame,
+    JoinFrame, JoinRequest, LeaveRequest, PublishReply, PublishRequest, Resume, SeqMark, join_frame,
 };
 
 /// Settings of a failover client.
@@ -270,16 +269,7 @@ impl Driver {
         })
         .await
         .map_err(|_| Error::Unavailable(format!("{addr} did not answer Join")))??;
-        let welcome: Welcome = match stream.1.take() {
-            Some(JoinFrame {
-                frame: Some(join_frame::Frame::Welcome(w)),
-            }) => w,
-            other => {
-                return Err(Error::Protocol(format!(
-                    "expected a Welcome frame first, got {other:?}"
-                )));
-            }
-        };
+        let welcome = expect_welcome(stream.1.take())?;
         if let Some(list) = &welcome.servers {
             self.learn_servers(list);
         }
