@@ -350,9 +350,18 @@ impl Node {
                 return Err(Status::invalid_argument("unexpected relay frame"));
             }
         }
-        Ok(RelayAck {
+        let ack = RelayAck {
             held: state.core.delivered(),
-        })
+        };
+        // Events from one peer can release held-back events of another (a
+        // causal dependency arrived): every inbound link hears the news now,
+        // not at its peer's next frame, which may be a heartbeat away.
+        for (other, acks) in &state.ack_watches {
+            if other != &peer.id {
+                let _ = acks.send_replace(Ok(ack.clone()));
+            }
+        }
+        Ok(ack)
     }
 
     /// Starts the background tasks: failure detection and membership pushes.
@@ -787,6 +796,27 @@ pub(crate) async fn serve_inbound(
     acks: tokio::sync::watch::Sender<Result<RelayAck, Status>>,
 ) {
     let mut shutdown = node.shared.shutdown.subscribe();
+    node.lock()
+        .ack_watches
+        .insert(peer.id.clone(), acks.clone());
+    serve_inbound_frames(&node, &peer, &mut inbound, &acks, &mut shutdown).await;
+    let mut state = node.lock();
+    if state
+        .ack_watches
+        .get(&peer.id)
+        .is_some_and(|w| w.same_channel(&acks))
+    {
+        state.ack_watches.remove(&peer.id);
+    }
+}
+
+async fn serve_inbound_frames(
+    node: &Node,
+    peer: &NodeId,
+    inbound: &mut tonic::Streaming<RelayFrame>,
+    acks: &tokio::sync::watch::Sender<Result<RelayAck, Status>>,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let frame = tokio::select! {
             _ = shutdown.changed() => {
@@ -799,7 +829,7 @@ pub(crate) async fn serve_inbound(
             Ok(Some(frame)) => frame,
             Ok(None) | Err(_) => return,
         };
-        match node.relay_frame(&peer, frame) {
+        match node.relay_frame(peer, frame) {
             Ok(ack) => {
                 let _ = acks.send_replace(Ok(ack));
             }

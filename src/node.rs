@@ -39,8 +39,8 @@ use crate::core::chat::CoreLimits;
 use crate::core::membership::Membership;
 use crate::error::{Error, Result};
 use crate::proto::{
-    Event, EventKind, Gap, JoinFrame, NodeId, Participant, PublishReply, Resume, ServerInfo,
-    ServerList, Welcome, join_frame,
+    Event, EventKind, Gap, JoinFrame, NodeId, Participant, PublishReply, RelayAck, Resume,
+    ServerInfo, ServerList, Welcome, join_frame,
 };
 use crate::wire::{self, EncodedFrame};
 
@@ -175,6 +175,8 @@ pub(crate) struct State {
     /// declared failed within the failure timeout, which opens the gate.
     gate: VecDeque<(u64, Arc<Event>)>,
     next_gate_index: u64,
+    /// The acknowledgement channel of each inbound relay link, by peer id.
+    pub(crate) ack_watches: HashMap<String, watch::Sender<Result<RelayAck, Status>>>,
 }
 
 #[derive(Debug)]
@@ -216,6 +218,7 @@ impl Node {
                     shutting_down: false,
                     gate: VecDeque::new(),
                     next_gate_index: 0,
+                    ack_watches: HashMap::new(),
                 }),
                 shutdown: watch::channel(false).0,
                 fatal: watch::channel(None).0,
