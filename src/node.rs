@@ -191,6 +191,8 @@ pub(crate) struct Shared {
     pub(crate) gossip: Notify,
     /// Woken when a peer acknowledges events or a link goes away.
     pub(crate) acked: Notify,
+    /// Join streams not yet dropped (each holds a `SessionGuard`).
+    open_streams: std::sync::atomic::AtomicUsize,
     /// Stream-serving tasks: inbound relay links and publish streams.
     inbound: Mutex<JoinSet<()>>,
 }
@@ -225,6 +227,7 @@ impl Node {
                 gossip: Notify::new(),
                 acked: Notify::new(),
                 inbound: Mutex::new(JoinSet::new()),
+                open_streams: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -365,6 +368,7 @@ impl Node {
         pending.push_front(EncodedFrame::message(&JoinFrame {
             frame: Some(join_frame::Frame::Welcome(welcome)),
         }));
+        self.shared.open_streams.fetch_add(1, Ordering::AcqRel);
         SessionStream {
             pending,
             rx,
@@ -453,6 +457,15 @@ impl Node {
     /// The live nodes of the cluster.
     pub fn server_list(&self) -> ServerList {
         server_list(&self.lock().membership)
+    }
+
+    /// Waits (at most `limit`) until every Join stream has ended, so their
+    /// final status is on its way before connections are shut down.
+    pub async fn streams_closed(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.shared.open_streams.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Ends every session with `UNAVAILABLE` and refuses new ones, so that a
@@ -680,6 +693,7 @@ struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         if let Some(shared) = self.node.upgrade() {
+            shared.open_streams.fetch_sub(1, Ordering::AcqRel);
             Node { shared }.session_ended(&self.participant_id, self.session);
         }
     }

@@ -84,6 +84,8 @@ pub async fn serve_node(
             }
         }
         stopping.close_sessions("server is shutting down");
+        // Let the streams send their UNAVAILABLE before connections close.
+        stopping.streams_closed(DRAIN_TIMEOUT).await;
         stopping.stop_mesh();
         let _ = stopping_tx.send(());
     };
