@@ -82,13 +82,7 @@ fn three_nodes_participants_on_every_node_see_everything() {
         );
     }
 
-    for talker in &mut talkers {
-        talker.client.close_stdin();
-    }
-    for talker in &mut talkers {
-        let status = talker.client.child.wait_exit();
-        assert!(status.success(), "{} exited with {status}", talker.name());
-    }
+    leave_all(&mut talkers);
 }
 
 #[test]

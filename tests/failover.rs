@@ -201,13 +201,7 @@ fn sigkill_one_of_three_nodes_while_publishing_loses_nothing() {
     }
 
     drop(erin);
-    for talker in &mut talkers {
-        talker.client.close_stdin();
-    }
-    for talker in &mut talkers {
-        let status = talker.client.child.wait_exit();
-        assert!(status.success(), "{} exited with {status}", talker.name());
-    }
+    leave_all(&mut talkers);
 }
 
 #[test]
@@ -346,13 +340,7 @@ fn nodes_killed_one_after_another_until_one_is_left_the_chat_goes_on() {
     assert_never_announced(&talkers, &["Alice", "Bob", "Carol"]);
     let names = block_on(participants_of(&addrs[0])).expect("ListParticipants");
     assert_eq!(names, ["Alice", "Bob", "Carol"]);
-    for talker in &mut talkers {
-        talker.client.close_stdin();
-    }
-    for talker in &mut talkers {
-        let status = talker.client.child.wait_exit();
-        assert!(status.success(), "{} exited with {status}", talker.name());
-    }
+    leave_all(&mut talkers);
 }
 
 #[test]

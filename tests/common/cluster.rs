@@ -574,3 +574,14 @@ impl XorShift {
         &items[self.below(items.len())]
     }
 }
+
+/// Every talker leaves by end of input, and each client must exit cleanly.
+pub fn leave_all(talkers: &mut [Talker]) {
+    for talker in talkers.iter_mut() {
+        talker.client.close_stdin();
+    }
+    for talker in talkers.iter_mut() {
+        let status = talker.client.child.wait_exit();
+        assert!(status.success(), "{} exited with {status}", talker.name());
+    }
+}
