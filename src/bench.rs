@@ -119,6 +119,9 @@ pub struct Config {
     pub node_log: String,
     /// Extra arguments for every spawned `chitty server`.
     pub node_args: Vec<String>,
+    /// Publish over `PublishStream`, many messages in flight, instead of
+    /// one acknowledged call at a time.
+    pub pipeline: bool,
     /// Where the spawned nodes' logs go; `None`: a temporary directory,
     /// removed at the end.
     pub log_dir: Option<PathBuf>,
@@ -1025,8 +1028,10 @@ struct Published {
 /// `attempted` before sending it. With a rate, message `k` of publisher `p`
 /// goes at `start + (k * P + p) / rate`: an absolute schedule, so a late
 /// send does not delay the ones after it.
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     session: Session,
+    pipeline: bool,
     publisher: usize,
     plan: Arc<Plan>,
     size: usize,
@@ -1038,6 +1043,23 @@ async fn publish(
     let mut out = Published::default();
     let mut text = String::with_capacity(size);
     let mut failures_in_a_row = 0;
+    // Pipelined: one task sends, this one's outcomes are read beside it.
+    let mut pipelined = None;
+    let mut outcomes = None;
+    if pipeline {
+        match session.publisher().await {
+            Ok((sender, replies)) => {
+                pipelined = Some(sender);
+                let base = plan.base;
+                outcomes = Some(tokio::spawn(read_outcomes(replies, count, base)));
+            }
+            Err(e) => {
+                out.errors += 1;
+                out.first_error = Some(e.to_string());
+                return out;
+            }
+        }
+    }
     for k in 0..count {
         if let Some((start, rate)) = pace {
             let slot = (k * publishers + publisher as u64) as f64 / rate;
@@ -1050,6 +1072,14 @@ async fn publish(
             text.push('.');
         }
         attempted.fetch_add(1, Ordering::Relaxed);
+        if let Some(sender) = &pipelined {
+            if let Err(e) = sender.send(&text).await {
+                out.errors += 1;
+                out.first_error.get_or_insert_with(|| e.to_string());
+                break;
+            }
+            continue;
+        }
         match session.publish(&text).await {
             Ok(_) => failures_in_a_row = 0,
             Err(e) => {
@@ -1061,6 +1091,53 @@ async fn publish(
         out.last_ack_us = plan.base.elapsed().as_micros() as u64;
         if failures_in_a_row >= MAX_CONSECUTIVE_PUBLISH_ERRORS {
             break;
+        }
+    }
+    if let Some(outcomes) = outcomes {
+        drop(pipelined);
+        match outcomes.await {
+            Ok(read) => {
+                out.errors += read.errors;
+                if out.first_error.is_none() {
+                    out.first_error = read.first_error;
+                }
+                out.last_ack_us = read.last_ack_us;
+            }
+            Err(e) => {
+                out.errors += 1;
+                out.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Reads a publish stream's outcomes (in order) until `count` arrived or
+/// the stream ended.
+async fn read_outcomes(
+    mut replies: tonic::Streaming<crate::proto::PublishOutcome>,
+    count: u64,
+    base: Instant,
+) -> Published {
+    let mut out = Published::default();
+    let mut seen = 0;
+    while seen < count {
+        match replies.message().await {
+            Ok(Some(outcome)) => {
+                seen += 1;
+                if outcome.reply.is_none() {
+                    out.errors += 1;
+                    out.first_error
+                        .get_or_insert_with(|| outcome.error_message.clone());
+                }
+                out.last_ack_us = base.elapsed().as_micros() as u64;
+            }
+            Ok(None) => break,
+            Err(status) => {
+                out.errors += count - seen;
+                out.first_error.get_or_insert_with(|| status.to_string());
+                break;
+            }
         }
     }
     out
@@ -1183,6 +1260,7 @@ async fn measure(
     for (i, session) in room.publishers.iter().cloned().enumerate() {
         publishers.spawn(publish(
             session,
+            config.pipeline,
             i,
             plan.clone(),
             config.size,

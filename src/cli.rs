@@ -185,6 +185,10 @@ pub struct BenchArgs {
     /// `--node-arg=--session-queue=4096`.
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
+    /// Publish over PublishStream (many messages in flight per publisher,
+    /// still in order) instead of one acknowledged call at a time.
+    #[arg(long, env = "CHITTY_BENCH_PIPELINE")]
+    pub pipeline: bool,
     /// Keep the spawned nodes' logs in this directory (default: a temporary
     /// one, removed unless the run fails).
     #[arg(long, env = "CHITTY_BENCH_LOG_DIR")]
@@ -229,6 +233,7 @@ pub async fn run_bench(args: BenchArgs) -> ExitCode {
         timeout: std::time::Duration::from_secs(args.timeout_secs),
         node_log: args.node_log,
         node_args: args.node_args,
+        pipeline: args.pipeline,
         log_dir: args.log_dir,
         progress: true,
     };
