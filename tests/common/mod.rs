@@ -116,18 +116,29 @@ impl Lines {
         what: &str,
         mut found: impl FnMut(&[String]) -> Option<T>,
     ) -> Result<T, String> {
+        self.wait_state(what, |state| match found(&state.lines) {
+            Some(value) => Ok(Some(value)),
+            None if state.closed => Err(format!(
+                "output ended before {what}; lines seen:\n{}",
+                state.lines.join("\n")
+            )),
+            None => Ok(None),
+        })
+    }
+
+    /// The one wait loop: re-checks `check` on every new line (or end of
+    /// output) until it decides, failing after [`DEADLINE`].
+    fn wait_state<T>(
+        &self,
+        what: &str,
+        mut check: impl FnMut(&LinesState) -> Result<Option<T>, String>,
+    ) -> Result<T, String> {
         let (state, cond) = &*self.inner;
         let deadline = Instant::now() + DEADLINE;
         let mut guard = lock(state);
         loop {
-            if let Some(value) = found(&guard.lines) {
+            if let Some(value) = check(&guard)? {
                 return Ok(value);
-            }
-            if guard.closed {
-                return Err(format!(
-                    "output ended before {what}; lines seen:\n{}",
-                    guard.lines.join("\n")
-                ));
             }
             let now = Instant::now();
             if now >= deadline {
@@ -150,23 +161,8 @@ impl Lines {
 
     /// Waits until the stream ends (the writer exited) and returns every line.
     pub fn wait_closed(&self, what: &str) -> Vec<String> {
-        let (state, cond) = &*self.inner;
-        let deadline = Instant::now() + DEADLINE;
-        let mut guard = lock(state);
-        while !guard.closed {
-            let now = Instant::now();
-            if now >= deadline {
-                panic!(
-                    "timed out after {DEADLINE:?} waiting for {what}; lines seen:\n{}",
-                    guard.lines.join("\n")
-                );
-            }
-            guard = cond
-                .wait_timeout(guard, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
-        guard.lines.clone()
+        self.wait_state(what, |state| Ok(state.closed.then(|| state.lines.clone())))
+            .unwrap_or_else(|failure| panic!("{failure}"))
     }
 }
 
