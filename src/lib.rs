@@ -6,7 +6,8 @@
 //!   method calls; everything else is a thin shell around them.
 //! * [`node`] — one running node: the core behind a lock, the per-session
 //!   outgoing queues and the fan-out that feeds them.
-//! * [`service`] — the tonic services, translating protobuf to node calls.
+//! * [`service`] — the tonic services, translating protobuf to node calls;
+//!   [`edge`] writes the Join stream's response body itself.
 //! * [`server`] — `serve(listener, config, shutdown)`, shared by the binary
 //!   and the tests.
 //! * [`client`] — the client library: join, publish, leave, receive events.
@@ -17,6 +18,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod core;
+pub mod edge;
 pub mod error;
 pub mod failover;
 pub mod mesh;

@@ -115,8 +115,9 @@ pub fn now_millis() -> u64 {
 enum Outbound {
     /// An event encoded once per node ([`crate::wire::event_field`]).
     Event(Bytes),
-    Servers(ServerList),
-    Gap(Gap),
+    // Rare and larger: boxed, so that a queue slot stays the size of `Bytes`.
+    Servers(Box<ServerList>),
+    Gap(Box<Gap>),
 }
 
 #[derive(Debug)]
@@ -372,7 +373,7 @@ impl Node {
         SessionStream {
             pending,
             rx,
-            buf: Vec::with_capacity(MAX_FRAME_EVENTS),
+            buf: Vec::new(),
             closed,
             done: false,
             _guard: SessionGuard {
@@ -620,7 +621,7 @@ impl Node {
     /// session whose queue is full is being disconnected anyway.
     pub(crate) fn notify_servers(&self, state: &State, list: ServerList) {
         for sink in state.sinks.values() {
-            let _ = sink.tx.try_send(Outbound::Servers(list.clone()));
+            let _ = sink.tx.try_send(Outbound::Servers(Box::new(list.clone())));
         }
     }
 
@@ -628,7 +629,7 @@ impl Node {
     pub(crate) fn notify_gap(&self, state: &State, gap: Gap) {
         warn!(reason = %gap.reason, "telling participants about lost events");
         for sink in state.sinks.values() {
-            let _ = sink.tx.try_send(Outbound::Gap(gap.clone()));
+            let _ = sink.tx.try_send(Outbound::Gap(Box::new(gap.clone())));
         }
     }
 
@@ -741,8 +742,8 @@ impl Stream for SessionStream {
                             events.push(e);
                             continue;
                         }
-                        Outbound::Servers(list) => join_frame::Frame::Servers(list),
-                        Outbound::Gap(gap) => join_frame::Frame::Gap(gap),
+                        Outbound::Servers(list) => join_frame::Frame::Servers(*list),
+                        Outbound::Gap(gap) => join_frame::Frame::Gap(*gap),
                     };
                     if !events.is_empty() {
                         let batch = std::mem::take(&mut events);
@@ -753,6 +754,10 @@ impl Stream for SessionStream {
                 }
                 if !events.is_empty() {
                     this.pending.push_back(EncodedFrame::events(events));
+                }
+                // A burst does not leave an idle session holding its buffer.
+                if this.buf.capacity() > 64 {
+                    this.buf = Vec::new();
                 }
                 match this.pending.pop_front() {
                     Some(frame) => Poll::Ready(Some(Ok(frame))),

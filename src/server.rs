@@ -10,6 +10,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{info, warn};
 
+use crate::edge::ChatEdge;
 use crate::error::{Error, Result};
 use crate::mesh::CheckSecret;
 use crate::node::{Node, NodeConfig};
@@ -109,7 +110,7 @@ pub async fn serve_node(
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ChittyChatServer::new(ChatService::new(node.clone())))
+        .add_service(ChatEdge::new(node.clone()))
         .add_service(ServerMeshServer::with_interceptor(
             MeshService::new(node.clone()),
             secret,

@@ -26,6 +26,18 @@ impl ChatService {
     pub fn new(node: Node) -> Self {
         Self { node }
     }
+
+    /// Opens the session a Join call asks for: a new participant, or a
+    /// resumed one. [`crate::edge::ChatEdge`] calls this and writes the
+    /// stream itself.
+    #[instrument(name = "Join", skip_all, fields(name = %req.name, lamport = req.lamport))]
+    pub async fn open(&self, req: JoinRequest) -> Result<SessionStream, Status> {
+        let opened = match req.resume {
+            Some(resume) => self.node.resume(resume, req.lamport).await,
+            None => self.node.join(&req.name, req.lamport),
+        };
+        opened.map_err(|e| refuse("Join", e))
+    }
 }
 
 /// Publishes accepted on one publish stream and not yet answered (waiting for
@@ -121,14 +133,10 @@ impl ChittyChat for ChatService {
     type JoinStream = SessionStream;
     type PublishStreamStream = ReceiverStream<Result<PublishOutcome, Status>>;
 
-    #[instrument(name = "Join", skip_all, fields(name = %req.get_ref().name, lamport = req.get_ref().lamport))]
+    /// The same call through tonic's own encoder, for this service mounted
+    /// without [`crate::edge::ChatEdge`].
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<SessionStream>, Status> {
-        let req = req.into_inner();
-        let opened = match req.resume {
-            Some(resume) => self.node.resume(resume, req.lamport).await,
-            None => self.node.join(&req.name, req.lamport),
-        };
-        opened.map(Response::new).map_err(|e| refuse("Join", e))
+        self.open(req.into_inner()).await.map(Response::new)
     }
 
     #[instrument(name = "Publish", skip_all, fields(lamport = req.get_ref().lamport))]
