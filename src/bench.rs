@@ -56,9 +56,9 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
-use crate::client::{self, EventStream, Received, Session};
+use crate::client::{self, Session, SharedClock};
 use crate::proto::chitty_chat_client::ChittyChatClient;
-use crate::proto::{EventKind, ListServersRequest};
+use crate::proto::{EventKind, JoinRequest, ListServersRequest, Welcome};
 
 /// How long a spawned node may take to print its listening address.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,6 +122,9 @@ pub struct Config {
     /// Publish over `PublishStream`, many messages in flight, instead of
     /// one acknowledged call at a time.
     pub pipeline: bool,
+    /// At full speed, how many messages (all publishers together) may be
+    /// sent beyond what the slowest reader has received; `0`: no limit.
+    pub window: u64,
     /// Where the spawned nodes' logs go; `None`: a temporary directory,
     /// removed at the end.
     pub log_dir: Option<PathBuf>,
@@ -244,13 +247,88 @@ fn header(publisher: usize, seq: u64, micros: u64) -> String {
 }
 
 /// Parses `"<publisher> <seq> <micros> ..."`.
-fn parse_text(text: &str) -> Option<(usize, u64, u64)> {
-    let mut parts = text.splitn(4, ' ');
-    let publisher = parts.next()?.parse().ok()?;
-    let seq = parts.next()?.parse().ok()?;
-    let micros = parts.next()?.parse().ok()?;
+fn parse_text(text: &[u8]) -> Option<(usize, u64, u64)> {
+    fn number(part: Option<&[u8]>) -> Option<u64> {
+        let part = part?;
+        if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(part.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    }
+    let mut parts = text.splitn(4, |&b| b == b' ');
+    let publisher = number(parts.next())? as usize;
+    let seq = number(parts.next())?;
+    let micros = number(parts.next())?;
     parts.next()?;
     Some((publisher, seq, micros))
+}
+
+/// What a bench reader decodes of a `JoinFrame`: the `Welcome`, and of each
+/// event only what it checks (Lamport time, kind, sender, text). The other
+/// fields (ids, dependencies, publish id) are skipped without being
+/// allocated, so that the readers, which share the machine with the nodes,
+/// spend as little of it as they can.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReaderFrame {
+    #[prost(message, optional, tag = "1")]
+    welcome: Option<Welcome>,
+    #[prost(message, optional, tag = "2")]
+    events: Option<ReaderBatch>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReaderBatch {
+    #[prost(message, repeated, tag = "1")]
+    events: Vec<ReaderEvent>,
+}
+
+/// `Event` fields 2, 3, 4 and 6 (strings read as bytes: the same encoding).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReaderEvent {
+    #[prost(uint64, tag = "2")]
+    lamport: u64,
+    #[prost(enumeration = "EventKind", tag = "3")]
+    kind: i32,
+    #[prost(bytes = "bytes", tag = "4")]
+    participant_name: prost::bytes::Bytes,
+    #[prost(bytes = "bytes", tag = "6")]
+    text: prost::bytes::Bytes,
+}
+
+type Frames = tonic::Streaming<ReaderFrame>;
+
+/// Joins as `name` over `channel` and reads the `Welcome`: the sending half
+/// of the session, the rest of its stream, and the participant's clock.
+async fn join_reader(
+    channel: Channel,
+    name: &str,
+) -> Result<(Session, Frames, SharedClock), String> {
+    let clock = SharedClock::default();
+    let request = JoinRequest {
+        name: name.to_string(),
+        lamport: clock.tick(),
+        resume: None,
+    };
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.map_err(|e| e.to_string())?;
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/chittychat.v1.ChittyChat/Join");
+    let codec = tonic_prost::ProstCodec::<JoinRequest, ReaderFrame>::default();
+    let mut frames = grpc
+        .server_streaming(tonic::Request::new(request), path, codec)
+        .await
+        .map_err(|e| e.to_string())?
+        .into_inner();
+    let welcome = match frames.message().await.map_err(|e| e.to_string())? {
+        Some(ReaderFrame {
+            welcome: Some(welcome),
+            ..
+        }) => welcome,
+        other => return Err(format!("expected a Welcome frame first, got {other:?}")),
+    };
+    let session =
+        Session::from_welcome(ChittyChatClient::new(channel), welcome, name, clock.clone());
+    Ok((session, frames, clock))
 }
 
 // ---------------------------------------------------------------------------
@@ -659,7 +737,7 @@ impl Tracker {
     }
 
     /// Records one message text; returns whether it was a new delivery.
-    fn record(&mut self, text: &str, now_us: u64) -> bool {
+    fn record(&mut self, text: &[u8], now_us: u64) -> bool {
         let Some((publisher, seq, sent_us)) = parse_text(text) else {
             self.foreign += 1;
             return false;
@@ -713,7 +791,8 @@ impl Tracker {
 
 /// Reads one participant's stream until the bench says stop (or it ends).
 async fn receive(
-    mut events: EventStream,
+    mut frames: Frames,
+    clock: SharedClock,
     plan: Arc<Plan>,
     counters: Arc<Counters>,
     completion: Arc<Completion>,
@@ -725,26 +804,39 @@ async fn receive(
         let item = tokio::select! {
             biased;
             _ = stop.changed() => break,
-            item = events.next() => item,
+            item = frames.message() => item,
         };
         match item {
-            Ok(Some(Received::Event { event, .. })) => {
-                counters.events.fetch_add(1, Ordering::Relaxed);
-                match event.kind() {
-                    EventKind::Message => {}
-                    EventKind::Left if event.participant_name.starts_with("slow-") => {
-                        tracker.slow_left += 1;
-                        continue;
-                    }
-                    _ => continue,
-                }
+            Ok(Some(ReaderFrame {
+                events: Some(batch),
+                ..
+            })) => {
+                counters
+                    .events
+                    .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+                // Everything in one frame arrived at the same instant.
                 let now_us = plan.base.elapsed().as_micros() as u64;
-                if tracker.record(&event.text, now_us) {
-                    counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    if !finished && tracker.distinct >= plan.expected {
-                        finished = true;
-                        completion.finish_one();
+                let mut latest = 0;
+                let mut delivered = 0;
+                for event in &batch.events {
+                    latest = latest.max(event.lamport);
+                    match event.kind() {
+                        EventKind::Message => {}
+                        EventKind::Left if event.participant_name.starts_with(b"slow-") => {
+                            tracker.slow_left += 1;
+                            continue;
+                        }
+                        _ => continue,
                     }
+                    if tracker.record(&event.text, now_us) {
+                        delivered += 1;
+                    }
+                }
+                clock.observe(latest);
+                counters.delivered.fetch_add(delivered, Ordering::Relaxed);
+                if !finished && tracker.distinct >= plan.expected {
+                    finished = true;
+                    completion.finish_one();
                 }
             }
             Ok(Some(_)) => {}
@@ -793,7 +885,7 @@ struct Room {
     addrs: Vec<String>,
     per_connection: usize,
     /// Shared connections, by (node, chunk).
-    channels: HashMap<(usize, usize), ChittyChatClient<Channel>>,
+    channels: HashMap<(usize, usize), Channel>,
     /// Participants placed on each node so far.
     placed: Vec<usize>,
     /// Every joined session, kept so nobody leaves before the end.
@@ -802,7 +894,7 @@ struct Room {
     publishers: Vec<Session>,
     readers: Vec<Reader>,
     /// Join streams of the slow participants, never read.
-    slow_streams: Vec<EventStream>,
+    slow_streams: Vec<Frames>,
     /// Joined so far, to spread everyone round-robin over the nodes.
     joined: usize,
     name_prefix: String,
@@ -814,11 +906,7 @@ struct Room {
 impl Room {
     /// A connection for the next participant on `node`: shared by at most
     /// `per_connection` streams, or (for a slow participant) its own.
-    async fn channel_for(
-        &mut self,
-        node: usize,
-        role: Role,
-    ) -> Result<ChittyChatClient<Channel>, String> {
+    async fn channel_for(&mut self, node: usize, role: Role) -> Result<Channel, String> {
         let addr = &self.addrs[node];
         if role == Role::Slow {
             // Unread data holds the connection's flow-control window: a slow
@@ -830,7 +918,9 @@ impl Room {
         if let Some(c) = self.channels.get(&(node, chunk)) {
             return Ok(c.clone());
         }
-        let c = client::connect(addr).await.map_err(|e| e.to_string())?;
+        let c = client::connect_channel(addr)
+            .await
+            .map_err(|e| e.to_string())?;
         self.channels.insert((node, chunk), c.clone());
         Ok(c)
     }
@@ -860,9 +950,9 @@ impl Room {
                 let name = format!("{label}-{}{}", self.name_prefix, done + k + 1);
                 let addr = self.addrs[node].clone();
                 joins.spawn(async move {
-                    client::join_with(channel, &name)
+                    join_reader(channel, &name)
                         .await
-                        .map(|(s, e)| (done + k, s, e))
+                        .map(|(s, f, c)| (done + k, s, f, c))
                         .map_err(|e| format!("{name} could not join at {addr}: {e}"))
                 });
             }
@@ -872,15 +962,15 @@ impl Room {
             }
             // Publishers are the first participants, whatever order their
             // joins completed in.
-            joined.sort_by_key(|(i, _, _)| *i);
-            for (i, session, events) in joined {
+            joined.sort_by_key(|(i, _, _, _)| *i);
+            for (i, session, frames, clock) in joined {
                 if role == Role::Participant && i < publishers {
                     self.publishers.push(session.clone());
                 }
                 self.sessions.push(session);
                 match role {
-                    Role::Slow => self.slow_streams.push(events),
-                    Role::Participant | Role::Idle => self.spawn_reader(events),
+                    Role::Slow => self.slow_streams.push(frames),
+                    Role::Participant | Role::Idle => self.spawn_reader(frames, clock),
                 }
             }
             done += batch;
@@ -889,11 +979,12 @@ impl Room {
         Ok(())
     }
 
-    fn spawn_reader(&mut self, events: EventStream) {
+    fn spawn_reader(&mut self, frames: Frames, clock: SharedClock) {
         let counters = Arc::new(Counters::default());
         self.completion.remaining.fetch_add(1, Ordering::AcqRel);
         let task = tokio::spawn(receive(
-            events,
+            frames,
+            clock,
             self.plan.clone(),
             counters.clone(),
             self.completion.clone(),
@@ -999,8 +1090,8 @@ impl Room {
 
 /// A connection whose HTTP/2 windows are [`SLOW_WINDOW`], for one slow
 /// participant.
-async fn connect_small_window(addr: &str) -> Result<ChittyChatClient<Channel>, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+async fn connect_small_window(addr: &str) -> Result<Channel, String> {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad address {addr}: {e}"))?
         .connect_timeout(client::CONNECT_TIMEOUT)
         .initial_stream_window_size(SLOW_WINDOW)
@@ -1008,8 +1099,7 @@ async fn connect_small_window(addr: &str) -> Result<ChittyChatClient<Channel>, S
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    Ok(ChittyChatClient::new(channel))
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -1037,6 +1127,7 @@ async fn publish(
     size: usize,
     pace: Option<(tokio::time::Instant, f64)>,
     attempted: Arc<AtomicU64>,
+    flow: Option<Arc<Flow>>,
 ) -> Published {
     let publishers = plan.per_publisher.len() as u64;
     let count = plan.per_publisher[publisher];
@@ -1064,6 +1155,11 @@ async fn publish(
         if let Some((start, rate)) = pace {
             let slot = (k * publishers + publisher as u64) as f64 / rate;
             tokio::time::sleep_until(start + Duration::from_secs_f64(slot)).await;
+        }
+        if let Some(flow) = &flow
+            && k % FLOW_CHECK_EVERY == 0
+        {
+            flow.wait_for_readers().await;
         }
         text.clear();
         let now_us = plan.base.elapsed().as_micros() as u64;
@@ -1110,6 +1206,39 @@ async fn publish(
         }
     }
     out
+}
+
+/// A publisher looks at the readers every this many messages.
+const FLOW_CHECK_EVERY: u64 = 32;
+
+/// Closed-loop pacing at full speed: publishers stay at most `window`
+/// messages ahead of the slowest reader still reading. Without it, fast
+/// publishers only build queues on the nodes (and the nodes cut off readers
+/// whose queue is full): the run would measure queueing, not delivery.
+struct Flow {
+    window: u64,
+    sent: Vec<Arc<AtomicU64>>,
+    readers: Vec<Arc<Counters>>,
+}
+
+impl Flow {
+    async fn wait_for_readers(&self) {
+        loop {
+            let sent: u64 = self.sent.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+            let slowest = self
+                .readers
+                .iter()
+                .filter(|r| !r.ended.load(Ordering::Acquire))
+                .map(|r| r.delivered.load(Ordering::Relaxed))
+                .min();
+            match slowest {
+                Some(received) if sent.saturating_sub(received) > self.window => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                _ => return,
+            }
+        }
+    }
 }
 
 /// Reads a publish stream's outcomes (in order) until `count` arrived or
@@ -1256,6 +1385,13 @@ async fn measure(
     let pace = config
         .rate
         .map(|r| (tokio::time::Instant::now() + Duration::from_millis(1), r));
+    let flow = (config.rate.is_none() && config.window > 0).then(|| {
+        Arc::new(Flow {
+            window: config.window,
+            sent: attempted.clone(),
+            readers: room.readers.iter().map(|r| r.counters.clone()).collect(),
+        })
+    });
     let mut publishers = JoinSet::new();
     for (i, session) in room.publishers.iter().cloned().enumerate() {
         publishers.spawn(publish(
@@ -1266,6 +1402,7 @@ async fn measure(
             config.size,
             pace,
             attempted[i].clone(),
+            flow.clone(),
         ));
     }
 
@@ -2016,21 +2153,21 @@ mod tests {
     fn message_text_round_trips() {
         let text = format!("{:.<64}", header(2, 17, 123_456));
         assert_eq!(text.len(), 64);
-        assert_eq!(parse_text(&text), Some((2, 17, 123_456)));
-        assert_eq!(parse_text("hello world"), None);
+        assert_eq!(parse_text(text.as_bytes()), Some((2, 17, 123_456)));
+        assert_eq!(parse_text(b"hello world"), None);
     }
 
     #[test]
     fn tracker_counts_duplicates_reordering_and_missing() {
         let plan = plan(vec![3, 100]);
         let mut t = Tracker::new(&plan);
-        assert!(t.record("0 1 10 .", 20));
-        assert!(t.record("0 3 10 .", 20));
-        assert!(t.record("0 2 10 .", 20)); // after 3: out of order
-        assert!(!t.record("0 2 10 .", 20)); // seen: duplicate
-        assert!(t.record("1 100 10 .", 30));
-        assert!(!t.record("7 1 10 .", 20)); // no such publisher
-        assert!(!t.record("chat", 20));
+        assert!(t.record(b"0 1 10 .", 20));
+        assert!(t.record(b"0 3 10 .", 20));
+        assert!(t.record(b"0 2 10 .", 20)); // after 3: out of order
+        assert!(!t.record(b"0 2 10 .", 20)); // seen: duplicate
+        assert!(t.record(b"1 100 10 .", 30));
+        assert!(!t.record(b"7 1 10 .", 20)); // no such publisher
+        assert!(!t.record(b"chat", 20));
         assert_eq!(
             (t.distinct, t.duplicates, t.reordered, t.foreign),
             (4, 1, 1, 2)

@@ -153,7 +153,9 @@ pub struct BenchArgs {
     #[arg(long, env = "CHITTY_BENCH_SIZE", default_value_t = 64)]
     pub size: usize,
     /// Messages per second in total (paced on a fixed schedule); without it,
-    /// every publisher sends as fast as its publishes are acknowledged.
+    /// full speed: every publisher sends as fast as its publishes are
+    /// acknowledged (with --pipeline, without waiting for them), within
+    /// --window of the slowest reader.
     #[arg(long, env = "CHITTY_BENCH_RATE")]
     pub rate: Option<f64>,
     /// Also join this many participants that never read their stream.
@@ -189,6 +191,11 @@ pub struct BenchArgs {
     /// still in order) instead of one acknowledged call at a time.
     #[arg(long, env = "CHITTY_BENCH_PIPELINE")]
     pub pipeline: bool,
+    /// At full speed, publishers stay at most this many messages ahead of
+    /// the slowest reader (0: no limit, queues on the nodes grow until they
+    /// cut readers off).
+    #[arg(long, env = "CHITTY_BENCH_WINDOW", default_value_t = 2000)]
+    pub window: u64,
     /// Keep the spawned nodes' logs in this directory (default: a temporary
     /// one, removed unless the run fails).
     #[arg(long, env = "CHITTY_BENCH_LOG_DIR")]
@@ -234,6 +241,7 @@ pub async fn run_bench(args: BenchArgs) -> ExitCode {
         node_log: args.node_log,
         node_args: args.node_args,
         pipeline: args.pipeline,
+        window: args.window,
         log_dir: args.log_dir,
         progress: true,
     };

@@ -38,6 +38,12 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connects to a node at `addr` (`host:port` or a URL).
 pub async fn connect(addr: &str) -> Result<ChittyChatClient<Channel>> {
+    connect_channel(addr).await.map(ChittyChatClient::new)
+}
+
+/// The connection [`connect`] makes, for callers that issue calls their own
+/// way (the benchmark's readers).
+pub async fn connect_channel(addr: &str) -> Result<Channel> {
     let url = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -66,7 +72,7 @@ pub async fn connect(addr: &str) -> Result<ChittyChatClient<Channel>> {
             addr: addr.to_string(),
             reason: source_chain(&e),
         })?;
-    Ok(ChittyChatClient::new(channel))
+    Ok(channel)
 }
 
 fn source_chain(err: &dyn std::error::Error) -> String {
@@ -181,6 +187,22 @@ pub async fn join_with(
 }
 
 impl Session {
+    /// The sending half of a session whose Join stream the caller opened and
+    /// read the `Welcome` of itself, with the participant's clock.
+    pub fn from_welcome(
+        client: ChittyChatClient<Channel>,
+        welcome: Welcome,
+        name: &str,
+        clock: SharedClock,
+    ) -> Self {
+        Self {
+            client,
+            welcome,
+            name: name.to_string(),
+            clock,
+        }
+    }
+
     pub fn participant_id(&self) -> &str {
         &self.welcome.participant_id
     }
