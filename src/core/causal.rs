@@ -31,7 +31,9 @@
 //! Origins are node incarnations: a restarted node has a new generation and
 //! numbers its events from 1 again, so it is a different origin.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::core::FastMap;
 use std::sync::Arc;
 
 use crate::proto::{Event, NodeId, SeqMark};
@@ -76,9 +78,9 @@ pub enum Offer {
 #[derive(Debug)]
 pub struct HoldBack {
     /// Per origin, the highest seq delivered (everything up to it is).
-    delivered: HashMap<OriginKey, u64>,
+    delivered: FastMap<OriginKey, u64>,
     /// Per origin, events offered but not delivered yet, by seq.
-    pending: HashMap<OriginKey, BTreeMap<u64, Arc<Event>>>,
+    pending: FastMap<OriginKey, BTreeMap<u64, Arc<Event>>>,
     /// Total events in `pending`.
     held: usize,
     capacity: usize,
@@ -89,8 +91,8 @@ impl HoldBack {
     /// deliverable.
     pub fn new(capacity: usize) -> Self {
         Self {
-            delivered: HashMap::new(),
-            pending: HashMap::new(),
+            delivered: FastMap::default(),
+            pending: FastMap::default(),
             held: 0,
             capacity,
         }
@@ -256,7 +258,7 @@ fn identity(event: &Event) -> Option<(OriginKey, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
 
     use super::*;
     use crate::core::test_rng::Rng;

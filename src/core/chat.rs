@@ -23,6 +23,8 @@
 //! deterministic under test.
 
 use std::collections::{HashMap, VecDeque};
+
+use crate::core::FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -136,14 +138,14 @@ pub struct ChatCore {
     clock: LamportClock,
     next_seq: u64,
     next_session: u64,
-    members: HashMap<String, Member>,
-    by_name: HashMap<String, String>,
+    members: FastMap<String, Member>,
+    by_name: FastMap<String, String>,
     /// Session tokens, cluster-wide: token to participant id, and back.
-    by_token: HashMap<String, String>,
-    token_of: HashMap<String, String>,
+    by_token: FastMap<String, String>,
+    token_of: FastMap<String, String>,
     holdback: HoldBack,
     history: History,
-    published: HashMap<String, Arc<Event>>,
+    published: FastMap<String, Arc<Event>>,
     published_order: VecDeque<String>,
     limits: CoreLimits,
 }
@@ -155,13 +157,13 @@ impl ChatCore {
             clock: LamportClock::new(),
             next_seq: 1,
             next_session: 1,
-            members: HashMap::new(),
-            by_name: HashMap::new(),
-            by_token: HashMap::new(),
-            token_of: HashMap::new(),
+            members: FastMap::default(),
+            by_name: FastMap::default(),
+            by_token: FastMap::default(),
+            token_of: FastMap::default(),
             holdback: HoldBack::new(limits.holdback_events),
             history: History::new(limits.history_events, limits.history_bytes),
-            published: HashMap::new(),
+            published: FastMap::default(),
             published_order: VecDeque::new(),
             limits,
         }
@@ -543,7 +545,7 @@ impl ChatCore {
 
     /// Updates the roster for a delivered event. Returns a local participant
     /// (id, session) that lost a name clash to it.
-    fn apply(&mut self, event: &Event) -> Option<(String, u64)> {
+    fn apply(&mut self, event: &Arc<Event>) -> Option<(String, u64)> {
         let pid = &event.participant_id;
         match event.kind() {
             EventKind::Joined => {
@@ -610,7 +612,7 @@ impl ChatCore {
             }
             EventKind::Message => {
                 if !event.publish_id.is_empty() {
-                    self.remember_publish(&event.publish_id, Arc::new(event.clone()));
+                    self.remember_publish(&event.publish_id, event.clone());
                 }
                 None
             }
