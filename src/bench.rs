@@ -800,10 +800,13 @@ async fn receive(
 ) -> Tracker {
     let mut tracker = Tracker::new(&plan);
     let mut finished = false;
+    // Registered once, not per frame: idle readers are most of a big room.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         let item = tokio::select! {
             biased;
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
             item = frames.message() => item,
         };
         match item {
