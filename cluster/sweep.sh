@@ -6,7 +6,7 @@
 #
 # For S = 3, 30, 300, 3000 participants on N = 1, 3, 5 local nodes, each point
 # starts a fresh cluster, sends about 300,000 deliveries' worth of 64-byte
-# messages from 3 publishers at full speed (messages = 300000 / S, at least
+# messages from 3 pipelined publishers at full speed (messages = 300000 / S, at least
 # 200, at most 2000), and appends its JSON line to bench-results.jsonl as soon
 # as it ends.
 # The picture (throughput and p99 against S, one line per N) is written by
@@ -24,4 +24,4 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
     commit="$commit with local changes"
 fi
-exec target/release/chitty bench --sweep --sweep-label "commit $commit, $(date -u +%Y-%m-%d)" "$@"
+exec target/release/chitty bench --sweep --pipeline --sweep-label "commit $commit, $(date -u +%Y-%m-%d)" "$@"
