@@ -311,8 +311,7 @@ async fn join_reader(
     };
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.map_err(|e| e.to_string())?;
-    let path =
-        tonic::codegen::http::uri::PathAndQuery::from_static("/chittychat.v1.ChittyChat/Join");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(crate::edge::JOIN_PATH);
     let codec = tonic_prost::ProstCodec::<JoinRequest, ReaderFrame>::default();
     let mut frames = grpc
         .server_streaming(tonic::Request::new(request), path, codec)
@@ -1211,6 +1210,11 @@ async fn publish(
     out
 }
 
+/// Messages sent by all publishers so far.
+fn total(attempted: &[Arc<AtomicU64>]) -> u64 {
+    attempted.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+}
+
 /// A publisher looks at the readers every this many messages.
 const FLOW_CHECK_EVERY: u64 = 32;
 
@@ -1227,7 +1231,7 @@ struct Flow {
 impl Flow {
     async fn wait_for_readers(&self) {
         loop {
-            let sent: u64 = self.sent.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+            let sent = total(&self.sent);
             let slowest = self
                 .readers
                 .iter()
@@ -1382,7 +1386,7 @@ async fn measure(
     let attempted: Vec<Arc<AtomicU64>> = (0..config.publishers)
         .map(|_| Arc::new(AtomicU64::new(0)))
         .collect();
-    let sent = || -> u64 { attempted.iter().map(|a| a.load(Ordering::Relaxed)).sum() };
+    let sent = || total(&attempted);
     let (cpu_nodes_0, cpu_self_0) = cpu_snapshot(pids);
     let t0_us = plan.base.elapsed().as_micros() as u64;
     let pace = config

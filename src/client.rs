@@ -172,12 +172,7 @@ pub async fn join_with(
         .await?
         .into_inner();
     let welcome = expect_welcome(stream.message().await?)?;
-    let session = Session {
-        client,
-        welcome,
-        name: name.to_string(),
-        clock: clock.clone(),
-    };
+    let session = Session::from_welcome(client, welcome, name, clock.clone());
     let events = EventStream {
         inner: stream,
         clock,

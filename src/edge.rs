@@ -31,7 +31,8 @@ use crate::proto::server::chitty_chat_server::ChittyChatServer;
 use crate::service::ChatService;
 use crate::wire::EncodedFrame;
 
-const JOIN_PATH: &str = "/chittychat.v1.ChittyChat/Join";
+/// The gRPC path of `ChittyChat.Join`.
+pub const JOIN_PATH: &str = "/chittychat.v1.ChittyChat/Join";
 /// The largest `JoinRequest` accepted (a name, a token and a seen vector).
 const MAX_JOIN_REQUEST: usize = 64 * 1024;
 /// A response chunk is cut once it reaches this size; the rest of the

@@ -13,19 +13,14 @@ fn main() -> ExitCode {
         Command::Server(args) => args.threads,
         Command::Client(_) | Command::Bench(_) => 0,
     };
-    let runtime = match threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
     };
-    match runtime {
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

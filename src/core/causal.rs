@@ -32,10 +32,9 @@
 //! numbers its events from 1 again, so it is a different origin.
 
 use std::collections::BTreeMap;
-
-use crate::core::FastMap;
 use std::sync::Arc;
 
+use crate::core::FastMap;
 use crate::proto::{Event, NodeId, SeqMark};
 
 /// A node incarnation as a map key.

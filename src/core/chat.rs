@@ -23,11 +23,10 @@
 //! deterministic under test.
 
 use std::collections::{HashMap, VecDeque};
-
-use crate::core::FastMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::core::FastMap;
 use crate::core::causal::{HoldBack, Offer, OriginKey};
 use crate::core::clock::LamportClock;
 use crate::core::history::History;

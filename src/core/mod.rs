@@ -13,10 +13,10 @@ pub mod membership;
 pub mod validate;
 
 pub use chat::{ChatCore, Joined, Published};
+pub use clock::LamportClock;
 
 /// The hash map of the hot paths: seeded per process like std's (keys such
 /// as publish ids come from clients), but much cheaper to hash than SipHash.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-pub use clock::LamportClock;
 #[cfg(test)]
 mod test_rng;
