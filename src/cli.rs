@@ -90,10 +90,7 @@ pub struct ServerArgs {
     #[arg(long, env = "CHITTY_SESSION_QUEUE", default_value_t = DEFAULT_SESSION_QUEUE)]
     pub session_queue: usize,
     /// Worker threads of the node's runtime; 0: one per core. With 1 the
-    /// node runs on a single-threaded runtime, where a task woken by another
-    /// runs after those already waiting: a message fanned out to many
-    /// sessions then leaves in one write per connection rather than one per
-    /// session (see docs/bench.md).
+    /// node runs on a single-threaded runtime.
     #[arg(long, env = "CHITTY_THREADS", default_value_t = 0)]
     pub threads: usize,
     /// Recent events kept for replay, by count.

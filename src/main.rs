@@ -20,6 +20,15 @@ fn main() -> ExitCode {
     if threads > 1 {
         builder.worker_threads(threads);
     }
+    // By default a task woken by another runs right after it. A message
+    // fanned out to many sessions would then have the connection task run
+    // (and write) after every single session: in order instead, the
+    // sessions queue their events first and each connection writes once.
+    // The option is in tokio's unstable API (`.cargo/config.toml`).
+    #[cfg(tokio_unstable)]
+    if threads != 1 {
+        builder.disable_lifo_slot();
+    }
     match builder.enable_all().build() {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(e) => {

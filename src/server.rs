@@ -2,12 +2,16 @@
 //! binary and the tests run exactly the same code.
 
 use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tracing::{info, warn};
 
 use crate::edge::ChatEdge;
@@ -118,7 +122,15 @@ pub async fn serve_node(
         .serve_with_incoming_shutdown(
             // Small frames (an event, a publish reply) must leave at once,
             // not wait for a delayed ACK: Nagle off on every connection.
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            tokio_stream::StreamExt::map(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                |accepted| {
+                    accepted.map(|io| Gathering {
+                        io,
+                        pending: Vec::new(),
+                    })
+                },
+            ),
             shutdown,
         );
     let served = tokio::select! {
@@ -138,5 +150,161 @@ pub async fn serve_node(
     match fatal.get() {
         Some(reason) => Err(Error::Removed(reason.clone())),
         None => Ok(()),
+    }
+}
+
+/// A client connection as HTTP/2 writes to it: small writes are gathered and
+/// sent together, a large one goes out with them in one `writev`.
+///
+/// h2 copies a DATA frame into its write buffer only below a threshold: 256
+/// bytes on a transport with vectored writes, where anything larger is
+/// written in a system call of its own. An event is about 300 bytes, so a
+/// message fanned out to a hundred sessions on one connection took a hundred
+/// system calls. This transport tells h2 it has no vectored writes (so h2
+/// copies frames up to 1 KiB), then does the vectored write itself for the
+/// large ones: a fan-out leaves in one write per connection, and a large
+/// chunk still goes out without an extra copy.
+pub struct Gathering {
+    io: TcpStream,
+    /// Written by h2, not yet sent: at most [`GATHER`] bytes.
+    pending: Vec<u8>,
+}
+
+/// Writes smaller than this are gathered; at most this much is held.
+const GATHER: usize = 16 * 1024;
+
+impl Gathering {
+    /// Sends what is pending; `Ready` once none is.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.pending))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pending.drain(..n);
+        }
+        // A burst does not leave an idle connection holding its buffer.
+        if self.pending.capacity() > GATHER {
+            self.pending = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Connected for Gathering {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+impl AsyncRead for Gathering {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Gathering {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if data.len() < GATHER && this.pending.len() + data.len() <= GATHER {
+            this.pending.extend_from_slice(data);
+            return Poll::Ready(Ok(data.len()));
+        }
+        if this.pending.is_empty() {
+            return Pin::new(&mut this.io).poll_write(cx, data);
+        }
+        // What is pending, then as much of `data` as the socket takes.
+        loop {
+            let slices = [IoSlice::new(&this.pending), IoSlice::new(data)];
+            let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n >= this.pending.len() {
+                let taken = n - this.pending.len();
+                this.pending.clear();
+                if taken > 0 {
+                    return Poll::Ready(Ok(taken));
+                }
+                return Pin::new(&mut this.io).poll_write(cx, data);
+            }
+            this.pending.drain(..n);
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A connected pair on loopback: the accepted end wrapped.
+    async fn pair() -> (Gathering, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (io, _) = listener.accept().await.unwrap();
+        let io = Gathering {
+            io,
+            pending: Vec::new(),
+        };
+        (io, client)
+    }
+
+    #[tokio::test]
+    async fn small_writes_wait_for_the_flush_and_everything_arrives_in_order() {
+        let (mut out, mut peer) = pair().await;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut expected = Vec::new();
+        // Small writes are held, not sent...
+        for i in 0..10u8 {
+            let piece = vec![i; 300];
+            out.write_all(&piece).await.unwrap();
+            expected.extend_from_slice(&piece);
+        }
+        assert_eq!(out.pending.len(), 3000);
+        // ...until a large one takes them along, or the flush.
+        let large: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        out.write_all(&large).await.unwrap();
+        expected.extend_from_slice(&large);
+        for i in 0..100u8 {
+            let piece = vec![i; 1 + i as usize];
+            out.write_all(&piece).await.unwrap();
+            expected.extend_from_slice(&piece);
+        }
+        out.flush().await.unwrap();
+        assert!(out.pending.is_empty());
+        out.shutdown().await.unwrap();
+        drop(out);
+        assert!(reader.await.unwrap() == expected, "the bytes differ");
     }
 }
