@@ -14,8 +14,11 @@
 use std::convert::Infallible;
 use std::future::poll_fn;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
+use atomic_waker::AtomicWaker;
 use http_body::{Body as _, Frame};
 use prost::Message;
 use prost::bytes::{BufMut, Bytes, BytesMut};
@@ -35,9 +38,6 @@ use crate::wire::EncodedFrame;
 pub const JOIN_PATH: &str = "/chittychat.v1.ChittyChat/Join";
 /// The largest `JoinRequest` accepted (a name, a token and a seen vector).
 const MAX_JOIN_REQUEST: usize = 64 * 1024;
-/// A response chunk is cut once it reaches this size; the rest of the
-/// backlog follows in the next one.
-const CHUNK: usize = 16 * 1024;
 /// gRPC message prefix: a compression flag and a big-endian length.
 const PREFIX: usize = 5;
 
@@ -140,8 +140,19 @@ async fn read_request(req: http::Request<Body>) -> Result<JoinRequest, Status> {
 
 /// A Join response body: what the session has queued, in as few chunks as
 /// it takes, then the final status as trailers.
+///
+/// At most one chunk is out at a time: the next is made only once HTTP/2 has
+/// written (or copied for writing) the previous one. Until then new events
+/// wait in the session's queue as references to the node's one encoding of
+/// each, not as copies, and the next chunk takes all of them. A reader that
+/// keeps up gets each event as it comes; one that falls behind, or a
+/// connection whose socket is full, costs the node one chunk per session
+/// rather than a copy of everything queued.
 pub struct JoinBody {
     stream: SessionStream,
+    out: Arc<Outstanding>,
+    /// A frame that did not fit in the last chunk: the next one starts with it.
+    held: Option<EncodedFrame>,
     /// The status to end with, once the data before it has been sent.
     end: Option<Status>,
     finished: bool,
@@ -151,6 +162,8 @@ impl JoinBody {
     pub fn new(stream: SessionStream) -> Self {
         Self {
             stream,
+            out: Arc::default(),
+            held: None,
             end: None,
             finished: false,
         }
@@ -182,12 +195,27 @@ impl http_body::Body for JoinBody {
         if let Some(status) = this.end.take() {
             return Poll::Ready(Some(Ok(this.trailers(&status))));
         }
+        if this.out.pending(cx) {
+            return Poll::Pending;
+        }
+        // Frames up to the session's limit (one larger frame goes on its
+        // own); the rest of the backlog follows in the next chunk.
+        let limit = this.stream.limit() + 1024;
         let mut frames: Vec<EncodedFrame> = Vec::new();
         let mut len = 0;
-        while len < CHUNK {
-            match Pin::new(&mut this.stream).poll_next(cx) {
+        loop {
+            let next = match this.held.take() {
+                Some(frame) => Poll::Ready(Some(Ok(frame))),
+                None => Pin::new(&mut this.stream).poll_next(cx),
+            };
+            match next {
                 Poll::Ready(Some(Ok(frame))) => {
-                    len += PREFIX + frame.encoded_len();
+                    let size = PREFIX + frame.encoded_len();
+                    if !frames.is_empty() && len + size > limit {
+                        this.held = Some(frame);
+                        break;
+                    }
+                    len += size;
                     frames.push(frame);
                 }
                 Poll::Ready(Some(Err(status))) => {
@@ -213,7 +241,12 @@ impl http_body::Body for JoinBody {
             chunk.put_u32(frame.encoded_len() as u32);
             frame.encode_raw(&mut chunk);
         }
-        Poll::Ready(Some(Ok(Frame::data(chunk.freeze()))))
+        this.out.busy.store(true, Ordering::Release);
+        let chunk = Bytes::from_owner(Chunk {
+            bytes: chunk.freeze(),
+            out: this.out.clone(),
+        });
+        Poll::Ready(Some(Ok(Frame::data(chunk))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -221,9 +254,51 @@ impl http_body::Body for JoinBody {
     }
 }
 
+/// Whether a session's last chunk is still held by HTTP/2.
+#[derive(Debug, Default)]
+struct Outstanding {
+    busy: AtomicBool,
+    /// The body, to wake once the chunk is let go.
+    waker: AtomicWaker,
+}
+
+impl Outstanding {
+    /// Whether a chunk is still out; if so, `cx` is woken when it is let go.
+    fn pending(&self, cx: &Context<'_>) -> bool {
+        if !self.busy.load(Ordering::Acquire) {
+            return false;
+        }
+        self.waker.register(cx.waker());
+        // Let go between the load and the registration: not pending after all.
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
+/// A response chunk; dropping it (HTTP/2 wrote or copied it) lets the body
+/// make the next.
+struct Chunk {
+    bytes: Bytes,
+    out: Arc<Outstanding>,
+}
+
+impl AsRef<[u8]> for Chunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.out.busy.store(false, Ordering::Release);
+        self.out.waker.wake();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::JoinFrame;
+    use crate::proto::join_frame::Frame as Frame_;
     use tonic::Code;
 
     /// A request body that is these bytes, in one DATA frame.
@@ -297,5 +372,73 @@ mod tests {
             assert_eq!(status.code(), code, "{bytes:?}: {status:?}");
             assert!(!status.message().is_empty());
         }
+    }
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The gRPC messages of a response chunk.
+    fn messages(mut chunk: &[u8]) -> Vec<JoinFrame> {
+        let mut out = Vec::new();
+        while !chunk.is_empty() {
+            assert_eq!(chunk[0], 0, "compressed");
+            let len = u32::from_be_bytes(chunk[1..PREFIX].try_into().unwrap()) as usize;
+            out.push(JoinFrame::decode(&chunk[PREFIX..PREFIX + len]).unwrap());
+            chunk = &chunk[PREFIX + len..];
+        }
+        out
+    }
+
+    fn poll(
+        body: &mut JoinBody,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        Pin::new(body).poll_frame(cx)
+    }
+
+    #[test]
+    fn the_next_chunk_waits_until_the_last_one_is_let_go() {
+        let node = Node::new(crate::node::NodeConfig::new("127.0.0.1:1"));
+        let mut body = JoinBody::new(node.join("Ann", 0).unwrap());
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        // The Welcome and Ann's join event.
+        let Poll::Ready(Some(Ok(first))) = poll(&mut body, &mut cx) else {
+            panic!("no first chunk");
+        };
+        let first = first.into_data().unwrap();
+        let Some(Frame_::Welcome(welcome)) = messages(&first)[0].frame.clone() else {
+            panic!("the first message is not a Welcome");
+        };
+        node.publish(&welcome.session_token, "hello", 0, "")
+            .unwrap();
+
+        // The chunk is still held: the message waits in the queue.
+        assert!(poll(&mut body, &mut cx).is_pending());
+        let before = wakes.0.load(Ordering::SeqCst);
+        drop(first);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), before + 1, "not woken");
+        let Poll::Ready(Some(Ok(next))) = poll(&mut body, &mut cx) else {
+            panic!("no chunk after the first was let go");
+        };
+        let next = next.into_data().unwrap();
+        let [
+            JoinFrame {
+                frame: Some(Frame_::Events(batch)),
+            },
+        ] = &messages(&next)[..]
+        else {
+            panic!("not one events frame");
+        };
+        assert_eq!(batch.events.last().map(|e| e.text.as_str()), Some("hello"));
     }
 }

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -52,8 +52,15 @@ pub const DEFAULT_PEER_QUEUE: usize = 65_536;
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
 /// Default silence after which a peer is declared failed.
 pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_millis(2500);
-/// Most events put in one `JoinFrame`.
-const MAX_FRAME_EVENTS: usize = 512;
+/// Event bytes a node copies out of its sessions' queues for writing, at
+/// most, shared evenly among the open sessions (see [`SessionStream::limit`]).
+const COPY_BUDGET: usize = 16 << 20;
+/// However many sessions there are, a frame may hold this much...
+const MIN_FRAME_BYTES: usize = 4 * 1024;
+/// ...and however few, no more than this.
+const MAX_FRAME_BYTES: usize = 256 * 1024;
+/// Event bytes in one frame of a replay after a failover.
+const REPLAY_FRAME_BYTES: usize = 64 * 1024;
 
 /// Settings of a node.
 #[derive(Debug, Clone)]
@@ -193,7 +200,7 @@ pub(crate) struct Shared {
     /// Woken when a peer acknowledges events or a link goes away.
     pub(crate) acked: Notify,
     /// Join streams not yet dropped (each holds a `SessionGuard`).
-    open_streams: std::sync::atomic::AtomicUsize,
+    open_streams: Arc<AtomicUsize>,
     /// Stream-serving tasks: inbound relay links and publish streams.
     inbound: Mutex<JoinSet<()>>,
 }
@@ -228,7 +235,7 @@ impl Node {
                 gossip: Notify::new(),
                 acked: Notify::new(),
                 inbound: Mutex::new(JoinSet::new()),
-                open_streams: std::sync::atomic::AtomicUsize::new(0),
+                open_streams: Arc::default(),
             }),
         }
     }
@@ -321,8 +328,13 @@ impl Node {
             .map(|e| wire::event_field(e))
             .collect();
         info!(participant = %resumed.name, id = %pid, replayed = replay.len(), lamport = resumed.events[0].lamport, "Resume");
-        for chunk in replay.chunks(MAX_FRAME_EVENTS) {
-            prelude.push_back(EncodedFrame::events(chunk.to_vec()));
+        let mut replay = replay.into_iter().peekable();
+        while replay.peek().is_some() {
+            let mut size = 0;
+            let frame =
+                std::iter::from_fn(|| replay.next_if(|e| fits(&mut size, e, REPLAY_FRAME_BYTES)))
+                    .collect();
+            prelude.push_back(EncodedFrame::events(frame));
         }
         let stream = self.open_session(
             &mut state,
@@ -373,7 +385,8 @@ impl Node {
         SessionStream {
             pending,
             rx,
-            buf: Vec::new(),
+            taken: Vec::new(),
+            open: self.shared.open_streams.clone(),
             closed,
             done: false,
             _guard: SessionGuard {
@@ -700,23 +713,39 @@ impl Drop for SessionGuard {
     }
 }
 
-/// The response stream of one Join call. Each poll drains everything queued
-/// (up to [`MAX_FRAME_EVENTS`]) into one frame, so a reader that falls behind
-/// catches up in few large writes rather than many small ones.
+/// The response stream of one Join call. Each frame holds every event
+/// queued (up to [`SessionStream::limit`] bytes), so a reader that falls
+/// behind catches up in few large writes rather than many small ones.
 #[derive(Debug)]
 pub struct SessionStream {
     pending: VecDeque<EncodedFrame>,
     rx: mpsc::Receiver<Outbound>,
-    buf: Vec<Outbound>,
+    /// Taken from the queue, not yet framed.
+    taken: Vec<Outbound>,
+    /// Open sessions on the node.
+    open: Arc<AtomicUsize>,
     closed: Arc<OnceLock<Status>>,
     done: bool,
     _guard: SessionGuard,
+}
+
+impl SessionStream {
+    /// Most event bytes in one frame: the node's [`COPY_BUDGET`] shared by
+    /// its open sessions. With few sessions a backlog leaves in large writes;
+    /// with many, each holds only a small copy while its socket is full and
+    /// the rest of its backlog waits in its queue as references to the one
+    /// encoding of each event.
+    pub fn limit(&self) -> usize {
+        let open = self.open.load(Ordering::Relaxed).max(1);
+        (COPY_BUDGET / open).clamp(MIN_FRAME_BYTES, MAX_FRAME_BYTES)
+    }
 }
 
 impl Stream for SessionStream {
     type Item = Result<EncodedFrame, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let limit = self.limit();
         let this = &mut *self;
         if let Some(frame) = this.pending.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
@@ -724,51 +753,146 @@ impl Stream for SessionStream {
         if this.done {
             return Poll::Ready(None);
         }
-        match this.rx.poll_recv_many(cx, &mut this.buf, MAX_FRAME_EVENTS) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(0) => {
-                this.done = true;
-                match this.closed.get() {
-                    Some(status) => Poll::Ready(Some(Err(status.clone()))),
-                    None => Poll::Ready(None),
-                }
+        if this.taken.is_empty() {
+            // A burst does not leave an idle session holding its buffer.
+            if this.taken.capacity() > 64 {
+                this.taken = Vec::new();
             }
-            Poll::Ready(_) => {
-                // Consecutive events share one frame; anything else gets its own.
-                let mut events = Vec::new();
-                for item in this.buf.drain(..) {
-                    let frame = match item {
-                        Outbound::Event(e) => {
-                            events.push(e);
-                            continue;
-                        }
-                        Outbound::Servers(list) => join_frame::Frame::Servers(*list),
-                        Outbound::Gap(gap) => join_frame::Frame::Gap(*gap),
-                    };
-                    if !events.is_empty() {
-                        let batch = std::mem::take(&mut events);
-                        this.pending.push_back(EncodedFrame::events(batch));
-                    }
-                    this.pending
-                        .push_back(EncodedFrame::message(&JoinFrame { frame: Some(frame) }));
+            match this
+                .rx
+                .poll_recv_many(cx, &mut this.taken, (limit / 256).min(1024))
+            {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(0) => {
+                    this.done = true;
+                    return Poll::Ready(this.closed.get().map(|status| Err(status.clone())));
                 }
-                if !events.is_empty() {
-                    this.pending.push_back(EncodedFrame::events(events));
-                }
-                // A burst does not leave an idle session holding its buffer.
-                if this.buf.capacity() > 64 {
-                    this.buf = Vec::new();
-                }
-                match this.pending.pop_front() {
-                    Some(frame) => Poll::Ready(Some(Ok(frame))),
-                    None => Poll::Pending,
-                }
+                Poll::Ready(_) => {}
             }
         }
+        // The events at the front share one frame; anything else gets its own.
+        let mut size = 0;
+        let run = this
+            .taken
+            .iter()
+            .take_while(|item| matches!(item, Outbound::Event(e) if fits(&mut size, e, limit)))
+            .count();
+        let frame = if run == 0 {
+            this.taken.remove(0).into_frame()
+        } else {
+            let events = this.taken.drain(..run).filter_map(Outbound::into_event);
+            EncodedFrame::events(events.collect())
+        };
+        Poll::Ready(Some(Ok(frame)))
+    }
+}
+
+/// Whether an event still goes into a frame holding `size` bytes of events,
+/// at most `limit` (the first always does); counts it in if so.
+fn fits(size: &mut usize, event: &Bytes, limit: usize) -> bool {
+    let fits = *size == 0 || *size + event.len() <= limit;
+    if fits {
+        *size += event.len();
+    }
+    fits
+}
+
+impl Outbound {
+    fn into_event(self) -> Option<Bytes> {
+        match self {
+            Outbound::Event(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    fn into_frame(self) -> EncodedFrame {
+        let frame = match self {
+            Outbound::Event(e) => return EncodedFrame::events(vec![e]),
+            Outbound::Servers(list) => join_frame::Frame::Servers(*list),
+            Outbound::Gap(gap) => join_frame::Frame::Gap(*gap),
+        };
+        EncodedFrame::message(&JoinFrame { frame: Some(frame) })
     }
 }
 
 /// Whether participants see `event` (internal ones stay between nodes).
 fn visible(event: &Event) -> bool {
     event.kind() != EventKind::Moved
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use prost::Message as _;
+
+    use super::*;
+
+    /// Polls `stream` once.
+    async fn poll_once(stream: &mut SessionStream) -> Poll<Option<Result<EncodedFrame, Status>>> {
+        poll_fn(|cx| Poll::Ready(Pin::new(&mut *stream).poll_next(cx))).await
+    }
+
+    fn decode(frame: &EncodedFrame) -> JoinFrame {
+        JoinFrame::decode(frame.encode_to_vec().as_slice()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_backlog_leaves_in_frames_of_at_most_the_limit() {
+        let node = Node::new(NodeConfig::new("127.0.0.1:1"));
+        let mut stream = node.join("Ann", 0).unwrap();
+        let Poll::Ready(Some(Ok(first))) = poll_once(&mut stream).await else {
+            panic!("no Welcome");
+        };
+        let Some(join_frame::Frame::Welcome(welcome)) = decode(&first).frame else {
+            panic!("the first frame is not a Welcome");
+        };
+        let texts: Vec<String> = (0..300).map(|i| format!("{i:0>128}")).collect();
+        for text in &texts {
+            node.publish(&welcome.session_token, text, 0, "").unwrap();
+        }
+        // As many open sessions as make the smallest limit.
+        stream.open.store(usize::MAX / 2, Ordering::Relaxed);
+        assert_eq!(stream.limit(), MIN_FRAME_BYTES);
+
+        let mut received = Vec::new();
+        let mut frames = 0;
+        let mut total = 0;
+        while let Poll::Ready(Some(Ok(frame))) = poll_once(&mut stream).await {
+            let Some(join_frame::Frame::Events(batch)) = decode(&frame).frame else {
+                panic!("not an events frame");
+            };
+            let bytes: usize = batch
+                .events
+                .iter()
+                .map(|e| wire::event_field(e).len())
+                .sum();
+            assert!(bytes <= MIN_FRAME_BYTES, "a frame of {bytes} bytes");
+            frames += 1;
+            total += bytes;
+            received.extend(batch.events.into_iter().map(|e| e.text));
+        }
+        // Ann's own join, then every message once and in order.
+        assert!(received[0].starts_with("Participant Ann joined"));
+        assert_eq!(received[1..], texts[..]);
+        // No more frames than it takes: each but the last is nearly full.
+        assert!(total > 4 * MIN_FRAME_BYTES, "{total} bytes");
+        assert!(
+            frames <= total.div_ceil(MIN_FRAME_BYTES / 2),
+            "{frames} frames"
+        );
+
+        // With the node's only session the same backlog is one frame.
+        stream.open.store(1, Ordering::Relaxed);
+        for text in &texts {
+            node.publish(&welcome.session_token, text, 0, "").unwrap();
+        }
+        let Poll::Ready(Some(Ok(frame))) = poll_once(&mut stream).await else {
+            panic!("nothing queued");
+        };
+        let Some(join_frame::Frame::Events(batch)) = decode(&frame).frame else {
+            panic!("not an events frame");
+        };
+        assert_eq!(batch.events.len(), 300);
+    }
 }
