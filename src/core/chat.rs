@@ -131,6 +131,28 @@ pub struct Resumed {
     pub events: Vec<Arc<Event>>,
 }
 
+/// A publish id as the dedupe map keeps it: a UUID (what clients send) as
+/// its 128 bits, inline; anything else as its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PublishKey {
+    Uuid(u128),
+    Text(Box<str>),
+}
+
+impl PublishKey {
+    fn new(id: &str) -> Self {
+        // Only the canonical (lowercase, hyphenated) form, so that two
+        // different texts are never one key.
+        let mut canonical = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        match uuid::Uuid::try_parse(id) {
+            Ok(uuid) if uuid.hyphenated().encode_lower(&mut canonical) == id => {
+                PublishKey::Uuid(uuid.as_u128())
+            }
+            _ => PublishKey::Text(id.into()),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ChatCore {
     me: NodeId,
@@ -144,8 +166,8 @@ pub struct ChatCore {
     token_of: FastMap<String, String>,
     holdback: HoldBack,
     history: History,
-    published: FastMap<String, Arc<Event>>,
-    published_order: VecDeque<String>,
+    published: FastMap<PublishKey, Arc<Event>>,
+    published_order: VecDeque<PublishKey>,
     limits: CoreLimits,
 }
 
@@ -246,7 +268,7 @@ impl ChatCore {
     ) -> Result<Published> {
         let pid = self.local_owner(token)?;
         if !publish_id.is_empty()
-            && let Some(original) = self.published.get(publish_id)
+            && let Some(original) = self.published.get(&PublishKey::new(publish_id))
         {
             // A retry: still a request received, so the clock moves on.
             self.clock.observe(lamport);
@@ -638,7 +660,7 @@ impl ChatCore {
             && !event.publish_id.is_empty()
             && self
                 .published
-                .get(&event.publish_id)
+                .get(&PublishKey::new(&event.publish_id))
                 .is_some_and(|original| original.id != event.id)
     }
 
@@ -680,14 +702,11 @@ impl ChatCore {
     }
 
     fn remember_publish(&mut self, publish_id: &str, event: Arc<Event>) {
-        if self
-            .published
-            .insert(publish_id.to_string(), event)
-            .is_some()
-        {
+        let key = PublishKey::new(publish_id);
+        if self.published.insert(key.clone(), event).is_some() {
             return;
         }
-        self.published_order.push_back(publish_id.to_string());
+        self.published_order.push_back(key);
         while self.published_order.len() > self.limits.dedupe_ids {
             if let Some(old) = self.published_order.pop_front() {
                 self.published.remove(&old);
@@ -699,6 +718,30 @@ impl ChatCore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_ids_are_one_key_only_when_they_are_the_same_text() {
+        let id = "0b8f5b3e-2c1d-4a7e-9f00-1234567890ab";
+        assert!(matches!(PublishKey::new(id), PublishKey::Uuid(_)));
+        assert_eq!(PublishKey::new(id), PublishKey::new(id));
+        let other_forms = [
+            id.to_uppercase(),
+            id.replace('-', ""),
+            format!("{{{id}}}"),
+            format!("urn:uuid:{id}"),
+        ];
+        for other in &other_forms {
+            assert_ne!(PublishKey::new(other), PublishKey::new(id), "{other}");
+            assert_eq!(
+                PublishKey::new(other),
+                PublishKey::Text(other.as_str().into())
+            );
+        }
+        assert_eq!(
+            PublishKey::new("retry-7"),
+            PublishKey::Text("retry-7".into())
+        );
+    }
 
     fn core() -> ChatCore {
         ChatCore::new(

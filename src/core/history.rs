@@ -19,7 +19,9 @@ pub struct History {
     max_events: usize,
     max_bytes: usize,
     /// Per origin, the highest sequence number dropped to stay in bounds.
-    dropped: HashMap<OriginKey, u64>,
+    /// One entry per origin ever dropped from (a few): a list, so that
+    /// dropping an event neither hashes nor copies its origin's id.
+    dropped: Vec<(OriginKey, u64)>,
 }
 
 impl History {
@@ -29,7 +31,7 @@ impl History {
             bytes: 0,
             max_events,
             max_bytes,
-            dropped: HashMap::new(),
+            dropped: Vec::new(),
         }
     }
 
@@ -44,8 +46,13 @@ impl History {
                     if let Some(id) = &old.id
                         && let Some(origin) = &id.origin
                     {
-                        let floor = self.dropped.entry(OriginKey::from(origin)).or_default();
-                        *floor = (*floor).max(id.seq);
+                        let known = self.dropped.iter_mut().find(|(key, _)| {
+                            key.generation == origin.generation && key.id == origin.id
+                        });
+                        match known {
+                            Some((_, floor)) => *floor = (*floor).max(id.seq),
+                            None => self.dropped.push((OriginKey::from(origin), id.seq)),
+                        }
                     }
                 }
                 None => break,
@@ -70,7 +77,8 @@ impl History {
     /// the ranges that were needed but are no longer kept.
     pub fn after(&self, seen: &HashMap<OriginKey, u64>) -> (Vec<Arc<Event>>, Vec<GapRange>) {
         let mut gaps = Vec::new();
-        for (origin, &floor) in &self.dropped {
+        for (origin, floor) in &self.dropped {
+            let floor = *floor;
             let from = seen.get(origin).copied().unwrap_or(0) + 1;
             if from <= floor {
                 gaps.push(GapRange {
