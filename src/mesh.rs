@@ -46,9 +46,10 @@ use crate::error::{Error, Result};
 use crate::node::{LinkHandle, Node, State, server_list};
 use crate::proto::server_mesh_client::ServerMeshClient;
 use crate::proto::{
-    Event, EventKind, Gap, Heartbeat, Member, MemberState, NodeId, RelayAck, RelayBatch,
-    RelayFrame, SeqMark, ServerJoinReply, ServerJoinRequest, UpdateServersRequest, relay_frame,
+    Event, EventKind, Gap, Heartbeat, Member, MemberState, NodeId, RelayAck, RelayFrame, SeqMark,
+    ServerJoinReply, ServerJoinRequest, UpdateServersRequest, relay_frame,
 };
+use crate::wire::{RelayOut, Wired};
 
 /// The metadata entry that carries the cluster secret.
 pub const SECRET_HEADER: &str = "x-chitty-cluster-secret";
@@ -109,6 +110,14 @@ pub type MeshClient = ServerMeshClient<InterceptedService<Channel, AddSecret>>;
 
 /// A mesh client for the node at `addr`, carrying `secret`.
 pub async fn mesh_client(addr: &str, secret: Option<&str>) -> Result<MeshClient> {
+    Ok(ServerMeshClient::new(mesh_service(addr, secret).await?))
+}
+
+/// A connection to the node at `addr` whose calls carry `secret`.
+async fn mesh_service(
+    addr: &str,
+    secret: Option<&str>,
+) -> Result<InterceptedService<Channel, AddSecret>> {
     let connect_err = |reason: String| Error::Connect {
         addr: addr.to_string(),
         reason,
@@ -130,10 +139,7 @@ pub async fn mesh_client(addr: &str, secret: Option<&str>) -> Result<MeshClient>
         ),
         None => None,
     };
-    Ok(ServerMeshClient::with_interceptor(
-        channel,
-        AddSecret(secret),
-    ))
+    Ok(InterceptedService::new(channel, AddSecret(secret)))
 }
 
 impl Node {
@@ -605,7 +611,7 @@ fn spawn_link(node: &Node, peer: Member) -> LinkHandle {
 struct Link {
     node: Node,
     peer: Member,
-    rx: mpsc::Receiver<Arc<Event>>,
+    rx: mpsc::Receiver<Wired>,
     resync: Arc<AtomicBool>,
     wake: Arc<Notify>,
     acked_own: Arc<AtomicU64>,
@@ -647,18 +653,33 @@ impl Link {
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), Status> {
         let node = self.node.clone();
-        let mut client = mesh_client(&self.peer.addr, node.secret())
-            .await
-            .map_err(Status::from)?;
-        let (out, out_rx) = mpsc::channel::<RelayFrame>(16);
+        let mut grpc = tonic::client::Grpc::new(
+            mesh_service(&self.peer.addr, node.secret())
+                .await
+                .map_err(Status::from)?,
+        );
+        let (out, out_rx) = mpsc::channel::<RelayOut>(16);
         let hello = RelayFrame {
             frame: Some(relay_frame::Frame::Hello(node.own_member())),
         };
-        out.send(hello)
+        out.send(RelayOut::Frame(hello))
             .await
             .map_err(|_| Status::cancelled("link closed"))?;
-        let mut acks = client
-            .relay(ReceiverStream::new(out_rx))
+        // The generated client's `Relay`, but sending `RelayOut`: the same
+        // messages on the wire, with events as the node's one encoding.
+        grpc.ready()
+            .await
+            .map_err(|e| Status::unavailable(format!("peer not ready: {e}")))?;
+        let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
+        request
+            .extensions_mut()
+            .insert(tonic::GrpcMethod::new("chittychat.v1.ServerMesh", "Relay"));
+        let mut acks = grpc
+            .streaming(
+                request,
+                http::uri::PathAndQuery::from_static("/chittychat.v1.ServerMesh/Relay"),
+                tonic_prost::ProstCodec::<RelayOut, RelayAck>::default(),
+            )
             .await?
             .into_inner();
         let first = tokio::time::timeout(node.config().failure_timeout, acks.message())
@@ -695,10 +716,9 @@ impl Link {
                     }
                     let me = node.id();
                     let last = self.last_sent_own;
-                    let events: Vec<Event> = buf
+                    let events: Vec<Wired> = buf
                         .drain(..)
-                        .filter(|e| own_seq(e, me).is_some_and(|s| s > last))
-                        .map(|e| Event::clone(&e))
+                        .filter(|w| own_seq(&w.event, me).is_some_and(|s| s > last))
                         .collect();
                     self.send_events(&out, events).await?;
                 }
@@ -716,7 +736,9 @@ impl Link {
                             members: state.membership.snapshot(),
                         }
                     };
-                    let frame = RelayFrame { frame: Some(relay_frame::Frame::Heartbeat(frame)) };
+                    let frame = RelayOut::Frame(RelayFrame {
+                        frame: Some(relay_frame::Frame::Heartbeat(frame)),
+                    });
                     out.send(frame).await.map_err(|_| Status::unavailable("link closed"))?;
                 }
             }
@@ -737,23 +759,23 @@ impl Link {
     /// no longer holds.
     async fn send_history(
         &mut self,
-        out: &mpsc::Sender<RelayFrame>,
+        out: &mpsc::Sender<RelayOut>,
         peer_has: &[SeqMark],
     ) -> Result<(), Status> {
         let (events, gaps) = self.node.lock().core.replay_after(peer_has);
         if !gaps.is_empty() {
-            let frame = RelayFrame {
+            let frame = RelayOut::Frame(RelayFrame {
                 frame: Some(relay_frame::Frame::Skip(Gap {
                     reason: "events older than this node's history were lost".into(),
                     ranges: gaps,
                 })),
-            };
+            });
             out.send(frame)
                 .await
                 .map_err(|_| Status::unavailable("link closed"))?;
         }
         for chunk in events.chunks(MAX_RELAY_BATCH) {
-            let batch = chunk.iter().map(|e| Event::clone(e)).collect();
+            let batch = chunk.iter().map(|e| Wired::new(e.clone())).collect();
             self.send_events(out, batch).await?;
         }
         Ok(())
@@ -761,19 +783,20 @@ impl Link {
 
     async fn send_events(
         &mut self,
-        out: &mpsc::Sender<RelayFrame>,
-        events: Vec<Event>,
+        out: &mpsc::Sender<RelayOut>,
+        events: Vec<Wired>,
     ) -> Result<(), Status> {
         if events.is_empty() {
             return Ok(());
         }
         let me = self.node.id().clone();
-        if let Some(max) = events.iter().filter_map(|e| own_seq(e, &me)).max() {
+        if let Some(max) = events.iter().filter_map(|w| own_seq(&w.event, &me)).max() {
             self.last_sent_own = self.last_sent_own.max(max);
         }
-        let grants = self.node.lock().core.grants_for(&events);
-        let frame = RelayFrame {
-            frame: Some(relay_frame::Frame::Batch(RelayBatch { events, grants })),
+        let grants = (self.node.lock().core).grants_for(events.iter().map(|w| &*w.event));
+        let frame = RelayOut::Batch {
+            events: events.into_iter().map(|w| w.field).collect(),
+            grants,
         };
         out.send(frame)
             .await

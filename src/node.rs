@@ -42,7 +42,7 @@ use crate::proto::{
     Event, EventKind, Gap, JoinFrame, NodeId, Participant, PublishReply, RelayAck, Resume,
     ServerInfo, ServerList, Welcome, join_frame,
 };
-use crate::wire::{self, EncodedFrame};
+use crate::wire::{self, EncodedFrame, Wired};
 
 /// Default capacity of one session's outgoing queue, in events.
 pub const DEFAULT_SESSION_QUEUE: usize = 8192;
@@ -143,7 +143,7 @@ struct Sink {
 #[derive(Debug)]
 pub(crate) struct LinkHandle {
     pub(crate) peer: NodeId,
-    pub(crate) tx: mpsc::Sender<Arc<Event>>,
+    pub(crate) tx: mpsc::Sender<Wired>,
     /// Set when the link must re-send from history (its queue overflowed, or
     /// a node died and survivors reconcile what each holds).
     pub(crate) resync: Arc<AtomicBool>,
@@ -181,7 +181,7 @@ pub(crate) struct State {
     /// Events on their way to local sessions (see `release_next`), with their
     /// gate index. Bounded in time: a peer that never acknowledges is
     /// declared failed within the failure timeout, which opens the gate.
-    gate: VecDeque<(u64, Arc<Event>)>,
+    gate: VecDeque<(u64, Wired)>,
     next_gate_index: u64,
     /// The acknowledgement channel of each inbound relay link, by peer id.
     pub(crate) ack_watches: HashMap<String, watch::Sender<Result<RelayAck, Status>>>,
@@ -518,18 +518,25 @@ impl Node {
                 recipients = state.sinks.len(),
                 "Broadcast"
             );
-            if origin == Some(me) {
+            let to_peers = origin == Some(me) && !state.links.is_empty();
+            let to_sessions = visible(&event);
+            if !to_peers && !to_sessions {
+                continue;
+            }
+            // Encoded once here, however many sessions and peers get it.
+            let wired = Wired::new(event);
+            if to_peers {
                 for link in state.links.values() {
-                    if link.tx.try_send(event.clone()).is_err() {
+                    if link.tx.try_send(wired.clone()).is_err() {
                         // History still holds it: the link re-sends from there.
                         link.request_resync();
                     }
                 }
             }
-            if visible(&event) {
+            if to_sessions {
                 let index = state.next_gate_index;
                 state.next_gate_index += 1;
-                state.gate.push_back((index, event));
+                state.gate.push_back((index, wired));
             }
         }
     }
@@ -544,8 +551,8 @@ impl Node {
     /// waits until a peer holds it (or the node has no peers), so nobody
     /// sees an event that a crash of this node could still take back; events
     /// behind it wait too, to keep the order.
-    fn release_next(&self, state: &mut State) -> Option<(u64, Arc<Event>)> {
-        let (_, event) = state.gate.front()?;
+    fn release_next(&self, state: &mut State) -> Option<(u64, Wired)> {
+        let (_, Wired { event, .. }) = state.gate.front()?;
         let id = event.id.as_ref()?;
         let own = id.origin.as_ref() == Some(&self.shared.config.node);
         let held_elsewhere = || {
@@ -564,18 +571,14 @@ impl Node {
     /// Hands a released event to every local session that was open when it
     /// entered the gate. A session whose queue is full is disconnected and
     /// announced as left: the returned events.
-    fn deliver(&self, state: &mut State, (index, event): &(u64, Arc<Event>)) -> Vec<Arc<Event>> {
-        if state.sinks.is_empty() {
-            return Vec::new();
-        }
-        // Encoded once here, however many participants receive it.
-        let wire = wire::event_field(event);
+    fn deliver(&self, state: &mut State, (index, wired): &(u64, Wired)) -> Vec<Arc<Event>> {
+        let Wired { event, field } = wired;
         let mut overflowed = Vec::new();
         for (pid, sink) in &state.sinks {
             if *index < sink.from_gate {
                 continue; // stamped before this session opened
             }
-            match sink.tx.try_send(Outbound::Event(wire.clone())) {
+            match sink.tx.try_send(Outbound::Event(field.clone())) {
                 Ok(()) => debug!(to = %pid, lamport = event.lamport, "deliver"),
                 Err(mpsc::error::TrySendError::Full(_)) => overflowed.push(pid.clone()),
                 // The stream is gone; its guard is about to report it.
@@ -754,14 +757,14 @@ impl Stream for SessionStream {
             return Poll::Ready(None);
         }
         if this.taken.is_empty() {
-            // A burst does not leave an idle session holding its buffer.
-            if this.taken.capacity() > 64 {
+            // Room for what one frame takes, kept between polls: a session
+            // holds `take` slots, fewer the more sessions share the node.
+            let take = (limit / 256).min(1024);
+            if this.taken.capacity() > take {
                 this.taken = Vec::new();
             }
-            match this
-                .rx
-                .poll_recv_many(cx, &mut this.taken, (limit / 256).min(1024))
-            {
+            this.taken.reserve_exact(take);
+            match this.rx.poll_recv_many(cx, &mut this.taken, take) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(0) => {
                     this.done = true;

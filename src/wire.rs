@@ -8,11 +8,15 @@
 //! `prost::Message` whose encoding is exactly a `JoinFrame`, so clients
 //! decode it with the ordinary generated type.
 
+use std::sync::Arc;
+
 use prost::Message;
 use prost::bytes::{Buf, BufMut, Bytes};
-use prost::encoding::{DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint};
+use prost::encoding::{
+    DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len,
+};
 
-use crate::proto::{Event, JoinFrame};
+use crate::proto::{Event, JoinFrame, RelayFrame, SessionGrant};
 
 /// Field numbers of `JoinFrame.events` and `EventBatch.events`.
 const JOIN_FRAME_EVENTS: u32 = 2;
@@ -87,10 +91,108 @@ impl Message for EncodedFrame {
     }
 }
 
+/// An event with its encoding as a repeated `events` field, made once per
+/// node and shared by every session and peer link it goes to
+/// (`EventBatch.events` and `RelayBatch.events` are both field 1).
+#[derive(Debug, Clone)]
+pub struct Wired {
+    pub event: Arc<Event>,
+    pub field: Bytes,
+}
+
+impl Wired {
+    pub fn new(event: Arc<Event>) -> Self {
+        let field = event_field(&event);
+        Self { event, field }
+    }
+}
+
+/// What an outgoing relay link sends: a `RelayFrame`, with a batch's events
+/// as their shared encodings rather than re-encoded per peer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RelayOut {
+    Frame(RelayFrame),
+    Batch {
+        /// Made by [`event_field`].
+        events: Vec<Bytes>,
+        grants: Vec<SessionGrant>,
+    },
+}
+
+impl Default for RelayOut {
+    fn default() -> Self {
+        RelayOut::Frame(RelayFrame::default())
+    }
+}
+
+impl RelayOut {
+    /// Length of the `RelayBatch` inside a batch frame.
+    fn batch_len(events: &[Bytes], grants: &[SessionGrant]) -> usize {
+        let events: usize = events.iter().map(Bytes::len).sum();
+        let grants: usize = grants
+            .iter()
+            .map(|g| {
+                let len = g.encoded_len();
+                key_len(RELAY_BATCH_GRANTS) + encoded_len_varint(len as u64) + len
+            })
+            .sum();
+        events + grants
+    }
+}
+
+/// Field numbers of `RelayFrame.batch` and `RelayBatch.grants`.
+const RELAY_FRAME_BATCH: u32 = 2;
+const RELAY_BATCH_GRANTS: u32 = 2;
+
+impl Message for RelayOut {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        match self {
+            RelayOut::Frame(frame) => frame.encode_raw(buf),
+            RelayOut::Batch { events, grants } => {
+                encode_key(RELAY_FRAME_BATCH, WireType::LengthDelimited, buf);
+                encode_varint(Self::batch_len(events, grants) as u64, buf);
+                for event in events {
+                    buf.put_slice(event);
+                }
+                for grant in grants {
+                    prost::encoding::message::encode(RELAY_BATCH_GRANTS, grant, buf);
+                }
+            }
+        }
+    }
+
+    /// Never used: links only send these. Anything decoded is skipped.
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        match self {
+            RelayOut::Frame(frame) => frame.encoded_len(),
+            RelayOut::Batch { events, grants } => {
+                let len = Self::batch_len(events, grants);
+                key_len(RELAY_FRAME_BATCH) + encoded_len_varint(len as u64) + len
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = RelayOut::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{EventBatch, EventId, EventKind, NodeId, Welcome, join_frame};
+    use crate::proto::{
+        EventBatch, EventId, EventKind, NodeId, RelayBatch, Welcome, join_frame, relay_frame,
+    };
 
     fn event(seq: u64, text: &str) -> Event {
         Event {
@@ -121,6 +223,32 @@ mod tests {
         };
         assert_eq!(JoinFrame::decode(bytes.as_slice()).unwrap(), expected);
         assert_eq!(bytes, expected.encode_to_vec(), "byte for byte");
+    }
+
+    #[test]
+    fn a_relay_batch_decodes_as_the_relay_frame_it_stands_for() {
+        let events = vec![event(1, "hi"), event(2, &"😀".repeat(128))];
+        let grants = vec![SessionGrant {
+            participant_id: "p".into(),
+            session_token: "t".into(),
+        }];
+        let out = RelayOut::Batch {
+            events: events.iter().map(event_field).collect(),
+            grants: grants.clone(),
+        };
+        let bytes = out.encode_to_vec();
+        assert_eq!(bytes.len(), out.encoded_len());
+        let expected = RelayFrame {
+            frame: Some(relay_frame::Frame::Batch(RelayBatch { events, grants })),
+        };
+        assert_eq!(RelayFrame::decode(bytes.as_slice()).unwrap(), expected);
+        assert_eq!(bytes, expected.encode_to_vec(), "byte for byte");
+
+        let heartbeat = RelayFrame {
+            frame: Some(relay_frame::Frame::Heartbeat(Default::default())),
+        };
+        let bytes = RelayOut::Frame(heartbeat.clone()).encode_to_vec();
+        assert_eq!(RelayFrame::decode(bytes.as_slice()).unwrap(), heartbeat);
     }
 
     #[test]
