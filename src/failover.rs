@@ -273,6 +273,15 @@ impl Driver {
         if let Some(list) = &welcome.servers {
             self.learn_servers(list);
         }
+        // What the node had delivered before a new session counts as seen:
+        // events older than this participant's join are never replayed to
+        // it after a failover.
+        for mark in &welcome.seen {
+            if let Some(origin) = &mark.origin {
+                let seen = self.seen.entry(OriginKey::from(origin)).or_default();
+                *seen = (*seen).max(mark.seq);
+            }
+        }
         self.identity = Some(Identity {
             participant_id: welcome.participant_id,
             token: welcome.session_token,
@@ -492,16 +501,6 @@ impl Driver {
                         continue; // already delivered before a failover
                     }
                     *seen = seq;
-                    // What the node had delivered when it stamped this event
-                    // was delivered before it, so it counts as seen: events
-                    // older than this participant's join are never replayed
-                    // to it after a failover.
-                    for dep in &event.deps {
-                        if let Some(origin) = &dep.origin {
-                            let mark = self.seen.entry(OriginKey::from(origin)).or_default();
-                            *mark = (*mark).max(dep.seq);
-                        }
-                    }
                     if self.repeats_a_publish(&event) {
                         continue;
                     }

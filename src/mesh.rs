@@ -775,7 +775,7 @@ impl Link {
                 .map_err(|_| Status::unavailable("link closed"))?;
         }
         for chunk in events.chunks(MAX_RELAY_BATCH) {
-            let batch = chunk.iter().map(|e| Wired::new(e.clone())).collect();
+            let batch = chunk.iter().map(|e| Wired::for_peers(e.clone())).collect();
             self.send_events(out, batch).await?;
         }
         Ok(())

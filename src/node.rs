@@ -39,7 +39,7 @@ use crate::core::chat::CoreLimits;
 use crate::core::membership::Membership;
 use crate::error::{Error, Result};
 use crate::proto::{
-    Event, EventKind, Gap, JoinFrame, NodeId, Participant, PublishReply, RelayAck, Resume,
+    Event, EventKind, Gap, JoinFrame, NodeId, Participant, PublishReply, RelayAck, Resume, SeqMark,
     ServerInfo, ServerList, Welcome, join_frame,
 };
 use crate::wire::{self, EncodedFrame, Wired};
@@ -92,7 +92,12 @@ impl NodeConfig {
     pub fn new(advertise: impl Into<String>) -> Self {
         Self {
             node: NodeId {
-                id: uuid::Uuid::new_v4().to_string(),
+                // 16 hex digits of a random UUID: unique enough among the
+                // nodes of a cluster (the generation tells incarnations
+                // apart), and an event names its origin in its id and in
+                // every dependency, so each character is sent once per node
+                // per recipient.
+                id: uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
                 generation: now_millis(),
             },
             advertise: advertise.into(),
@@ -120,7 +125,7 @@ pub fn now_millis() -> u64 {
 /// What goes down a session's queue.
 #[derive(Debug, Clone)]
 enum Outbound {
-    /// An event encoded once per node ([`crate::wire::event_field`]).
+    /// An event encoded once per node ([`crate::wire::session_field`]).
     Event(Bytes),
     // Rare and larger: boxed, so that a queue slot stays the size of `Bytes`.
     Servers(Box<ServerList>),
@@ -271,6 +276,9 @@ impl Node {
         if state.shutting_down {
             return Err(Error::Unavailable("node is shutting down".into()));
         }
+        // Events reach a participant without their dependencies: what came
+        // before its session (not its own join) is told once, in the Welcome.
+        let before = state.core.delivered();
         let joined = state
             .core
             .join(name, lamport, participant_id.clone(), token.clone())?;
@@ -280,7 +288,7 @@ impl Node {
             participant_id,
             token,
             joined.session,
-            false,
+            Some(before),
             VecDeque::new(),
         );
         self.dispatch(&mut state, joined.events);
@@ -325,7 +333,7 @@ impl Node {
         let replay: Vec<Bytes> = replay
             .iter()
             .filter(|e| visible(e))
-            .map(|e| wire::event_field(e))
+            .map(|e| wire::session_field(e))
             .collect();
         info!(participant = %resumed.name, id = %pid, replayed = replay.len(), lamport = resumed.events[0].lamport, "Resume");
         let mut replay = replay.into_iter().peekable();
@@ -341,7 +349,7 @@ impl Node {
             pid,
             resume.session_token,
             resumed.session,
-            true,
+            None,
             prelude,
         );
         self.dispatch(&mut state, resumed.events);
@@ -356,7 +364,9 @@ impl Node {
         participant_id: String,
         token: String,
         session: u64,
-        resumed: bool,
+        // `None` for a resumed session; for a new one, what this node had
+        // delivered before it.
+        seen: Option<Vec<SeqMark>>,
         prelude: VecDeque<EncodedFrame>,
     ) -> SessionStream {
         let (tx, rx) = mpsc::channel(self.shared.config.session_queue);
@@ -374,8 +384,9 @@ impl Node {
             participant_id: participant_id.clone(),
             session_token: token,
             node: Some(self.shared.config.node.clone()),
-            resumed,
+            resumed: seen.is_none(),
             servers: Some(server_list(&state.membership)),
+            seen: seen.unwrap_or_default(),
         };
         let mut pending = prelude;
         pending.push_front(EncodedFrame::message(&JoinFrame {
@@ -523,9 +534,9 @@ impl Node {
             if !to_peers && !to_sessions {
                 continue;
             }
-            // Encoded once here, however many sessions and peers get it.
-            let wired = Wired::new(event);
+            // Encoded once here, however many peers or sessions get it.
             if to_peers {
+                let wired = Wired::for_peers(event.clone());
                 for link in state.links.values() {
                     if link.tx.try_send(wired.clone()).is_err() {
                         // History still holds it: the link re-sends from there.
@@ -536,7 +547,7 @@ impl Node {
             if to_sessions {
                 let index = state.next_gate_index;
                 state.next_gate_index += 1;
-                state.gate.push_back((index, wired));
+                state.gate.push_back((index, Wired::for_sessions(event)));
             }
         }
     }
@@ -868,7 +879,7 @@ mod tests {
             let bytes: usize = batch
                 .events
                 .iter()
-                .map(|e| wire::event_field(e).len())
+                .map(|e| wire::session_field(e).len())
                 .sum();
             assert!(bytes <= MIN_FRAME_BYTES, "a frame of {bytes} bytes");
             frames += 1;
@@ -897,5 +908,48 @@ mod tests {
             panic!("not an events frame");
         };
         assert_eq!(batch.events.len(), 300);
+    }
+
+    #[tokio::test]
+    async fn a_welcome_tells_what_came_before_the_session() {
+        let node = Node::new(NodeConfig::new("127.0.0.1:1"));
+        let mut ann = node.join("Ann", 0).unwrap();
+        let Poll::Ready(Some(Ok(first))) = poll_once(&mut ann).await else {
+            panic!("no Welcome");
+        };
+        let Some(join_frame::Frame::Welcome(welcome)) = decode(&first).frame else {
+            panic!("the first frame is not a Welcome");
+        };
+        assert!(welcome.seen.iter().all(|m| m.seq == 0), "{:?}", welcome.seen);
+        let reply = node.publish(&welcome.session_token, "first", 0, "").unwrap();
+
+        let mut bob = node.join("Bob", 0).unwrap();
+        let Poll::Ready(Some(Ok(first))) = poll_once(&mut bob).await else {
+            panic!("no Welcome");
+        };
+        let Some(join_frame::Frame::Welcome(welcome)) = decode(&first).frame else {
+            panic!("the first frame is not a Welcome");
+        };
+        // Ann's join and message came before Bob's session: 2 events.
+        let me = node.id().clone();
+        assert_eq!(
+            welcome.seen,
+            vec![SeqMark {
+                origin: Some(me),
+                seq: 2
+            }]
+        );
+        assert!(reply.lamport > 0);
+        // Bob's stream starts with his own join, without dependencies.
+        let Poll::Ready(Some(Ok(frame))) = poll_once(&mut bob).await else {
+            panic!("no events");
+        };
+        let Some(join_frame::Frame::Events(batch)) = decode(&frame).frame else {
+            panic!("not an events frame");
+        };
+        let join = &batch.events[0];
+        assert!(join.text.starts_with("Participant Bob joined"));
+        assert_eq!(join.id.as_ref().map(|i| i.seq), Some(3));
+        assert!(join.deps.is_empty());
     }
 }

@@ -21,6 +21,8 @@ use crate::proto::{Event, JoinFrame, RelayFrame, SessionGrant};
 /// Field numbers of `JoinFrame.events` and `EventBatch.events`.
 const JOIN_FRAME_EVENTS: u32 = 2;
 const EVENT_BATCH_EVENTS: u32 = 1;
+/// Field number of `Event.deps`.
+const EVENT_DEPS: u32 = 8;
 
 /// One `Event`, encoded as a length-delimited `EventBatch.events` field.
 pub fn event_field(event: &Event) -> Bytes {
@@ -29,6 +31,26 @@ pub fn event_field(event: &Event) -> Bytes {
     encode_key(EVENT_BATCH_EVENTS, WireType::LengthDelimited, &mut buf);
     encode_varint(len as u64, &mut buf);
     event.encode_raw(&mut buf);
+    Bytes::from(buf)
+}
+
+/// One `Event` as participants get it, without its dependencies (which only
+/// nodes use), encoded as a length-delimited `EventBatch.events` field.
+pub fn session_field(event: &Event) -> Bytes {
+    // prost writes fields in field-number order and `deps` is the last, so
+    // the event without them is its encoding cut before them.
+    let deps: usize = event
+        .deps
+        .iter()
+        .map(|d| prost::encoding::message::encoded_len(EVENT_DEPS, d))
+        .sum();
+    let len = event.encoded_len() - deps;
+    let mut buf = Vec::with_capacity(len + deps + 1 + encoded_len_varint(len as u64));
+    encode_key(EVENT_BATCH_EVENTS, WireType::LengthDelimited, &mut buf);
+    encode_varint(len as u64, &mut buf);
+    let start = buf.len();
+    event.encode_raw(&mut buf);
+    buf.truncate(start + len);
     Bytes::from(buf)
 }
 
@@ -92,8 +114,9 @@ impl Message for EncodedFrame {
 }
 
 /// An event with its encoding as a repeated `events` field, made once per
-/// node and shared by every session and peer link it goes to
-/// (`EventBatch.events` and `RelayBatch.events` are both field 1).
+/// node and shared by every session ([`session_field`]) or every peer link
+/// ([`event_field`]) it goes to (`EventBatch.events` and `RelayBatch.events`
+/// are both field 1).
 #[derive(Debug, Clone)]
 pub struct Wired {
     pub event: Arc<Event>,
@@ -101,8 +124,15 @@ pub struct Wired {
 }
 
 impl Wired {
-    pub fn new(event: Arc<Event>) -> Self {
+    /// For peers: the whole event.
+    pub fn for_peers(event: Arc<Event>) -> Self {
         let field = event_field(&event);
+        Self { event, field }
+    }
+
+    /// For participants: without its dependencies.
+    pub fn for_sessions(event: Arc<Event>) -> Self {
+        let field = session_field(&event);
         Self { event, field }
     }
 }
@@ -191,7 +221,8 @@ impl Message for RelayOut {
 mod tests {
     use super::*;
     use crate::proto::{
-        EventBatch, EventId, EventKind, NodeId, RelayBatch, Welcome, join_frame, relay_frame,
+        EventBatch, EventId, EventKind, NodeId, RelayBatch, SeqMark, Welcome, join_frame,
+        relay_frame,
     };
 
     fn event(seq: u64, text: &str) -> Event {
@@ -223,6 +254,37 @@ mod tests {
         };
         assert_eq!(JoinFrame::decode(bytes.as_slice()).unwrap(), expected);
         assert_eq!(bytes, expected.encode_to_vec(), "byte for byte");
+    }
+
+    #[test]
+    fn participants_get_events_without_their_dependencies() {
+        let mut full = event(3, "hi");
+        full.publish_id = "x".into();
+        full.deps = vec![
+            SeqMark {
+                origin: Some(NodeId {
+                    id: "a".into(),
+                    generation: 1,
+                }),
+                seq: 9,
+            },
+            SeqMark {
+                origin: Some(NodeId {
+                    id: "b".into(),
+                    generation: 300,
+                }),
+                seq: 100_000,
+            },
+        ];
+        let without = Event {
+            deps: Vec::new(),
+            ..full.clone()
+        };
+        let field = session_field(&full);
+        let batch = EventBatch::decode(field.as_ref()).unwrap();
+        assert_eq!(batch.events, vec![without.clone()]);
+        assert_eq!(field, event_field(&without), "byte for byte");
+        assert!(event_field(&full).len() > field.len());
     }
 
     #[test]
