@@ -920,8 +920,14 @@ mod tests {
         let Some(join_frame::Frame::Welcome(welcome)) = decode(&first).frame else {
             panic!("the first frame is not a Welcome");
         };
-        assert!(welcome.seen.iter().all(|m| m.seq == 0), "{:?}", welcome.seen);
-        let reply = node.publish(&welcome.session_token, "first", 0, "").unwrap();
+        assert!(
+            welcome.seen.iter().all(|m| m.seq == 0),
+            "{:?}",
+            welcome.seen
+        );
+        let reply = node
+            .publish(&welcome.session_token, "first", 0, "")
+            .unwrap();
 
         let mut bob = node.join("Bob", 0).unwrap();
         let Poll::Ready(Some(Ok(first))) = poll_once(&mut bob).await else {

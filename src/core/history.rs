@@ -10,18 +10,28 @@ use std::sync::Arc;
 use prost::Message;
 
 use crate::core::causal::OriginKey;
-use crate::proto::{Event, GapRange};
+use crate::proto::{Event, GapRange, NodeId};
 
 #[derive(Debug)]
 pub struct History {
-    events: VecDeque<(Arc<Event>, usize)>,
+    events: VecDeque<Kept>,
     bytes: usize,
     max_events: usize,
     max_bytes: usize,
-    /// Per origin, the highest sequence number dropped to stay in bounds.
-    /// One entry per origin ever dropped from (a few): a list, so that
-    /// dropping an event neither hashes nor copies its origin's id.
+    /// Per origin ever kept (a few), the highest sequence number dropped to
+    /// stay in bounds (0: none yet).
     dropped: Vec<(OriginKey, u64)>,
+}
+
+/// A kept event, with what dropping it needs noted when it came in (when
+/// it was still in the cache), so that dropping it reads nothing of it.
+#[derive(Debug)]
+struct Kept {
+    event: Arc<Event>,
+    size: usize,
+    /// Its origin's index in `dropped`, and its sequence number there.
+    origin: usize,
+    seq: u64,
 }
 
 impl History {
@@ -37,27 +47,42 @@ impl History {
 
     pub fn push(&mut self, event: Arc<Event>) {
         let size = event.encoded_len();
-        self.events.push_back((event, size));
+        let (origin, seq) = match event
+            .id
+            .as_ref()
+            .and_then(|id| Some((id.origin.as_ref()?, id.seq)))
+        {
+            Some((origin, seq)) => (self.origin_index(origin), seq),
+            // Not from any origin: nothing to note when it is dropped.
+            None => (usize::MAX, 0),
+        };
+        self.events.push_back(Kept {
+            event,
+            size,
+            origin,
+            seq,
+        });
         self.bytes += size;
         while self.events.len() > self.max_events || self.bytes > self.max_bytes {
-            match self.events.pop_front() {
-                Some((old, size)) => {
-                    self.bytes -= size;
-                    if let Some(id) = &old.id
-                        && let Some(origin) = &id.origin
-                    {
-                        let known = self.dropped.iter_mut().find(|(key, _)| {
-                            key.generation == origin.generation && key.id == origin.id
-                        });
-                        match known {
-                            Some((_, floor)) => *floor = (*floor).max(id.seq),
-                            None => self.dropped.push((OriginKey::from(origin), id.seq)),
-                        }
-                    }
-                }
-                None => break,
+            let Some(old) = self.events.pop_front() else {
+                break;
+            };
+            self.bytes -= old.size;
+            if let Some((_, floor)) = self.dropped.get_mut(old.origin) {
+                *floor = (*floor).max(old.seq);
             }
         }
+    }
+
+    fn origin_index(&mut self, origin: &NodeId) -> usize {
+        let known = self
+            .dropped
+            .iter()
+            .position(|(key, _)| key.generation == origin.generation && key.id == origin.id);
+        known.unwrap_or_else(|| {
+            self.dropped.push((OriginKey::from(origin), 0));
+            self.dropped.len() - 1
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -109,7 +134,7 @@ impl History {
     }
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = &Arc<Event>> {
-        self.events.iter().map(|(e, _)| e)
+        self.events.iter().map(|k| &k.event)
     }
 }
 
