@@ -851,16 +851,22 @@ mod tests {
         JoinFrame::decode(frame.encode_to_vec().as_slice()).unwrap()
     }
 
-    #[tokio::test]
-    async fn a_backlog_leaves_in_frames_of_at_most_the_limit() {
-        let node = Node::new(NodeConfig::new("127.0.0.1:1"));
-        let mut stream = node.join("Ann", 0).unwrap();
+    /// Joins `name` and reads its Welcome.
+    async fn join(node: &Node, name: &str) -> (SessionStream, Welcome) {
+        let mut stream = node.join(name, 0).unwrap();
         let Poll::Ready(Some(Ok(first))) = poll_once(&mut stream).await else {
             panic!("no Welcome");
         };
         let Some(join_frame::Frame::Welcome(welcome)) = decode(&first).frame else {
             panic!("the first frame is not a Welcome");
         };
+        (stream, welcome)
+    }
+
+    #[tokio::test]
+    async fn a_backlog_leaves_in_frames_of_at_most_the_limit() {
+        let node = Node::new(NodeConfig::new("127.0.0.1:1"));
+        let (mut stream, welcome) = join(&node, "Ann").await;
         let texts: Vec<String> = (0..300).map(|i| format!("{i:0>128}")).collect();
         for text in &texts {
             node.publish(&welcome.session_token, text, 0, "").unwrap();
@@ -913,13 +919,7 @@ mod tests {
     #[tokio::test]
     async fn a_welcome_tells_what_came_before_the_session() {
         let node = Node::new(NodeConfig::new("127.0.0.1:1"));
-        let mut ann = node.join("Ann", 0).unwrap();
-        let Poll::Ready(Some(Ok(first))) = poll_once(&mut ann).await else {
-            panic!("no Welcome");
-        };
-        let Some(join_frame::Frame::Welcome(welcome)) = decode(&first).frame else {
-            panic!("the first frame is not a Welcome");
-        };
+        let (_ann, welcome) = join(&node, "Ann").await;
         assert!(
             welcome.seen.iter().all(|m| m.seq == 0),
             "{:?}",
@@ -929,13 +929,7 @@ mod tests {
             .publish(&welcome.session_token, "first", 0, "")
             .unwrap();
 
-        let mut bob = node.join("Bob", 0).unwrap();
-        let Poll::Ready(Some(Ok(first))) = poll_once(&mut bob).await else {
-            panic!("no Welcome");
-        };
-        let Some(join_frame::Frame::Welcome(welcome)) = decode(&first).frame else {
-            panic!("the first frame is not a Welcome");
-        };
+        let (mut bob, welcome) = join(&node, "Bob").await;
         // Ann's join and message came before Bob's session: 2 events.
         let me = node.id().clone();
         assert_eq!(
