@@ -41,6 +41,7 @@ use tonic::{Code, Request, Status};
 use tracing::{debug, info, warn};
 
 use crate::core::chat::Snapshot;
+use crate::core::history::Audience;
 use crate::core::membership::{Change, member};
 use crate::error::{Error, Result};
 use crate::node::{LinkHandle, Node, State, server_list};
@@ -762,7 +763,7 @@ impl Link {
         out: &mpsc::Sender<RelayOut>,
         peer_has: &[SeqMark],
     ) -> Result<(), Status> {
-        let (events, gaps) = self.node.lock().core.replay_after(peer_has);
+        let (events, gaps) = self.node.lock().core.replay_after(peer_has, Audience::Peer);
         if !gaps.is_empty() {
             let frame = RelayOut::Frame(RelayFrame {
                 frame: Some(relay_frame::Frame::Skip(Gap {

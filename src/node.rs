@@ -35,11 +35,12 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::core::ChatCore;
-use crate::core::chat::CoreLimits;
+use crate::core::chat::{CoreLimits, visible};
+use crate::core::history::Audience;
 use crate::core::membership::Membership;
 use crate::error::{Error, Result};
 use crate::proto::{
-    Event, EventKind, Gap, JoinFrame, NodeId, Participant, PublishReply, RelayAck, Resume, SeqMark,
+    Event, Gap, JoinFrame, NodeId, Participant, PublishReply, RelayAck, Resume, SeqMark,
     ServerInfo, ServerList, Welcome, join_frame,
 };
 use crate::wire::{self, EncodedFrame, Wired};
@@ -125,7 +126,7 @@ pub fn now_millis() -> u64 {
 /// What goes down a session's queue.
 #[derive(Debug, Clone)]
 enum Outbound {
-    /// An event encoded once per node ([`crate::wire::session_field`]).
+    /// An event encoded once per node ([`crate::wire::participant_field`]).
     Event(Bytes),
     // Rare and larger: boxed, so that a queue slot stays the size of `Bytes`.
     Servers(Box<ServerList>),
@@ -276,9 +277,14 @@ impl Node {
         if state.shutting_down {
             return Err(Error::Unavailable("node is shutting down".into()));
         }
-        // Events reach a participant without their dependencies: what came
-        // before its session (not its own join) is told once, in the Welcome.
-        let before = state.core.delivered();
+        // Messages reach a participant without their dependencies: what came
+        // before its session is told once, in the Welcome. Not this node's
+        // own events: some may not be held by any peer yet (a resume
+        // elsewhere would wait for them in vain), and the participant's own
+        // join, which it receives, covers them.
+        let me = &self.shared.config.node;
+        let mut before = state.core.delivered();
+        before.retain(|mark| mark.origin.as_ref() != Some(me));
         let joined = state
             .core
             .join(name, lamport, participant_id.clone(), token.clone())?;
@@ -319,7 +325,7 @@ impl Node {
             &pid,
             Status::aborted("this session was resumed on another connection"),
         );
-        let (replay, gaps) = state.core.replay_after(&resume.seen);
+        let (replay, gaps) = state.core.replay_after(&resume.seen, Audience::Participant);
         let mut prelude = VecDeque::new();
         if !gaps.is_empty() {
             prelude.push_back(EncodedFrame::message(&JoinFrame {
@@ -333,7 +339,7 @@ impl Node {
         let replay: Vec<Bytes> = replay
             .iter()
             .filter(|e| visible(e))
-            .map(|e| wire::session_field(e))
+            .map(|e| wire::participant_field(e))
             .collect();
         info!(participant = %resumed.name, id = %pid, replayed = replay.len(), lamport = resumed.events[0].lamport, "Resume");
         let mut replay = replay.into_iter().peekable();
@@ -829,11 +835,6 @@ impl Outbound {
     }
 }
 
-/// Whether participants see `event` (internal ones stay between nodes).
-fn visible(event: &Event) -> bool {
-    event.kind() != EventKind::Moved
-}
-
 #[cfg(test)]
 mod tests {
     use std::future::poll_fn;
@@ -930,17 +931,16 @@ mod tests {
             .unwrap();
 
         let (mut bob, welcome) = join(&node, "Bob").await;
-        // Ann's join and message came before Bob's session: 2 events.
+        // Ann's join and message came before Bob's session, both from this
+        // node: not in the Welcome (Bob's own join, next, covers them).
         let me = node.id().clone();
-        assert_eq!(
-            welcome.seen,
-            vec![SeqMark {
-                origin: Some(me),
-                seq: 2
-            }]
+        assert!(
+            welcome.seen.iter().all(|m| m.origin.as_ref() != Some(&me)),
+            "{:?}",
+            welcome.seen
         );
         assert!(reply.lamport > 0);
-        // Bob's stream starts with his own join, without dependencies.
+        // Bob's stream starts with his own join.
         let Poll::Ready(Some(Ok(frame))) = poll_once(&mut bob).await else {
             panic!("no events");
         };
@@ -950,6 +950,5 @@ mod tests {
         let join = &batch.events[0];
         assert!(join.text.starts_with("Participant Bob joined"));
         assert_eq!(join.id.as_ref().map(|i| i.seq), Some(3));
-        assert!(join.deps.is_empty());
     }
 }

@@ -183,7 +183,7 @@ impl Gathering {
             }
             self.pending.drain(..n);
         }
-        // A burst does not leave an idle connection holding its buffer.
+        // An idle connection keeps at most GATHER bytes of buffer.
         if self.pending.capacity() > GATHER {
             self.pending = Vec::new();
         }

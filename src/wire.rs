@@ -16,7 +16,7 @@ use prost::encoding::{
     DecodeContext, WireType, encode_key, encode_varint, encoded_len_varint, key_len,
 };
 
-use crate::proto::{Event, JoinFrame, RelayFrame, SessionGrant};
+use crate::proto::{Event, EventKind, JoinFrame, RelayFrame, SessionGrant};
 
 /// Field numbers of `JoinFrame.events` and `EventBatch.events`.
 const JOIN_FRAME_EVENTS: u32 = 2;
@@ -52,6 +52,16 @@ pub fn session_field(event: &Event) -> Bytes {
     event.encode_raw(&mut buf);
     buf.truncate(start + len);
     Bytes::from(buf)
+}
+
+/// `event` as participants get it: [`session_field`] for a message, the
+/// whole event ([`event_field`]) for anything else.
+pub fn participant_field(event: &Event) -> Bytes {
+    if event.kind() == EventKind::Message {
+        session_field(event)
+    } else {
+        event_field(event)
+    }
 }
 
 /// A `JoinFrame`, already encoded in parts.
@@ -130,9 +140,12 @@ impl Wired {
         Self { event, field }
     }
 
-    /// For participants: without its dependencies.
+    /// For participants ([`participant_field`]): a message without its
+    /// dependencies (most of what they receive; the Welcome tells what came
+    /// before a session); joins and leaves keep theirs, for clients that
+    /// still read them.
     pub fn for_sessions(event: Arc<Event>) -> Self {
-        let field = session_field(&event);
+        let field = participant_field(&event);
         Self { event, field }
     }
 }
@@ -285,6 +298,13 @@ mod tests {
         assert_eq!(batch.events, vec![without.clone()]);
         assert_eq!(field, event_field(&without), "byte for byte");
         assert!(event_field(&full).len() > field.len());
+        assert_eq!(participant_field(&full), field);
+        // Joins and leaves keep their dependencies.
+        let join = Event {
+            kind: EventKind::Joined as i32,
+            ..full.clone()
+        };
+        assert_eq!(participant_field(&join), event_field(&join));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use crate::core::FastMap;
 use crate::core::causal::{HoldBack, Offer, OriginKey};
 use crate::core::clock::LamportClock;
-use crate::core::history::History;
+use crate::core::history::{Audience, History};
 use crate::core::validate;
 use crate::error::{Error, Result};
 use crate::proto::{
@@ -129,6 +129,11 @@ pub struct Resumed {
     pub session: u64,
     /// Events to deliver: the internal "moved" event, for peers.
     pub events: Vec<Arc<Event>>,
+}
+
+/// Whether participants see `event` (internal ones stay between nodes).
+pub fn visible(event: &Event) -> bool {
+    event.kind() != EventKind::Moved
 }
 
 /// A publish id as the dedupe map keeps it: a UUID (what clients send) as
@@ -477,12 +482,16 @@ impl ChatCore {
     }
 
     /// Everything history holds after `seen`, and what it no longer holds.
-    pub fn replay_after(&self, seen: &[SeqMark]) -> (Vec<Arc<Event>>, Vec<GapRange>) {
+    pub fn replay_after(
+        &self,
+        seen: &[SeqMark],
+        audience: Audience,
+    ) -> (Vec<Arc<Event>>, Vec<GapRange>) {
         let seen: HashMap<OriginKey, u64> = seen
             .iter()
             .filter_map(|m| Some((OriginKey::from(m.origin.as_ref()?), m.seq)))
             .collect();
-        self.history.after(&seen)
+        self.history.after(&seen, audience)
     }
 
     /// Treats events up to `marks` as delivered without having them (a gap

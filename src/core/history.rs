@@ -18,9 +18,25 @@ pub struct History {
     bytes: usize,
     max_events: usize,
     max_bytes: usize,
-    /// Per origin ever kept (a few), the highest sequence number dropped to
-    /// stay in bounds (0: none yet).
-    dropped: Vec<(OriginKey, u64)>,
+    /// Per origin ever kept (a few), what was dropped to stay in bounds.
+    dropped: Vec<Floors>,
+}
+
+/// Of one origin, the highest sequence number dropped (0: none yet), of
+/// any event and of one participants see.
+#[derive(Debug)]
+struct Floors {
+    origin: OriginKey,
+    any: u64,
+    visible: u64,
+}
+
+/// Who a replay is for: a peer needs every event, a participant only those
+/// it is shown (a gap in internal events is no gap to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    Peer,
+    Participant,
 }
 
 /// A kept event, with what dropping it needs noted when it came in (when
@@ -32,6 +48,7 @@ struct Kept {
     /// Its origin's index in `dropped`, and its sequence number there.
     origin: usize,
     seq: u64,
+    visible: bool,
 }
 
 impl History {
@@ -47,6 +64,7 @@ impl History {
 
     pub fn push(&mut self, event: Arc<Event>) {
         let size = event.encoded_len();
+        let visible = crate::core::chat::visible(&event);
         let (origin, seq) = match event
             .id
             .as_ref()
@@ -61,6 +79,7 @@ impl History {
             size,
             origin,
             seq,
+            visible,
         });
         self.bytes += size;
         while self.events.len() > self.max_events || self.bytes > self.max_bytes {
@@ -68,8 +87,11 @@ impl History {
                 break;
             };
             self.bytes -= old.size;
-            if let Some((_, floor)) = self.dropped.get_mut(old.origin) {
-                *floor = (*floor).max(old.seq);
+            if let Some(floors) = self.dropped.get_mut(old.origin) {
+                floors.any = floors.any.max(old.seq);
+                if old.visible {
+                    floors.visible = floors.visible.max(old.seq);
+                }
             }
         }
     }
@@ -78,9 +100,13 @@ impl History {
         let known = self
             .dropped
             .iter()
-            .position(|(key, _)| key.generation == origin.generation && key.id == origin.id);
+            .position(|f| f.origin.generation == origin.generation && f.origin.id == origin.id);
         known.unwrap_or_else(|| {
-            self.dropped.push((OriginKey::from(origin), 0));
+            self.dropped.push(Floors {
+                origin: OriginKey::from(origin),
+                any: 0,
+                visible: 0,
+            });
             self.dropped.len() - 1
         })
     }
@@ -99,15 +125,22 @@ impl History {
 
     /// Everything after `seen` (highest sequence seen per origin; origins not
     /// listed count as nothing seen), in the order it was delivered here, and
-    /// the ranges that were needed but are no longer kept.
-    pub fn after(&self, seen: &HashMap<OriginKey, u64>) -> (Vec<Arc<Event>>, Vec<GapRange>) {
+    /// the ranges that `audience` needed but are no longer kept.
+    pub fn after(
+        &self,
+        seen: &HashMap<OriginKey, u64>,
+        audience: Audience,
+    ) -> (Vec<Arc<Event>>, Vec<GapRange>) {
         let mut gaps = Vec::new();
-        for (origin, floor) in &self.dropped {
-            let floor = *floor;
-            let from = seen.get(origin).copied().unwrap_or(0) + 1;
+        for floors in &self.dropped {
+            let floor = match audience {
+                Audience::Peer => floors.any,
+                Audience::Participant => floors.visible,
+            };
+            let from = seen.get(&floors.origin).copied().unwrap_or(0) + 1;
             if from <= floor {
                 gaps.push(GapRange {
-                    origin: Some(origin.to_node_id()),
+                    origin: Some(floors.origin.to_node_id()),
                     from_seq: from,
                     to_seq: floor + 1,
                 });
@@ -164,5 +197,38 @@ mod tests {
         }
         assert!(h.bytes() <= 50, "kept {} bytes", h.bytes());
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn a_dropped_internal_event_is_a_gap_for_peers_only() {
+        let origin = NodeId {
+            id: "n".into(),
+            generation: 1,
+        };
+        let event = |seq: u64, kind: crate::proto::EventKind| {
+            Arc::new(Event {
+                id: Some(crate::proto::EventId {
+                    origin: Some(origin.clone()),
+                    seq,
+                }),
+                kind: kind as i32,
+                ..Default::default()
+            })
+        };
+        let mut h = History::new(2, 1_000_000);
+        h.push(event(1, crate::proto::EventKind::Message));
+        h.push(event(2, crate::proto::EventKind::Moved));
+        h.push(event(3, crate::proto::EventKind::Message));
+        h.push(event(4, crate::proto::EventKind::Message));
+        // 1 and 2 dropped. Seen up to 1: only the internal 2 is missing.
+        let seen = HashMap::from([(OriginKey::from(&origin), 1)]);
+        let (events, gaps) = h.after(&seen, Audience::Participant);
+        assert!(gaps.is_empty(), "{gaps:?}");
+        assert_eq!(events.len(), 2);
+        let (_, gaps) = h.after(&seen, Audience::Peer);
+        assert_eq!((gaps.len(), gaps[0].from_seq, gaps[0].to_seq), (1, 2, 3));
+        // Seen nothing: message 1 is missing for both.
+        let (_, gaps) = h.after(&HashMap::new(), Audience::Participant);
+        assert_eq!((gaps.len(), gaps[0].from_seq, gaps[0].to_seq), (1, 1, 2));
     }
 }
