@@ -124,12 +124,7 @@ pub async fn serve_node(
             // not wait for a delayed ACK: Nagle off on every connection.
             tokio_stream::StreamExt::map(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
-                |accepted| {
-                    accepted.map(|io| Gathering {
-                        io,
-                        pending: Vec::new(),
-                    })
-                },
+                |accepted| accepted.map(Gathering::new),
             ),
             shutdown,
         );
@@ -174,6 +169,13 @@ pub struct Gathering {
 const GATHER: usize = 16 * 1024;
 
 impl Gathering {
+    fn new(io: TcpStream) -> Self {
+        Self {
+            io,
+            pending: Vec::new(),
+        }
+    }
+
     /// Sends what is pending; `Ready` once none is.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.pending.is_empty() {
@@ -269,11 +271,7 @@ mod tests {
             .await
             .unwrap();
         let (io, _) = listener.accept().await.unwrap();
-        let io = Gathering {
-            io,
-            pending: Vec::new(),
-        };
-        (io, client)
+        (Gathering::new(io), client)
     }
 
     #[tokio::test]

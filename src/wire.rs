@@ -26,26 +26,27 @@ const EVENT_DEPS: u32 = 8;
 
 /// One `Event`, encoded as a length-delimited `EventBatch.events` field.
 pub fn event_field(event: &Event) -> Bytes {
-    let len = event.encoded_len();
-    let mut buf = Vec::with_capacity(len + 1 + encoded_len_varint(len as u64));
-    encode_key(EVENT_BATCH_EVENTS, WireType::LengthDelimited, &mut buf);
-    encode_varint(len as u64, &mut buf);
-    event.encode_raw(&mut buf);
-    Bytes::from(buf)
+    field(event, 0)
 }
 
 /// One `Event` as participants get it, without its dependencies (which only
 /// nodes use), encoded as a length-delimited `EventBatch.events` field.
 pub fn session_field(event: &Event) -> Bytes {
-    // prost writes fields in field-number order and `deps` is the last, so
-    // the event without them is its encoding cut before them.
-    let deps: usize = event
+    let deps = event
         .deps
         .iter()
         .map(|d| prost::encoding::message::encoded_len(EVENT_DEPS, d))
         .sum();
-    let len = event.encoded_len() - deps;
-    let mut buf = Vec::with_capacity(len + deps + 1 + encoded_len_varint(len as u64));
+    field(event, deps)
+}
+
+/// `event` as a length-delimited `EventBatch.events` field, without its
+/// last `cut` bytes. prost writes fields in field-number order and `deps` is
+/// the last, so cutting their length drops exactly them.
+fn field(event: &Event, cut: usize) -> Bytes {
+    let whole = event.encoded_len();
+    let len = whole - cut;
+    let mut buf = Vec::with_capacity(whole + 1 + encoded_len_varint(len as u64));
     encode_key(EVENT_BATCH_EVENTS, WireType::LengthDelimited, &mut buf);
     encode_varint(len as u64, &mut buf);
     let start = buf.len();
