@@ -403,8 +403,8 @@ mod tests {
         Pin::new(body).poll_frame(cx)
     }
 
-    #[test]
-    fn the_next_chunk_waits_until_the_last_one_is_let_go() {
+    #[tokio::test]
+    async fn the_next_chunk_waits_until_the_last_one_is_let_go() {
         let node = Node::new(crate::node::NodeConfig::new("127.0.0.1:1"));
         let mut body = JoinBody::new(node.join("Ann", 0).unwrap());
         let wakes = Arc::new(Wakes::default());
@@ -420,6 +420,7 @@ mod tests {
             panic!("the first message is not a Welcome");
         };
         node.publish(&welcome.session_token, "hello", 0, "")
+            .await
             .unwrap();
 
         // The chunk is still held: the message waits in the queue.

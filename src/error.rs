@@ -53,3 +53,34 @@ impl From<Error> for Status {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The status a Join stream ends with when the node ended its session.
+pub fn end_status(reason: &crate::core::node::EndReason) -> Status {
+    use crate::core::node::EndReason;
+    match reason {
+        EndReason::Left => Status::ok(""),
+        EndReason::TooSlow { queue } => Status::resource_exhausted(format!(
+            "disconnected: too slow to read events (outgoing queue of {queue} events is full)"
+        )),
+        EndReason::ResumedElsewhere => Status::aborted("this session was resumed on another node"),
+        EndReason::Replaced => Status::aborted("this session was resumed on another connection"),
+        EndReason::AnnouncedLeft => {
+            Status::not_found("this session ended: the cluster announced the participant as left")
+        }
+        EndReason::NameClash => Status::already_exists(
+            "another node admitted the same name at the same moment and kept it; \
+             join again with another name",
+        ),
+        EndReason::ShuttingDown => Status::unavailable("server is shutting down"),
+    }
+}
+
+/// The status a mesh call or relay link is refused with.
+pub fn mesh_status(refusal: &crate::core::node::MeshRefusal) -> Status {
+    use crate::core::node::MeshRefusal;
+    match refusal {
+        MeshRefusal::Removed => Status::failed_precondition(refusal.to_string()),
+        MeshRefusal::Malformed(_) => Status::invalid_argument(refusal.to_string()),
+        MeshRefusal::HoldBackFull => Status::resource_exhausted(refusal.to_string()),
+    }
+}

@@ -1,47 +1,51 @@
-//! One running node: the [`ChatCore`] and the [`Membership`] behind one lock,
-//! one bounded outgoing queue per local session, and one per peer link.
+//! One running node: the executor of a [`NodeCore`].
 //!
-//! Ordering: the core stamps or releases events and the node pushes them into
-//! the session and peer queues under the same lock, so every session receives
-//! events in the order this node delivered them. Pushing never waits: it is
-//! `try_send` on a bounded queue.
+//! The core decides; this module carries its decisions out. It holds the
+//! core behind one lock together with what the decisions act on: one bounded
+//! outgoing queue per local session, one per peer link (the link tasks are in
+//! [`crate::mesh`]), the acknowledgement channel of each inbound link, and the
+//! callers waiting for an answer. Every call takes the lock, feeds the core
+//! one input, and carries out the outputs it queued before letting go
+//! ([`Node::carry_out`]). So every session receives events in the order the
+//! core delivered them, and a session is registered before the events meant
+//! for it are handed out.
 //!
-//! Overflow policies:
+//! Carrying out never waits: pushing to a queue is `try_send`. Overflow
+//! policies:
 //! * a session whose queue is full (it is not reading, or reads slower than
-//!   the room talks) is disconnected with `RESOURCE_EXHAUSTED` saying why,
-//!   and announced as left. Nobody else waits for it;
-//! * a peer link whose queue is full drops its queue and re-sends from
-//!   history once the peer catches up ([`crate::mesh`]); a peer so far behind
-//!   that history no longer holds what it misses is told of the gap.
+//!   the room talks) is reported to the core, which ends it with "too slow"
+//!   and announces it as left. Nobody else waits for it;
+//! * a peer link whose queue is full is reported to the core, which has the
+//!   link drop its queue and re-send from history; a peer so far behind that
+//!   history no longer holds what it misses is told of the gap.
 //!
 //! A session ends when its Join stream is dropped: by the client leaving, by
-//! the client's connection breaking (a killed process), or by the overflow
-//! policy. A [`SessionStream`] carries a guard that reports the drop to the
-//! node, which then announces the participant as left unless it already left.
+//! the client's connection breaking (a killed process), or by the core. A
+//! [`SessionStream`] carries a guard that reports the drop to the node.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prost::bytes::Bytes;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::Status;
-use tracing::{debug, info, warn};
+use tracing::{debug, error};
 
-use crate::core::ChatCore;
-use crate::core::chat::{CoreLimits, visible};
-use crate::core::history::Audience;
-use crate::core::membership::Membership;
-use crate::error::{Error, Result};
+use crate::core::chat::CoreLimits;
+pub use crate::core::node::{DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT};
+use crate::core::node::{EndReason, NodeCore, Opened, Output, PeerItem, Reply, RequestId, Timing};
+use crate::error::{Error, Result, end_status};
 use crate::proto::{
-    Event, Gap, JoinFrame, NodeId, Participant, PublishReply, RelayAck, Resume, SeqMark,
-    ServerInfo, ServerList, Welcome, join_frame,
+    Event, Gap, JoinFrame, NodeId, Participant, PublishReply, RelayAck, Resume, ServerList,
+    SessionGrant, join_frame,
 };
 use crate::wire::{self, EncodedFrame, Wired};
 
@@ -49,10 +53,6 @@ use crate::wire::{self, EncodedFrame, Wired};
 pub const DEFAULT_SESSION_QUEUE: usize = 8192;
 /// Default capacity of one peer link's outgoing queue, in events.
 pub const DEFAULT_PEER_QUEUE: usize = 65_536;
-/// Default interval between heartbeats on a peer link.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
-/// Default silence after which a peer is declared failed.
-pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_millis(2500);
 /// Event bytes a node copies out of its sessions' queues for writing, at
 /// most, shared evenly among the open sessions (see [`SessionStream::limit`]).
 const COPY_BUDGET: usize = 16 << 20;
@@ -112,6 +112,13 @@ impl NodeConfig {
             fault_link_delay: None,
         }
     }
+
+    pub fn timing(&self) -> Timing {
+        Timing {
+            heartbeat: self.heartbeat,
+            failure_timeout: self.failure_timeout,
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch: a node's generation, so a restarted node
@@ -142,28 +149,26 @@ struct Sink {
     tx: mpsc::Sender<Outbound>,
     /// Why the node ended the session, read by the stream once the queue is
     /// drained and closed.
-    closed: Arc<OnceLock<Status>>,
+    closed: Arc<OnceLock<EndReason>>,
+}
+
+/// What a peer link's queue carries, in order.
+#[derive(Debug)]
+pub(crate) enum LinkItem {
+    Event(Wired, Option<SessionGrant>),
+    Heartbeat(crate::proto::Heartbeat),
 }
 
 /// The node's end of an outgoing peer link (the task is in [`crate::mesh`]).
 #[derive(Debug)]
 pub(crate) struct LinkHandle {
     pub(crate) peer: NodeId,
-    pub(crate) tx: mpsc::Sender<Wired>,
+    pub(crate) tx: mpsc::Sender<LinkItem>,
     /// Set when the link must re-send from history (its queue overflowed, or
     /// a node died and survivors reconcile what each holds).
     pub(crate) resync: Arc<AtomicBool>,
     pub(crate) wake: Arc<Notify>,
-    /// The highest of this node's own sequence numbers the peer acknowledged.
-    pub(crate) acked_own: Arc<AtomicU64>,
     pub(crate) task: JoinHandle<()>,
-}
-
-impl LinkHandle {
-    pub(crate) fn request_resync(&self) {
-        self.resync.store(true, Ordering::Release);
-        self.wake.notify_one();
-    }
 }
 
 impl Drop for LinkHandle {
@@ -172,25 +177,37 @@ impl Drop for LinkHandle {
     }
 }
 
+/// The answer a caller waits for.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    Session(SessionStream),
+    Reply(Reply),
+}
+
+/// The core and what its outputs act on, behind the node's one lock.
 #[derive(Debug)]
 pub(crate) struct State {
-    pub(crate) core: ChatCore,
-    pub(crate) membership: Membership,
+    pub(crate) core: NodeCore,
     sinks: HashMap<String, Sink>,
     pub(crate) links: HashMap<String, LinkHandle>,
-    /// When each peer was last heard from (any frame on its inbound link).
-    pub(crate) last_heard: HashMap<String, Instant>,
-    /// When each departed node was seen to go, for announcing its
-    /// participants once reconciliation had time to finish.
-    pub(crate) gone_since: HashMap<String, (NodeId, Instant)>,
-    pub(crate) shutting_down: bool,
-    /// Events on their way to local sessions (see `release_next`), with their
-    /// gate index. Bounded in time: a peer that never acknowledges is
-    /// declared failed within the failure timeout, which opens the gate.
-    gate: VecDeque<(u64, Wired)>,
-    next_gate_index: u64,
     /// The acknowledgement channel of each inbound relay link, by peer id.
     pub(crate) ack_watches: HashMap<String, watch::Sender<Result<RelayAck, Status>>>,
+    /// Callers waiting for the answer to a request.
+    replies: HashMap<RequestId, oneshot::Sender<Answer>>,
+    next_request: RequestId,
+    /// The core's outputs being carried out (kept to reuse its allocation).
+    outputs: Vec<Output>,
+}
+
+impl State {
+    /// A fresh request id and the receiver of its answer.
+    pub(crate) fn request(&mut self) -> (RequestId, oneshot::Receiver<Answer>) {
+        let id = self.next_request;
+        self.next_request += 1;
+        let (tx, rx) = oneshot::channel();
+        self.replies.insert(id, tx);
+        (id, rx)
+    }
 }
 
 #[derive(Debug)]
@@ -203,10 +220,8 @@ pub(crate) struct Shared {
     pub(crate) fatal: watch::Sender<Option<String>>,
     /// Wakes the gossip task to push the membership to every peer.
     pub(crate) gossip: Notify,
-    /// Woken when a peer acknowledges events or a link goes away.
-    pub(crate) acked: Notify,
     /// Join streams not yet dropped (each holds a `SessionGuard`).
-    open_streams: Arc<AtomicUsize>,
+    open_streams: Arc<watch::Sender<usize>>,
     /// Stream-serving tasks: inbound relay links and publish streams.
     inbound: Mutex<JoinSet<()>>,
 }
@@ -219,29 +234,29 @@ pub struct Node {
 
 impl Node {
     pub fn new(config: NodeConfig) -> Self {
-        let core = ChatCore::new(config.node.clone(), config.limits.clone());
-        let membership = Membership::new(config.node.clone(), config.advertise.clone());
+        let core = NodeCore::new(
+            config.node.clone(),
+            config.advertise.clone(),
+            config.timing(),
+            config.limits.clone(),
+        );
         Self {
             shared: Arc::new(Shared {
                 config,
                 state: Mutex::new(State {
                     core,
-                    membership,
                     sinks: HashMap::new(),
                     links: HashMap::new(),
-                    last_heard: HashMap::new(),
-                    gone_since: HashMap::new(),
-                    shutting_down: false,
-                    gate: VecDeque::new(),
-                    next_gate_index: 0,
                     ack_watches: HashMap::new(),
+                    replies: HashMap::new(),
+                    next_request: 1,
+                    outputs: Vec::new(),
                 }),
                 shutdown: watch::channel(false).0,
                 fatal: watch::channel(None).0,
                 gossip: Notify::new(),
-                acked: Notify::new(),
                 inbound: Mutex::new(JoinSet::new()),
-                open_streams: Arc::default(),
+                open_streams: Arc::new(watch::channel(0).0),
             }),
         }
     }
@@ -254,13 +269,47 @@ impl Node {
         &self.shared.config.node
     }
 
+    /// The node's state. A panic while it was held left it half-updated:
+    /// serving from it could show participants anything, so the node stops
+    /// (the process exits with a clear message) instead.
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock is a bug; the state is still the
-        // best we have, so keep serving rather than poison every call.
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        match self.shared.state.lock() {
+            Ok(state) => state,
+            Err(_) => {
+                error!("a panic left this node's state half-updated; stopping the node");
+                eprintln!("chitty: a panic left this node's state half-updated; stopping the node");
+                std::process::exit(70);
+            }
+        }
+    }
+
+    /// Feeds the core one input (`step`) and carries out what follows,
+    /// under the lock.
+    pub(crate) fn step<T>(&self, step: impl FnOnce(&mut NodeCore, Instant) -> T) -> T {
+        let mut state = self.lock();
+        let result = step(&mut state.core, Instant::now());
+        self.carry_out(&mut state);
+        result
+    }
+
+    /// Feeds the core a request and waits for its answer.
+    async fn ask(&self, step: impl FnOnce(&mut NodeCore, Instant, RequestId)) -> Result<Answer> {
+        self.ask_now(step)
+            .await
+            .map_err(|_| Error::Unavailable("node is shutting down".into()))
+    }
+
+    /// Feeds the core a request; the receiver has its answer (at once, for
+    /// what the core answers at once).
+    pub(crate) fn ask_now(
+        &self,
+        step: impl FnOnce(&mut NodeCore, Instant, RequestId),
+    ) -> oneshot::Receiver<Answer> {
+        let mut state = self.lock();
+        let (id, rx) = state.request();
+        step(&mut state.core, Instant::now(), id);
+        self.carry_out(&mut state);
+        rx
     }
 
     /// The node's Lamport clock.
@@ -273,32 +322,9 @@ impl Node {
     pub fn join(&self, name: &str, lamport: u64) -> Result<SessionStream> {
         let participant_id = uuid::Uuid::new_v4().to_string();
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut state = self.lock();
-        if state.shutting_down {
-            return Err(Error::Unavailable("node is shutting down".into()));
-        }
-        // Messages reach a participant without their dependencies: what came
-        // before its session is told once, in the Welcome. Not this node's
-        // own events: some may not be held by any peer yet (a resume
-        // elsewhere would wait for them in vain), and the participant's own
-        // join, which it receives, covers them.
-        let me = &self.shared.config.node;
-        let mut before = state.core.delivered();
-        before.retain(|mark| mark.origin.as_ref() != Some(me));
-        let joined = state
-            .core
-            .join(name, lamport, participant_id.clone(), token.clone())?;
-        info!(participant = %name, id = %participant_id, lamport = joined.events[0].lamport, "Join");
-        let stream = self.open_session(
-            &mut state,
-            participant_id,
-            token,
-            joined.session,
-            Some(before),
-            VecDeque::new(),
-        );
-        self.dispatch(&mut state, joined.events);
-        Ok(stream)
+        let mut rx =
+            self.ask_now(|core, _, id| core.join(id, name, lamport, participant_id, token));
+        session_answer(rx.try_recv().ok())
     }
 
     /// Reattaches a participant whose session ended without a Leave (its
@@ -306,164 +332,29 @@ impl Node {
     /// what it missed after `resume.seen`, then continues live. Announces
     /// nothing to participants.
     pub async fn resume(&self, resume: Resume, lamport: u64) -> Result<SessionStream> {
-        // A client that saw events this node has not delivered yet waits for
-        // them (bounded), so nothing it publishes here can overtake them.
-        let deadline = Instant::now() + self.shared.config.failure_timeout * 2;
-        while !self.lock().core.covers(&resume.seen) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut state = self.lock();
-        if state.shutting_down {
-            return Err(Error::Unavailable("node is shutting down".into()));
-        }
-        let pid = resume.participant_id;
-        let resumed = state.core.resume(&pid, &resume.session_token, lamport)?;
-        // A stale session of the same participant here (a half-open
-        // connection) gives way to the new one.
-        self.end_session(
-            &mut state,
-            &pid,
-            Status::aborted("this session was resumed on another connection"),
-        );
-        let (replay, gaps) = state.core.replay_after(&resume.seen, Audience::Participant);
-        let mut prelude = VecDeque::new();
-        if !gaps.is_empty() {
-            prelude.push_back(EncodedFrame::message(&JoinFrame {
-                frame: Some(join_frame::Frame::Gap(Gap {
-                    reason: "some events are older than this node's history and cannot be replayed"
-                        .into(),
-                    ranges: gaps,
-                })),
-            }));
-        }
-        let replay: Vec<Bytes> = replay
-            .iter()
-            .filter(|e| visible(e))
-            .map(|e| wire::participant_field(e))
-            .collect();
-        info!(participant = %resumed.name, id = %pid, replayed = replay.len(), lamport = resumed.events[0].lamport, "Resume");
-        let mut replay = replay.into_iter().peekable();
-        while replay.peek().is_some() {
-            let mut size = 0;
-            let frame =
-                std::iter::from_fn(|| replay.next_if(|e| fits(&mut size, e, REPLAY_FRAME_BYTES)))
-                    .collect();
-            prelude.push_back(EncodedFrame::events(frame));
-        }
-        let stream = self.open_session(
-            &mut state,
-            pid,
-            resume.session_token,
-            resumed.session,
-            None,
-            prelude,
-        );
-        self.dispatch(&mut state, resumed.events);
-        Ok(stream)
+        let answer = self
+            .ask(|core, now, id| core.resume(now, id, resume, lamport))
+            .await;
+        session_answer(answer.ok())
     }
 
-    /// Registers a local session's queue and builds its stream: the
-    /// `Welcome`, then `prelude`, then live events.
-    fn open_session(
-        &self,
-        state: &mut State,
-        participant_id: String,
-        token: String,
-        session: u64,
-        // `None` for a resumed session; for a new one, what this node had
-        // delivered before it.
-        seen: Option<Vec<SeqMark>>,
-        prelude: VecDeque<EncodedFrame>,
-    ) -> SessionStream {
-        let (tx, rx) = mpsc::channel(self.shared.config.session_queue);
-        let closed = Arc::new(OnceLock::new());
-        state.sinks.insert(
-            participant_id.clone(),
-            Sink {
-                session,
-                from_gate: state.next_gate_index,
-                tx,
-                closed: closed.clone(),
-            },
-        );
-        let welcome = Welcome {
-            participant_id: participant_id.clone(),
-            session_token: token,
-            node: Some(self.shared.config.node.clone()),
-            resumed: seen.is_none(),
-            servers: Some(server_list(&state.membership)),
-            seen: seen.unwrap_or_default(),
-        };
-        let mut pending = prelude;
-        pending.push_front(EncodedFrame::message(&JoinFrame {
-            frame: Some(join_frame::Frame::Welcome(welcome)),
-        }));
-        self.shared.open_streams.fetch_add(1, Ordering::AcqRel);
-        SessionStream {
-            pending,
-            rx,
-            taken: Vec::new(),
-            open: self.shared.open_streams.clone(),
-            closed,
-            done: false,
-            _guard: SessionGuard {
-                node: Arc::downgrade(&self.shared),
-                participant_id,
-                session,
-            },
-        }
-    }
-
+    /// Publishes; the returned future resolves once another node holds the
+    /// event (so an acknowledged publish survives this node's crash), at
+    /// once when the node has no peers.
     pub fn publish(
         &self,
         token: &str,
         text: &str,
         lamport: u64,
         publish_id: &str,
-    ) -> Result<PublishReply> {
-        let mut state = self.lock();
-        let published = state.core.publish(token, text, lamport, publish_id)?;
-        let event = published.event.clone();
-        info!(
-            participant = %event.participant_name,
-            lamport = event.lamport,
-            request_lamport = lamport,
-            duplicate = published.duplicate,
-            "Publish"
-        );
-        self.dispatch(&mut state, published.events);
-        Ok(PublishReply {
-            lamport: event.lamport,
-            id: event.id.clone(),
-            duplicate: published.duplicate,
-        })
-    }
-
-    /// Waits until a peer holds this node's event `seq`, so that an
-    /// acknowledged publish survives this node's crash. Returns at once when
-    /// the node has no peers.
-    pub async fn wait_replicated(&self, seq: u64) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + self.shared.config.failure_timeout * 2;
-        loop {
-            let notified = self.shared.acked.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let state = self.lock();
-                if state.links.is_empty()
-                    || state
-                        .links
-                        .values()
-                        .any(|l| l.acked_own.load(Ordering::Acquire) >= seq)
-                {
-                    return Ok(());
-                }
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(Error::Unavailable(
-                    "no other node acknowledged the message yet; retry with the same publish id"
-                        .into(),
-                ));
+    ) -> impl Future<Output = Result<PublishReply>> + Send + use<> {
+        let rx =
+            self.ask_now(|core, now, id| core.publish(now, id, token, text, lamport, publish_id));
+        async move {
+            match rx.await {
+                Ok(Answer::Reply(Reply::Published(reply))) => Ok(reply),
+                Ok(Answer::Reply(Reply::Refused(e))) => Err(e),
+                _ => Err(Error::Unavailable("node is shutting down".into())),
             }
         }
     }
@@ -471,14 +362,12 @@ impl Node {
     /// Ends the session owning `token`: delivers "left" to the others and
     /// ends the leaver's stream once it has drained.
     pub fn leave(&self, token: &str, lamport: u64) -> Result<u64> {
-        let mut state = self.lock();
-        let (pid, event) = state.core.leave(token, lamport)?;
-        // Dropping the sender ends the stream after what is already queued.
-        state.sinks.remove(&pid);
-        info!(participant = %event.participant_name, lamport = event.lamport, request_lamport = lamport, "Leave");
-        let time = event.lamport;
-        self.dispatch(&mut state, vec![event]);
-        Ok(time)
+        let mut rx = self.ask_now(|core, _, id| core.leave(id, token, lamport));
+        match rx.try_recv() {
+            Ok(Answer::Reply(Reply::Left(time))) => Ok(time),
+            Ok(Answer::Reply(Reply::Refused(e))) => Err(e),
+            _ => Err(Error::Unavailable("node is shutting down".into())),
+        }
     }
 
     pub fn participants(&self) -> Vec<Participant> {
@@ -487,138 +376,221 @@ impl Node {
 
     /// The live nodes of the cluster.
     pub fn server_list(&self) -> ServerList {
-        server_list(&self.lock().membership)
+        self.lock().core.server_list()
     }
 
     /// Waits (at most `limit`) until every Join stream has ended, so their
     /// final status is on its way before connections are shut down.
     pub async fn streams_closed(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while self.shared.open_streams.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let mut open = self.shared.open_streams.subscribe();
+        let _ = tokio::time::timeout(limit, open.wait_for(|&n| n == 0)).await;
     }
 
     /// Ends every session with `UNAVAILABLE` and refuses new ones, so that a
     /// graceful server shutdown is not held open by endless Join streams.
-    pub fn close_sessions(&self, reason: &str) {
+    /// Callers still waiting for an answer get `UNAVAILABLE` too.
+    pub fn close_sessions(&self) {
         let mut state = self.lock();
-        state.shutting_down = true;
+        state.core.stop_sessions();
         for (_, sink) in state.sinks.drain() {
-            let _ = sink.closed.set(Status::unavailable(reason.to_string()));
+            let _ = sink.closed.set(EndReason::ShuttingDown);
         }
+        state.replies.clear();
     }
 
-    /// Delivers `events` (in order) to every local session, and relays the
-    /// ones this node stamped to every peer. A session whose queue is full is
-    /// disconnected and announced as left, which may in turn produce more
-    /// events; the loop runs until none remain.
-    pub(crate) fn dispatch(&self, state: &mut State, events: Vec<Arc<Event>>) {
-        let me = &self.shared.config.node;
-        let mut queue: VecDeque<Arc<Event>> = events.into();
+    /// Carries out the core's outputs, in order, until it has none left
+    /// (sessions that overflow while events are handed out are reported
+    /// back, which queues more).
+    pub(crate) fn carry_out(&self, state: &mut State) {
+        let mut outputs = std::mem::take(&mut state.outputs);
+        let mut overflowed: Vec<String> = Vec::new();
         loop {
-            // Local participants get events through the gate, in order: this
-            // node's own events only once a peer holds them.
-            while let Some(event) = self.release_next(state) {
-                queue.extend(self.deliver(state, &event));
+            state.core.drain_outputs_into(&mut outputs);
+            if outputs.is_empty() {
+                break;
             }
-            let Some(event) = queue.pop_front() else {
-                return;
-            };
-            let origin = event.id.as_ref().and_then(|i| i.origin.as_ref());
-            info!(
-                kind = event.kind().as_str_name(),
-                participant = %event.participant_name,
-                lamport = event.lamport,
-                origin = origin.map(|o| o.id.as_str()).unwrap_or(""),
-                seq = event.id.as_ref().map(|i| i.seq).unwrap_or(0),
-                recipients = state.sinks.len(),
-                "Broadcast"
-            );
-            let to_peers = origin == Some(me) && !state.links.is_empty();
-            let to_sessions = visible(&event);
-            if !to_peers && !to_sessions {
-                continue;
-            }
-            // Encoded once here, however many peers or sessions get it.
-            if to_peers {
-                let wired = Wired::for_peers(event.clone());
-                for link in state.links.values() {
-                    if link.tx.try_send(wired.clone()).is_err() {
-                        // History still holds it: the link re-sends from there.
-                        link.request_resync();
+            // Encoded once here, however many peers get it.
+            let mut encoded: Option<Wired> = None;
+            for output in outputs.drain(..) {
+                match output {
+                    Output::Deliver { gate, event } => {
+                        deliver(state, gate, &event, &mut overflowed);
+                    }
+                    Output::Opened(opened) => self.open_session(state, *opened),
+                    Output::EndSession {
+                        participant_id,
+                        reason,
+                    } => {
+                        if let Some(sink) = state.sinks.remove(&participant_id) {
+                            // After a Leave, dropping the sender ends the
+                            // stream normally once it has drained.
+                            if reason != EndReason::Left {
+                                let _ = sink.closed.set(reason);
+                            }
+                        }
+                    }
+                    Output::Servers(list) => {
+                        // Best effort: a session whose queue is full is being
+                        // disconnected anyway.
+                        for sink in state.sinks.values() {
+                            let _ = sink.tx.try_send(Outbound::Servers(Box::new(list.clone())));
+                        }
+                    }
+                    Output::Gap(gap) => {
+                        for sink in state.sinks.values() {
+                            let _ = sink.tx.try_send(Outbound::Gap(Box::new(gap.clone())));
+                        }
+                    }
+                    Output::Reply { request, reply } => {
+                        if let Some(tx) = state.replies.remove(&request) {
+                            let _ = tx.send(Answer::Reply(reply));
+                        }
+                    }
+                    Output::Relay { peer, item } => {
+                        let Some(link) = state.links.get(&peer.id).filter(|l| l.peer == peer)
+                        else {
+                            continue;
+                        };
+                        let item = match item {
+                            PeerItem::Event(event, grant) => {
+                                let wired = match &encoded {
+                                    Some(w) if Arc::ptr_eq(&w.event, &event) => w.clone(),
+                                    _ => encoded.insert(Wired::for_peers(event)).clone(),
+                                };
+                                LinkItem::Event(wired, grant)
+                            }
+                            PeerItem::Heartbeat(hb) => LinkItem::Heartbeat(hb),
+                        };
+                        if link.tx.try_send(item).is_err() {
+                            // History still holds it: the link re-sends.
+                            state.core.link_overflowed(&peer);
+                        }
+                    }
+                    Output::Resync { peer } => {
+                        if let Some(link) = state.links.get(&peer.id).filter(|l| l.peer == peer) {
+                            link.resync.store(true, Ordering::Release);
+                            link.wake.notify_one();
+                        }
+                    }
+                    Output::Connect(member) => {
+                        let Some(node) = member.node.clone() else {
+                            continue;
+                        };
+                        let link = crate::mesh::spawn_link(self, member);
+                        state.links.insert(node.id, link);
+                    }
+                    Output::Disconnect(node) => {
+                        if state.links.get(&node.id).is_some_and(|l| l.peer == node) {
+                            state.links.remove(&node.id);
+                        }
+                    }
+                    Output::Gossip { to: None } => self.shared.gossip.notify_one(),
+                    Output::Gossip { to: Some(peer) } => {
+                        let members = state.core.membership().snapshot();
+                        self.spawn_owned(crate::mesh::push_members(
+                            self.clone(),
+                            members,
+                            vec![peer],
+                        ));
+                    }
+                    Output::Ack { peer, held } => {
+                        if let Some(acks) = state.ack_watches.get(&peer.id) {
+                            let _ = acks.send_replace(Ok(RelayAck { held }));
+                        }
+                    }
+                    Output::Removed(reason) => {
+                        self.shared.fatal.send_replace(Some(reason));
                     }
                 }
             }
-            if to_sessions {
-                let index = state.next_gate_index;
-                state.next_gate_index += 1;
-                state.gate.push_back((index, Wired::for_sessions(event)));
-            }
-        }
-    }
-
-    /// Re-checks the gate (a peer acknowledged events, or a link went away).
-    pub(crate) fn release(&self) {
-        let mut state = self.lock();
-        self.dispatch(&mut state, Vec::new());
-    }
-
-    /// The next event the gate lets through, if any. An event of this node
-    /// waits until a peer holds it (or the node has no peers), so nobody
-    /// sees an event that a crash of this node could still take back; events
-    /// behind it wait too, to keep the order.
-    fn release_next(&self, state: &mut State) -> Option<(u64, Wired)> {
-        let (_, Wired { event, .. }) = state.gate.front()?;
-        let id = event.id.as_ref()?;
-        let own = id.origin.as_ref() == Some(&self.shared.config.node);
-        let held_elsewhere = || {
-            state.links.is_empty()
-                || state
-                    .links
-                    .values()
-                    .any(|l| l.acked_own.load(Ordering::Acquire) >= id.seq)
-        };
-        if own && !held_elsewhere() {
-            return None;
-        }
-        state.gate.pop_front()
-    }
-
-    /// Hands a released event to every local session that was open when it
-    /// entered the gate. A session whose queue is full is disconnected and
-    /// announced as left: the returned events.
-    fn deliver(&self, state: &mut State, (index, wired): &(u64, Wired)) -> Vec<Arc<Event>> {
-        let Wired { event, field } = wired;
-        let mut overflowed = Vec::new();
-        for (pid, sink) in &state.sinks {
-            if *index < sink.from_gate {
-                continue; // stamped before this session opened
-            }
-            match sink.tx.try_send(Outbound::Event(field.clone())) {
-                Ok(()) => debug!(to = %pid, lamport = event.lamport, "deliver"),
-                Err(mpsc::error::TrySendError::Full(_)) => overflowed.push(pid.clone()),
-                // The stream is gone; its guard is about to report it.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
-        let mut left_events = Vec::new();
-        for pid in overflowed {
             let capacity = self.shared.config.session_queue;
-            self.end_session(
-                state,
-                &pid,
-                Status::resource_exhausted(format!(
-                    "disconnected: too slow to read events \
-                     (outgoing queue of {capacity} events is full)"
-                )),
-            );
-            if let Some(left) = state.core.disconnect(&pid) {
-                warn!(participant = %left.participant_name, lamport = left.lamport, "disconnected a participant whose queue overflowed");
-                left_events.push(left);
+            for pid in overflowed.drain(..) {
+                state.core.session_overflowed(&pid, capacity);
             }
         }
-        left_events
+        state.outputs = outputs;
+    }
+
+    /// Registers a session's queue and answers its Join with the stream: the
+    /// `Welcome`, then the replay, then live events.
+    fn open_session(&self, state: &mut State, opened: Opened) {
+        let Opened {
+            request,
+            participant_id,
+            session,
+            welcome,
+            replay,
+            gaps,
+            from_gate,
+        } = opened;
+        let (tx, rx) = mpsc::channel(self.shared.config.session_queue);
+        let closed = Arc::new(OnceLock::new());
+        let mut pending = VecDeque::new();
+        pending.push_back(EncodedFrame::message(&JoinFrame {
+            frame: Some(join_frame::Frame::Welcome(welcome)),
+        }));
+        if !gaps.is_empty() {
+            pending.push_back(EncodedFrame::message(&JoinFrame {
+                frame: Some(join_frame::Frame::Gap(Gap {
+                    reason: "some events are older than this node's history and cannot be replayed"
+                        .into(),
+                    ranges: gaps,
+                })),
+            }));
+        }
+        let mut replay = replay.iter().map(|e| wire::participant_field(e)).peekable();
+        while replay.peek().is_some() {
+            let mut size = 0;
+            let frame =
+                std::iter::from_fn(|| replay.next_if(|e| fits(&mut size, e, REPLAY_FRAME_BYTES)))
+                    .collect();
+            pending.push_back(EncodedFrame::events(frame));
+        }
+        self.shared.open_streams.send_modify(|n| *n += 1);
+        let stream = SessionStream {
+            pending,
+            rx,
+            taken: Vec::new(),
+            open: self.shared.open_streams.clone(),
+            closed: closed.clone(),
+            done: false,
+            _guard: SessionGuard {
+                node: Arc::downgrade(&self.shared),
+                participant_id: participant_id.clone(),
+                session,
+            },
+        };
+        let Some(reply) = state.replies.remove(&request) else {
+            return self.abandon(state, stream);
+        };
+        state.sinks.insert(
+            participant_id,
+            Sink {
+                session,
+                from_gate,
+                tx,
+                closed,
+            },
+        );
+        if let Err(Answer::Session(stream)) = reply.send(Answer::Session(stream)) {
+            // The caller gave up waiting.
+            self.abandon(state, stream);
+        }
+    }
+
+    /// Drops a session stream nobody took, under the lock: its guard is
+    /// disarmed (it would take the lock) and the core told here instead.
+    fn abandon(&self, state: &mut State, mut stream: SessionStream) {
+        let guard = std::mem::replace(&mut stream._guard.node, Weak::new());
+        drop(guard);
+        self.shared.open_streams.send_modify(|n| *n -= 1);
+        let pid = stream._guard.participant_id.clone();
+        let session = stream._guard.session;
+        drop(stream);
+        if state.sinks.get(&pid).is_some_and(|s| s.session == session) {
+            state.sinks.remove(&pid);
+        }
+        state.core.session_dropped(Instant::now(), &pid, session);
     }
 
     /// Runs a stream-serving task (an inbound relay link, a publish stream)
@@ -650,36 +622,8 @@ impl Node {
         )
     }
 
-    /// Tells every local session the cluster's nodes changed. Best effort: a
-    /// session whose queue is full is being disconnected anyway.
-    pub(crate) fn notify_servers(&self, state: &State, list: ServerList) {
-        for sink in state.sinks.values() {
-            let _ = sink.tx.try_send(Outbound::Servers(Box::new(list.clone())));
-        }
-    }
-
-    /// Tells every local session that events were lost (never silently).
-    pub(crate) fn notify_gap(&self, state: &State, gap: Gap) {
-        warn!(reason = %gap.reason, "telling participants about lost events");
-        for sink in state.sinks.values() {
-            let _ = sink.tx.try_send(Outbound::Gap(Box::new(gap.clone())));
-        }
-    }
-
-    /// Removes a local session's queue; its stream ends with `status` once it
-    /// has drained what was queued.
-    pub(crate) fn end_session(&self, state: &mut State, participant_id: &str, status: Status) {
-        if let Some(sink) = state.sinks.remove(participant_id) {
-            let _ = sink.closed.set(status);
-        }
-    }
-
     fn session_ended(&self, participant_id: &str, session: u64) {
         let mut state = self.lock();
-        if state.shutting_down {
-            // The node is leaving; its peers announce its participants.
-            return;
-        }
         if state
             .sinks
             .get(participant_id)
@@ -687,32 +631,39 @@ impl Node {
         {
             state.sinks.remove(participant_id);
         }
-        match state
+        state
             .core
-            .session_lost(participant_id, session, Instant::now())
-        {
-            Some(left) => {
-                info!(participant = %left.participant_name, lamport = left.lamport, "session ended without Leave");
-                self.dispatch(&mut state, vec![left]);
+            .session_dropped(Instant::now(), participant_id, session);
+        self.carry_out(&mut state);
+    }
+}
+
+/// Hands a released event to every local session that was open when it
+/// entered the gate; notes the sessions whose queue is full.
+fn deliver(state: &State, gate: u64, event: &Event, overflowed: &mut Vec<String>) {
+    let field = wire::participant_field(event);
+    for (pid, sink) in &state.sinks {
+        if gate < sink.from_gate {
+            continue; // stamped before this session opened
+        }
+        match sink.tx.try_send(Outbound::Event(field.clone())) {
+            Ok(()) => debug!(to = %pid, lamport = event.lamport, "deliver"),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !overflowed.contains(pid) {
+                    overflowed.push(pid.clone());
+                }
             }
-            None => {
-                info!(participant = %participant_id, "session ended without Leave; it may resume within the grace period")
-            }
+            // The stream is gone; its guard is about to report it.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }
 
-/// The live nodes in `membership`, as clients see them.
-pub(crate) fn server_list(membership: &Membership) -> ServerList {
-    ServerList {
-        servers: membership
-            .alive()
-            .into_iter()
-            .map(|m| ServerInfo {
-                node: m.node,
-                addr: m.addr,
-            })
-            .collect(),
+fn session_answer(answer: Option<Answer>) -> Result<SessionStream> {
+    match answer {
+        Some(Answer::Session(stream)) => Ok(stream),
+        Some(Answer::Reply(Reply::Refused(e))) => Err(e),
+        _ => Err(Error::Unavailable("node is shutting down".into())),
     }
 }
 
@@ -727,7 +678,7 @@ struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         if let Some(shared) = self.node.upgrade() {
-            shared.open_streams.fetch_sub(1, Ordering::AcqRel);
+            shared.open_streams.send_modify(|n| *n -= 1);
             Node { shared }.session_ended(&self.participant_id, self.session);
         }
     }
@@ -743,8 +694,8 @@ pub struct SessionStream {
     /// Taken from the queue, not yet framed.
     taken: Vec<Outbound>,
     /// Open sessions on the node.
-    open: Arc<AtomicUsize>,
-    closed: Arc<OnceLock<Status>>,
+    open: Arc<watch::Sender<usize>>,
+    closed: Arc<OnceLock<EndReason>>,
     done: bool,
     _guard: SessionGuard,
 }
@@ -756,7 +707,7 @@ impl SessionStream {
     /// the rest of its backlog waits in its queue as references to the one
     /// encoding of each event.
     pub fn limit(&self) -> usize {
-        let open = self.open.load(Ordering::Relaxed).max(1);
+        let open = (*self.open.borrow()).max(1);
         (COPY_BUDGET / open).clamp(MIN_FRAME_BYTES, MAX_FRAME_BYTES)
     }
 }
@@ -785,7 +736,7 @@ impl Stream for SessionStream {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(0) => {
                     this.done = true;
-                    return Poll::Ready(this.closed.get().map(|status| Err(status.clone())));
+                    return Poll::Ready(this.closed.get().map(|reason| Err(end_status(reason))));
                 }
                 Poll::Ready(_) => {}
             }
@@ -842,6 +793,7 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
+    use crate::proto::Welcome;
 
     /// Polls `stream` once.
     async fn poll_once(stream: &mut SessionStream) -> Poll<Option<Result<EncodedFrame, Status>>> {
@@ -870,10 +822,12 @@ mod tests {
         let (mut stream, welcome) = join(&node, "Ann").await;
         let texts: Vec<String> = (0..300).map(|i| format!("{i:0>128}")).collect();
         for text in &texts {
-            node.publish(&welcome.session_token, text, 0, "").unwrap();
+            node.publish(&welcome.session_token, text, 0, "")
+                .await
+                .unwrap();
         }
         // As many open sessions as make the smallest limit.
-        stream.open.store(usize::MAX / 2, Ordering::Relaxed);
+        stream.open.send_replace(usize::MAX / 2);
         assert_eq!(stream.limit(), MIN_FRAME_BYTES);
 
         let mut received = Vec::new();
@@ -904,9 +858,11 @@ mod tests {
         );
 
         // With the node's only session the same backlog is one frame.
-        stream.open.store(1, Ordering::Relaxed);
+        stream.open.send_replace(1);
         for text in &texts {
-            node.publish(&welcome.session_token, text, 0, "").unwrap();
+            node.publish(&welcome.session_token, text, 0, "")
+                .await
+                .unwrap();
         }
         let Poll::Ready(Some(Ok(frame))) = poll_once(&mut stream).await else {
             panic!("nothing queued");
@@ -928,6 +884,7 @@ mod tests {
         );
         let reply = node
             .publish(&welcome.session_token, "first", 0, "")
+            .await
             .unwrap();
 
         let (mut bob, welcome) = join(&node, "Bob").await;

@@ -88,7 +88,7 @@ pub async fn serve_node(
                 let _ = fatal_reason.set(reason);
             }
         }
-        stopping.close_sessions("server is shutting down");
+        stopping.close_sessions();
         // Let the streams send their UNAVAILABLE before connections close.
         stopping.streams_closed(DRAIN_TIMEOUT).await;
         stopping.stop_mesh();

@@ -53,19 +53,17 @@ async fn serve_publish_stream(
     replies: mpsc::Sender<Result<PublishOutcome, Status>>,
 ) {
     let mut shutdown = node.shutdown_signal();
-    let (waiting_tx, mut waiting) =
-        mpsc::channel::<(Option<u64>, PublishOutcome)>(PUBLISH_STREAM_QUEUE);
+    let (waiting_tx, mut waiting) = mpsc::channel(PUBLISH_STREAM_QUEUE);
     let answering = {
-        let node = node.clone();
         let replies = replies.clone();
         async move {
-            while let Some((seq, outcome)) = waiting.recv().await {
-                let outcome = match seq {
-                    Some(seq) => match node.wait_replicated(seq).await {
-                        Ok(()) => outcome,
-                        Err(e) => refused(refuse("PublishStream", e)),
+            while let Some(outcome) = waiting.recv().await {
+                let outcome = match outcome.await {
+                    Ok(reply) => PublishOutcome {
+                        reply: Some(reply),
+                        ..Default::default()
                     },
-                    None => outcome,
+                    Err(e) => refused(refuse("PublishStream", e)),
                 };
                 if replies.send(Ok(outcome)).await.is_err() {
                     return;
@@ -83,21 +81,8 @@ async fn serve_publish_stream(
                 request = requests.message() => request,
             };
             let Ok(Some(req)) = request else { return };
-            let item =
-                match node.publish(&req.session_token, &req.text, req.lamport, &req.publish_id) {
-                    Ok(reply) => {
-                        let own = own_seq(&node, &reply);
-                        (
-                            own,
-                            PublishOutcome {
-                                reply: Some(reply),
-                                ..Default::default()
-                            },
-                        )
-                    }
-                    Err(e) => (None, refused(refuse("PublishStream", e))),
-                };
-            if waiting_tx.send(item).await.is_err() {
+            let outcome = node.publish(&req.session_token, &req.text, req.lamport, &req.publish_id);
+            if waiting_tx.send(outcome).await.is_err() {
                 return;
             }
         }
@@ -111,15 +96,6 @@ fn refused(status: Status) -> PublishOutcome {
         error_code: status.code() as i32,
         error_message: status.message().to_string(),
     }
-}
-
-/// The sequence number of a published event if this node stamped it.
-fn own_seq(node: &Node, reply: &PublishReply) -> Option<u64> {
-    reply
-        .id
-        .as_ref()
-        .filter(|id| id.origin.as_ref() == Some(node.id()))
-        .map(|id| id.seq)
 }
 
 /// Logs a refused call and converts the error at the edge.
@@ -145,17 +121,12 @@ impl ChittyChat for ChatService {
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishReply>, Status> {
         let req = req.into_inner();
+        // Answered once another node holds the event.
         let reply = self
             .node
             .publish(&req.session_token, &req.text, req.lamport, &req.publish_id)
+            .await
             .map_err(|e| refuse("Publish", e))?;
-        // Acknowledge only once another node holds the event.
-        if let Some(seq) = own_seq(&self.node, &reply) {
-            self.node
-                .wait_replicated(seq)
-                .await
-                .map_err(|e| refuse("Publish", e))?;
-        }
         Ok(Response::new(reply))
     }
 
@@ -256,13 +227,13 @@ impl ServerMesh for MeshService {
             }) => member,
             _ => return Err(Status::invalid_argument("a relay link starts with hello")),
         };
-        let (peer, delivered) = self.node.relay_hello(hello)?;
-        info!(peer = %peer.id, generation = peer.generation, "Relay link opened");
+        let (peer, link, delivered) = self.node.relay_hello(hello)?;
         // The first acknowledgement tells the peer what to catch up on.
         let (tx, rx) = watch::channel(Ok(RelayAck { held: delivered }));
         self.node.spawn_owned(crate::mesh::serve_inbound(
             self.node.clone(),
             peer,
+            link,
             inbound,
             tx,
         ));

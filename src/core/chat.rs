@@ -24,7 +24,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::core::FastMap;
 use crate::core::causal::{HoldBack, Offer, OriginKey};

@@ -10,6 +10,7 @@ pub mod chat;
 pub mod clock;
 pub mod history;
 pub mod membership;
+pub mod node;
 pub mod validate;
 
 pub use chat::{ChatCore, Joined, Published};

@@ -1,0 +1,1212 @@
+//! One node's protocol, with no I/O: [`NodeCore`].
+//!
+//! Everything a node decides lives here: the chat state machine
+//! ([`ChatCore`]), server membership ([`Membership`]), the state of each peer
+//! link (what the peer acknowledged, whether it must be re-sent history),
+//! replication gating, the failure detector, the announcer of a departed
+//! node's participants, the conditions a resume waits for, and why a session
+//! ends. The shell ([`crate::node`], [`crate::mesh`]) owns sockets, tasks and
+//! queues; it feeds inputs in and carries outputs out. The simulator
+//! ([`crate::sim`]) does the same with in-memory links and virtual time.
+//!
+//! It is driven the way a Raft node usually is (toydb's `step`/`tick`):
+//! * inputs are method calls: a client request ([`NodeCore::join`],
+//!   [`NodeCore::publish`], ...), a frame from a peer
+//!   ([`NodeCore::on_relay`]), an acknowledgement ([`NodeCore::on_ack`]), a
+//!   link going up or down, and [`NodeCore::tick`], which carries the current
+//!   time. The core never reads a clock: every input that depends on time
+//!   is given `now`.
+//! * outputs are [`Output`] values queued in order and taken with
+//!   [`NodeCore::take_outputs`]: events to deliver to local sessions, items to
+//!   relay to a peer, replies to complete, sessions to end, links to open or
+//!   drop, membership to push. A request that the core cannot answer at once
+//!   (a publish waiting for a peer to hold it, a resume waiting for events it
+//!   saw elsewhere, a graceful stop waiting for peers to catch up) is answered
+//!   later by an [`Output::Reply`] carrying its [`RequestId`], or at its
+//!   deadline by a refusal.
+//!
+//! Outputs must be carried out in order: a session is registered
+//! ([`Output::Opened`]) before the events it is to receive are delivered, and
+//! a leaver's session ends before its "left" event is delivered to others.
+//!
+//! The core's data are the protobuf messages of `proto/chitty.proto`
+//! (`Event`, `Member`, `SeqMark`, ...): they are plain structs with no I/O,
+//! they are what crosses the mesh, and converting them at every call would
+//! copy every event once more on the hot path.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::core::chat::{ChatCore, CoreLimits, Snapshot, visible};
+use crate::core::history::Audience;
+use crate::core::membership::{Change, Membership, member};
+use crate::error::Error;
+use crate::proto::{
+    Event, EventKind, Gap, GapRange, Heartbeat, Member, MemberState, NodeId, Participant,
+    PublishReply, RelayFrame, Resume, SeqMark, ServerInfo, ServerJoinReply, ServerList,
+    SessionGrant, Welcome, relay_frame,
+};
+
+/// Identifies a request whose answer may come later, chosen by the caller.
+pub type RequestId = u64;
+
+/// Default interval between heartbeats on a peer link.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(500);
+/// Default silence after which a peer is declared failed.
+pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_millis(2500);
+/// Longest wait, on graceful stop, for peers to acknowledge our last events.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The timers of the mesh protocol.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    /// Interval between heartbeats on each peer link.
+    pub heartbeat: Duration,
+    /// Silence after which a peer is declared failed.
+    pub failure_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat: DEFAULT_HEARTBEAT,
+            failure_timeout: DEFAULT_FAILURE_TIMEOUT,
+        }
+    }
+}
+
+impl Timing {
+    /// How often the shell should call [`NodeCore::tick`].
+    pub fn tick_interval(&self) -> Duration {
+        self.heartbeat / 4
+    }
+
+    /// How long a request waits for a peer (a publish to be held elsewhere,
+    /// a resume for events it saw elsewhere) before it is answered anyway.
+    pub fn request_timeout(&self) -> Duration {
+        self.failure_timeout * 2
+    }
+}
+
+/// Why the node ended a local session. The service edge turns it into the
+/// status the participant's stream ends with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The participant left: its stream ends normally once drained.
+    Left,
+    /// It read too slowly: its outgoing queue of `queue` events was full.
+    TooSlow { queue: usize },
+    /// The participant resumed its session on another node.
+    ResumedElsewhere,
+    /// The participant resumed its session on another connection here.
+    Replaced,
+    /// The cluster announced the participant as left (its grace period ran
+    /// out on another node while it was reconnecting here).
+    AnnouncedLeft,
+    /// Another node admitted the same name at the same moment and kept it.
+    NameClash,
+    /// The node is shutting down.
+    ShuttingDown,
+}
+
+/// Why the core refused a peer's call or frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeshRefusal {
+    /// The calling node incarnation is not (or no longer) a live member.
+    #[error("this node incarnation was removed from the cluster; restart it")]
+    Removed,
+    /// The call is malformed.
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// The hold-back queue is full: the link must reconnect and re-send.
+    #[error("hold-back queue full; reconnect and re-send")]
+    HoldBackFull,
+}
+
+/// An item for one peer link, in order.
+#[derive(Debug, Clone)]
+pub enum PeerItem {
+    /// One of this node's events, with the session grant of a "joined".
+    Event(Arc<Event>, Option<SessionGrant>),
+    Heartbeat(Heartbeat),
+}
+
+/// What a peer link sends when it (re)connects or re-syncs: everything the
+/// peer lacks that history holds, and what history no longer holds.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Ranges that cannot be re-sent, for a `skip` frame.
+    pub skip: Option<Gap>,
+    pub events: Vec<Arc<Event>>,
+    /// Session grants of the "joined" events among `events`.
+    pub grants: Vec<SessionGrant>,
+}
+
+/// A session the shell must register.
+#[derive(Debug)]
+pub struct Opened {
+    pub request: RequestId,
+    pub participant_id: String,
+    pub session: u64,
+    pub welcome: Welcome,
+    /// For a resumed session: what it missed, in order, and what history no
+    /// longer holds of it.
+    pub replay: Vec<Arc<Event>>,
+    pub gaps: Vec<GapRange>,
+    /// The first [`Output::Deliver`] index this session receives.
+    pub from_gate: u64,
+}
+
+/// The answer to a request.
+#[derive(Debug)]
+pub enum Reply {
+    /// A publish, once another node holds it (or the node has no peers).
+    Published(PublishReply),
+    /// A Leave: the Lamport time of the "left" event.
+    Left(u64),
+    /// A graceful stop may go on: peers hold this node's events, or the
+    /// flush deadline passed.
+    Flushed,
+    Refused(Error),
+}
+
+/// What the core asks the shell to do, in order.
+#[derive(Debug)]
+pub enum Output {
+    /// Hand `event` to every local session whose `from_gate` is at most
+    /// `gate`.
+    Deliver {
+        gate: u64,
+        event: Arc<Event>,
+    },
+    /// Register a new or resumed session; this is also the answer to its
+    /// Join request.
+    Opened(Box<Opened>),
+    /// End a local session (if it is still that participant's).
+    EndSession {
+        participant_id: String,
+        reason: EndReason,
+    },
+    /// Tell every local session the cluster's nodes changed.
+    Servers(ServerList),
+    /// Tell every local session that events were lost.
+    Gap(Gap),
+    Reply {
+        request: RequestId,
+        reply: Reply,
+    },
+    /// Queue `item` on the outgoing link to `peer`.
+    Relay {
+        peer: NodeId,
+        item: PeerItem,
+    },
+    /// The outgoing link to `peer` must drop what it has queued and re-send
+    /// from [`NodeCore::replay_for`].
+    Resync {
+        peer: NodeId,
+    },
+    /// Open (or replace) the outgoing link to a new member.
+    Connect(Member),
+    /// Drop the outgoing link to a departed member.
+    Disconnect(NodeId),
+    /// Push this node's membership view to `to` (every peer if `None`) and
+    /// merge the answers ([`NodeCore::merge_members`]).
+    Gossip {
+        to: Option<Member>,
+    },
+    /// Acknowledge to the inbound link of `peer`: what this node holds.
+    Ack {
+        peer: NodeId,
+        held: Vec<SeqMark>,
+    },
+    /// The cluster removed this node: stop serving.
+    Removed(String),
+}
+
+/// The state of one live peer, as this node sees it.
+#[derive(Debug)]
+struct Peer {
+    node: NodeId,
+    /// Whether the outgoing link is connected and caught up: live events go
+    /// only to such links (a link that comes up replays from history).
+    up: bool,
+    /// The highest of this node's own sequence numbers the peer holds.
+    acked_own: u64,
+    /// What the peer last said it holds, per origin.
+    held: Vec<SeqMark>,
+    /// When its inbound link last carried a frame.
+    last_heard: Instant,
+    next_heartbeat: Instant,
+}
+
+/// A request waiting for a condition.
+#[derive(Debug)]
+enum Waiting {
+    /// A publish of this node's event `seq`, until a peer holds it.
+    Publish {
+        request: RequestId,
+        seq: u64,
+        reply: PublishReply,
+        deadline: Instant,
+    },
+    /// A resume, until this node delivered what the participant saw.
+    Resume {
+        request: RequestId,
+        resume: Resume,
+        lamport: u64,
+        deadline: Instant,
+    },
+    /// A graceful stop, until every peer holds this node's events.
+    Flush {
+        request: RequestId,
+        deadline: Instant,
+    },
+}
+
+impl Waiting {
+    fn deadline(&self) -> Instant {
+        match self {
+            Waiting::Publish { deadline, .. }
+            | Waiting::Resume { deadline, .. }
+            | Waiting::Flush { deadline, .. } => *deadline,
+        }
+    }
+}
+
+/// One node's protocol state. See the module docs.
+#[derive(Debug)]
+pub struct NodeCore {
+    me: NodeId,
+    addr: String,
+    timing: Timing,
+    grace: Duration,
+    chat: ChatCore,
+    membership: Membership,
+    /// Live peers, by node id.
+    peers: BTreeMap<String, Peer>,
+    /// Peers whose inbound link is open here (they get acknowledgements),
+    /// with the number of that link.
+    inbound: BTreeMap<String, (NodeId, u64)>,
+    next_inbound: u64,
+    /// Departed nodes and when they were seen to go: their participants are
+    /// announced once reconciliation had time to finish.
+    departed: BTreeMap<String, (NodeId, Instant)>,
+    /// Events on their way to local sessions, with their gate index: this
+    /// node's own events wait until a peer holds them, so nobody sees an
+    /// event a crash of this node could still take back. Bounded in time: a
+    /// peer that never acknowledges is declared failed within the failure
+    /// timeout, which opens the gate.
+    gate: VecDeque<(u64, Arc<Event>)>,
+    next_gate: u64,
+    /// Publishes waiting for replication, in sequence order.
+    publishes: VecDeque<Waiting>,
+    /// Resumes and flushes waiting for their conditions.
+    others: Vec<Waiting>,
+    last_tick: Option<Instant>,
+    stopping: bool,
+    removed: bool,
+    outputs: Vec<Output>,
+}
+
+impl NodeCore {
+    /// A node alone in its own cluster, at `now`.
+    pub fn new(me: NodeId, addr: String, timing: Timing, limits: CoreLimits) -> Self {
+        Self {
+            grace: limits.grace,
+            chat: ChatCore::new(me.clone(), limits),
+            membership: Membership::new(me.clone(), addr.clone()),
+            me,
+            addr,
+            timing,
+            peers: BTreeMap::new(),
+            inbound: BTreeMap::new(),
+            next_inbound: 1,
+            departed: BTreeMap::new(),
+            gate: VecDeque::new(),
+            next_gate: 0,
+            publishes: VecDeque::new(),
+            others: Vec::new(),
+            last_tick: None,
+            stopping: false,
+            removed: false,
+            outputs: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.me
+    }
+
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// The outputs queued since the last call, in order.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.outputs)
+    }
+
+    /// Like [`NodeCore::take_outputs`], reusing `buf`'s allocation.
+    pub fn drain_outputs_into(&mut self, buf: &mut Vec<Output>) {
+        debug_assert!(buf.is_empty());
+        std::mem::swap(&mut self.outputs, buf);
+    }
+
+    pub fn lamport(&self) -> u64 {
+        self.chat.lamport()
+    }
+
+    pub fn chat(&self) -> &ChatCore {
+        &self.chat
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    pub fn participants(&self) -> Vec<Participant> {
+        self.chat.participants()
+    }
+
+    /// The live nodes, as clients see them.
+    pub fn server_list(&self) -> ServerList {
+        ServerList {
+            servers: self
+                .membership
+                .alive()
+                .into_iter()
+                .map(|m| ServerInfo {
+                    node: m.node,
+                    addr: m.addr,
+                })
+                .collect(),
+        }
+    }
+
+    /// This node's own membership entry, as it introduces itself to peers.
+    pub fn own_member(&self) -> Member {
+        member(self.me.clone(), &self.addr, MemberState::Alive, 1)
+    }
+
+    /// Whether the cluster removed this node.
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+
+    /// Whether an outgoing link to `peer` is wanted (it is a live peer).
+    pub fn wants_link(&self, peer: &NodeId) -> bool {
+        self.peers.get(&peer.id).is_some_and(|p| &p.node == peer)
+    }
+
+    // ---- Client requests -------------------------------------------------
+
+    /// A Join: opens a session for `name`. `participant_id` and `token` are
+    /// fresh random values chosen by the caller. Answered by
+    /// [`Output::Opened`], or a [`Reply::Refused`].
+    pub fn join(
+        &mut self,
+        request: RequestId,
+        name: &str,
+        lamport: u64,
+        participant_id: String,
+        token: String,
+    ) {
+        if self.stopping {
+            return self.refuse(request, Error::Unavailable("node is shutting down".into()));
+        }
+        // Messages reach a participant without their dependencies: what came
+        // before its session is told once, in the Welcome. Not this node's
+        // own events: some may not be held by any peer yet (a resume
+        // elsewhere would wait for them in vain), and the participant's own
+        // join, which it receives, covers them.
+        let mut before = self.chat.delivered();
+        before.retain(|mark| mark.origin.as_ref() != Some(&self.me));
+        let joined = match self.chat.join(name, lamport, participant_id, token.clone()) {
+            Ok(joined) => joined,
+            Err(e) => return self.refuse(request, e),
+        };
+        info!(participant = %name, id = %joined.participant_id, lamport = joined.events[0].lamport, "Join");
+        self.open(
+            request,
+            joined.participant_id,
+            token,
+            joined.session,
+            Some(before),
+            Vec::new(),
+            Vec::new(),
+        );
+        self.dispatch(joined.events);
+    }
+
+    /// A Join that resumes a session whose connection or node was lost.
+    /// Waits (bounded) until this node has delivered what the participant
+    /// saw, so nothing it publishes here can overtake it.
+    pub fn resume(&mut self, now: Instant, request: RequestId, resume: Resume, lamport: u64) {
+        if self.chat.covers(&resume.seen) {
+            return self.finish_resume(request, resume, lamport);
+        }
+        debug!(participant = %resume.participant_id, "Resume waits for events it saw elsewhere");
+        self.others.push(Waiting::Resume {
+            request,
+            resume,
+            lamport,
+            deadline: now + self.timing.request_timeout(),
+        });
+    }
+
+    fn finish_resume(&mut self, request: RequestId, resume: Resume, lamport: u64) {
+        if self.stopping {
+            return self.refuse(request, Error::Unavailable("node is shutting down".into()));
+        }
+        let pid = resume.participant_id;
+        let resumed = match self.chat.resume(&pid, &resume.session_token, lamport) {
+            Ok(resumed) => resumed,
+            Err(e) => return self.refuse(request, e),
+        };
+        // A stale session of the same participant here (a half-open
+        // connection) gives way to the new one.
+        self.outputs.push(Output::EndSession {
+            participant_id: pid.clone(),
+            reason: EndReason::Replaced,
+        });
+        let (mut replay, gaps) = self.chat.replay_after(&resume.seen, Audience::Participant);
+        replay.retain(|e| visible(e));
+        info!(participant = %resumed.name, id = %pid, replayed = replay.len(), lamport = resumed.events[0].lamport, "Resume");
+        self.open(
+            request,
+            pid,
+            resume.session_token,
+            resumed.session,
+            None,
+            replay,
+            gaps,
+        );
+        self.dispatch(resumed.events);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn open(
+        &mut self,
+        request: RequestId,
+        participant_id: String,
+        token: String,
+        session: u64,
+        // `None` for a resumed session; for a new one, what this node had
+        // delivered before it.
+        seen: Option<Vec<SeqMark>>,
+        replay: Vec<Arc<Event>>,
+        gaps: Vec<GapRange>,
+    ) {
+        let welcome = Welcome {
+            participant_id: participant_id.clone(),
+            session_token: token,
+            node: Some(self.me.clone()),
+            resumed: seen.is_none(),
+            servers: Some(self.server_list()),
+            seen: seen.unwrap_or_default(),
+        };
+        self.outputs.push(Output::Opened(Box::new(Opened {
+            request,
+            participant_id,
+            session,
+            welcome,
+            replay,
+            gaps,
+            from_gate: self.next_gate,
+        })));
+    }
+
+    /// A Publish. Answered by [`Reply::Published`] once another node holds
+    /// the event (at once for a duplicate or a node without peers).
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        request: RequestId,
+        token: &str,
+        text: &str,
+        lamport: u64,
+        publish_id: &str,
+    ) {
+        let published = match self.chat.publish(token, text, lamport, publish_id) {
+            Ok(published) => published,
+            Err(e) => return self.refuse(request, e),
+        };
+        let event = &published.event;
+        info!(
+            participant = %event.participant_name,
+            lamport = event.lamport,
+            request_lamport = lamport,
+            duplicate = published.duplicate,
+            "Publish"
+        );
+        let reply = PublishReply {
+            lamport: event.lamport,
+            id: event.id.clone(),
+            duplicate: published.duplicate,
+        };
+        let own = own_seq(event, &self.me);
+        self.dispatch(published.events);
+        match own {
+            Some(seq) if !self.replicated(seq) => self.publishes.push_back(Waiting::Publish {
+                request,
+                seq,
+                reply,
+                deadline: now + self.timing.request_timeout(),
+            }),
+            _ => self.reply(request, Reply::Published(reply)),
+        }
+    }
+
+    /// A Leave: ends the session that owns `token`; the leaver's stream ends
+    /// once drained, before its "left" event is delivered to the others.
+    pub fn leave(&mut self, request: RequestId, token: &str, lamport: u64) {
+        let (pid, event) = match self.chat.leave(token, lamport) {
+            Ok(left) => left,
+            Err(e) => return self.refuse(request, e),
+        };
+        info!(participant = %event.participant_name, lamport = event.lamport, request_lamport = lamport, "Leave");
+        self.outputs.push(Output::EndSession {
+            participant_id: pid,
+            reason: EndReason::Left,
+        });
+        let time = event.lamport;
+        self.dispatch(vec![event]);
+        self.reply(request, Reply::Left(time));
+    }
+
+    /// The stream of local session `session` ended without a Leave (the
+    /// client's connection broke). The participant may resume within the
+    /// grace period; after it, it is announced as left.
+    pub fn session_dropped(&mut self, now: Instant, participant_id: &str, session: u64) {
+        if self.stopping {
+            // The node is leaving; its peers announce its participants.
+            return;
+        }
+        match self.chat.session_lost(participant_id, session, now) {
+            Some(left) => {
+                info!(participant = %left.participant_name, lamport = left.lamport, "session ended without Leave: participant left");
+                self.dispatch(vec![left]);
+            }
+            None => {
+                debug!(participant = %participant_id, "session ended without Leave; it may resume within the grace period")
+            }
+        }
+    }
+
+    /// A local session's queue of `queue` events was full: it is cut off and
+    /// announced as left at once.
+    pub fn session_overflowed(&mut self, participant_id: &str, queue: usize) {
+        self.outputs.push(Output::EndSession {
+            participant_id: participant_id.to_string(),
+            reason: EndReason::TooSlow { queue },
+        });
+        if let Some(left) = self.chat.disconnect(participant_id) {
+            warn!(participant = %left.participant_name, lamport = left.lamport, "disconnected a participant whose queue overflowed");
+            self.dispatch(vec![left]);
+        }
+    }
+
+    // ---- Joining and leaving the cluster -----------------------------------
+
+    /// `ServerJoin`: admits `joiner` and returns what it needs to serve.
+    pub fn admit(&mut self, now: Instant, joiner: Member) -> Result<ServerJoinReply, MeshRefusal> {
+        let node = joiner
+            .node
+            .clone()
+            .ok_or(MeshRefusal::Malformed("member without a node id"))?;
+        let change = self.membership.merge(std::slice::from_ref(&joiner));
+        if !self.membership.is_alive(&node) {
+            return Err(MeshRefusal::Removed);
+        }
+        info!(node = %node.id, generation = node.generation, addr = %joiner.addr, "ServerJoin");
+        self.apply_change(now, change);
+        let snapshot = self.chat.snapshot();
+        Ok(ServerJoinReply {
+            members: self.membership.snapshot(),
+            participants: snapshot.participants,
+            lamport: snapshot.lamport,
+            delivered: snapshot.delivered,
+            grants: snapshot.grants,
+        })
+    }
+
+    /// This node joined through a member, which answered `reply`.
+    pub fn joined_cluster(&mut self, now: Instant, reply: ServerJoinReply) {
+        self.chat.load(Snapshot {
+            participants: reply.participants,
+            delivered: reply.delivered,
+            lamport: reply.lamport,
+            grants: reply.grants,
+        });
+        let change = self.membership.merge(&reply.members);
+        info!(
+            members = self.membership.alive().len(),
+            "joined the cluster"
+        );
+        self.apply_change(now, change);
+    }
+
+    /// `UpdateServers` (or the answer to a push): merges a peer's view and
+    /// returns ours.
+    pub fn merge_members(&mut self, now: Instant, members: &[Member]) -> Vec<Member> {
+        let change = self.membership.merge(members);
+        self.apply_change(now, change);
+        self.membership.snapshot()
+    }
+
+    /// A graceful stop begins: new sessions are refused, sessions that end
+    /// are not announced (peers announce this node's participants), and
+    /// [`Reply::Flushed`] answers `request` once every peer holds this
+    /// node's events (at most [`FLUSH_TIMEOUT`] from now).
+    pub fn flush(&mut self, now: Instant, request: RequestId) {
+        self.others.push(Waiting::Flush {
+            request,
+            deadline: now + FLUSH_TIMEOUT,
+        });
+        self.check_waiting(now);
+    }
+
+    /// Stops serving sessions: new ones are refused and lost ones are not
+    /// announced (the peers announce this node's participants).
+    pub fn stop_sessions(&mut self) {
+        self.stopping = true;
+    }
+
+    /// Marks this node as leaving; returns the view to push to every peer
+    /// and the peers to push it to.
+    pub fn leave_cluster(&mut self) -> (Vec<Member>, Vec<Member>) {
+        self.membership.leave();
+        (self.membership.snapshot(), self.membership.peers())
+    }
+
+    // ---- Peer links --------------------------------------------------------
+
+    /// The first frame of an inbound relay link: who is calling. Returns
+    /// the peer, the link's number (for [`NodeCore::inbound_closed`]) and
+    /// what this node holds, the link's first acknowledgement.
+    pub fn on_hello(
+        &mut self,
+        now: Instant,
+        hello: Member,
+    ) -> Result<(NodeId, u64, Vec<SeqMark>), MeshRefusal> {
+        let node = hello
+            .node
+            .clone()
+            .ok_or(MeshRefusal::Malformed("relay hello without a node id"))?;
+        let change = self.membership.merge(&[hello]);
+        if !self.membership.is_alive(&node) {
+            return Err(MeshRefusal::Removed);
+        }
+        self.apply_change(now, change);
+        if let Some(peer) = self.peers.get_mut(&node.id) {
+            peer.last_heard = now;
+        }
+        info!(peer = %node.id, generation = node.generation, "Relay link opened");
+        let link = self.next_inbound;
+        self.next_inbound += 1;
+        self.inbound.insert(node.id.clone(), (node.clone(), link));
+        Ok((node, link, self.chat.delivered()))
+    }
+
+    /// Inbound relay link `link` of `peer` closed (a newer one may be open).
+    pub fn inbound_closed(&mut self, peer: &NodeId, link: u64) {
+        if self.inbound.get(&peer.id).is_some_and(|(_, l)| *l == link) {
+            self.inbound.remove(&peer.id);
+        }
+    }
+
+    /// One frame on the inbound relay link of `peer`. An error ends the link.
+    pub fn on_relay(
+        &mut self,
+        now: Instant,
+        peer: &NodeId,
+        frame: RelayFrame,
+    ) -> Result<(), MeshRefusal> {
+        if !self.membership.is_alive(peer) {
+            return Err(MeshRefusal::Removed);
+        }
+        if let Some(p) = self.peers.get_mut(&peer.id) {
+            p.last_heard = now;
+        }
+        let mut result = Ok(());
+        match frame.frame {
+            Some(relay_frame::Frame::Batch(batch)) => {
+                for grant in batch.grants {
+                    self.chat.grant(grant);
+                }
+                let received = self.chat.receive(batch.events);
+                for (pid, kind) in received.ended {
+                    let reason = match kind {
+                        EventKind::Moved => EndReason::ResumedElsewhere,
+                        _ => EndReason::AnnouncedLeft,
+                    };
+                    self.outputs.push(Output::EndSession {
+                        participant_id: pid,
+                        reason,
+                    });
+                }
+                for (pid, _) in received.kicked {
+                    self.outputs.push(Output::EndSession {
+                        participant_id: pid,
+                        reason: EndReason::NameClash,
+                    });
+                }
+                self.dispatch(received.events);
+                if received.refused > 0 {
+                    // Ending the link makes the peer reconnect and re-send
+                    // from what we acknowledge, once the queue has room.
+                    warn!(peer = %peer.id, refused = received.refused, "hold-back queue full: resetting the link");
+                    result = Err(MeshRefusal::HoldBackFull);
+                }
+            }
+            Some(relay_frame::Frame::Heartbeat(hb)) => {
+                let change = self.membership.merge(&hb.members);
+                self.apply_change(now, change);
+            }
+            Some(relay_frame::Frame::Skip(gap)) => {
+                warn!(peer = %peer.id, reason = %gap.reason, "peer reports events it can no longer provide");
+                let marks: Vec<SeqMark> = gap
+                    .ranges
+                    .iter()
+                    .map(|r| SeqMark {
+                        origin: r.origin.clone(),
+                        seq: r.to_seq.saturating_sub(1),
+                    })
+                    .collect();
+                let events = self.chat.skip_to(&marks);
+                warn!(reason = %gap.reason, "telling participants about lost events");
+                self.outputs.push(Output::Gap(gap));
+                self.dispatch(events);
+            }
+            Some(relay_frame::Frame::Hello(_)) | None => {
+                return Err(MeshRefusal::Malformed("unexpected relay frame"));
+            }
+        }
+        // Events from one peer can release held-back events of another (a
+        // causal dependency arrived): every inbound link hears the news now,
+        // not at its peer's next frame, which may be a heartbeat away.
+        let held = self.chat.delivered();
+        for (node, _) in self.inbound.values() {
+            self.outputs.push(Output::Ack {
+                peer: node.clone(),
+                held: held.clone(),
+            });
+        }
+        self.check_resumes(now);
+        result
+    }
+
+    /// The outgoing link to `peer` connected and the peer said what it
+    /// holds. Returns what to send it first, or `None` if `peer` is no longer
+    /// a live peer (the link should go away).
+    pub fn link_up(&mut self, now: Instant, peer: &NodeId, held: Vec<SeqMark>) -> Option<Replay> {
+        if !self.wants_link(peer) {
+            return None;
+        }
+        self.on_ack(now, peer, held);
+        let p = self.peers.get_mut(&peer.id)?;
+        p.up = true;
+        p.next_heartbeat = now;
+        info!(peer = %peer.id, "peer link up");
+        self.replay_for(peer)
+    }
+
+    /// Everything `peer` lacks that history holds, from every origin (how
+    /// survivors reconcile what a dead node sent to only some of them).
+    pub fn replay_for(&mut self, peer: &NodeId) -> Option<Replay> {
+        let p = self.peers.get(&peer.id).filter(|p| &p.node == peer)?;
+        let (events, gaps) = self.chat.replay_after(&p.held, Audience::Peer);
+        let skip = (!gaps.is_empty()).then(|| Gap {
+            reason: "events older than this node's history were lost".into(),
+            ranges: gaps,
+        });
+        let grants = self.chat.grants_for(events.iter().map(|e| &**e));
+        Some(Replay {
+            skip,
+            events,
+            grants,
+        })
+    }
+
+    /// The outgoing link to `peer` broke; it reconnects by itself.
+    pub fn link_down(&mut self, peer: &NodeId) {
+        if let Some(p) = self.peers.get_mut(&peer.id).filter(|p| &p.node == peer) {
+            p.up = false;
+        }
+    }
+
+    /// The outgoing link to `peer` could not keep up (its queue is full).
+    pub fn link_overflowed(&mut self, peer: &NodeId) {
+        if self.wants_link(peer) {
+            self.outputs.push(Output::Resync { peer: peer.clone() });
+        }
+    }
+
+    /// `peer` refused this node's link as coming from a removed node. One
+    /// peer's word is not enough (its own view may be the stale one):
+    /// exchange membership, whose merge tells for sure.
+    pub fn link_refused(&mut self, peer: &NodeId) {
+        let to = self
+            .membership
+            .peers()
+            .into_iter()
+            .find(|m| m.node.as_ref() == Some(peer));
+        if to.is_some() {
+            self.outputs.push(Output::Gossip { to });
+        }
+    }
+
+    /// `peer` acknowledged on the outgoing link: what it holds.
+    pub fn on_ack(&mut self, now: Instant, peer: &NodeId, held: Vec<SeqMark>) {
+        let Some(p) = self.peers.get_mut(&peer.id).filter(|p| &p.node == peer) else {
+            return;
+        };
+        let own = held
+            .iter()
+            .find(|m| m.origin.as_ref() == Some(&self.me))
+            .map_or(0, |m| m.seq);
+        p.held = held;
+        if own > p.acked_own {
+            p.acked_own = own;
+            self.release();
+            self.check_waiting(now);
+        }
+    }
+
+    // ---- Time --------------------------------------------------------------
+
+    /// The clock moved to `now`: heartbeats, failure detection, grace
+    /// periods, announcements and request deadlines.
+    pub fn tick(&mut self, now: Instant) {
+        let period = self.timing.tick_interval();
+        if let Some(last) = self.last_tick {
+            let gap = now.saturating_duration_since(last);
+            if gap > period * 2 {
+                // This node was not running (SIGSTOP, a frozen VM,
+                // starvation): credit every peer with that time rather than
+                // blame it; their heartbeats may be waiting unread.
+                let stalled = gap - period;
+                warn!(
+                    stalled_ms = stalled.as_millis() as u64,
+                    "this node was not running for a while; not counting that time against its peers"
+                );
+                for p in self.peers.values_mut() {
+                    p.last_heard = (p.last_heard + stalled).min(now);
+                }
+            }
+        }
+        self.last_tick = Some(now);
+        if self.removed {
+            return;
+        }
+
+        let expired = self.chat.expire(now);
+        for left in &expired {
+            info!(participant = %left.participant_name, lamport = left.lamport, "grace period over: participant left");
+        }
+        self.dispatch(expired);
+
+        let timeout = self.timing.failure_timeout;
+        let silent: Vec<NodeId> = self
+            .peers
+            .values()
+            .filter(|p| now.saturating_duration_since(p.last_heard) > timeout)
+            .map(|p| p.node.clone())
+            .collect();
+        for node in silent {
+            warn!(node = %node.id, generation = node.generation, "peer missed its heartbeats: declaring it dead");
+            if let Some(dead) = self.membership.mark_dead(&node) {
+                let change = Change {
+                    removed: vec![dead],
+                    ..Change::default()
+                };
+                self.apply_change(now, change);
+            }
+        }
+
+        // Events held back for events of a departed node that no survivor
+        // could provide are released once reconciliation had time, with a
+        // gap notice.
+        let stuck: Vec<NodeId> = self
+            .departed
+            .values()
+            .filter(|(_, since)| now.saturating_duration_since(*since) >= timeout)
+            .map(|(gone, _)| gone.clone())
+            .collect();
+        for gone in stuck {
+            if let Some((range, events)) = self.chat.release_gone(&gone) {
+                let gap = Gap {
+                    reason: format!(
+                        "events {}..{} of departed node {} were lost with it",
+                        range.from_seq,
+                        range.to_seq - 1,
+                        gone.id
+                    ),
+                    ranges: vec![range],
+                };
+                warn!(reason = %gap.reason, "telling participants about lost events");
+                self.outputs.push(Output::Gap(gap));
+                self.dispatch(events);
+            }
+        }
+
+        self.announce_orphans(now);
+
+        for p in self.peers.values_mut() {
+            if p.up && now >= p.next_heartbeat {
+                p.next_heartbeat = now + self.timing.heartbeat;
+                self.outputs.push(Output::Relay {
+                    peer: p.node.clone(),
+                    item: PeerItem::Heartbeat(Heartbeat {
+                        lamport: self.chat.lamport(),
+                        members: self.membership.snapshot(),
+                    }),
+                });
+            }
+        }
+
+        self.expire_requests(now);
+    }
+
+    /// On the announcing node (the live node with the smallest id): announces
+    /// as left the participants of departed nodes, once they had the grace
+    /// period to resume elsewhere and survivors at least a heartbeat to
+    /// reconcile.
+    fn announce_orphans(&mut self, now: Instant) {
+        if self.membership.announcer() != self.me {
+            return;
+        }
+        let settle = self.grace.max(self.timing.heartbeat);
+        let alive: Vec<NodeId> = self
+            .membership
+            .alive()
+            .into_iter()
+            .filter_map(|m| m.node)
+            .collect();
+        let mut events = Vec::new();
+        for pid in self.chat.orphans(&alive) {
+            let home = self.chat.home_of(&pid).cloned().unwrap_or_default();
+            let (_, since) = *self.departed.entry(home.id.clone()).or_insert((home, now));
+            if now.saturating_duration_since(since) < settle {
+                continue;
+            }
+            if let Some(left) = self.chat.announce_left(&pid) {
+                info!(participant = %left.participant_name, lamport = left.lamport, "announcing a participant of a departed node as left");
+                events.push(left);
+            }
+        }
+        self.dispatch(events);
+    }
+
+    // ---- Internals ---------------------------------------------------------
+
+    /// Acts on a membership change: links to new peers, drops departed ones,
+    /// reconciles, and tells sessions and peers.
+    fn apply_change(&mut self, now: Instant, change: Change) {
+        if change.self_removed {
+            if !self.removed {
+                self.removed = true;
+                let reason = "this node was removed from the cluster (it was unreachable for \
+                              longer than the failure timeout); exiting so it serves no stale state";
+                warn!("{reason}");
+                self.outputs.push(Output::Removed(reason.to_string()));
+            }
+            return;
+        }
+        if change.added.is_empty() && change.removed.is_empty() {
+            return;
+        }
+        for gone in &change.removed {
+            let Some(node) = &gone.node else { continue };
+            info!(node = %node.id, generation = node.generation, state = ?gone.state(), "peer left the cluster");
+            if self.peers.get(&node.id).is_some_and(|p| &p.node == node) {
+                self.peers.remove(&node.id);
+                self.outputs.push(Output::Disconnect(node.clone()));
+            }
+            self.departed.insert(node.id.clone(), (node.clone(), now));
+        }
+        for added in &change.added {
+            let Some(node) = &added.node else { continue };
+            info!(node = %node.id, generation = node.generation, addr = %added.addr, "peer joined the cluster");
+            self.departed.remove(&node.id);
+            self.peers.insert(
+                node.id.clone(),
+                Peer {
+                    node: node.clone(),
+                    up: false,
+                    acked_own: 0,
+                    held: Vec::new(),
+                    last_heard: now,
+                    next_heartbeat: now,
+                },
+            );
+            self.outputs.push(Output::Connect(added.clone()));
+        }
+        if !change.removed.is_empty() {
+            // Survivors re-send each other what they hold of the departed.
+            for p in self.peers.values().filter(|p| p.up) {
+                self.outputs.push(Output::Resync {
+                    peer: p.node.clone(),
+                });
+            }
+        }
+        self.outputs.push(Output::Servers(self.server_list()));
+        self.outputs.push(Output::Gossip { to: None });
+        // Publishes and the gate waiting on a departed peer re-check.
+        self.release();
+        self.check_waiting(now);
+    }
+
+    /// Whether this node's event `seq` is held elsewhere (or there is
+    /// nowhere else).
+    fn replicated(&self, seq: u64) -> bool {
+        self.peers.is_empty() || self.peers.values().any(|p| p.acked_own >= seq)
+    }
+
+    /// Relays this node's new events to every connected peer, and queues
+    /// every visible event for local sessions behind the gate.
+    fn dispatch(&mut self, events: Vec<Arc<Event>>) {
+        if events.is_empty() {
+            return;
+        }
+        for event in events {
+            let own = own_seq(&event, &self.me).is_some();
+            info!(
+                kind = event.kind().as_str_name(),
+                participant = %event.participant_name,
+                lamport = event.lamport,
+                origin = event.id.as_ref().and_then(|i| i.origin.as_ref()).map_or("", |o| o.id.as_str()),
+                seq = event.id.as_ref().map_or(0, |i| i.seq),
+                "Broadcast"
+            );
+            if own {
+                let grant = self.chat.grants_for([&*event]).pop();
+                for p in self.peers.values().filter(|p| p.up) {
+                    self.outputs.push(Output::Relay {
+                        peer: p.node.clone(),
+                        item: PeerItem::Event(event.clone(), grant.clone()),
+                    });
+                }
+            }
+            if visible(&event) {
+                self.gate.push_back((self.next_gate, event));
+                self.next_gate += 1;
+            }
+        }
+        self.release();
+    }
+
+    /// Lets through the gate what may be shown: an event of this node
+    /// waits until a peer holds it; events behind it wait too, to keep the
+    /// order.
+    fn release(&mut self) {
+        while let Some((_, event)) = self.gate.front() {
+            if let Some(seq) = own_seq(event, &self.me)
+                && !self.replicated(seq)
+            {
+                return;
+            }
+            let (gate, event) = self.gate.pop_front().expect("front exists");
+            self.outputs.push(Output::Deliver { gate, event });
+        }
+    }
+
+    fn check_waiting(&mut self, now: Instant) {
+        while let Some(Waiting::Publish { seq, .. }) = self.publishes.front() {
+            if !self.replicated(*seq) {
+                break;
+            }
+            if let Some(Waiting::Publish { request, reply, .. }) = self.publishes.pop_front() {
+                self.reply(request, Reply::Published(reply));
+            }
+        }
+        let last = self.chat.last_seq();
+        let flushed = self.peers.values().all(|p| p.acked_own >= last);
+        if flushed {
+            self.take_others(|w| matches!(w, Waiting::Flush { .. }), now, false);
+        }
+    }
+
+    fn check_resumes(&mut self, now: Instant) {
+        let chat = &self.chat;
+        let covered =
+            |w: &Waiting| matches!(w, Waiting::Resume { resume, .. } if chat.covers(&resume.seen));
+        if !self.others.iter().any(covered) {
+            return;
+        }
+        let (done, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.others)
+            .into_iter()
+            .partition(covered);
+        self.others = keep;
+        for w in done {
+            self.complete(w, now, false);
+        }
+    }
+
+    /// Completes the waiting requests that `pick` selects.
+    fn take_others(&mut self, pick: impl Fn(&Waiting) -> bool, now: Instant, expired: bool) {
+        let (done, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.others)
+            .into_iter()
+            .partition(|w| pick(w));
+        self.others = keep;
+        for w in done {
+            self.complete(w, now, expired);
+        }
+    }
+
+    fn complete(&mut self, waiting: Waiting, _now: Instant, expired: bool) {
+        match waiting {
+            Waiting::Publish { request, reply, .. } => {
+                if expired {
+                    self.refuse(
+                        request,
+                        Error::Unavailable(
+                            "no other node acknowledged the message yet; retry with the same publish id"
+                                .into(),
+                        ),
+                    );
+                } else {
+                    self.reply(request, Reply::Published(reply));
+                }
+            }
+            // A resume past its deadline goes ahead: what it waited for may
+            // be lost with a departed node, and a gap notice says so.
+            Waiting::Resume {
+                request,
+                resume,
+                lamport,
+                ..
+            } => self.finish_resume(request, resume, lamport),
+            Waiting::Flush { request, .. } => self.reply(request, Reply::Flushed),
+        }
+    }
+
+    fn expire_requests(&mut self, now: Instant) {
+        while self.publishes.front().is_some_and(|w| w.deadline() <= now) {
+            if let Some(w) = self.publishes.pop_front() {
+                self.complete(w, now, true);
+            }
+        }
+        if self.others.iter().any(|w| w.deadline() <= now) {
+            self.take_others(|w| w.deadline() <= now, now, true);
+        }
+    }
+
+    fn reply(&mut self, request: RequestId, reply: Reply) {
+        self.outputs.push(Output::Reply { request, reply });
+    }
+
+    fn refuse(&mut self, request: RequestId, error: Error) {
+        self.reply(request, Reply::Refused(error));
+    }
+}
+
+/// The sequence number of `event` if `me` stamped it.
+pub fn own_seq(event: &Event, me: &NodeId) -> Option<u64> {
+    let id = event.id.as_ref()?;
+    (id.origin.as_ref()? == me).then_some(id.seq)
+}
