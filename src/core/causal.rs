@@ -260,7 +260,7 @@ mod tests {
     use std::collections::{HashMap, HashSet};
 
     use super::*;
-    use crate::core::test_rng::Rng;
+    use crate::core::rng::Rng;
     use crate::proto::EventId;
 
     fn node(id: &str) -> NodeId {

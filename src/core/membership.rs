@@ -250,7 +250,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
-    use crate::core::test_rng::Rng;
+    use crate::core::rng::Rng;
 
     fn node(id: &str, generation: u64) -> NodeId {
         NodeId {

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod history;
 pub mod membership;
 pub mod node;
+pub mod rng;
 pub mod validate;
 
 pub use chat::{ChatCore, Joined, Published};
@@ -19,5 +20,3 @@ pub use clock::LamportClock;
 /// The hash map of the hot paths: seeded per process like std's (keys such
 /// as publish ids come from clients), but much cheaper to hash than SipHash.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-#[cfg(test)]
-mod test_rng;

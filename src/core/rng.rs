@@ -1,5 +1,5 @@
-//! xorshift64*: a tiny deterministic generator for the seeded random tests,
-//! so a failing schedule replays from its seed.
+//! xorshift64*: a tiny deterministic generator for the seeded random tests
+//! and the simulator, so a failing schedule replays from its seed.
 
 pub struct Rng(u64);
 
