@@ -29,9 +29,9 @@ use std::time::{Duration, Instant};
 use crate::core::FastMap;
 use crate::core::causal::{HoldBack, Offer, OriginKey};
 use crate::core::clock::LamportClock;
+use crate::core::error::{Error, Result};
 use crate::core::history::{Audience, History};
 use crate::core::validate;
-use crate::error::{Error, Result};
 use crate::proto::{
     Event, EventId, EventKind, GapRange, NodeId, Participant, SeqMark, SessionGrant,
 };

@@ -8,12 +8,14 @@
 pub mod causal;
 pub mod chat;
 pub mod clock;
+pub mod error;
 pub mod history;
 pub mod membership;
 pub mod validate;
 
 pub use chat::{ChatCore, Joined, Published};
 pub use clock::LamportClock;
+pub use error::Error;
 
 /// The hash map of the hot paths: seeded per process like std's (keys such
 /// as publish ids come from clients), but much cheaper to hash than SipHash.
