@@ -35,7 +35,8 @@ use tonic::Status;
 use tracing::{debug, info, warn};
 
 use crate::core::ChatCore;
-use crate::core::chat::{CoreLimits, visible};
+use crate::core::chat::CoreLimits;
+use crate::core::event::visible;
 use crate::core::history::Audience;
 use crate::core::membership::Membership;
 use crate::error::{Error, Result};

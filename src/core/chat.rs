@@ -131,11 +131,6 @@ pub struct Resumed {
     pub events: Vec<Arc<Event>>,
 }
 
-/// Whether participants see `event` (internal ones stay between nodes).
-pub fn visible(event: &Event) -> bool {
-    event.kind() != EventKind::Moved
-}
-
 /// A publish id as the dedupe map keeps it: a UUID (what clients send) as
 /// its 128 bits, inline; anything else as its text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

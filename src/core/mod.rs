@@ -9,6 +9,7 @@ pub mod causal;
 pub mod chat;
 pub mod clock;
 pub mod error;
+pub mod event;
 pub mod history;
 pub mod membership;
 pub mod validate;
