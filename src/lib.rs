@@ -21,6 +21,7 @@ pub mod core;
 pub mod edge;
 pub mod error;
 pub mod failover;
+pub mod http2;
 pub mod mesh;
 pub mod node;
 pub mod server;

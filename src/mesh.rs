@@ -126,8 +126,8 @@ async fn mesh_service(
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| connect_err(e.to_string()))?
         .connect_timeout(MESH_CALL_TIMEOUT)
-        .initial_stream_window_size(crate::server::STREAM_WINDOW)
-        .initial_connection_window_size(crate::server::CONNECTION_WINDOW)
+        .initial_stream_window_size(crate::http2::STREAM_WINDOW)
+        .initial_connection_window_size(crate::http2::CONNECTION_WINDOW)
         .tcp_nodelay(true);
     let channel = endpoint
         .connect()
