@@ -40,6 +40,13 @@ pub mod proto {
         include!(concat!(env!("OUT_DIR"), "/server/chittychat.v1.rs"));
     }
 
+    /// The clients, generated apart so that a peer link's `Relay` stream
+    /// sends [`crate::wire::RelayOut`] (see `build.rs`). The other mesh calls
+    /// use [`server_mesh_client`].
+    pub mod peer {
+        include!(concat!(env!("OUT_DIR"), "/peer/chittychat.v1.rs"));
+    }
+
     /// Encoded descriptor set of `proto/`, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/chitty_descriptor.bin"));
