@@ -2,12 +2,16 @@
 //! needs no system `protoc`. The encoded descriptor set is also written out for
 //! gRPC server reflection.
 //!
-//! The proto is turned into code twice:
+//! The proto is turned into code three times:
 //! * `chittychat.v1.rs`: every message, and the clients;
 //! * `server/chittychat.v1.rs`: the servers only, reusing those messages,
 //!   except that a Join stream sends `crate::wire::EncodedFrame`: frames
 //!   assembled from events encoded once per node rather than once per
 //!   recipient. On the wire it is exactly a `JoinFrame`.
+//! * `peer/chittychat.v1.rs`: the clients only, reusing those messages,
+//!   except that a Relay stream sends `crate::wire::RelayOut`: frames whose
+//!   events are those same per-node encodings. On the wire it is exactly a
+//!   `RelayFrame`.
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,6 +30,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&server_out)
         .extern_path(".chittychat.v1", "crate::proto")
         .extern_path(".chittychat.v1.JoinFrame", "crate::wire::EncodedFrame")
+        .compile_fds(fds.clone())?;
+
+    let peer_out = out.join("peer");
+    std::fs::create_dir_all(&peer_out)?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .out_dir(&peer_out)
+        .extern_path(".chittychat.v1", "crate::proto")
+        .extern_path(".chittychat.v1.RelayFrame", "crate::wire::RelayOut")
         .compile_fds(fds)?;
 
     println!("cargo:rerun-if-changed=proto");

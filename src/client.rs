@@ -60,8 +60,8 @@ pub async fn connect_channel(addr: &str) -> Result<Channel> {
     // machine's scheduling delays start cutting healthy connections.
     let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
-        .initial_stream_window_size(crate::server::STREAM_WINDOW)
-        .initial_connection_window_size(crate::server::CONNECTION_WINDOW)
+        .initial_stream_window_size(crate::http2::STREAM_WINDOW)
+        .initial_connection_window_size(crate::http2::CONNECTION_WINDOW)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)

@@ -1,23 +1,17 @@
 //! The crate's one error type. It is turned into a `tonic::Status` only at the
 //! service edge (see the `From` impl at the bottom), and back from a status on
-//! the client side.
+//! the client side. What the protocol core refuses is [`core::Error`], which
+//! knows nothing of gRPC; it is wrapped here.
 
 use tonic::{Code, Status};
 
+use crate::core;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A chat message that is empty or longer than the limit.
-    #[error("invalid message: {0}")]
-    InvalidMessage(String),
-    /// A participant name that breaks the naming rules.
-    #[error("invalid name: {0}")]
-    InvalidName(String),
-    /// Another live participant already uses this name.
-    #[error("name {0:?} is already taken by a live participant")]
-    NameTaken(String),
-    /// The session token does not belong to a live session.
-    #[error("no live session for this token: join first (or the session has ended)")]
-    UnknownSession,
+    /// An input the protocol core refused (message, name, session).
+    #[error(transparent)]
+    Core(#[from] core::Error),
     /// The node is shutting down or otherwise cannot serve.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -40,10 +34,13 @@ pub enum Error {
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let code = match &err {
-            Error::InvalidMessage(_) | Error::InvalidName(_) => Code::InvalidArgument,
-            Error::NameTaken(_) => Code::AlreadyExists,
-            Error::UnknownSession => Code::Unauthenticated,
+            Error::Core(core::Error::InvalidMessage(_) | core::Error::InvalidName(_)) => {
+                Code::InvalidArgument
+            }
+            Error::Core(core::Error::NameTaken(_)) => Code::AlreadyExists,
+            Error::Core(core::Error::UnknownSession) => Code::Unauthenticated,
             Error::Unavailable(_) | Error::Connect { .. } => Code::Unavailable,
+            Error::Core(core::Error::Unavailable(_)) => Code::Unavailable,
             Error::Removed(_) => Code::FailedPrecondition,
             Error::Rpc(status) => return status.clone(),
             Error::Protocol(_) | Error::Io(_) => Code::Internal,

@@ -21,6 +21,7 @@ pub mod core;
 pub mod edge;
 pub mod error;
 pub mod failover;
+pub mod http2;
 pub mod mesh;
 pub mod node;
 pub mod server;
@@ -37,6 +38,13 @@ pub mod proto {
     /// [`crate::wire::EncodedFrame`] (see `build.rs`).
     pub mod server {
         include!(concat!(env!("OUT_DIR"), "/server/chittychat.v1.rs"));
+    }
+
+    /// The clients, generated apart so that a peer link's `Relay` stream
+    /// sends [`crate::wire::RelayOut`] (see `build.rs`). The other mesh calls
+    /// use [`server_mesh_client`].
+    pub mod peer {
+        include!(concat!(env!("OUT_DIR"), "/peer/chittychat.v1.rs"));
     }
 
     /// Encoded descriptor set of `proto/`, served by gRPC reflection.

@@ -123,8 +123,8 @@ async fn mesh_service(
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| connect_err(e.to_string()))?
         .connect_timeout(MESH_CALL_TIMEOUT)
-        .initial_stream_window_size(crate::server::STREAM_WINDOW)
-        .initial_connection_window_size(crate::server::CONNECTION_WINDOW)
+        .initial_stream_window_size(crate::http2::STREAM_WINDOW)
+        .initial_connection_window_size(crate::http2::CONNECTION_WINDOW)
         .tcp_nodelay(true);
     let channel = endpoint
         .connect()
@@ -355,7 +355,7 @@ impl Link {
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), Status> {
         let node = self.node.clone();
-        let mut grpc = tonic::client::Grpc::new(
+        let mut client = crate::proto::peer::server_mesh_client::ServerMeshClient::new(
             mesh_service(&self.peer.addr, node.secret())
                 .await
                 .map_err(Status::from)?,
@@ -367,19 +367,10 @@ impl Link {
         out.send(RelayOut::Frame(hello))
             .await
             .map_err(|_| Status::cancelled("link closed"))?;
-        grpc.ready()
-            .await
-            .map_err(|e| Status::unavailable(format!("peer not ready: {e}")))?;
-        let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
-        request
-            .extensions_mut()
-            .insert(tonic::GrpcMethod::new("chittychat.v1.ServerMesh", "Relay"));
-        let mut acks = grpc
-            .streaming(
-                request,
-                http::uri::PathAndQuery::from_static("/chittychat.v1.ServerMesh/Relay"),
-                tonic_prost::ProstCodec::<RelayOut, RelayAck>::default(),
-            )
+        // The peer client's `Relay` sends `RelayOut`: the same messages on the
+        // wire, with events as the node's one encoding.
+        let mut acks = client
+            .relay(ReceiverStream::new(out_rx))
             .await?
             .into_inner();
         let first = tokio::time::timeout(node.config().failure_timeout, acks.message())

@@ -353,7 +353,7 @@ impl Node {
         async move {
             match rx.await {
                 Ok(Answer::Reply(Reply::Published(reply))) => Ok(reply),
-                Ok(Answer::Reply(Reply::Refused(e))) => Err(e),
+                Ok(Answer::Reply(Reply::Refused(e))) => Err(e.into()),
                 _ => Err(Error::Unavailable("node is shutting down".into())),
             }
         }
@@ -365,7 +365,7 @@ impl Node {
         let mut rx = self.ask_now(|core, _, id| core.leave(id, token, lamport));
         match rx.try_recv() {
             Ok(Answer::Reply(Reply::Left(time))) => Ok(time),
-            Ok(Answer::Reply(Reply::Refused(e))) => Err(e),
+            Ok(Answer::Reply(Reply::Refused(e))) => Err(e.into()),
             _ => Err(Error::Unavailable("node is shutting down".into())),
         }
     }
@@ -662,7 +662,7 @@ fn deliver(state: &State, gate: u64, event: &Event, overflowed: &mut Vec<String>
 fn session_answer(answer: Option<Answer>) -> Result<SessionStream> {
     match answer {
         Some(Answer::Session(stream)) => Ok(stream),
-        Some(Answer::Reply(Reply::Refused(e))) => Err(e),
+        Some(Answer::Reply(Reply::Refused(e))) => Err(e.into()),
         _ => Err(Error::Unavailable("node is shutting down".into())),
     }
 }

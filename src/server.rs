@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::edge::ChatEdge;
 use crate::error::{Error, Result};
+use crate::http2::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::mesh::CheckSecret;
 use crate::node::{Node, NodeConfig};
 use crate::proto::server::chitty_chat_server::ChittyChatServer;
@@ -27,9 +28,6 @@ use crate::service::{ChatService, MeshService};
 /// machine or network vanished without closing its socket.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 flow-control windows (bytes), for servers and clients alike.
-pub const STREAM_WINDOW: u32 = 1 << 20;
-pub const CONNECTION_WINDOW: u32 = 4 << 20;
 /// How long a stopping node waits for its connections to close.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -11,29 +11,32 @@
 //!
 //! The roster is derived from delivered events only (joined adds, left
 //! removes, whatever node stamped them), so every node that delivered the same
-//! events has the same roster.
+//! events has the same roster. Names are unique as far as a node can know; a
+//! clash between two nodes is resolved by one rule applied everywhere (see
+//! `core/roster.rs`).
 //!
-//! Names are unique as far as a node can know. Two nodes admitting the same
-//! name at the same moment is resolved by one rule applied everywhere: the
-//! participant whose "joined" event has the smaller (Lamport time, origin node
-//! id, participant id) keeps the name; the other one's home node ends its
-//! session and announces it as left.
+//! [`ChatCore`] composes parts that each hold one concern: the roster
+//! (`core/roster.rs`), the session tokens (`core/tokens.rs`), publish dedupe
+//! (`core/dedupe.rs`), causal delivery ([`crate::core::causal`]) and history
+//! ([`crate::core::history`]).
 //!
 //! Randomness (participant ids, session tokens) is passed in, so the core is
 //! deterministic under test.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::core::FastMap;
 use crate::core::causal::{HoldBack, Offer, OriginKey};
 use crate::core::clock::LamportClock;
+use crate::core::dedupe::PublishDedupe;
+use crate::core::error::{Error, Result};
 use crate::core::history::{Audience, History};
+use crate::core::roster::Roster;
+use crate::core::tokens::SessionTokens;
 use crate::core::validate;
-use crate::error::{Error, Result};
 use crate::proto::{
     Event, EventId, EventKind, GapRange, NodeId, Participant, SeqMark, SessionGrant,
 };
@@ -64,21 +67,6 @@ impl Default for CoreLimits {
             grace: Duration::from_secs(10),
         }
     }
-}
-
-/// A participant known to this node.
-#[derive(Debug, Clone)]
-struct Member {
-    name: String,
-    home: NodeId,
-    /// (Lamport time, origin id) of the "joined" event: the name tie-break.
-    joined: (u64, String),
-    /// The local session currently attached, if any (a counter value, so a
-    /// stale session that closes late cannot end a newer one).
-    session: Option<u64>,
-    /// Set on the home node when the session ended without a Leave: the
-    /// participant is announced as left if it does not resume in time.
-    detached: Option<Instant>,
 }
 
 /// Result of a successful join.
@@ -133,48 +121,18 @@ pub struct Resumed {
     pub events: Vec<Arc<Event>>,
 }
 
-/// Whether participants see `event` (internal ones stay between nodes).
-pub fn visible(event: &Event) -> bool {
-    event.kind() != EventKind::Moved
-}
-
-/// A publish id as the dedupe map keeps it: a UUID (what clients send) as
-/// its 128 bits, inline; anything else as its text.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum PublishKey {
-    Uuid(u128),
-    Text(Box<str>),
-}
-
-impl PublishKey {
-    fn new(id: &str) -> Self {
-        // Only the canonical (lowercase, hyphenated) form, so that two
-        // different texts are never one key.
-        let mut canonical = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        match uuid::Uuid::try_parse(id) {
-            Ok(uuid) if uuid.hyphenated().encode_lower(&mut canonical) == id => {
-                PublishKey::Uuid(uuid.as_u128())
-            }
-            _ => PublishKey::Text(id.into()),
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct ChatCore {
     me: NodeId,
     clock: LamportClock,
     next_seq: u64,
     next_session: u64,
-    members: FastMap<String, Member>,
-    by_name: FastMap<String, String>,
-    /// Session tokens, cluster-wide: token to participant id, and back.
-    by_token: FastMap<String, String>,
-    token_of: FastMap<String, String>,
+    roster: Roster,
+    /// Session tokens, cluster-wide.
+    tokens: SessionTokens,
     holdback: HoldBack,
     history: History,
-    published: FastMap<PublishKey, Arc<Event>>,
-    published_order: VecDeque<PublishKey>,
+    dedupe: PublishDedupe,
     limits: CoreLimits,
 }
 
@@ -185,14 +143,11 @@ impl ChatCore {
             clock: LamportClock::new(),
             next_seq: 1,
             next_session: 1,
-            members: FastMap::default(),
-            by_name: FastMap::default(),
-            by_token: FastMap::default(),
-            token_of: FastMap::default(),
+            roster: Roster::default(),
+            tokens: SessionTokens::default(),
             holdback: HoldBack::new(limits.holdback_events),
             history: History::new(limits.history_events, limits.history_bytes),
-            published: FastMap::default(),
-            published_order: VecDeque::new(),
+            dedupe: PublishDedupe::new(limits.dedupe_ids),
             limits,
         }
     }
@@ -221,7 +176,7 @@ impl ChatCore {
 
     /// The node a live participant's session is on.
     pub fn home_of(&self, participant_id: &str) -> Option<&NodeId> {
-        self.members.get(participant_id).map(|m| &m.home)
+        self.roster.get(participant_id).map(|m| &m.home)
     }
 
     /// Relayed events waiting for their causal predecessors.
@@ -239,7 +194,7 @@ impl ChatCore {
         token: String,
     ) -> Result<Joined> {
         validate::name(name)?;
-        if self.by_name.contains_key(name) {
+        if self.roster.name_taken(name) {
             return Err(Error::NameTaken(name.to_string()));
         }
         let time = self.clock.observe(lamport);
@@ -249,7 +204,7 @@ impl ChatCore {
         let event = self.stamp(time, EventKind::Joined, &participant_id, name, text, "");
         self.apply(&event);
         let member = self
-            .members
+            .roster
             .get_mut(&participant_id)
             .expect("apply added the joiner");
         member.session = Some(session);
@@ -275,7 +230,7 @@ impl ChatCore {
     ) -> Result<Published> {
         let pid = self.local_owner(token)?;
         if !publish_id.is_empty()
-            && let Some(original) = self.published.get(&PublishKey::new(publish_id))
+            && let Some(original) = self.dedupe.original(publish_id)
         {
             // A retry: still a request received, so the clock moves on.
             self.clock.observe(lamport);
@@ -287,7 +242,7 @@ impl ChatCore {
         }
         validate::message(text)?;
         let time = self.clock.observe(lamport);
-        let name = self.members[&pid].name.clone();
+        let name = self.roster.get(&pid).expect("a local owner").name.clone();
         let event = self.stamp(
             time,
             EventKind::Message,
@@ -325,7 +280,7 @@ impl ChatCore {
         now: Instant,
     ) -> Option<Arc<Event>> {
         let grace = self.limits.grace;
-        let member = self.members.get_mut(participant_id)?;
+        let member = self.roster.get_mut(participant_id)?;
         if member.session != Some(session) {
             return None;
         }
@@ -341,7 +296,7 @@ impl ChatCore {
     /// Ends a local session at once, whatever the grace period (the
     /// participant read too slowly, or lost a name clash).
     pub fn disconnect(&mut self, participant_id: &str) -> Option<Arc<Event>> {
-        self.members.get(participant_id)?;
+        self.roster.get(participant_id)?;
         let time = self.clock.tick();
         Some(self.stamp_left(participant_id, time))
     }
@@ -349,13 +304,7 @@ impl ChatCore {
     /// Announces as left the detached participants whose grace has run out.
     pub fn expire(&mut self, now: Instant) -> Vec<Arc<Event>> {
         let grace = self.limits.grace;
-        let mut due: Vec<String> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.detached.is_some_and(|t| now.duration_since(t) >= grace))
-            .map(|(id, _)| id.clone())
-            .collect();
-        due.sort();
+        let due = self.roster.detached_for(grace, now);
         due.into_iter()
             .map(|pid| {
                 let time = self.clock.tick();
@@ -368,19 +317,23 @@ impl ChatCore {
     /// proof of ownership (`token`). Stamps an internal "moved" event so
     /// every node knows the participant's new home.
     pub fn resume(&mut self, participant_id: &str, token: &str, lamport: u64) -> Result<Resumed> {
-        if self.by_token.get(token).map(String::as_str) != Some(participant_id)
-            || !self.members.contains_key(participant_id)
+        if self.tokens.owner(token) != Some(participant_id) || !self.roster.contains(participant_id)
         {
             return Err(Error::UnknownSession);
         }
         let time = self.clock.observe(lamport);
         let session = self.next_session;
         self.next_session += 1;
-        let name = self.members[participant_id].name.clone();
+        let name = self
+            .roster
+            .get(participant_id)
+            .expect("checked above")
+            .name
+            .clone();
         let text = String::new();
         let event = self.stamp(time, EventKind::Moved, participant_id, &name, text, "");
         self.apply(&event);
-        let member = self.members.get_mut(participant_id).expect("checked above");
+        let member = self.roster.get_mut(participant_id).expect("checked above");
         member.session = Some(session);
         member.detached = None;
         Ok(Resumed {
@@ -401,51 +354,25 @@ impl ChatCore {
 
     /// Records a participant's session token (from the mesh).
     pub fn grant(&mut self, grant: SessionGrant) {
-        if grant.participant_id.is_empty() || grant.session_token.is_empty() {
-            return;
-        }
-        if let Some(old) = self
-            .token_of
-            .insert(grant.participant_id.clone(), grant.session_token.clone())
-        {
-            self.by_token.remove(&old);
-        }
-        self.by_token
-            .insert(grant.session_token, grant.participant_id);
+        self.tokens.grant(grant);
     }
 
     /// The session tokens of the participants that `events` announce joined.
     pub fn grants_for<'a>(&self, events: impl IntoIterator<Item = &'a Event>) -> Vec<SessionGrant> {
-        events
-            .into_iter()
-            .filter(|e| e.kind() == EventKind::Joined)
-            .filter_map(|e| {
-                Some(SessionGrant {
-                    participant_id: e.participant_id.clone(),
-                    session_token: self.token_of.get(&e.participant_id)?.clone(),
-                })
-            })
-            .collect()
+        self.tokens.grants_for(events)
     }
 
     /// Announces as left a participant whose home node is gone. Returns
     /// `None` if it already left.
     pub fn announce_left(&mut self, participant_id: &str) -> Option<Arc<Event>> {
-        self.members.get(participant_id)?;
+        self.roster.get(participant_id)?;
         let time = self.clock.tick();
         Some(self.stamp_left(participant_id, time))
     }
 
     /// Participants whose home node is not in `alive` (node ids), sorted.
     pub fn orphans(&self, alive: &[NodeId]) -> Vec<String> {
-        let mut list: Vec<String> = self
-            .members
-            .iter()
-            .filter(|(_, m)| !alive.contains(&m.home))
-            .map(|(id, _)| id.clone())
-            .collect();
-        list.sort();
-        list
+        self.roster.orphans(alive)
     }
 
     /// Takes in events relayed by a peer and returns what became deliverable.
@@ -458,15 +385,15 @@ impl ChatCore {
         }
         while let Some(event) = self.holdback.pop_ready() {
             self.clock.observe(event.lamport);
-            if self.is_retry_of_delivered(&event) {
+            if self.dedupe.is_retry_of_delivered(&event) {
                 // The same publish, stamped again by another node after a
                 // failover: delivered once already, so not again.
                 continue;
             }
             self.history.push(event.clone());
-            let local_before = self.local_session(&event.participant_id);
+            let local_before = self.roster.has_local_session(&event.participant_id);
             let loser = self.apply(&event);
-            if local_before && !self.local_session(&event.participant_id) {
+            if local_before && !self.roster.has_local_session(&event.participant_id) {
                 // Another node took over this local participant's session
                 // (moved), or announced it as left (its grace ran out there
                 // at the moment it resumed here): its local stream ends.
@@ -526,14 +453,7 @@ impl ChatCore {
             participants: self.participants(),
             delivered: self.holdback.delivered(),
             lamport: self.clock.now(),
-            grants: self
-                .token_of
-                .iter()
-                .map(|(pid, token)| SessionGrant {
-                    participant_id: pid.clone(),
-                    session_token: token.clone(),
-                })
-                .collect(),
+            grants: self.tokens.grants(),
         }
     }
 
@@ -545,34 +465,13 @@ impl ChatCore {
             self.grant(grant);
         }
         for p in snapshot.participants {
-            let home = p.node.unwrap_or_default();
-            self.by_name.entry(p.name.clone()).or_insert(p.id.clone());
-            self.members.insert(
-                p.id,
-                Member {
-                    name: p.name,
-                    joined: (0, home.id.clone()),
-                    home,
-                    session: None,
-                    detached: None,
-                },
-            );
+            self.roster.load(p);
         }
     }
 
     /// Live participants, sorted by name.
     pub fn participants(&self) -> Vec<Participant> {
-        let mut list: Vec<_> = self
-            .members
-            .iter()
-            .map(|(id, m)| Participant {
-                id: id.clone(),
-                name: m.name.clone(),
-                node: Some(m.home.clone()),
-            })
-            .collect();
-        list.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-        list
+        self.roster.participants()
     }
 
     /// Updates the roster for a delivered event. Returns a local participant
@@ -586,52 +485,17 @@ impl ChatCore {
                     .as_ref()
                     .and_then(|i| i.origin.clone())
                     .unwrap_or_default();
-                let joined = (event.lamport, origin.id.clone());
-                self.members.insert(
-                    pid.clone(),
-                    Member {
-                        name: event.participant_name.clone(),
-                        home: origin,
-                        joined: joined.clone(),
-                        session: None,
-                        detached: None,
-                    },
-                );
-                let name = &event.participant_name;
-                let Some(holder) = self.by_name.get(name).cloned() else {
-                    self.by_name.insert(name.clone(), pid.clone());
-                    return None;
-                };
-                if &holder == pid {
-                    return None;
-                }
-                let theirs = self
-                    .members
-                    .get(&holder)
-                    .map(|m| (m.joined.clone(), holder.clone()));
-                let ours = (joined, pid.clone());
-                let (winner, loser) = match theirs {
-                    Some(theirs) if theirs <= ours => (holder, pid.clone()),
-                    _ => (pid.clone(), holder),
-                };
-                self.by_name.insert(name.clone(), winner);
-                let member = self.members.get(&loser)?;
-                Some((loser.clone(), member.session?))
+                self.roster
+                    .joined(pid, &event.participant_name, origin, event.lamport)
             }
             EventKind::Left => {
-                if let Some(member) = self.members.remove(pid) {
-                    if self.by_name.get(&member.name) == Some(pid) {
-                        self.by_name.remove(&member.name);
-                    }
-                }
-                if let Some(token) = self.token_of.remove(pid) {
-                    self.by_token.remove(&token);
-                }
+                self.roster.left(pid);
+                self.tokens.forget(pid);
                 None
             }
             EventKind::Moved => {
                 let origin = event.id.as_ref().and_then(|i| i.origin.clone());
-                if let Some(member) = self.members.get_mut(pid)
+                if let Some(member) = self.roster.get_mut(pid)
                     && let Some(origin) = origin
                 {
                     if origin != self.me {
@@ -644,7 +508,7 @@ impl ChatCore {
             }
             EventKind::Message => {
                 if !event.publish_id.is_empty() {
-                    self.remember_publish(&event.publish_id, event.clone());
+                    self.dedupe.remember(&event.publish_id, event.clone());
                 }
                 None
             }
@@ -654,29 +518,20 @@ impl ChatCore {
 
     /// The participant owning `token`, if its session is attached here.
     fn local_owner(&self, token: &str) -> Result<String> {
-        self.by_token
-            .get(token)
-            .filter(|pid| self.local_session(pid))
-            .cloned()
+        self.tokens
+            .owner(token)
+            .filter(|pid| self.roster.has_local_session(pid))
+            .map(str::to_string)
             .ok_or(Error::UnknownSession)
     }
 
-    fn local_session(&self, pid: &str) -> bool {
-        self.members.get(pid).is_some_and(|m| m.session.is_some())
-    }
-
-    /// A message whose publish id was already delivered as another event.
-    fn is_retry_of_delivered(&self, event: &Event) -> bool {
-        event.kind() == EventKind::Message
-            && !event.publish_id.is_empty()
-            && self
-                .published
-                .get(&PublishKey::new(&event.publish_id))
-                .is_some_and(|original| original.id != event.id)
-    }
-
     fn stamp_left(&mut self, pid: &str, time: u64) -> Arc<Event> {
-        let name = self.members[pid].name.clone();
+        let name = self
+            .roster
+            .get(pid)
+            .expect("a known participant")
+            .name
+            .clone();
         let text = format!("Participant {name} left Chitty-Chat at Lamport time {time}");
         let event = self.stamp(time, EventKind::Left, pid, &name, text, "");
         self.apply(&event);
@@ -711,48 +566,11 @@ impl ChatCore {
         self.history.push(event.clone());
         event
     }
-
-    fn remember_publish(&mut self, publish_id: &str, event: Arc<Event>) {
-        let key = PublishKey::new(publish_id);
-        if self.published.insert(key.clone(), event).is_some() {
-            return;
-        }
-        self.published_order.push_back(key);
-        while self.published_order.len() > self.limits.dedupe_ids {
-            if let Some(old) = self.published_order.pop_front() {
-                self.published.remove(&old);
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn publish_ids_are_one_key_only_when_they_are_the_same_text() {
-        let id = "0b8f5b3e-2c1d-4a7e-9f00-1234567890ab";
-        assert!(matches!(PublishKey::new(id), PublishKey::Uuid(_)));
-        assert_eq!(PublishKey::new(id), PublishKey::new(id));
-        let other_forms = [
-            id.to_uppercase(),
-            id.replace('-', ""),
-            format!("{{{id}}}"),
-            format!("urn:uuid:{id}"),
-        ];
-        for other in &other_forms {
-            assert_ne!(PublishKey::new(other), PublishKey::new(id), "{other}");
-            assert_eq!(
-                PublishKey::new(other),
-                PublishKey::Text(other.as_str().into())
-            );
-        }
-        assert_eq!(
-            PublishKey::new("retry-7"),
-            PublishKey::Text("retry-7".into())
-        );
-    }
 
     fn core() -> ChatCore {
         ChatCore::new(

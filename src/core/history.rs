@@ -64,7 +64,7 @@ impl History {
 
     pub fn push(&mut self, event: Arc<Event>) {
         let size = event.encoded_len();
-        let visible = crate::core::chat::visible(&event);
+        let visible = crate::core::event::visible(&event);
         let (origin, seq) = match event
             .id
             .as_ref()

@@ -8,14 +8,22 @@
 pub mod causal;
 pub mod chat;
 pub mod clock;
+pub mod error;
+pub mod event;
 pub mod history;
 pub mod membership;
 pub mod node;
 pub mod rng;
 pub mod validate;
 
+// Parts of `ChatCore`, each holding one concern of the chat state machine.
+mod dedupe;
+mod roster;
+mod tokens;
+
 pub use chat::{ChatCore, Joined, Published};
 pub use clock::LamportClock;
+pub use error::Error;
 
 /// The hash map of the hot paths: seeded per process like std's (keys such
 /// as publish ids come from clients), but much cheaper to hash than SipHash.

@@ -41,10 +41,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::core::chat::{ChatCore, CoreLimits, Snapshot, visible};
+use crate::core::chat::{ChatCore, CoreLimits, Snapshot};
+use crate::core::error::Error;
+use crate::core::event::visible;
 use crate::core::history::Audience;
 use crate::core::membership::{Change, Membership, member};
-use crate::error::Error;
 use crate::proto::{
     Event, EventKind, Gap, GapRange, Heartbeat, Member, MemberState, NodeId, Participant,
     PublishReply, RelayFrame, Resume, SeqMark, ServerInfo, ServerJoinReply, ServerList,

@@ -1,7 +1,7 @@
 //! Input rules shared by the server (which enforces them) and the client
 //! (which checks early to give a quick answer; the server never trusts it).
 
-use crate::error::{Error, Result};
+use crate::core::error::{Error, Result};
 
 /// Longest valid chat message, in characters (Unicode scalar values).
 pub const MAX_MESSAGE_CHARS: usize = 128;

@@ -1,0 +1,27 @@
+//! The core's own error type: the inputs the protocol refuses.
+//!
+//! The core knows nothing of gRPC. The crate's [`crate::error::Error`] wraps
+//! this type, and turns it into a gRPC status with the right code at the
+//! service edge, in one place (`src/error.rs`).
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A chat message that is empty or longer than the limit.
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+    /// A participant name that breaks the naming rules.
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    /// Another live participant already uses this name.
+    #[error("name {0:?} is already taken by a live participant")]
+    NameTaken(String),
+    /// The session token does not belong to a live session.
+    #[error("no live session for this token: join first (or the session has ended)")]
+    UnknownSession,
+    /// The node cannot serve the request now: it is stopping, or no other
+    /// node acknowledged a message in time. Retrying may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,210 @@
+//! The participants a node knows of, cluster-wide, and who holds each name.
+//!
+//! Names are unique as far as a node can know. Two nodes admitting the same
+//! name at the same moment is resolved by one rule applied everywhere: the
+//! participant whose "joined" event has the smaller (Lamport time, origin node
+//! id, participant id) keeps the name; the other one's home node ends its
+//! session and announces it as left. Kept apart from the chat state machine so
+//! that this rule reads, and is tested, on its own.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::core::FastMap;
+use crate::proto::{NodeId, Participant};
+
+/// A participant known to this node.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub home: NodeId,
+    /// (Lamport time, origin id) of the "joined" event: the name tie-break.
+    joined: (u64, String),
+    /// The local session currently attached, if any (a counter value, so a
+    /// stale session that closes late cannot end a newer one).
+    pub session: Option<u64>,
+    /// Set on the home node when the session ended without a Leave: the
+    /// participant is announced as left if it does not resume in time.
+    pub detached: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub struct Roster {
+    /// Keyed by participant id.
+    members: FastMap<String, Member>,
+    /// Name to the participant id holding it.
+    by_name: FastMap<String, String>,
+}
+
+impl Roster {
+    pub fn get(&self, participant_id: &str) -> Option<&Member> {
+        self.members.get(participant_id)
+    }
+
+    pub fn get_mut(&mut self, participant_id: &str) -> Option<&mut Member> {
+        self.members.get_mut(participant_id)
+    }
+
+    pub fn contains(&self, participant_id: &str) -> bool {
+        self.members.contains_key(participant_id)
+    }
+
+    /// Whether a live participant holds `name`.
+    pub fn name_taken(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Whether `participant_id` has a session attached to this node.
+    pub fn has_local_session(&self, participant_id: &str) -> bool {
+        self.members
+            .get(participant_id)
+            .is_some_and(|m| m.session.is_some())
+    }
+
+    /// Adds a participant whose "joined" event, stamped by `home` at
+    /// `lamport`, was delivered. If another one held the name, the tie-break
+    /// decides who keeps it; returns the loser (id, local session) if it has a
+    /// session on this node.
+    pub fn joined(
+        &mut self,
+        participant_id: &str,
+        name: &str,
+        home: NodeId,
+        lamport: u64,
+    ) -> Option<(String, u64)> {
+        let pid = participant_id.to_string();
+        let joined = (lamport, home.id.clone());
+        self.members.insert(
+            pid.clone(),
+            Member {
+                name: name.to_string(),
+                home,
+                joined: joined.clone(),
+                session: None,
+                detached: None,
+            },
+        );
+        let Some(holder) = self.by_name.get(name).cloned() else {
+            self.by_name.insert(name.to_string(), pid);
+            return None;
+        };
+        if holder == pid {
+            return None;
+        }
+        let theirs = self
+            .members
+            .get(&holder)
+            .map(|m| (m.joined.clone(), holder.clone()));
+        let ours = (joined, pid.clone());
+        let (winner, loser) = match theirs {
+            Some(theirs) if theirs <= ours => (holder, pid),
+            _ => (pid, holder),
+        };
+        self.by_name.insert(name.to_string(), winner);
+        let member = self.members.get(&loser)?;
+        Some((loser.clone(), member.session?))
+    }
+
+    /// Removes a participant announced as left, and frees its name.
+    pub fn left(&mut self, participant_id: &str) {
+        if let Some(member) = self.members.remove(participant_id) {
+            if self.by_name.get(&member.name).map(String::as_str) == Some(participant_id) {
+                self.by_name.remove(&member.name);
+            }
+        }
+    }
+
+    /// Adds a participant from a peer's snapshot, where no "joined" event
+    /// comes with it. A name already held keeps its holder.
+    pub fn load(&mut self, p: Participant) {
+        let home = p.node.unwrap_or_default();
+        self.by_name.entry(p.name.clone()).or_insert(p.id.clone());
+        self.members.insert(
+            p.id,
+            Member {
+                name: p.name,
+                joined: (0, home.id.clone()),
+                home,
+                session: None,
+                detached: None,
+            },
+        );
+    }
+
+    /// Live participants, sorted by name.
+    pub fn participants(&self) -> Vec<Participant> {
+        let mut list: Vec<_> = self
+            .members
+            .iter()
+            .map(|(id, m)| Participant {
+                id: id.clone(),
+                name: m.name.clone(),
+                node: Some(m.home.clone()),
+            })
+            .collect();
+        list.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        list
+    }
+
+    /// Participants whose home node is not in `alive` (node ids), sorted.
+    pub fn orphans(&self, alive: &[NodeId]) -> Vec<String> {
+        let mut list: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !alive.contains(&m.home))
+            .map(|(id, _)| id.clone())
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Detached participants that have been so for `grace` or longer at
+    /// `now`, sorted.
+    pub fn detached_for(&self, grace: Duration, now: Instant) -> Vec<String> {
+        let mut due: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.detached.is_some_and(|t| now.duration_since(t) >= grace))
+            .map(|(id, _)| id.clone())
+            .collect();
+        due.sort();
+        due
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> NodeId {
+        NodeId {
+            id: id.into(),
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn the_earlier_join_keeps_the_name_in_either_order() {
+        // (Lamport time, origin id, participant id): "pa" at 3 on n2 is
+        // earlier than "pb" at 3 on n3, whichever is delivered first.
+        for first_a in [true, false] {
+            let mut r = Roster::default();
+            let a = ("pa", node("n2"));
+            let b = ("pb", node("n3"));
+            let (first, second) = if first_a { (a, b) } else { (b, a) };
+            assert_eq!(r.joined(first.0, "Sam", first.1, 3), None);
+            r.get_mut(first.0).unwrap().session = Some(1);
+            let loser = r.joined(second.0, "Sam", second.1, 3);
+            if first_a {
+                assert_eq!(loser, None, "pb has no local session to end");
+            } else {
+                assert_eq!(loser, Some(("pb".to_string(), 1)));
+            }
+            r.left("pb");
+            assert!(r.name_taken("Sam"), "pa still holds it");
+            r.left("pa");
+            assert!(!r.name_taken("Sam"));
+        }
+    }
+}
