@@ -89,6 +89,12 @@ enum Command {
     },
 }
 
+/// How long a Join (new or resumed) may take to answer with its Welcome.
+/// A node answers at once; one that does not is frozen or overloaded, and
+/// the next node is tried, well within the grace period that a resuming
+/// participant has.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Most node addresses a client remembers.
 const MAX_KNOWN_SERVERS: usize = 64;
 /// Publish ids remembered to drop a message delivered twice under two ids.
@@ -262,7 +268,7 @@ impl Driver {
             lamport: self.clock.tick(),
             resume,
         };
-        let mut stream = tokio::time::timeout(CALL_TIMEOUT, async {
+        let mut stream = tokio::time::timeout(JOIN_TIMEOUT, async {
             let mut stream = client.join(request).await?.into_inner();
             let first = stream.message().await?;
             Ok::<_, Status>((stream, first))

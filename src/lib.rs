@@ -26,6 +26,7 @@ pub mod mesh;
 pub mod node;
 pub mod server;
 pub mod service;
+pub mod sim;
 pub mod wire;
 
 pub use error::Error;

@@ -235,6 +235,7 @@ pub struct Node {
 impl Node {
     pub fn new(config: NodeConfig) -> Self {
         let core = NodeCore::new(
+            Instant::now(),
             config.node.clone(),
             config.advertise.clone(),
             config.timing(),

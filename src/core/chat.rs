@@ -23,12 +23,13 @@
 //! Randomness (participant ids, session tokens) is passed in, so the core is
 //! deterministic under test.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::core::FastMap;
 use crate::core::causal::{HoldBack, Offer, OriginKey};
 use crate::core::clock::LamportClock;
 use crate::core::dedupe::PublishDedupe;
@@ -133,6 +134,11 @@ pub struct ChatCore {
     holdback: HoldBack,
     history: History,
     dedupe: PublishDedupe,
+    /// Participants announced as left, most recent last (bounded like the
+    /// dedupe ids): a resume of one of them is refused at once, while one
+    /// never heard of may simply not have arrived yet.
+    departed: FastMap<String, ()>,
+    departed_order: VecDeque<String>,
     limits: CoreLimits,
 }
 
@@ -148,6 +154,8 @@ impl ChatCore {
             holdback: HoldBack::new(limits.holdback_events),
             history: History::new(limits.history_events, limits.history_bytes),
             dedupe: PublishDedupe::new(limits.dedupe_ids),
+            departed: FastMap::default(),
+            departed_order: VecDeque::new(),
             limits,
         }
     }
@@ -317,8 +325,7 @@ impl ChatCore {
     /// proof of ownership (`token`). Stamps an internal "moved" event so
     /// every node knows the participant's new home.
     pub fn resume(&mut self, participant_id: &str, token: &str, lamport: u64) -> Result<Resumed> {
-        if self.tokens.owner(token) != Some(participant_id) || !self.roster.contains(participant_id)
-        {
+        if !self.can_resume(participant_id, token) {
             return Err(Error::UnknownSession);
         }
         let time = self.clock.observe(lamport);
@@ -491,6 +498,14 @@ impl ChatCore {
             EventKind::Left => {
                 self.roster.left(pid);
                 self.tokens.forget(pid);
+                if self.departed.insert(pid.clone(), ()).is_none() {
+                    self.departed_order.push_back(pid.clone());
+                    if self.departed_order.len() > self.limits.dedupe_ids
+                        && let Some(old) = self.departed_order.pop_front()
+                    {
+                        self.departed.remove(&old);
+                    }
+                }
                 None
             }
             EventKind::Moved => {
@@ -516,7 +531,28 @@ impl ChatCore {
         }
     }
 
+    /// Whether this node saw `participant_id` announced as left (recently:
+    /// it remembers as many as it remembers publish ids).
+    pub fn has_departed(&self, participant_id: &str) -> bool {
+        self.departed.contains_key(participant_id)
+    }
+
+    /// Whether `token` proves ownership of live participant `participant_id`.
+    pub fn can_resume(&self, participant_id: &str, token: &str) -> bool {
+        self.tokens.owner(token) == Some(participant_id) && self.roster.contains(participant_id)
+    }
+
     /// The participant owning `token`, if its session is attached here.
+    /// The participant owning `token`, if its session is attached here.
+    pub fn local_participant(&self, token: &str) -> Option<String> {
+        self.local_owner(token).ok()
+    }
+
+    /// Highest sequence number of `origin` delivered here (0 for none).
+    pub fn delivered_of(&self, origin: &NodeId) -> u64 {
+        self.holdback.delivered_of(&OriginKey::from(origin))
+    }
+
     fn local_owner(&self, token: &str) -> Result<String> {
         self.tokens
             .owner(token)

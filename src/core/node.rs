@@ -247,18 +247,19 @@ struct Peer {
 /// A request waiting for a condition.
 #[derive(Debug)]
 enum Waiting {
+    /// A resume of a participant this node has not heard of, until its
+    /// join arrives (or its departure).
+    Resume {
+        request: RequestId,
+        resume: Resume,
+        lamport: u64,
+        deadline: Instant,
+    },
     /// A publish of this node's event `seq`, until a peer holds it.
     Publish {
         request: RequestId,
         seq: u64,
         reply: PublishReply,
-        deadline: Instant,
-    },
-    /// A resume, until this node delivered what the participant saw.
-    Resume {
-        request: RequestId,
-        resume: Resume,
-        lamport: u64,
         deadline: Instant,
     },
     /// A graceful stop, until every peer holds this node's events.
@@ -276,6 +277,40 @@ impl Waiting {
             | Waiting::Flush { deadline, .. } => *deadline,
         }
     }
+}
+
+/// Most resumes waiting for their participant's join to arrive.
+const MAX_WAITING_RESUMES: usize = 1024;
+/// Most publishes a participant may have waiting for its handoff.
+const MAX_HANDOFF_QUEUE: usize = 1024;
+
+/// A participant that resumed here. Its publishes wait until
+/// * this node has delivered what the participant saw before, so that
+///   nothing it publishes here can overtake that anywhere; and
+/// * if it lived on another node, this node holds every event that node
+///   stamped before it learned of the move: a publish retried here is then
+///   recognised if the previous home had already stamped it, instead of
+///   being stamped a second time with another id and Lamport time.
+#[derive(Debug)]
+struct Handoff {
+    seen: Vec<SeqMark>,
+    from: Option<NodeId>,
+    /// This node's "moved" event for the participant.
+    moved_seq: u64,
+    /// The previous home's last own sequence number when it acknowledged
+    /// the move (it stamps nothing for the participant after that).
+    until: Option<u64>,
+    deadline: Instant,
+    queued: VecDeque<QueuedPublish>,
+}
+
+#[derive(Debug)]
+struct QueuedPublish {
+    request: RequestId,
+    token: String,
+    text: String,
+    lamport: u64,
+    publish_id: String,
 }
 
 /// One node's protocol state. See the module docs.
@@ -307,6 +342,8 @@ pub struct NodeCore {
     publishes: VecDeque<Waiting>,
     /// Resumes and flushes waiting for their conditions.
     others: Vec<Waiting>,
+    /// Resumed participants whose publishes wait for their handoff.
+    handoffs: BTreeMap<String, Handoff>,
     last_tick: Option<Instant>,
     stopping: bool,
     removed: bool,
@@ -314,8 +351,8 @@ pub struct NodeCore {
 }
 
 impl NodeCore {
-    /// A node alone in its own cluster, at `now`.
-    pub fn new(me: NodeId, addr: String, timing: Timing, limits: CoreLimits) -> Self {
+    /// A node alone in its own cluster, started at `now`.
+    pub fn new(now: Instant, me: NodeId, addr: String, timing: Timing, limits: CoreLimits) -> Self {
         Self {
             grace: limits.grace,
             chat: ChatCore::new(me.clone(), limits),
@@ -331,7 +368,8 @@ impl NodeCore {
             next_gate: 0,
             publishes: VecDeque::new(),
             others: Vec::new(),
-            last_tick: None,
+            handoffs: BTreeMap::new(),
+            last_tick: Some(now),
             stopping: false,
             removed: false,
             outputs: Vec::new(),
@@ -431,6 +469,7 @@ impl NodeCore {
             Err(e) => return self.refuse(request, e),
         };
         info!(participant = %name, id = %joined.participant_id, lamport = joined.events[0].lamport, "Join");
+        let from_gate = self.next_gate;
         self.open(
             request,
             joined.participant_id,
@@ -439,35 +478,78 @@ impl NodeCore {
             Some(before),
             Vec::new(),
             Vec::new(),
+            from_gate,
         );
         self.dispatch(joined.events);
     }
 
-    /// A Join that resumes a session whose connection or node was lost.
-    /// Waits (bounded) until this node has delivered what the participant
-    /// saw, so nothing it publishes here can overtake it.
+    /// A Join that resumes a session whose connection or node was lost:
+    /// answered at once with what the participant missed after `seen`.
+    /// Its publishes here wait (bounded) until this node has delivered what
+    /// it saw elsewhere, so nothing it publishes can overtake that, and
+    /// until its previous home's events are in (see [`Handoff`]).
     pub fn resume(&mut self, now: Instant, request: RequestId, resume: Resume, lamport: u64) {
-        if self.chat.covers(&resume.seen) {
-            return self.finish_resume(request, resume, lamport);
+        let known = self
+            .chat
+            .can_resume(&resume.participant_id, &resume.session_token);
+        let waiting = self
+            .others
+            .iter()
+            .filter(|w| matches!(w, Waiting::Resume { .. }))
+            .count();
+        if !known
+            && !self.chat.has_departed(&resume.participant_id)
+            && waiting < MAX_WAITING_RESUMES
+        {
+            // Never heard of here: its join may still be on its way (it
+            // joined moments ago elsewhere, behind a slow link). One
+            // announced as left is refused at once.
+            debug!(participant = %resume.participant_id, "Resume waits for the participant's join to arrive");
+            self.others.push(Waiting::Resume {
+                request,
+                resume,
+                lamport,
+                deadline: now + self.timing.failure_timeout,
+            });
+            return;
         }
-        debug!(participant = %resume.participant_id, "Resume waits for events it saw elsewhere");
-        self.others.push(Waiting::Resume {
-            request,
-            resume,
-            lamport,
-            deadline: now + self.timing.request_timeout(),
-        });
+        self.finish_resume(now, request, resume, lamport);
     }
 
-    fn finish_resume(&mut self, request: RequestId, resume: Resume, lamport: u64) {
+    fn finish_resume(&mut self, now: Instant, request: RequestId, resume: Resume, lamport: u64) {
         if self.stopping {
             return self.refuse(request, Error::Unavailable("node is shutting down".into()));
         }
         let pid = resume.participant_id;
+        let previous = self.chat.home_of(&pid).cloned();
         let resumed = match self.chat.resume(&pid, &resume.session_token, lamport) {
             Ok(resumed) => resumed,
             Err(e) => return self.refuse(request, e),
         };
+        let from = previous.filter(|home| home != &self.me);
+        if from.is_some() || !self.chat.covers(&resume.seen) {
+            let moved_seq = resumed
+                .events
+                .first()
+                .and_then(|e| own_seq(e, &self.me))
+                .unwrap_or(0);
+            let queued = self
+                .handoffs
+                .remove(&pid)
+                .map(|h| h.queued)
+                .unwrap_or_default();
+            self.handoffs.insert(
+                pid.clone(),
+                Handoff {
+                    seen: resume.seen.clone(),
+                    from,
+                    moved_seq,
+                    until: None,
+                    deadline: now + self.timing.request_timeout(),
+                    queued,
+                },
+            );
+        }
         // A stale session of the same participant here (a half-open
         // connection) gives way to the new one.
         self.outputs.push(Output::EndSession {
@@ -475,7 +557,12 @@ impl NodeCore {
             reason: EndReason::Replaced,
         });
         let (mut replay, gaps) = self.chat.replay_after(&resume.seen, Audience::Participant);
-        replay.retain(|e| visible(e));
+        // What is still behind the gate reaches the session from there,
+        // once it may be shown (a crash of this node could take it back).
+        let gated: std::collections::HashSet<*const Event> =
+            self.gate.iter().map(|(_, e)| Arc::as_ptr(e)).collect();
+        replay.retain(|e| visible(e) && !gated.contains(&Arc::as_ptr(e)));
+        let from_gate = self.gate.front().map_or(self.next_gate, |(i, _)| *i);
         info!(participant = %resumed.name, id = %pid, replayed = replay.len(), lamport = resumed.events[0].lamport, "Resume");
         self.open(
             request,
@@ -485,6 +572,7 @@ impl NodeCore {
             None,
             replay,
             gaps,
+            from_gate,
         );
         self.dispatch(resumed.events);
     }
@@ -501,6 +589,7 @@ impl NodeCore {
         seen: Option<Vec<SeqMark>>,
         replay: Vec<Arc<Event>>,
         gaps: Vec<GapRange>,
+        from_gate: u64,
     ) {
         let welcome = Welcome {
             participant_id: participant_id.clone(),
@@ -517,7 +606,7 @@ impl NodeCore {
             welcome,
             replay,
             gaps,
-            from_gate: self.next_gate,
+            from_gate,
         })));
     }
 
@@ -532,6 +621,26 @@ impl NodeCore {
         lamport: u64,
         publish_id: &str,
     ) {
+        if let Some(pid) = self.chat.local_participant(token)
+            && let Some(handoff) = self.handoffs.get_mut(&pid)
+        {
+            if handoff.queued.len() >= MAX_HANDOFF_QUEUE {
+                return self.refuse(
+                    request,
+                    Error::Unavailable(
+                        "too many publishes waiting for this session's handoff".into(),
+                    ),
+                );
+            }
+            handoff.queued.push_back(QueuedPublish {
+                request,
+                token: token.to_string(),
+                text: text.to_string(),
+                lamport,
+                publish_id: publish_id.to_string(),
+            });
+            return;
+        }
         let published = match self.chat.publish(token, text, lamport, publish_id) {
             Ok(published) => published,
             Err(e) => return self.refuse(request, e),
@@ -798,6 +907,7 @@ impl NodeCore {
             });
         }
         self.check_resumes(now);
+        self.check_handoffs(now);
         result
     }
 
@@ -876,6 +986,7 @@ impl NodeCore {
             self.release();
             self.check_waiting(now);
         }
+        self.check_handoffs(now);
     }
 
     // ---- Time --------------------------------------------------------------
@@ -971,6 +1082,7 @@ impl NodeCore {
         }
 
         self.expire_requests(now);
+        self.check_handoffs(now);
     }
 
     /// On the announcing node (the live node with the smallest id): announces
@@ -1060,6 +1172,7 @@ impl NodeCore {
         // Publishes and the gate waiting on a departed peer re-check.
         self.release();
         self.check_waiting(now);
+        self.check_handoffs(now);
     }
 
     /// Whether this node's event `seq` is held elsewhere (or there is
@@ -1132,19 +1245,80 @@ impl NodeCore {
         }
     }
 
+    /// Lets the publishes of resumed participants through once this node
+    /// holds what their previous home stamped before it learned of the move:
+    /// the previous home acknowledged the "moved" event (reporting its own
+    /// last sequence number then) and this node delivered up to that; or,
+    /// the previous home having departed, this node holds as much of it as
+    /// any live peer reports. Past the deadline they go through anyway.
+    fn check_handoffs(&mut self, now: Instant) {
+        if self.handoffs.is_empty() {
+            return;
+        }
+        let mut done = Vec::new();
+        for (pid, h) in &mut self.handoffs {
+            let from_home = match &h.from {
+                None => true,
+                Some(from) => match self.peers.get(&from.id).filter(|p| &p.node == from) {
+                    Some(home) => {
+                        if h.until.is_none() && mark_of(&home.held, &self.me) >= h.moved_seq {
+                            h.until = Some(mark_of(&home.held, from));
+                        }
+                        h.until.is_some_and(|s| self.chat.delivered_of(from) >= s)
+                    }
+                    None => {
+                        let need = self
+                            .peers
+                            .values()
+                            .map(|p| mark_of(&p.held, from))
+                            .max()
+                            .unwrap_or(0);
+                        self.chat.delivered_of(from) >= need
+                    }
+                },
+            };
+            let complete = from_home && self.chat.covers(&h.seen);
+            if complete {
+                done.push(pid.clone());
+            } else if now >= h.deadline {
+                warn!(participant = %pid, "a resumed participant's publishes waited past the deadline for what it saw elsewhere; publishing anyway");
+                done.push(pid.clone());
+            }
+        }
+        for pid in done {
+            let Some(handoff) = self.handoffs.remove(&pid) else {
+                continue;
+            };
+            for q in handoff.queued {
+                self.publish(now, q.request, &q.token, &q.text, q.lamport, &q.publish_id);
+            }
+        }
+    }
+
     fn check_resumes(&mut self, now: Instant) {
         let chat = &self.chat;
-        let covered =
-            |w: &Waiting| matches!(w, Waiting::Resume { resume, .. } if chat.covers(&resume.seen));
-        if !self.others.iter().any(covered) {
+        let ready = |w: &Waiting| {
+            matches!(w, Waiting::Resume { resume, .. }
+                if chat.can_resume(&resume.participant_id, &resume.session_token)
+                    || chat.has_departed(&resume.participant_id))
+        };
+        if !self.others.iter().any(ready) {
             return;
         }
         let (done, keep): (Vec<Waiting>, Vec<Waiting>) = std::mem::take(&mut self.others)
             .into_iter()
-            .partition(covered);
+            .partition(ready);
         self.others = keep;
         for w in done {
-            self.complete(w, now, false);
+            if let Waiting::Resume {
+                request,
+                resume,
+                lamport,
+                ..
+            } = w
+            {
+                self.finish_resume(now, request, resume, lamport);
+            }
         }
     }
 
@@ -1159,7 +1333,7 @@ impl NodeCore {
         }
     }
 
-    fn complete(&mut self, waiting: Waiting, _now: Instant, expired: bool) {
+    fn complete(&mut self, waiting: Waiting, now: Instant, expired: bool) {
         match waiting {
             Waiting::Publish { request, reply, .. } => {
                 if expired {
@@ -1174,14 +1348,13 @@ impl NodeCore {
                     self.reply(request, Reply::Published(reply));
                 }
             }
-            // A resume past its deadline goes ahead: what it waited for may
-            // be lost with a departed node, and a gap notice says so.
+            // Past its deadline a resume is decided on what this node has.
             Waiting::Resume {
                 request,
                 resume,
                 lamport,
                 ..
-            } => self.finish_resume(request, resume, lamport),
+            } => self.finish_resume(now, request, resume, lamport),
             Waiting::Flush { request, .. } => self.reply(request, Reply::Flushed),
         }
     }
@@ -1204,6 +1377,14 @@ impl NodeCore {
     fn refuse(&mut self, request: RequestId, error: Error) {
         self.reply(request, Reply::Refused(error));
     }
+}
+
+/// The sequence number `marks` give for `origin` (0 if none).
+fn mark_of(marks: &[SeqMark], origin: &NodeId) -> u64 {
+    marks
+        .iter()
+        .find(|m| m.origin.as_ref() == Some(origin))
+        .map_or(0, |m| m.seq)
 }
 
 /// The sequence number of `event` if `me` stamped it.

@@ -1,0 +1,291 @@
+//! The invariants a run must keep, checked on what every participant
+//! received (the same ones as `tests/failover.rs` and the README's
+//! Guarantees):
+//! * every acknowledged publish reaches, exactly once, every participant
+//!   identity that joined before it was first sent and is still there at the
+//!   end;
+//! * no participant receives an event or a message twice;
+//! * per-sender FIFO: one sender's messages arrive in the order it sent them;
+//! * causal order: a message arrives after every message its sender had
+//!   received before sending it;
+//! * one message, one event: the same event id and Lamport time everywhere,
+//!   and the acknowledgement names that event;
+//! * each departure is announced once, as one event;
+//! * nobody is announced as left who did not leave or vanish;
+//! * the rosters converge: every running node lists exactly the
+//!   participants that are still there.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::proto::EventKind;
+
+use super::{EventKey, Sim};
+
+/// Every invariant; the first violation found, described.
+pub fn all(sim: &Sim) -> Result<(), String> {
+    no_duplicates(sim)?;
+    one_event_per_message(sim)?;
+    acknowledged_reach_everyone(sim)?;
+    fifo_per_sender(sim)?;
+    causal_order(sim)?;
+    departures_announced_once(sim)?;
+    nobody_announced_wrongly(sim)?;
+    rosters_converge(sim)?;
+    Ok(())
+}
+
+/// (sender participant id, message number) of every message, by publish id.
+fn messages(sim: &Sim) -> BTreeMap<&str, (&str, u64)> {
+    let mut out = BTreeMap::new();
+    for p in sim.participants() {
+        for record in &p.published {
+            if let Some(identity) = p.identities.get(record.identity) {
+                out.insert(
+                    record.publish_id.as_str(),
+                    (identity.participant_id.as_str(), record.number),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn no_duplicates(sim: &Sim) -> Result<(), String> {
+    for p in sim.participants() {
+        let mut ids = BTreeSet::new();
+        let mut publishes = BTreeSet::new();
+        for o in &p.received {
+            if !ids.insert((o.identity, &o.id)) {
+                return Err(format!("{} received event {:?} twice", p.name, o.id));
+            }
+            if o.kind == EventKind::Message && !publishes.insert((o.identity, &o.publish_id)) {
+                return Err(format!("{} received message {:?} twice", p.name, o.text));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn one_event_per_message(sim: &Sim) -> Result<(), String> {
+    let mut seen: BTreeMap<&str, (&EventKey, u64, &str)> = BTreeMap::new();
+    for p in sim.participants() {
+        for o in p.received.iter().filter(|o| o.kind == EventKind::Message) {
+            match seen.get(o.publish_id.as_str()) {
+                Some(&(id, lamport, who)) if (id, lamport) != (&o.id, o.lamport) => {
+                    return Err(format!(
+                        "message {:?} is event {id:?} at Lamport {lamport} for {who} but {:?} at {} for {}",
+                        o.text, o.id, o.lamport, p.name
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(&o.publish_id, (&o.id, o.lamport, &p.name));
+                }
+            }
+        }
+    }
+    for p in sim.participants() {
+        for record in &p.published {
+            let Some((id, lamport)) = &record.acked else {
+                continue;
+            };
+            if let Some(&(shown, shown_lamport, who)) = seen.get(record.publish_id.as_str())
+                && (shown, shown_lamport) != (id, *lamport)
+            {
+                return Err(format!(
+                    "{}'s message {:?} was acknowledged as {id:?} at Lamport {lamport} but {who} got {shown:?} at {shown_lamport}",
+                    p.name, record.text
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn acknowledged_reach_everyone(sim: &Sim) -> Result<(), String> {
+    for sender in sim.participants() {
+        for record in sender.published.iter().filter(|r| r.acked.is_some()) {
+            let Some((sent, _)) = record.first_sent else {
+                continue;
+            };
+            for q in sim.participants() {
+                let Some(identity) = q.identities.last() else {
+                    continue;
+                };
+                let current = q.identities.len() - 1;
+                if identity.ended.is_some() || identity.joined_at >= sent || !q.is_active() {
+                    continue;
+                }
+                let copies = q
+                    .received
+                    .iter()
+                    .filter(|o| o.identity == current && o.publish_id == record.publish_id)
+                    .count();
+                if copies != 1 {
+                    return Err(format!(
+                        "{} received {}'s acknowledged message {:?} {copies} times",
+                        q.name, sender.name, record.text
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fifo_per_sender(sim: &Sim) -> Result<(), String> {
+    let messages = messages(sim);
+    for q in sim.participants() {
+        let mut last: BTreeMap<(usize, &str), u64> = BTreeMap::new();
+        for o in q.received.iter().filter(|o| o.kind == EventKind::Message) {
+            let Some(&(sender, number)) = messages.get(o.publish_id.as_str()) else {
+                continue;
+            };
+            if let Some(&before) = last.get(&(o.identity, sender))
+                && before >= number
+            {
+                return Err(format!(
+                    "{} received {:?} after message #{before} of the same sender",
+                    q.name, o.text
+                ));
+            }
+            last.insert((o.identity, sender), number);
+        }
+    }
+    Ok(())
+}
+
+fn causal_order(sim: &Sim) -> Result<(), String> {
+    // What each message's sender had received (messages only) before first
+    // sending it.
+    let mut past: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for p in sim.participants() {
+        for record in &p.published {
+            let Some((_, count)) = record.first_sent else {
+                continue;
+            };
+            let before: Vec<&str> = p
+                .received
+                .iter()
+                .filter(|o| o.identity == record.identity)
+                .take(count)
+                .filter(|o| o.kind == EventKind::Message)
+                .map(|o| o.publish_id.as_str())
+                .collect();
+            past.insert(&record.publish_id, before);
+        }
+    }
+    for q in sim.participants() {
+        let mut position: BTreeMap<(usize, &str), usize> = BTreeMap::new();
+        for (i, o) in q.received.iter().enumerate() {
+            if o.kind == EventKind::Message {
+                position.insert((o.identity, o.publish_id.as_str()), i);
+            }
+        }
+        for (&(identity, m2), &at) in &position {
+            let Some(before) = past.get(m2) else { continue };
+            for m1 in before {
+                if let Some(&earlier) = position.get(&(identity, m1))
+                    && earlier > at
+                {
+                    return Err(format!(
+                        "{} received {:?} before {:?}, which its sender had seen first",
+                        q.name, q.received[at].text, q.received[earlier].text
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn departures_announced_once(sim: &Sim) -> Result<(), String> {
+    let mut events: BTreeMap<&str, &EventKey> = BTreeMap::new();
+    for q in sim.participants() {
+        let mut count: BTreeMap<(usize, &str), usize> = BTreeMap::new();
+        for o in q.received.iter().filter(|o| o.kind == EventKind::Left) {
+            let n = count.entry((o.identity, &o.participant_id)).or_default();
+            *n += 1;
+            if *n > 1 {
+                return Err(format!(
+                    "{} was told {} left twice",
+                    q.name, o.participant_name
+                ));
+            }
+            match events.get(o.participant_id.as_str()) {
+                Some(&id) if id != &o.id => {
+                    return Err(format!(
+                        "{}'s departure was announced as two events, {id:?} and {:?}",
+                        o.participant_name, o.id
+                    ));
+                }
+                _ => {
+                    events.insert(&o.participant_id, &o.id);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn nobody_announced_wrongly(sim: &Sim) -> Result<(), String> {
+    let mut ended: BTreeMap<&str, Option<&'static str>> = BTreeMap::new();
+    for p in sim.participants() {
+        for identity in &p.identities {
+            ended.insert(&identity.participant_id, identity.ended.map(|(_, why)| why));
+        }
+    }
+    for q in sim.participants() {
+        for o in q.received.iter().filter(|o| o.kind == EventKind::Left) {
+            match ended.get(o.participant_id.as_str()) {
+                Some(Some("left" | "vanished" | "lost a name clash")) => {}
+                Some(why) => {
+                    return Err(format!(
+                        "{} was announced as left to {} at {:.3}s but had not left ({why:?})",
+                        o.participant_name,
+                        q.name,
+                        o.at.as_secs_f64()
+                    ));
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn rosters_converge(sim: &Sim) -> Result<(), String> {
+    let expected: BTreeSet<(String, String)> = sim
+        .participants()
+        .iter()
+        .filter(|p| p.is_active())
+        .filter_map(|p| {
+            let identity = p.identities.last()?;
+            identity
+                .ended
+                .is_none()
+                .then(|| (identity.participant_id.clone(), p.name.clone()))
+        })
+        .collect();
+    for i in 0..sim.node_count() {
+        let Some(core) = sim.core(i) else { continue };
+        let listed: BTreeSet<(String, String)> = core
+            .participants()
+            .into_iter()
+            .map(|p| (p.id, p.name))
+            .collect();
+        if listed != expected {
+            return Err(format!(
+                "node n{i} lists {:?}, but the participants still there are {:?}",
+                listed.iter().map(|p| &p.1).collect::<Vec<_>>(),
+                expected.iter().map(|p| &p.1).collect::<Vec<_>>()
+            ));
+        }
+    }
+    for p in sim.participants().iter().filter(|p| p.is_active()) {
+        if !p.is_connected() {
+            return Err(format!("{} is not connected at the end", p.name));
+        }
+    }
+    Ok(())
+}
