@@ -139,6 +139,9 @@ pub struct ChatCore {
     /// never heard of may simply not have arrived yet.
     departed: FastMap<String, ()>,
     departed_order: VecDeque<String>,
+    /// What was delivered when this node joined the cluster (its history
+    /// holds nothing from before).
+    joined_at: Vec<SeqMark>,
     limits: CoreLimits,
 }
 
@@ -156,6 +159,7 @@ impl ChatCore {
             dedupe: PublishDedupe::new(limits.dedupe_ids),
             departed: FastMap::default(),
             departed_order: VecDeque::new(),
+            joined_at: Vec::new(),
             limits,
         }
     }
@@ -468,6 +472,12 @@ impl ChatCore {
     pub fn load(&mut self, snapshot: Snapshot) {
         self.clock.observe(snapshot.lamport);
         self.holdback.set_delivered(&snapshot.delivered);
+        for mark in &snapshot.delivered {
+            if let Some(origin) = &mark.origin {
+                self.history.never_kept(origin, mark.seq);
+            }
+        }
+        self.joined_at = snapshot.delivered;
         for grant in snapshot.grants {
             self.grant(grant);
         }
@@ -529,6 +539,19 @@ impl ChatCore {
             }
             EventKind::Unspecified => None,
         }
+    }
+
+    /// Whether a participant that has seen `seen` missed events that were
+    /// delivered before this node joined the cluster: this node cannot
+    /// replay them (a node that was there can).
+    pub fn missed_before_joining(&self, seen: &[SeqMark]) -> bool {
+        self.joined_at.iter().any(|floor| {
+            let had = seen
+                .iter()
+                .find(|m| m.origin == floor.origin)
+                .map_or(0, |m| m.seq);
+            had < floor.seq
+        })
     }
 
     /// Whether this node saw `participant_id` announced as left (recently:

@@ -96,6 +96,16 @@ impl History {
         }
     }
 
+    /// Events of `origin` up to `seq` were delivered before this node
+    /// joined the cluster, so it never kept them: a participant's replay
+    /// reaching back there gets a gap notice. Not a peer's: the peer can
+    /// have them from a node that kept them, and must not be told to skip.
+    pub fn never_kept(&mut self, origin: &NodeId, seq: u64) {
+        let i = self.origin_index(origin);
+        let floors = &mut self.dropped[i];
+        floors.visible = floors.visible.max(seq);
+    }
+
     fn origin_index(&mut self, origin: &NodeId) -> usize {
         let known = self
             .dropped

@@ -287,19 +287,23 @@ const MAX_HANDOFF_QUEUE: usize = 1024;
 /// A participant that resumed here. Its publishes wait until
 /// * this node has delivered what the participant saw before, so that
 ///   nothing it publishes here can overtake that anywhere; and
-/// * if it lived on another node, this node holds every event that node
-///   stamped before it learned of the move: a publish retried here is then
-///   recognised if the previous home had already stamped it, instead of
-///   being stamped a second time with another id and Lamport time.
+/// * every live peer acknowledged the participant's "moved" event, and this
+///   node holds every event each of them had stamped by then (of departed
+///   nodes, as much as any live peer holds). A node that had the
+///   participant's session stamps nothing for it once it delivered the
+///   move, so a publish retried here is recognised if any node had already
+///   stamped it, instead of being stamped a second time with another id and
+///   Lamport time. Every peer, not only the previous home: a participant
+///   that moved twice quickly may still have a publish waiting on the node
+///   before.
 #[derive(Debug)]
 struct Handoff {
     seen: Vec<SeqMark>,
-    from: Option<NodeId>,
     /// This node's "moved" event for the participant.
     moved_seq: u64,
-    /// The previous home's last own sequence number when it acknowledged
-    /// the move (it stamps nothing for the participant after that).
-    until: Option<u64>,
+    /// Per peer that acknowledged the move: its generation and its own last
+    /// sequence number then.
+    until: BTreeMap<String, (u64, u64)>,
     deadline: Instant,
     queued: VecDeque<QueuedPublish>,
 }
@@ -520,14 +524,23 @@ impl NodeCore {
         if self.stopping {
             return self.refuse(request, Error::Unavailable("node is shutting down".into()));
         }
+        if !self.peers.is_empty() && self.chat.missed_before_joining(&resume.seen) {
+            // A node that was there can replay it all.
+            return self.refuse(
+                request,
+                Error::Unavailable(
+                    "this node joined the cluster after events this session missed; \
+                     resume on another node"
+                        .into(),
+                ),
+            );
+        }
         let pid = resume.participant_id;
-        let previous = self.chat.home_of(&pid).cloned();
         let resumed = match self.chat.resume(&pid, &resume.session_token, lamport) {
             Ok(resumed) => resumed,
             Err(e) => return self.refuse(request, e),
         };
-        let from = previous.filter(|home| home != &self.me);
-        if from.is_some() || !self.chat.covers(&resume.seen) {
+        if !self.peers.is_empty() || !self.chat.covers(&resume.seen) {
             let moved_seq = resumed
                 .events
                 .first()
@@ -542,9 +555,8 @@ impl NodeCore {
                 pid.clone(),
                 Handoff {
                     seen: resume.seen.clone(),
-                    from,
                     moved_seq,
-                    until: None,
+                    until: BTreeMap::new(),
                     deadline: now + self.timing.request_timeout(),
                     queued,
                 },
@@ -1245,39 +1257,37 @@ impl NodeCore {
         }
     }
 
-    /// Lets the publishes of resumed participants through once this node
-    /// holds what their previous home stamped before it learned of the move:
-    /// the previous home acknowledged the "moved" event (reporting its own
-    /// last sequence number then) and this node delivered up to that; or,
-    /// the previous home having departed, this node holds as much of it as
-    /// any live peer reports. Past the deadline they go through anyway.
+    /// Lets the publishes of resumed participants through once their
+    /// handoff is complete (see [`Handoff`]); past the deadline, anyway.
     fn check_handoffs(&mut self, now: Instant) {
         if self.handoffs.is_empty() {
             return;
         }
         let mut done = Vec::new();
         for (pid, h) in &mut self.handoffs {
-            let from_home = match &h.from {
-                None => true,
-                Some(from) => match self.peers.get(&from.id).filter(|p| &p.node == from) {
-                    Some(home) => {
-                        if h.until.is_none() && mark_of(&home.held, &self.me) >= h.moved_seq {
-                            h.until = Some(mark_of(&home.held, from));
-                        }
-                        h.until.is_some_and(|s| self.chat.delivered_of(from) >= s)
+            let mut complete = self.chat.covers(&h.seen);
+            for p in self.peers.values() {
+                if mark_of(&p.held, &self.me) >= h.moved_seq {
+                    h.until
+                        .entry(p.node.id.clone())
+                        .or_insert((p.node.generation, mark_of(&p.held, &p.node)));
+                }
+                complete &= match h.until.get(&p.node.id) {
+                    Some(&(generation, seq)) if generation == p.node.generation => {
+                        self.chat.delivered_of(&p.node) >= seq
                     }
-                    None => {
-                        let need = self
-                            .peers
-                            .values()
-                            .map(|p| mark_of(&p.held, from))
-                            .max()
-                            .unwrap_or(0);
-                        self.chat.delivered_of(from) >= need
-                    }
-                },
-            };
-            let complete = from_home && self.chat.covers(&h.seen);
+                    _ => false,
+                };
+            }
+            for (gone, _) in self.departed.values() {
+                let need = self
+                    .peers
+                    .values()
+                    .map(|p| mark_of(&p.held, gone))
+                    .max()
+                    .unwrap_or(0);
+                complete &= self.chat.delivered_of(gone) >= need;
+            }
             if complete {
                 done.push(pid.clone());
             } else if now >= h.deadline {
