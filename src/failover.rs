@@ -19,9 +19,10 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
@@ -638,7 +639,7 @@ impl Driver {
             match result {
                 Ok(reply) => {
                     // Print what arrived before the stream ends.
-                    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+                    let deadline = Instant::now() + CALL_TIMEOUT;
                     while let Some(stream) = self.stream.as_mut() {
                         match tokio::time::timeout_at(deadline, stream.message()).await {
                             Ok(Ok(Some(frame))) => self.on_frame(frame).await,

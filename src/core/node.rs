@@ -1402,3 +1402,209 @@ pub fn own_seq(event: &Event, me: &NodeId) -> Option<u64> {
     let id = event.id.as_ref()?;
     (id.origin.as_ref()? == me).then_some(id.seq)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> NodeId {
+        NodeId {
+            id: id.into(),
+            generation: 1,
+        }
+    }
+
+    fn core(id: &str, now: Instant) -> NodeCore {
+        NodeCore::new(
+            now,
+            node(id),
+            format!("{id}:1"),
+            Timing::default(),
+            CoreLimits::default(),
+        )
+    }
+
+    /// A node `n1` with live peer `n2` (as after a membership merge).
+    fn with_peer(now: Instant) -> NodeCore {
+        let mut n1 = core("n1", now);
+        let peer = member(node("n2"), "n2:1", MemberState::Alive, 1);
+        n1.merge_members(now, &[peer]);
+        n1.take_outputs();
+        n1
+    }
+
+    fn replies(outputs: &[Output]) -> Vec<(RequestId, &Reply)> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Reply { request, reply } => Some((*request, reply)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn join(core: &mut NodeCore, name: &str) -> String {
+        core.join(1, name, 0, format!("id-{name}"), format!("tok-{name}"));
+        core.take_outputs();
+        format!("tok-{name}")
+    }
+
+    #[test]
+    fn a_publish_is_answered_once_a_peer_holds_it_and_shown_only_then() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        let token = join(&mut n1, "Ann");
+        n1.link_up(now, &node("n2"), Vec::new());
+        n1.take_outputs();
+        n1.publish(now, 7, &token, "hello", 0, "p1");
+        let out = n1.take_outputs();
+        assert!(replies(&out).is_empty(), "answered before a peer holds it");
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::Deliver { event, .. } if event.text == "hello")),
+            "shown before a peer holds it"
+        );
+        assert!(out.iter().any(
+            |o| matches!(o, Output::Relay { item: PeerItem::Event(e, _), .. } if e.text == "hello")
+        ));
+
+        let held = n1.chat().delivered();
+        n1.on_ack(now, &node("n2"), held);
+        let out = n1.take_outputs();
+        assert!(matches!(replies(&out)[..], [(7, Reply::Published(_))]));
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Deliver { event, .. } if event.text == "hello"))
+        );
+    }
+
+    #[test]
+    fn an_unacknowledged_publish_is_refused_at_its_deadline() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        let token = join(&mut n1, "Ann");
+        n1.publish(now, 7, &token, "hello", 0, "p1");
+        n1.take_outputs();
+        // The peer keeps its heartbeats coming but never acknowledges.
+        let mut t = now;
+        while t < now + n1.timing().request_timeout() {
+            t += n1.timing().tick_interval();
+            n1.on_relay(
+                t,
+                &node("n2"),
+                RelayFrame {
+                    frame: Some(relay_frame::Frame::Heartbeat(Heartbeat::default())),
+                },
+            )
+            .unwrap();
+            n1.tick(t);
+        }
+        let out = n1.take_outputs();
+        assert!(matches!(
+            replies(&out)[..],
+            [(7, Reply::Refused(Error::Unavailable(_)))]
+        ));
+    }
+
+    #[test]
+    fn a_silent_peer_is_declared_dead_but_a_stall_of_this_node_is_not_held_against_it() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        // This node did not run for ten seconds (SIGSTOP): its peer's
+        // heartbeats may be waiting unread, so the peer is not blamed.
+        n1.tick(now + Duration::from_secs(10));
+        assert_eq!(n1.membership().peers().len(), 1);
+        // Then the peer stays silent while this node runs.
+        let mut t = now + Duration::from_secs(10);
+        for _ in 0..30 {
+            t += n1.timing().tick_interval();
+            n1.tick(t);
+        }
+        assert!(n1.membership().peers().is_empty());
+        assert!(
+            n1.take_outputs()
+                .iter()
+                .any(|o| matches!(o, Output::Disconnect(n) if n == &node("n2")))
+        );
+    }
+
+    #[test]
+    fn a_resumed_participants_publish_waits_for_its_handoff() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        // Ann joined on n2; n1 learned of her and her token.
+        let joined = {
+            let mut n2 = core("n2", now);
+            n2.join(1, "Ann", 0, "id-Ann".into(), "tok-Ann".into());
+            n2.chat().history().iter().cloned().collect::<Vec<_>>()
+        };
+        n1.on_hello(now, member(node("n2"), "n2:1", MemberState::Alive, 1))
+            .unwrap();
+        n1.on_relay(
+            now,
+            &node("n2"),
+            RelayFrame {
+                frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
+                    events: joined.iter().map(|e| Event::clone(e)).collect(),
+                    grants: vec![SessionGrant {
+                        participant_id: "id-Ann".into(),
+                        session_token: "tok-Ann".into(),
+                    }],
+                })),
+            },
+        )
+        .unwrap();
+        n1.link_up(now, &node("n2"), Vec::new());
+        n1.take_outputs();
+
+        let resume = Resume {
+            participant_id: "id-Ann".into(),
+            session_token: "tok-Ann".into(),
+            seen: n1.chat().delivered(),
+        };
+        n1.resume(now, 1, resume, 5);
+        let out = n1.take_outputs();
+        assert!(
+            out.iter().any(|o| matches!(o, Output::Opened(_))),
+            "answered at once"
+        );
+        n1.publish(now, 2, "tok-Ann", "retry", 6, "p1");
+        let out = n1.take_outputs();
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Relay { item: PeerItem::Event(e, _), .. } if e.text == "retry")),
+            "stamped before n2 acknowledged the move"
+        );
+        // n2 acknowledges the move (n1's events up to now) and has stamped
+        // nothing more: the publish goes through.
+        let mut held = n1.chat().delivered();
+        held.retain(|m| m.origin.as_ref() != Some(&node("n2")));
+        held.push(SeqMark {
+            origin: Some(node("n2")),
+            seq: 1,
+        });
+        n1.on_ack(now, &node("n2"), held);
+        let out = n1.take_outputs();
+        assert!(out.iter().any(
+            |o| matches!(o, Output::Relay { item: PeerItem::Event(e, _), .. } if e.text == "retry")
+        ));
+    }
+
+    #[test]
+    fn a_resume_of_a_participant_not_heard_of_waits_for_its_join() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        let resume = Resume {
+            participant_id: "id-Bob".into(),
+            session_token: "tok-Bob".into(),
+            seen: Vec::new(),
+        };
+        n1.resume(now, 1, resume, 5);
+        assert!(replies(&n1.take_outputs()).is_empty(), "refused at once");
+        n1.tick(now + n1.timing().failure_timeout);
+        let out = n1.take_outputs();
+        assert!(matches!(
+            replies(&out)[..],
+            [(1, Reply::Refused(Error::UnknownSession))]
+        ));
+    }
+}

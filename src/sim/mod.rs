@@ -217,6 +217,8 @@ pub struct Sim {
     next_cut: u64,
     /// Frames waiting behind a cut, in order.
     stalled: BTreeMap<(usize, usize), Vec<Stalled>>,
+    /// Extra one-way delay of frames from one node to another.
+    slow: BTreeMap<(usize, usize), Duration>,
     trace: Vec<String>,
     /// A hash of every step, kept even when the trace is not.
     digest: u64,
@@ -241,6 +243,7 @@ impl Sim {
             cuts: BTreeMap::new(),
             next_cut: 1,
             stalled: BTreeMap::new(),
+            slow: BTreeMap::new(),
             trace: Vec::new(),
             digest: 0xcbf2_9ce4_8422_2325,
             steps: 0,
@@ -563,6 +566,13 @@ impl Sim {
         for conn in conns {
             self.break_conn(conn, Duration::ZERO);
         }
+    }
+
+    /// Delays every frame from `from` to `to` by `extra` more (a slow or
+    /// congested link; the stream stays in order).
+    pub fn slow_down(&mut self, from: usize, to: usize, extra: Duration) {
+        self.note(|| format!("n{from} -> n{to} slowed by {}ms", extra.as_millis()));
+        self.slow.insert((from, to), extra);
     }
 
     /// Cuts both directions between `a` and `b`.
@@ -1035,7 +1045,12 @@ impl Sim {
             });
             return;
         }
-        let at = (self.now + delay).max(c.last_forward);
+        let extra = self
+            .slow
+            .get(&(c.caller, c.callee))
+            .copied()
+            .unwrap_or_default();
+        let at = (self.now + delay + extra).max(c.last_forward);
         c.last_forward = at;
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -1060,7 +1075,12 @@ impl Sim {
             });
             return;
         }
-        let at = (self.now + delay).max(c.last_back);
+        let extra = self
+            .slow
+            .get(&(c.callee, c.caller))
+            .copied()
+            .unwrap_or_default();
+        let at = (self.now + delay + extra).max(c.last_back);
         c.last_back = at;
         let seq = self.next_seq;
         self.next_seq += 1;
