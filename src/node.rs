@@ -647,6 +647,9 @@ fn deliver(state: &State, gate: u64, event: &Event, overflowed: &mut Vec<String>
         if gate < sink.from_gate {
             continue; // stamped before this session opened
         }
+        if overflowed.contains(pid) {
+            continue; // cut off: it must not see later events past a hole
+        }
         match sink.tx.try_send(Outbound::Event(field.clone())) {
             Ok(()) => debug!(to = %pid, lamport = event.lamport, "deliver"),
             Err(mpsc::error::TrySendError::Full(_)) => {

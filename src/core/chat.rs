@@ -139,6 +139,9 @@ pub struct ChatCore {
     /// never heard of may simply not have arrived yet.
     departed: FastMap<String, ()>,
     departed_order: VecDeque<String>,
+    /// The id of each live participant's "joined" event, as a mark: where
+    /// what it may be replayed starts.
+    join_marks: FastMap<String, SeqMark>,
     /// What was delivered when this node joined the cluster (its history
     /// holds nothing from before).
     joined_at: Vec<SeqMark>,
@@ -160,6 +163,7 @@ impl ChatCore {
             departed: FastMap::default(),
             departed_order: VecDeque::new(),
             joined_at: Vec::new(),
+            join_marks: FastMap::default(),
             limits,
         }
     }
@@ -502,11 +506,20 @@ impl ChatCore {
                     .as_ref()
                     .and_then(|i| i.origin.clone())
                     .unwrap_or_default();
+                let seq = event.id.as_ref().map_or(0, |i| i.seq);
+                self.join_marks.insert(
+                    pid.clone(),
+                    SeqMark {
+                        origin: Some(origin.clone()),
+                        seq,
+                    },
+                );
                 self.roster
                     .joined(pid, &event.participant_name, origin, event.lamport)
             }
             EventKind::Left => {
                 self.roster.left(pid);
+                self.join_marks.remove(pid);
                 self.tokens.forget(pid);
                 if self.departed.insert(pid.clone(), ()).is_none() {
                     self.departed_order.push_back(pid.clone());
@@ -539,6 +552,25 @@ impl ChatCore {
             }
             EventKind::Unspecified => None,
         }
+    }
+
+    /// `seen` of a resuming participant, raised to just before its own
+    /// "joined" event: nothing from before its join is replayed to it, even
+    /// if it lost its connection before it saw the join.
+    pub fn since_join(&self, participant_id: &str, seen: &[SeqMark]) -> Vec<SeqMark> {
+        let mut seen = seen.to_vec();
+        let Some(join) = self.join_marks.get(participant_id) else {
+            return seen;
+        };
+        let floor = join.seq.saturating_sub(1);
+        match seen.iter_mut().find(|m| m.origin == join.origin) {
+            Some(mark) => mark.seq = mark.seq.max(floor),
+            None => seen.push(SeqMark {
+                origin: join.origin.clone(),
+                seq: floor,
+            }),
+        }
+        seen
     }
 
     /// Whether a participant that has seen `seen` missed events that were

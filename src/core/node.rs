@@ -270,6 +270,14 @@ enum Waiting {
 }
 
 impl Waiting {
+    fn postpone(&mut self, by: Duration) {
+        match self {
+            Waiting::Publish { deadline, .. }
+            | Waiting::Resume { deadline, .. }
+            | Waiting::Flush { deadline, .. } => *deadline += by,
+        }
+    }
+
     fn deadline(&self) -> Instant {
         match self {
             Waiting::Publish { deadline, .. }
@@ -279,9 +287,12 @@ impl Waiting {
     }
 }
 
+/// Why a removed node refuses what it was asked.
+const REMOVED: &str = "this node was removed from the cluster; the request went nowhere";
+
 /// Most resumes waiting for their participant's join to arrive.
 const MAX_WAITING_RESUMES: usize = 1024;
-/// Most publishes a participant may have waiting for its handoff.
+/// Most requests a participant may have waiting for its handoff.
 const MAX_HANDOFF_QUEUE: usize = 1024;
 
 /// A participant that resumed here. Its publishes wait until
@@ -305,16 +316,35 @@ struct Handoff {
     /// sequence number then.
     until: BTreeMap<String, (u64, u64)>,
     deadline: Instant,
-    queued: VecDeque<QueuedPublish>,
+    queued: VecDeque<Queued>,
 }
 
+/// A request of a resumed participant waiting for its handoff, in order.
 #[derive(Debug)]
-struct QueuedPublish {
-    request: RequestId,
-    token: String,
-    text: String,
-    lamport: u64,
-    publish_id: String,
+enum Queued {
+    Publish {
+        request: RequestId,
+        token: String,
+        text: String,
+        lamport: u64,
+        publish_id: String,
+    },
+    /// A Leave waits too: a node that had the participant's session might
+    /// otherwise announce it once more, or a message of it arrive after
+    /// its "left".
+    Leave {
+        request: RequestId,
+        token: String,
+        lamport: u64,
+    },
+}
+
+impl Queued {
+    fn request(&self) -> RequestId {
+        match self {
+            Queued::Publish { request, .. } | Queued::Leave { request, .. } => *request,
+        }
+    }
 }
 
 /// One node's protocol state. See the module docs.
@@ -334,7 +364,7 @@ pub struct NodeCore {
     next_inbound: u64,
     /// Departed nodes and when they were seen to go: their participants are
     /// announced once reconciliation had time to finish.
-    departed: BTreeMap<String, (NodeId, Instant)>,
+    departed: BTreeMap<(String, u64), (NodeId, Instant)>,
     /// Events on their way to local sessions, with their gate index: this
     /// node's own events wait until a peer holds them, so nobody sees an
     /// event a crash of this node could still take back. Bounded in time: a
@@ -458,8 +488,8 @@ impl NodeCore {
         participant_id: String,
         token: String,
     ) {
-        if self.stopping {
-            return self.refuse(request, Error::Unavailable("node is shutting down".into()));
+        if let Err(e) = self.serving() {
+            return self.refuse(request, e);
         }
         // Messages reach a participant without their dependencies: what came
         // before its session is told once, in the Welcome. Not this node's
@@ -521,8 +551,8 @@ impl NodeCore {
     }
 
     fn finish_resume(&mut self, now: Instant, request: RequestId, resume: Resume, lamport: u64) {
-        if self.stopping {
-            return self.refuse(request, Error::Unavailable("node is shutting down".into()));
+        if let Err(e) = self.serving() {
+            return self.refuse(request, e);
         }
         if !self.peers.is_empty() && self.chat.missed_before_joining(&resume.seen) {
             // A node that was there can replay it all.
@@ -568,7 +598,8 @@ impl NodeCore {
             participant_id: pid.clone(),
             reason: EndReason::Replaced,
         });
-        let (mut replay, gaps) = self.chat.replay_after(&resume.seen, Audience::Participant);
+        let seen = self.chat.since_join(&pid, &resume.seen);
+        let (mut replay, gaps) = self.chat.replay_after(&seen, Audience::Participant);
         // What is still behind the gate reaches the session from there,
         // once it may be shown (a crash of this node could take it back).
         let gated: std::collections::HashSet<*const Event> =
@@ -633,25 +664,20 @@ impl NodeCore {
         lamport: u64,
         publish_id: &str,
     ) {
-        if let Some(pid) = self.chat.local_participant(token)
-            && let Some(handoff) = self.handoffs.get_mut(&pid)
-        {
-            if handoff.queued.len() >= MAX_HANDOFF_QUEUE {
-                return self.refuse(
-                    request,
-                    Error::Unavailable(
-                        "too many publishes waiting for this session's handoff".into(),
-                    ),
-                );
-            }
-            handoff.queued.push_back(QueuedPublish {
+        if let Err(e) = self.serving() {
+            return self.refuse(request, e);
+        }
+        if !self.handoffs.is_empty() {
+            let queued = Queued::Publish {
                 request,
                 token: token.to_string(),
                 text: text.to_string(),
                 lamport,
                 publish_id: publish_id.to_string(),
-            });
-            return;
+            };
+            if self.queue_for_handoff(token, queued).is_none() {
+                return;
+            }
         }
         let published = match self.chat.publish(token, text, lamport, publish_id) {
             Ok(published) => published,
@@ -683,9 +709,50 @@ impl NodeCore {
         }
     }
 
+    /// Whether this node takes new work: not while it stops or after the
+    /// cluster removed it.
+    fn serving(&self) -> Result<(), Error> {
+        if self.removed {
+            Err(Error::Unavailable(REMOVED.into()))
+        } else if self.stopping {
+            Err(Error::Unavailable("node is shutting down".into()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Queues `queued` behind the handoff of the participant owning
+    /// `token`, if it has one pending; gives it back otherwise.
+    fn queue_for_handoff(&mut self, token: &str, queued: Queued) -> Option<Queued> {
+        let pid = self.chat.local_participant(token)?;
+        let Some(handoff) = self.handoffs.get_mut(&pid) else {
+            return Some(queued);
+        };
+        if handoff.queued.len() >= MAX_HANDOFF_QUEUE {
+            let request = queued.request();
+            self.refuse(
+                request,
+                Error::Unavailable("too many requests waiting for this session's handoff".into()),
+            );
+        } else {
+            handoff.queued.push_back(queued);
+        }
+        None
+    }
+
     /// A Leave: ends the session that owns `token`; the leaver's stream ends
     /// once drained, before its "left" event is delivered to the others.
     pub fn leave(&mut self, request: RequestId, token: &str, lamport: u64) {
+        if !self.handoffs.is_empty() {
+            let queued = Queued::Leave {
+                request,
+                token: token.to_string(),
+                lamport,
+            };
+            if self.queue_for_handoff(token, queued).is_none() {
+                return;
+            }
+        }
         let (pid, event) = match self.chat.leave(token, lamport) {
             Ok(left) => left,
             Err(e) => return self.refuse(request, e),
@@ -770,6 +837,7 @@ impl NodeCore {
             "joined the cluster"
         );
         self.apply_change(now, change);
+        self.check_resumes(now);
     }
 
     /// `UpdateServers` (or the answer to a push): merges a peer's view and
@@ -1021,10 +1089,19 @@ impl NodeCore {
                 for p in self.peers.values_mut() {
                     p.last_heard = (p.last_heard + stalled).min(now);
                 }
+                // Nor against the requests waiting for them: what would
+                // answer them may be waiting unread too.
+                for w in self.publishes.iter_mut().chain(self.others.iter_mut()) {
+                    w.postpone(stalled);
+                }
+                for h in self.handoffs.values_mut() {
+                    h.deadline += stalled;
+                }
             }
         }
         self.last_tick = Some(now);
         if self.removed {
+            self.expire_requests(now);
             return;
         }
 
@@ -1093,7 +1170,14 @@ impl NodeCore {
             }
         }
 
+        // A departed node is forgotten once its participants had their
+        // grace period and what waited on its events was released.
+        let forget_after = self.grace.max(self.timing.heartbeat) + timeout * 2;
+        self.departed
+            .retain(|_, (_, since)| now.saturating_duration_since(*since) < forget_after);
+
         self.expire_requests(now);
+        self.check_resumes(now);
         self.check_handoffs(now);
     }
 
@@ -1115,7 +1199,8 @@ impl NodeCore {
         let mut events = Vec::new();
         for pid in self.chat.orphans(&alive) {
             let home = self.chat.home_of(&pid).cloned().unwrap_or_default();
-            let (_, since) = *self.departed.entry(home.id.clone()).or_insert((home, now));
+            let key = (home.id.clone(), home.generation);
+            let (_, since) = *self.departed.entry(key).or_insert((home, now));
             if now.saturating_duration_since(since) < settle {
                 continue;
             }
@@ -1139,6 +1224,24 @@ impl NodeCore {
                               longer than the failure timeout); exiting so it serves no stale state";
                 warn!("{reason}");
                 self.outputs.push(Output::Removed(reason.to_string()));
+                // Nothing it waits for will come: answer every request now
+                // (a graceful stop goes on, the others are refused).
+                for w in std::mem::take(&mut self.publishes) {
+                    self.complete(w, now, true);
+                }
+                for w in std::mem::take(&mut self.others) {
+                    match w {
+                        Waiting::Flush { request, .. } => self.reply(request, Reply::Flushed),
+                        Waiting::Resume { request, .. } | Waiting::Publish { request, .. } => {
+                            self.refuse(request, Error::Unavailable(REMOVED.into()))
+                        }
+                    }
+                }
+                for (_, handoff) in std::mem::take(&mut self.handoffs) {
+                    for q in handoff.queued {
+                        self.refuse(q.request(), Error::Unavailable(REMOVED.into()));
+                    }
+                }
             }
             return;
         }
@@ -1152,12 +1255,13 @@ impl NodeCore {
                 self.peers.remove(&node.id);
                 self.outputs.push(Output::Disconnect(node.clone()));
             }
-            self.departed.insert(node.id.clone(), (node.clone(), now));
+            self.departed
+                .insert((node.id.clone(), node.generation), (node.clone(), now));
         }
         for added in &change.added {
             let Some(node) = &added.node else { continue };
             info!(node = %node.id, generation = node.generation, addr = %added.addr, "peer joined the cluster");
-            self.departed.remove(&node.id);
+            self.departed.remove(&(node.id.clone(), node.generation));
             self.peers.insert(
                 node.id.clone(),
                 Peer {
@@ -1267,10 +1371,15 @@ impl NodeCore {
         for (pid, h) in &mut self.handoffs {
             let mut complete = self.chat.covers(&h.seen);
             for p in self.peers.values() {
-                if mark_of(&p.held, &self.me) >= h.moved_seq {
-                    h.until
-                        .entry(p.node.id.clone())
-                        .or_insert((p.node.generation, mark_of(&p.held, &p.node)));
+                let stale = h
+                    .until
+                    .get(&p.node.id)
+                    .is_none_or(|&(generation, _)| generation != p.node.generation);
+                if stale && mark_of(&p.held, &self.me) >= h.moved_seq {
+                    h.until.insert(
+                        p.node.id.clone(),
+                        (p.node.generation, mark_of(&p.held, &p.node)),
+                    );
                 }
                 complete &= match h.until.get(&p.node.id) {
                     Some(&(generation, seq)) if generation == p.node.generation => {
@@ -1300,7 +1409,20 @@ impl NodeCore {
                 continue;
             };
             for q in handoff.queued {
-                self.publish(now, q.request, &q.token, &q.text, q.lamport, &q.publish_id);
+                match q {
+                    Queued::Publish {
+                        request,
+                        token,
+                        text,
+                        lamport,
+                        publish_id,
+                    } => self.publish(now, request, &token, &text, lamport, &publish_id),
+                    Queued::Leave {
+                        request,
+                        token,
+                        lamport,
+                    } => self.leave(request, &token, lamport),
+                }
             }
         }
     }
@@ -1600,7 +1722,19 @@ mod tests {
         };
         n1.resume(now, 1, resume, 5);
         assert!(replies(&n1.take_outputs()).is_empty(), "refused at once");
-        n1.tick(now + n1.timing().failure_timeout);
+        let mut t = now;
+        while t < now + n1.timing().failure_timeout {
+            t += n1.timing().tick_interval();
+            n1.on_relay(
+                t,
+                &node("n2"),
+                RelayFrame {
+                    frame: Some(relay_frame::Frame::Heartbeat(Heartbeat::default())),
+                },
+            )
+            .unwrap();
+            n1.tick(t);
+        }
         let out = n1.take_outputs();
         assert!(matches!(
             replies(&out)[..],

@@ -1,6 +1,9 @@
 //! The invariants a run must keep, checked on what every participant
 //! received (the same ones as `tests/failover.rs` and the README's
 //! Guarantees):
+//! * within one session a node sends each origin's events once and in
+//!   order (checked on what it sent, before the client's own dedupe);
+//! * nobody receives an event from before its own join;
 //! * every acknowledged publish reaches, exactly once, every participant
 //!   identity that joined before it was first sent and is still there at the
 //!   end;
@@ -23,6 +26,8 @@ use super::{EventKey, Sim};
 
 /// Every invariant; the first violation found, described.
 pub fn all(sim: &Sim) -> Result<(), String> {
+    sessions_in_order(sim)?;
+    nothing_from_before_a_join(sim)?;
     no_duplicates(sim)?;
     one_event_per_message(sim)?;
     acknowledged_reach_everyone(sim)?;
@@ -48,6 +53,42 @@ fn messages(sim: &Sim) -> BTreeMap<&str, (&str, u64)> {
         }
     }
     out
+}
+
+fn sessions_in_order(sim: &Sim) -> Result<(), String> {
+    for p in sim.participants() {
+        if let Some(fault) = p.session_faults.first() {
+            return Err(fault.clone());
+        }
+    }
+    Ok(())
+}
+
+fn nothing_from_before_a_join(sim: &Sim) -> Result<(), String> {
+    // Each identity's "joined" event, as anyone received it.
+    let mut joins: BTreeMap<&str, &EventKey> = BTreeMap::new();
+    for p in sim.participants() {
+        for o in p.received.iter().filter(|o| o.kind == EventKind::Joined) {
+            joins.insert(&o.participant_id, &o.id);
+        }
+    }
+    for p in sim.participants() {
+        for (i, identity) in p.identities.iter().enumerate() {
+            let Some(join) = joins.get(identity.participant_id.as_str()) else {
+                continue;
+            };
+            let early = p.received.iter().find(|o| {
+                o.identity == i && o.id.0 == join.0 && o.id.1 == join.1 && o.id.2 < join.2
+            });
+            if let Some(o) = early {
+                return Err(format!(
+                    "{} received {:?} ({:?}), from before its own join {join:?}",
+                    p.name, o.text, o.id
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn no_duplicates(sim: &Sim) -> Result<(), String> {

@@ -152,6 +152,15 @@ pub struct Participant {
     publish_ids: BTreeSet<String>,
     pub received: Vec<Observed>,
     pub gaps: Vec<Gap>,
+    /// What the node sent in the current session, before the client's own
+    /// dedupe: per origin, the last sequence number. Within one session a
+    /// node sends each origin's events once and in order.
+    session_last: BTreeMap<(String, u64), u64>,
+    /// Where the node broke that, described.
+    pub session_faults: Vec<String>,
+    /// Whether it sent a Leave (the node may take it even if the answer is
+    /// lost with the connection).
+    leave_sent: bool,
     pub published: Vec<PublishRecord>,
     /// Indices into `published` not yet answered, in order.
     queue: VecDeque<usize>,
@@ -235,6 +244,9 @@ impl Sim {
             publish_ids: BTreeSet::new(),
             received: Vec::new(),
             gaps: Vec::new(),
+            session_last: BTreeMap::new(),
+            session_faults: Vec::new(),
+            leave_sent: false,
             published: Vec::new(),
             queue: VecDeque::new(),
             in_flight: None,
@@ -621,6 +633,7 @@ impl Sim {
             }
         }
         part.token = welcome.session_token;
+        part.session_last.clear();
         part.state = State::Connected {
             node,
             generation,
@@ -769,6 +782,15 @@ impl Sim {
         self.note(|| format!("P{p} refused at n{node}: {error}"));
         let part = &mut self.participants[p];
         match (&part.state, error) {
+            (State::Opening { .. }, Error::UnknownSession) if part.leave_sent => {
+                // Its Leave was taken before the connection broke.
+                let now = self.now;
+                part.state = State::Left;
+                if let Some(identity) = part.identities.last_mut() {
+                    identity.ended.get_or_insert((now, "left"));
+                }
+                self.note(|| format!("P{p} finds its Leave was taken"));
+            }
             (State::Opening { .. }, Error::UnknownSession) => {
                 // The session is gone (announced as left): join again as new.
                 part.resume = false;
@@ -844,6 +866,7 @@ impl Sim {
         };
         let request = self.new_request(node, p);
         self.participants[p].leaving = Some(request);
+        self.participants[p].leave_sent = true;
         self.note(|| format!("P{p} leaves at n{node}"));
         self.send_request(p, node, generation, request, what);
     }
