@@ -399,3 +399,28 @@ fn two_nodes_failing_in_turn_can_restamp_a_message_only_they_held() {
         "the retry was acknowledged"
     );
 }
+
+#[test]
+fn a_graceful_stop_hands_everything_over_and_its_participants_move() {
+    let mut sim = cluster(3, 2, 21);
+    round(&mut sim, ms(10));
+    // Its last messages are still on their way when it is told to stop.
+    sim.publish(0);
+    sim.publish(3);
+    sim.stop_gracefully(0);
+    sim.run_for(ms(500));
+    assert!(!sim.is_running(0), "still running after its flush");
+    for i in [1, 2] {
+        assert_eq!(
+            alive_members(&sim, i),
+            2,
+            "n{i} still lists the stopped node"
+        );
+    }
+    round(&mut sim, ms(20));
+    let sim = settled_and_checked(sim);
+    for p in [0, 3] {
+        assert!(matches!(sim.participants()[p].node(), Some(1 | 2)), "P{p}");
+        assert_eq!(sim.participants()[p].unanswered(), 0, "P{p}");
+    }
+}

@@ -1741,4 +1741,37 @@ mod tests {
             [(1, Reply::Refused(Error::UnknownSession))]
         ));
     }
+
+    #[test]
+    fn a_node_removed_while_it_waits_answers_every_request() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        let token = join(&mut n1, "Ann");
+        n1.publish(now, 7, &token, "hello", 0, "p1");
+        n1.stop_sessions();
+        n1.flush(now, 8);
+        assert!(replies(&n1.take_outputs()).is_empty());
+        // The cluster says this incarnation is dead.
+        let dead = member(node("n1"), "n1:1", MemberState::Dead, 2);
+        n1.merge_members(now, &[dead]);
+        let out = n1.take_outputs();
+        assert!(out.iter().any(|o| matches!(o, Output::Removed(_))));
+        let answered = replies(&out);
+        assert!(
+            answered
+                .iter()
+                .any(|r| matches!(r, (7, Reply::Refused(Error::Unavailable(_))))),
+            "{answered:?}"
+        );
+        assert!(
+            answered.iter().any(|r| matches!(r, (8, Reply::Flushed))),
+            "{answered:?}"
+        );
+        n1.publish(now, 9, &token, "more", 0, "p2");
+        let out = n1.take_outputs();
+        assert!(matches!(
+            replies(&out)[..],
+            [(9, Reply::Refused(Error::Unavailable(_)))]
+        ));
+    }
 }

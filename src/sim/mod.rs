@@ -139,6 +139,11 @@ enum Action {
     Unpause {
         node: usize,
     },
+    /// A node is asked to stop gracefully (SIGTERM).
+    Stop {
+        node: usize,
+        generation: u64,
+    },
     /// A cut has lasted [`LINK_TIMEOUT`]: its connections break.
     CutTimeout {
         from: usize,
@@ -194,6 +199,8 @@ struct SimNode {
     inbound: BTreeMap<String, u64>,
     /// Requests waiting for an answer: id to participant.
     requests: BTreeMap<RequestId, usize>,
+    /// The flush of a graceful stop under way.
+    stopping: Option<RequestId>,
     next_request: RequestId,
 }
 
@@ -260,6 +267,7 @@ impl Sim {
                 links: BTreeMap::new(),
                 inbound: BTreeMap::new(),
                 requests: BTreeMap::new(),
+                stopping: None,
                 next_request: 1,
             });
         }
@@ -419,6 +427,49 @@ impl Sim {
         );
     }
 
+    /// Stops node `i` gracefully, as on SIGTERM: it refuses new sessions,
+    /// waits (bounded) until its peers hold its events, tells them it
+    /// leaves, then ends its sessions (its participants move).
+    pub fn stop_gracefully(&mut self, i: usize) {
+        let generation = self.nodes[i].generation;
+        self.schedule(
+            Duration::ZERO,
+            Action::Stop {
+                node: i,
+                generation,
+            },
+        );
+    }
+
+    /// The flush of a graceful stop is done: leave and stop.
+    fn finish_stop(&mut self, i: usize) {
+        let generation = self.nodes[i].generation;
+        let core = self.nodes[i].core.as_mut().expect("runs");
+        let (members, peers) = core.leave_cluster();
+        for m in peers {
+            let Some(j) = m.node.as_ref().and_then(|n| self.index_of(n)) else {
+                continue;
+            };
+            if !self.reachable(i, j) || self.nodes[j].core.is_none() {
+                continue;
+            }
+            let to_generation = self.nodes[j].generation;
+            let after = self.latency();
+            self.schedule(
+                after,
+                Action::Gossip {
+                    from: i,
+                    from_generation: generation,
+                    to: j,
+                    to_generation,
+                    members: members.clone(),
+                },
+            );
+        }
+        self.note(|| format!("n{i} left the cluster and stops"));
+        self.stop(i);
+    }
+
     /// Kills node `i`: its state is lost, its connections reset.
     pub fn crash(&mut self, i: usize) {
         self.note(|| format!("crash n{i}"));
@@ -435,6 +486,7 @@ impl Sim {
         node.links.clear();
         node.inbound.clear();
         node.requests.clear();
+        node.stopping = None;
         node.sinks.clear();
         let conns: Vec<u64> = self
             .conns
@@ -637,6 +689,20 @@ impl Sim {
                 self.schedule(tick, Action::Tick { node, generation });
             }
             Action::Unpause { node } => self.unpause(node),
+            Action::Stop { node, generation } => {
+                if !self.deliverable(node, generation, &Action::Stop { node, generation }) {
+                    return;
+                }
+                self.note(|| format!("n{node} stops gracefully"));
+                let request = self.nodes[node].next_request;
+                self.nodes[node].next_request += 1;
+                self.nodes[node].stopping = Some(request);
+                let now = self.instant();
+                let core = self.nodes[node].core.as_mut().expect("deliverable");
+                core.stop_sessions();
+                core.flush(now, request);
+                self.carry_out(node);
+            }
             Action::CutTimeout { from, to, cut } => self.cut_timeout(from, to, cut),
             Action::Connect {
                 node,
@@ -1179,6 +1245,10 @@ impl Sim {
                 }
             }
             Output::Reply { request, reply } => {
+                if self.nodes[i].stopping == Some(request) {
+                    self.finish_stop(i);
+                    return;
+                }
                 if let Some(p) = self.nodes[i].requests.remove(&request) {
                     self.participant_reply(p, i, request, reply);
                 }

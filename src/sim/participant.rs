@@ -709,7 +709,19 @@ impl Sim {
         }
         self.note(|| format!("P{p} session ended: {reason:?}"));
         match reason {
-            EndReason::Left => {}
+            EndReason::Left => {
+                // A Leave it sent was taken (maybe one an earlier session
+                // sent, carried over by the handoff): it has left.
+                let now = self.now;
+                let part = &mut self.participants[p];
+                if part.leave_sent {
+                    part.state = State::Left;
+                    part.leaving = None;
+                    if let Some(identity) = part.identities.last_mut() {
+                        identity.ended.get_or_insert((now, "left"));
+                    }
+                }
+            }
             EndReason::NameClash => {
                 let now = self.now;
                 let part = &mut self.participants[p];

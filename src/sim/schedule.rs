@@ -3,8 +3,8 @@
 //! settle, and checks the invariants.
 //!
 //! The faults stay within what the cluster promises to survive: one fault at
-//! a time, a node's (a crash, a pause shorter or longer than the failure
-//! timeout, a restart) or a link's (a cut shorter than the failure timeout,
+//! a time, a node's (a crash, a graceful stop, a pause shorter or longer
+//! than the failure timeout, a restart) or a link's (a cut shorter than the failure timeout,
 //! one way or both; a reset that loses what was in flight), each followed
 //! by a quiet time in which the survivors detect, reconcile and settle;
 //! participants that lose their connection, leave or vanish at any time.
@@ -105,7 +105,11 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
             }
             63..=66 if may_fault => {
                 let i = healthy[pick.below(healthy.len())];
-                sim.crash(i);
+                if pick.chance(25) {
+                    sim.stop_gracefully(i);
+                } else {
+                    sim.crash(i);
+                }
                 crashed.push(i);
                 quiet_from = sim.now() + spacing;
             }
