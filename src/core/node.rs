@@ -1565,6 +1565,20 @@ mod tests {
             .collect()
     }
 
+    /// Ticks `n1` from `from` to `until`, its peer n2 sending a heartbeat
+    /// before each tick (alive, but acknowledging nothing).
+    fn run_with_heartbeats(n1: &mut NodeCore, from: Instant, until: Instant) {
+        let mut t = from;
+        while t < until {
+            t += n1.timing().tick_interval();
+            let heartbeat = RelayFrame {
+                frame: Some(relay_frame::Frame::Heartbeat(Heartbeat::default())),
+            };
+            n1.on_relay(t, &node("n2"), heartbeat).unwrap();
+            n1.tick(t);
+        }
+    }
+
     fn join(core: &mut NodeCore, name: &str) -> String {
         core.join(1, name, 0, format!("id-{name}"), format!("tok-{name}"));
         core.take_outputs();
@@ -1608,19 +1622,8 @@ mod tests {
         n1.publish(now, 7, &token, "hello", 0, "p1");
         n1.take_outputs();
         // The peer keeps its heartbeats coming but never acknowledges.
-        let mut t = now;
-        while t < now + n1.timing().request_timeout() {
-            t += n1.timing().tick_interval();
-            n1.on_relay(
-                t,
-                &node("n2"),
-                RelayFrame {
-                    frame: Some(relay_frame::Frame::Heartbeat(Heartbeat::default())),
-                },
-            )
-            .unwrap();
-            n1.tick(t);
-        }
+        let timeout = n1.timing().request_timeout();
+        run_with_heartbeats(&mut n1, now, now + timeout);
         let out = n1.take_outputs();
         assert!(matches!(
             replies(&out)[..],
@@ -1722,19 +1725,8 @@ mod tests {
         };
         n1.resume(now, 1, resume, 5);
         assert!(replies(&n1.take_outputs()).is_empty(), "refused at once");
-        let mut t = now;
-        while t < now + n1.timing().failure_timeout {
-            t += n1.timing().tick_interval();
-            n1.on_relay(
-                t,
-                &node("n2"),
-                RelayFrame {
-                    frame: Some(relay_frame::Frame::Heartbeat(Heartbeat::default())),
-                },
-            )
-            .unwrap();
-            n1.tick(t);
-        }
+        let timeout = n1.timing().failure_timeout;
+        run_with_heartbeats(&mut n1, now, now + timeout);
         let out = n1.take_outputs();
         assert!(matches!(
             replies(&out)[..],

@@ -446,7 +446,21 @@ impl Sim {
         let generation = self.nodes[i].generation;
         let core = self.nodes[i].core.as_mut().expect("runs");
         let (members, peers) = core.leave_cluster();
-        for m in peers {
+        self.push_members(i, generation, members, peers);
+        self.note(|| format!("n{i} left the cluster and stops"));
+        self.stop(i);
+    }
+
+    /// Pushes `members` from node `i` to each of `targets` it can reach
+    /// (an `UpdateServers` call; the answer comes back the same way).
+    fn push_members(
+        &mut self,
+        i: usize,
+        generation: u64,
+        members: Vec<Member>,
+        targets: Vec<Member>,
+    ) {
+        for m in targets {
             let Some(j) = m.node.as_ref().and_then(|n| self.index_of(n)) else {
                 continue;
             };
@@ -466,8 +480,6 @@ impl Sim {
                 },
             );
         }
-        self.note(|| format!("n{i} left the cluster and stops"));
-        self.stop(i);
     }
 
     /// Kills node `i`: its state is lost, its connections reset.
@@ -577,11 +589,7 @@ impl Sim {
             action,
         } in self.stalled.remove(&(from, to)).unwrap_or_default()
         {
-            if forward {
-                self.send_forward(conn, action);
-            } else {
-                self.send_back(conn, action);
-            }
+            self.send(conn, forward, action);
         }
     }
 
@@ -749,7 +757,7 @@ impl Sim {
                     Err(e) => Err(e),
                 };
                 self.carry_out(callee);
-                self.send_back(conn, Action::HelloAnswer { conn, answer });
+                self.send(conn, false, Action::HelloAnswer { conn, answer });
             }
             Action::HelloAnswer { conn, answer } => {
                 let Some(c) = self.conns.get(&conn) else {
@@ -1090,13 +1098,14 @@ impl Sim {
         link.2 = Duration::from_millis(100);
         self.note(|| format!("n{node} connects to {} conn {conn}", peer.id));
         let member = self.nodes[node].core.as_ref().expect("runs").own_member();
-        self.send_forward(conn, Action::Hello { conn, member });
+        self.send(conn, true, Action::Hello { conn, member });
         let timeout = self.config.timing.failure_timeout;
         self.schedule(timeout, Action::HelloTimeout { conn });
     }
 
-    /// Sends on a connection, caller to callee, in order.
-    fn send_forward(&mut self, conn: u64, action: Action) {
+    /// Sends on a connection, caller to callee (`forward`) or back, in
+    /// order: a frame never overtakes an earlier one the same way.
+    fn send(&mut self, conn: u64, forward: bool, action: Action) {
         let delay = self.latency();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
@@ -1104,52 +1113,27 @@ impl Sim {
         if !c.alive {
             return;
         }
-        if self.cuts.contains_key(&(c.caller, c.callee)) {
-            let way = (c.caller, c.callee);
-            self.stalled.entry(way).or_default().push(Stalled {
-                conn,
-                forward: true,
-                action,
-            });
-            return;
-        }
-        let extra = self
-            .slow
-            .get(&(c.caller, c.callee))
-            .copied()
-            .unwrap_or_default();
-        let at = (self.now + delay + extra).max(c.last_forward);
-        c.last_forward = at;
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        self.queue.insert((at, seq), action);
-    }
-
-    /// Sends on a connection, callee to caller, in order.
-    fn send_back(&mut self, conn: u64, action: Action) {
-        let delay = self.latency();
-        let Some(c) = self.conns.get_mut(&conn) else {
-            return;
+        let way = if forward {
+            (c.caller, c.callee)
+        } else {
+            (c.callee, c.caller)
         };
-        if !c.alive {
-            return;
-        }
-        if self.cuts.contains_key(&(c.callee, c.caller)) {
-            let way = (c.callee, c.caller);
+        if self.cuts.contains_key(&way) {
             self.stalled.entry(way).or_default().push(Stalled {
                 conn,
-                forward: false,
+                forward,
                 action,
             });
             return;
         }
-        let extra = self
-            .slow
-            .get(&(c.callee, c.caller))
-            .copied()
-            .unwrap_or_default();
-        let at = (self.now + delay + extra).max(c.last_back);
-        c.last_back = at;
+        let extra = self.slow.get(&way).copied().unwrap_or_default();
+        let last = if forward {
+            &mut c.last_forward
+        } else {
+            &mut c.last_back
+        };
+        let at = (self.now + delay + extra).max(*last);
+        *last = at;
         let seq = self.next_seq;
         self.next_seq += 1;
         self.queue.insert((at, seq), action);
@@ -1160,7 +1144,7 @@ impl Sim {
             let frame = RelayFrame {
                 frame: Some(relay_frame::Frame::Skip(gap)),
             };
-            self.send_forward(conn, Action::Frame { conn, frame });
+            self.send(conn, true, Action::Frame { conn, frame });
         }
         let mut grants = replay.grants;
         for chunk in replay.events.chunks(512) {
@@ -1170,7 +1154,7 @@ impl Sim {
                     grants: std::mem::take(&mut grants),
                 })),
             };
-            self.send_forward(conn, Action::Frame { conn, frame });
+            self.send(conn, true, Action::Frame { conn, frame });
         }
     }
 
@@ -1272,8 +1256,9 @@ impl Sim {
                     }),
                     PeerItem::Heartbeat(hb) => relay_frame::Frame::Heartbeat(hb),
                 };
-                self.send_forward(
+                self.send(
                     conn,
+                    true,
                     Action::Frame {
                         conn,
                         frame: RelayFrame { frame: Some(frame) },
@@ -1334,35 +1319,13 @@ impl Sim {
                     Some(m) => vec![m],
                     None => core.membership().peers(),
                 };
-                for m in targets {
-                    let Some(peer) = m.node.as_ref() else {
-                        continue;
-                    };
-                    let Some(j) = self.index_of(peer) else {
-                        continue;
-                    };
-                    if !self.reachable(i, j) || self.nodes[j].core.is_none() {
-                        continue;
-                    }
-                    let to_generation = self.nodes[j].generation;
-                    let after = self.latency();
-                    self.schedule(
-                        after,
-                        Action::Gossip {
-                            from: i,
-                            from_generation: generation,
-                            to: j,
-                            to_generation,
-                            members: members.clone(),
-                        },
-                    );
-                }
+                self.push_members(i, generation, members, targets);
             }
             Output::Ack { peer, held } => {
                 let Some(&conn) = self.nodes[i].inbound.get(&peer.id) else {
                     return;
                 };
-                self.send_back(conn, Action::Ack { conn, held });
+                self.send(conn, false, Action::Ack { conn, held });
             }
             Output::Removed(reason) => {
                 self.note(|| format!("n{i} removed: {reason}"));

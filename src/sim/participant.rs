@@ -213,6 +213,15 @@ impl Participant {
         self.identities.last().map(|i| i.participant_id.as_str())
     }
 
+    /// It is done: left, vanished or failed, with why its identity ended.
+    fn end(&mut self, state: State, now: Duration, why: &'static str) {
+        self.state = state;
+        self.leaving = None;
+        if let Some(identity) = self.identities.last_mut() {
+            identity.ended.get_or_insert((now, why));
+        }
+    }
+
     fn current(&self) -> usize {
         self.identities.len().saturating_sub(1)
     }
@@ -306,11 +315,7 @@ impl Sim {
         self.note(|| format!("P{p} vanishes"));
         self.close_connection(p);
         let now = self.now;
-        let part = &mut self.participants[p];
-        part.state = State::Vanished;
-        if let Some(identity) = part.identities.last_mut() {
-            identity.ended.get_or_insert((now, "vanished"));
-        }
+        self.participants[p].end(State::Vanished, now, "vanished");
     }
 
     /// Participant `p`'s connection breaks; it reconnects and resumes.
@@ -715,20 +720,16 @@ impl Sim {
                 let now = self.now;
                 let part = &mut self.participants[p];
                 if part.leave_sent {
-                    part.state = State::Left;
-                    part.leaving = None;
-                    if let Some(identity) = part.identities.last_mut() {
-                        identity.ended.get_or_insert((now, "left"));
-                    }
+                    part.end(State::Left, now, "left");
                 }
             }
             EndReason::NameClash => {
                 let now = self.now;
-                let part = &mut self.participants[p];
-                part.state = State::Failed("lost a name clash".into());
-                if let Some(identity) = part.identities.last_mut() {
-                    identity.ended.get_or_insert((now, "lost a name clash"));
-                }
+                self.participants[p].end(
+                    State::Failed("lost a name clash".into()),
+                    now,
+                    "lost a name clash",
+                );
             }
             _ => self.reconnect(p),
         }
@@ -778,11 +779,7 @@ impl Sim {
                 let now = self.now;
                 let part = &mut self.participants[p];
                 part.clock.observe(lamport);
-                part.state = State::Left;
-                part.leaving = None;
-                if let Some(identity) = part.identities.last_mut() {
-                    identity.ended.get_or_insert((now, "left"));
-                }
+                part.end(State::Left, now, "left");
                 self.note(|| format!("P{p} left"));
             }
             Reply::Flushed => {}
@@ -797,10 +794,7 @@ impl Sim {
             (State::Opening { .. }, Error::UnknownSession) if part.leave_sent => {
                 // Its Leave was taken before the connection broke.
                 let now = self.now;
-                part.state = State::Left;
-                if let Some(identity) = part.identities.last_mut() {
-                    identity.ended.get_or_insert((now, "left"));
-                }
+                part.end(State::Left, now, "left");
                 self.note(|| format!("P{p} finds its Leave was taken"));
             }
             (State::Opening { .. }, Error::UnknownSession) => {
