@@ -536,11 +536,19 @@ impl ChatCore {
                 if let Some(member) = self.roster.get_mut(pid)
                     && let Some(origin) = origin
                 {
-                    if origin != self.me {
-                        member.session = None;
+                    // Two nodes may resume the participant at nearly the
+                    // same moment and deliver each other's move after their
+                    // own: the later move by (Lamport time, origin) wins
+                    // everywhere, so every node names the same home.
+                    let homed = (event.lamport, origin.id.clone());
+                    if homed > member.homed {
+                        if origin != self.me {
+                            member.session = None;
+                        }
+                        member.home = origin;
+                        member.homed = homed;
+                        member.detached = None;
                     }
-                    member.home = origin;
-                    member.detached = None;
                 }
                 None
             }

@@ -605,7 +605,17 @@ impl NodeCore {
         let gated: std::collections::HashSet<*const Event> =
             self.gate.iter().map(|(_, e)| Arc::as_ptr(e)).collect();
         replay.retain(|e| visible(e) && !gated.contains(&Arc::as_ptr(e)));
-        let from_gate = self.gate.front().map_or(self.next_gate, |(i, _)| *i);
+        // Nothing from before its own join either: if the join is still
+        // behind the gate (the participant never saw it), the session
+        // starts there.
+        let own_join = self
+            .gate
+            .iter()
+            .find(|(_, e)| e.kind() == EventKind::Joined && e.participant_id == pid)
+            .map(|(i, _)| *i);
+        let from_gate = own_join
+            .or(self.gate.front().map(|(i, _)| *i))
+            .unwrap_or(self.next_gate);
         info!(participant = %resumed.name, id = %pid, replayed = replay.len(), lamport = resumed.events[0].lamport, "Resume");
         self.open(
             request,

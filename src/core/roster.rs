@@ -21,6 +21,10 @@ pub struct Member {
     pub home: NodeId,
     /// (Lamport time, origin id) of the "joined" event: the name tie-break.
     joined: (u64, String),
+    /// (Lamport time, origin id) of the event that set `home` (the join, or
+    /// the latest "moved"): of two moves delivered in either order, every
+    /// node keeps the later by this order, so all agree on the home.
+    pub homed: (u64, String),
     /// The local session currently attached, if any (a counter value, so a
     /// stale session that closes late cannot end a newer one).
     pub session: Option<u64>,
@@ -80,6 +84,7 @@ impl Roster {
             Member {
                 name: name.to_string(),
                 home,
+                homed: joined.clone(),
                 joined: joined.clone(),
                 session: None,
                 detached: None,
@@ -125,6 +130,7 @@ impl Roster {
             Member {
                 name: p.name,
                 joined: (0, home.id.clone()),
+                homed: (0, home.id.clone()),
                 home,
                 session: None,
                 detached: None,
