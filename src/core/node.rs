@@ -147,6 +147,15 @@ pub struct Replay {
     pub grants: Vec<SessionGrant>,
 }
 
+/// What a session's Welcome says came before it.
+#[derive(Debug)]
+enum Session {
+    /// A new session: what this node had delivered before it.
+    New { before: Vec<SeqMark> },
+    /// A resumed one: where the participant's own join starts.
+    Resumed { before_join: Vec<SeqMark> },
+}
+
 /// A session the shell must register.
 #[derive(Debug)]
 pub struct Opened {
@@ -509,7 +518,7 @@ impl NodeCore {
             joined.participant_id,
             token,
             joined.session,
-            Some(before),
+            Session::New { before },
             Vec::new(),
             Vec::new(),
             from_gate,
@@ -605,24 +614,18 @@ impl NodeCore {
         let gated: std::collections::HashSet<*const Event> =
             self.gate.iter().map(|(_, e)| Arc::as_ptr(e)).collect();
         replay.retain(|e| visible(e) && !gated.contains(&Arc::as_ptr(e)));
-        // Nothing from before its own join either: if the join is still
-        // behind the gate (the participant never saw it), the session
-        // starts there.
-        let own_join = self
-            .gate
-            .iter()
-            .find(|(_, e)| e.kind() == EventKind::Joined && e.participant_id == pid)
-            .map(|(i, _)| *i);
-        let from_gate = own_join
-            .or(self.gate.front().map(|(i, _)| *i))
-            .unwrap_or(self.next_gate);
+        let from_gate = self.gate.front().map_or(self.next_gate, |(i, _)| *i);
+        // What came before its own join, even behind the gate, is not for
+        // it: the Welcome says where its join starts, so the client counts
+        // that as seen (it may never have seen the join itself).
+        let before_join: Vec<SeqMark> = self.chat.since_join(&pid, &[]);
         info!(participant = %resumed.name, id = %pid, replayed = replay.len(), lamport = resumed.events[0].lamport, "Resume");
         self.open(
             request,
             pid,
             resume.session_token,
             resumed.session,
-            None,
+            Session::Resumed { before_join },
             replay,
             gaps,
             from_gate,
@@ -637,9 +640,7 @@ impl NodeCore {
         participant_id: String,
         token: String,
         session: u64,
-        // `None` for a resumed session; for a new one, what this node had
-        // delivered before it.
-        seen: Option<Vec<SeqMark>>,
+        kind: Session,
         replay: Vec<Arc<Event>>,
         gaps: Vec<GapRange>,
         from_gate: u64,
@@ -648,9 +649,12 @@ impl NodeCore {
             participant_id: participant_id.clone(),
             session_token: token,
             node: Some(self.me.clone()),
-            resumed: seen.is_none(),
+            resumed: matches!(kind, Session::Resumed { .. }),
             servers: Some(self.server_list()),
-            seen: seen.unwrap_or_default(),
+            seen: match kind {
+                Session::New { before } => before,
+                Session::Resumed { before_join } => before_join,
+            },
         };
         self.outputs.push(Output::Opened(Box::new(Opened {
             request,
