@@ -39,6 +39,7 @@ use tokio_stream::Stream;
 use tonic::Status;
 use tracing::{debug, error};
 
+use crate::core::FastMap;
 use crate::core::chat::CoreLimits;
 pub use crate::core::node::{DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT};
 use crate::core::node::{EndReason, NodeCore, Opened, Output, PeerItem, Reply, RequestId, Timing};
@@ -193,7 +194,7 @@ pub(crate) struct State {
     /// The acknowledgement channel of each inbound relay link, by peer id.
     pub(crate) ack_watches: HashMap<String, watch::Sender<Result<RelayAck, Status>>>,
     /// Callers waiting for the answer to a request.
-    replies: HashMap<RequestId, oneshot::Sender<Answer>>,
+    replies: FastMap<RequestId, oneshot::Sender<Answer>>,
     next_request: RequestId,
     /// The core's outputs being carried out (kept to reuse its allocation).
     outputs: Vec<Output>,
@@ -249,7 +250,7 @@ impl Node {
                     sinks: HashMap::new(),
                     links: HashMap::new(),
                     ack_watches: HashMap::new(),
-                    replies: HashMap::new(),
+                    replies: FastMap::default(),
                     next_request: 1,
                     outputs: Vec::new(),
                 }),
@@ -448,7 +449,7 @@ impl Node {
                         }
                     }
                     Output::Relay { peer, item } => {
-                        let Some(link) = state.links.get(&peer.id).filter(|l| l.peer == peer)
+                        let Some(link) = state.links.get(&peer.id).filter(|l| l.peer == *peer)
                         else {
                             continue;
                         };

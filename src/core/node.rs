@@ -211,7 +211,7 @@ pub enum Output {
     },
     /// Queue `item` on the outgoing link to `peer`.
     Relay {
-        peer: NodeId,
+        peer: Arc<NodeId>,
         item: PeerItem,
     },
     /// The outgoing link to `peer` must drop what it has queued and re-send
@@ -241,6 +241,8 @@ pub enum Output {
 #[derive(Debug)]
 struct Peer {
     node: NodeId,
+    /// The same, shared by the outputs that name it (one per relayed event).
+    named: Arc<NodeId>,
     /// Whether the outgoing link is connected and caught up: live events go
     /// only to such links (a link that comes up replays from history).
     up: bool,
@@ -1175,7 +1177,7 @@ impl NodeCore {
             if p.up && now >= p.next_heartbeat {
                 p.next_heartbeat = now + self.timing.heartbeat;
                 self.outputs.push(Output::Relay {
-                    peer: p.node.clone(),
+                    peer: p.named.clone(),
                     item: PeerItem::Heartbeat(Heartbeat {
                         lamport: self.chat.lamport(),
                         members: self.membership.snapshot(),
@@ -1279,6 +1281,7 @@ impl NodeCore {
             self.peers.insert(
                 node.id.clone(),
                 Peer {
+                    named: Arc::new(node.clone()),
                     node: node.clone(),
                     up: false,
                     acked_own: 0,
@@ -1331,7 +1334,7 @@ impl NodeCore {
                 let grant = self.chat.grants_for([&*event]).pop();
                 for p in self.peers.values().filter(|p| p.up) {
                     self.outputs.push(Output::Relay {
-                        peer: p.node.clone(),
+                        peer: p.named.clone(),
                         item: PeerItem::Event(event.clone(), grant.clone()),
                     });
                 }

@@ -1241,7 +1241,7 @@ impl Sim {
                 let Some(conn) = self.nodes[i]
                     .links
                     .get(&peer.id)
-                    .filter(|l| l.0 == peer)
+                    .filter(|l| l.0 == *peer)
                     .and_then(|l| l.1)
                 else {
                     return;
