@@ -46,8 +46,8 @@ use crate::error::{Error, Result, mesh_status};
 use crate::node::{Answer, LinkHandle, LinkItem, Node};
 use crate::proto::server_mesh_client::ServerMeshClient;
 use crate::proto::{
-    Member, NodeId, RelayAck, RelayFrame, SeqMark, ServerJoinReply, ServerJoinRequest,
-    UpdateServersRequest, relay_frame,
+    Member, NodeId, RelayAck, RelayFrame, ServerJoinReply, ServerJoinRequest, UpdateServersRequest,
+    relay_frame,
 };
 use crate::wire::RelayOut;
 
@@ -175,10 +175,25 @@ impl Node {
     }
 
     /// The first frame of an inbound relay link: who is calling. Returns the
-    /// peer, the link's number and the first acknowledgement.
-    pub(crate) fn relay_hello(&self, hello: Member) -> Result<(NodeId, u64, Vec<SeqMark>), Status> {
-        self.step(|core, now| core.on_hello(now, hello))
-            .map_err(|r| mesh_status(&r))
+    /// link, its acknowledgement channel registered.
+    pub(crate) fn relay_hello(&self, hello: Member) -> Result<InboundLink, Status> {
+        let mut state = self.lock();
+        let opened = state.core.on_hello(Instant::now(), hello);
+        let link = opened.map(|(peer, link, held)| {
+            // The first acknowledgement tells the peer what to catch up
+            // on. The channel is registered before the core's outputs are
+            // carried out, so no acknowledgement for this link is lost.
+            let (acks, first) = tokio::sync::watch::channel(Ok(RelayAck { held }));
+            state.ack_watches.insert(peer.id.clone(), acks.clone());
+            InboundLink {
+                peer,
+                link,
+                acks,
+                first,
+            }
+        });
+        self.carry_out(&mut state);
+        link.map_err(|r| mesh_status(&r))
     }
 
     /// Starts the background tasks: the core's clock and membership pushes.
@@ -493,6 +508,16 @@ impl Link {
     }
 }
 
+/// An inbound relay link the core accepted.
+pub(crate) struct InboundLink {
+    pub(crate) peer: NodeId,
+    /// Its number, to tell the core when it closes.
+    pub(crate) link: u64,
+    pub(crate) acks: tokio::sync::watch::Sender<Result<RelayAck, Status>>,
+    /// The receiving end: the response stream.
+    pub(crate) first: tokio::sync::watch::Receiver<Result<RelayAck, Status>>,
+}
+
 /// Serves one inbound relay link until the peer closes it, the peer is
 /// removed, or the node stops. Acknowledgements go to `acks`.
 pub(crate) async fn serve_inbound(
@@ -503,9 +528,6 @@ pub(crate) async fn serve_inbound(
     acks: tokio::sync::watch::Sender<Result<RelayAck, Status>>,
 ) {
     let mut shutdown = node.shared.shutdown.subscribe();
-    node.lock()
-        .ack_watches
-        .insert(peer.id.clone(), acks.clone());
     loop {
         let frame = tokio::select! {
             _ = shutdown.changed() => {

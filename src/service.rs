@@ -1,7 +1,7 @@
 //! The tonic services: translate protobuf to [`Node`] calls and errors to
 //! `Status`. No chat logic lives here.
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, instrument, warn};
@@ -227,15 +227,14 @@ impl ServerMesh for MeshService {
             }) => member,
             _ => return Err(Status::invalid_argument("a relay link starts with hello")),
         };
-        let (peer, link, delivered) = self.node.relay_hello(hello)?;
-        // The first acknowledgement tells the peer what to catch up on.
-        let (tx, rx) = watch::channel(Ok(RelayAck { held: delivered }));
+        let opened = self.node.relay_hello(hello)?;
+        let rx = opened.first;
         self.node.spawn_owned(crate::mesh::serve_inbound(
             self.node.clone(),
-            peer,
-            link,
+            opened.peer,
+            opened.link,
             inbound,
-            tx,
+            opened.acks,
         ));
         Ok(Response::new(WatchStream::new(rx)))
     }
