@@ -2,10 +2,15 @@
 //!
 //! The crate is split the way the system is:
 //! * [`core`] — the protocol with no I/O: Lamport clocks, validation, the
-//!   participant roster, history and publish dedupe. Plain types driven by
-//!   method calls; everything else is a thin shell around them.
-//! * [`node`] — one running node: the core behind a lock, the per-session
-//!   outgoing queues and the fan-out that feeds them.
+//!   participant roster, history, publish dedupe, membership, causal
+//!   delivery, and [`core::node::NodeCore`], everything one node decides.
+//!   Plain types driven by method calls, with time as an input; everything
+//!   else is a thin shell around them.
+//! * [`node`] — one running node: the executor of its core, with the
+//!   per-session and per-link queues its outputs feed; [`mesh`] owns the
+//!   peer sockets and tasks.
+//! * [`sim`] — the deterministic cluster simulator: nodes' cores and
+//!   simulated participants in virtual time, and the invariants they keep.
 //! * [`service`] — the tonic services, translating protobuf to node calls;
 //!   [`edge`] writes the Join stream's response body itself.
 //! * [`server`] — `serve(listener, config, shutdown)`, shared by the binary

@@ -6,7 +6,7 @@
 //! [`crate::mesh`]), the acknowledgement channel of each inbound link, and the
 //! callers waiting for an answer. Every call takes the lock, feeds the core
 //! one input, and carries out the outputs it queued before letting go
-//! ([`Node::carry_out`]). So every session receives events in the order the
+//! (`Node::carry_out`). So every session receives events in the order the
 //! core delivered them, and a session is registered before the events meant
 //! for it are handed out.
 //!

@@ -20,10 +20,10 @@
 //!   [`NodeCore::take_outputs`]: events to deliver to local sessions, items to
 //!   relay to a peer, replies to complete, sessions to end, links to open or
 //!   drop, membership to push. A request that the core cannot answer at once
-//!   (a publish waiting for a peer to hold it, a resume waiting for events it
-//!   saw elsewhere, a graceful stop waiting for peers to catch up) is answered
-//!   later by an [`Output::Reply`] carrying its [`RequestId`], or at its
-//!   deadline by a refusal.
+//!   (a publish waiting for a peer to hold it, a resume waiting for its
+//!   participant's join to arrive, a graceful stop waiting for peers to
+//!   catch up) is answered later by an [`Output::Reply`] carrying its
+//!   [`RequestId`], or at its deadline by a refusal.
 //!
 //! Outputs must be carried out in order: a session is registered
 //! ([`Output::Opened`]) before the events it is to receive are delivered, and
@@ -529,10 +529,14 @@ impl NodeCore {
     }
 
     /// A Join that resumes a session whose connection or node was lost:
-    /// answered at once with what the participant missed after `seen`.
+    /// answered with what the participant missed after `seen`, at once (a
+    /// participant this node has not heard of yet is waited for, bounded:
+    /// its join may still be on its way).
     /// Its publishes here wait (bounded) until this node has delivered what
     /// it saw elsewhere, so nothing it publishes can overtake that, and
-    /// until its previous home's events are in (see [`Handoff`]).
+    /// until the nodes that may still hold its old session have handed it
+    /// over (every live peer acknowledged the move, and this node holds
+    /// what each had stamped by then).
     pub fn resume(&mut self, now: Instant, request: RequestId, resume: Resume, lamport: u64) {
         let known = self
             .chat
