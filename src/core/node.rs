@@ -389,6 +389,9 @@ pub struct NodeCore {
     others: Vec<Waiting>,
     /// Resumed participants whose publishes wait for their handoff.
     handoffs: BTreeMap<String, Handoff>,
+    /// The live members when this node joined the cluster: they hold
+    /// history from before its join, which it does not.
+    elders: Vec<NodeId>,
     last_tick: Option<Instant>,
     stopping: bool,
     removed: bool,
@@ -414,6 +417,7 @@ impl NodeCore {
             publishes: VecDeque::new(),
             others: Vec::new(),
             handoffs: BTreeMap::new(),
+            elders: Vec::new(),
             last_tick: Some(now),
             stopping: false,
             removed: false,
@@ -569,8 +573,12 @@ impl NodeCore {
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
         }
-        if !self.peers.is_empty() && self.chat.missed_before_joining(&resume.seen) {
-            // A node that was there can replay it all.
+        if self.chat.missed_before_joining(&resume.seen)
+            && self.elders.iter().any(|elder| self.wants_link(elder))
+        {
+            // A node that was there before this one joined can replay it
+            // all. Once none is left, this node replays what it has, and
+            // the gap notice tells what it has not.
             return self.refuse(
                 request,
                 Error::Unavailable(
@@ -852,6 +860,12 @@ impl NodeCore {
             grants: reply.grants,
         });
         let change = self.membership.merge(&reply.members);
+        self.elders = self
+            .membership
+            .peers()
+            .into_iter()
+            .filter_map(|m| m.node)
+            .collect();
         info!(
             members = self.membership.alive().len(),
             "joined the cluster"
