@@ -184,7 +184,7 @@ impl Node {
             // on. The channel is registered before the core's outputs are
             // carried out, so no acknowledgement for this link is lost.
             let (acks, first) = tokio::sync::watch::channel(Ok(RelayAck { held }));
-            state.ack_watches.insert(peer.id.clone(), acks.clone());
+            state.ack_watches.insert(link, acks.clone());
             InboundLink {
                 peer,
                 link,
@@ -546,12 +546,6 @@ pub(crate) async fn serve_inbound(
         }
     }
     let mut state = node.lock();
-    state.core.inbound_closed(&peer, link);
-    if state
-        .ack_watches
-        .get(&peer.id)
-        .is_some_and(|w| w.same_channel(&acks))
-    {
-        state.ack_watches.remove(&peer.id);
-    }
+    state.core.inbound_closed(link);
+    state.ack_watches.remove(&link);
 }

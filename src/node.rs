@@ -191,8 +191,8 @@ pub(crate) struct State {
     pub(crate) core: NodeCore,
     sinks: HashMap<String, Sink>,
     pub(crate) links: HashMap<String, LinkHandle>,
-    /// The acknowledgement channel of each inbound relay link, by peer id.
-    pub(crate) ack_watches: HashMap<String, watch::Sender<Result<RelayAck, Status>>>,
+    /// The acknowledgement channel of each inbound relay link, by its number.
+    pub(crate) ack_watches: HashMap<u64, watch::Sender<Result<RelayAck, Status>>>,
     /// Callers waiting for the answer to a request.
     replies: FastMap<RequestId, oneshot::Sender<Answer>>,
     next_request: RequestId,
@@ -495,8 +495,8 @@ impl Node {
                             vec![peer],
                         ));
                     }
-                    Output::Ack { peer, held } => {
-                        if let Some(acks) = state.ack_watches.get(&peer.id) {
+                    Output::Ack { link, held } => {
+                        if let Some(acks) = state.ack_watches.get(&link) {
                             let _ = acks.send_replace(Ok(RelayAck { held }));
                         }
                     }

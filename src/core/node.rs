@@ -228,9 +228,9 @@ pub enum Output {
     Gossip {
         to: Option<Member>,
     },
-    /// Acknowledge to the inbound link of `peer`: what this node holds.
+    /// Acknowledge on inbound link `link`: what this node holds.
     Ack {
-        peer: NodeId,
+        link: u64,
         held: Vec<SeqMark>,
     },
     /// The cluster removed this node: stop serving.
@@ -369,9 +369,11 @@ pub struct NodeCore {
     membership: Membership,
     /// Live peers, by node id.
     peers: BTreeMap<String, Peer>,
-    /// Peers whose inbound link is open here (they get acknowledgements),
-    /// with the number of that link.
-    inbound: BTreeMap<String, (NodeId, u64)>,
+    /// The inbound links open here, by number, with their peer: each gets
+    /// acknowledgements. A peer may have more than one open for a while (a
+    /// link being replaced, or two processes reached at one address); every
+    /// one is acknowledged, so none waits in vain.
+    inbound: BTreeMap<u64, NodeId>,
     next_inbound: u64,
     /// Departed nodes and when they were seen to go: their participants are
     /// announced once reconciliation had time to finish.
@@ -932,15 +934,13 @@ impl NodeCore {
         info!(peer = %node.id, generation = node.generation, "Relay link opened");
         let link = self.next_inbound;
         self.next_inbound += 1;
-        self.inbound.insert(node.id.clone(), (node.clone(), link));
+        self.inbound.insert(link, node.clone());
         Ok((node, link, self.chat.delivered()))
     }
 
-    /// Inbound relay link `link` of `peer` closed (a newer one may be open).
-    pub fn inbound_closed(&mut self, peer: &NodeId, link: u64) {
-        if self.inbound.get(&peer.id).is_some_and(|(_, l)| *l == link) {
-            self.inbound.remove(&peer.id);
-        }
+    /// Inbound relay link `link` closed.
+    pub fn inbound_closed(&mut self, link: u64) {
+        self.inbound.remove(&link);
     }
 
     /// One frame on the inbound relay link of `peer`. An error ends the link.
@@ -1014,9 +1014,9 @@ impl NodeCore {
         // causal dependency arrived): every inbound link hears the news now,
         // not at its peer's next frame, which may be a heartbeat away.
         let held = self.chat.delivered();
-        for (node, _) in self.inbound.values() {
+        for &link in self.inbound.keys() {
             self.outputs.push(Output::Ack {
-                peer: node.clone(),
+                link,
                 held: held.clone(),
             });
         }

@@ -195,8 +195,8 @@ struct SimNode {
     sinks: BTreeMap<String, (u64, u64, usize)>,
     /// Outgoing links: peer id to the live connection, if any.
     links: BTreeMap<String, (NodeId, Option<u64>, Duration)>,
-    /// Inbound connections, by peer id.
-    inbound: BTreeMap<String, u64>,
+    /// Inbound connections, by the core's link number.
+    inbound: BTreeMap<u64, u64>,
     /// Requests waiting for an answer: id to participant.
     requests: BTreeMap<RequestId, usize>,
     /// The flush of a graceful stop under way.
@@ -748,7 +748,7 @@ impl Sim {
                 });
                 let answer = match answer {
                     Ok((peer, link, held)) => {
-                        self.nodes[callee].inbound.insert(peer.id.clone(), conn);
+                        self.nodes[callee].inbound.insert(link, conn);
                         if let Some(c) = self.conns.get_mut(&conn) {
                             c.inbound = Some((peer, link));
                         }
@@ -929,21 +929,19 @@ impl Sim {
                     return;
                 };
                 let (callee, generation) = (c.callee, c.callee_generation);
-                let Some((peer, link)) = c.inbound.clone() else {
+                let Some((_, link)) = c.inbound.clone() else {
                     self.conns.remove(&conn);
                     return;
                 };
                 if !self.deliverable(callee, generation, &Action::CalleeNotices { conn }) {
                     return;
                 }
-                if self.nodes[callee].inbound.get(&peer.id) == Some(&conn) {
-                    self.nodes[callee].inbound.remove(&peer.id);
-                }
+                self.nodes[callee].inbound.remove(&link);
                 self.nodes[callee]
                     .core
                     .as_mut()
                     .expect("runs")
-                    .inbound_closed(&peer, link);
+                    .inbound_closed(link);
                 self.carry_out(callee);
                 self.conns.remove(&conn);
             }
@@ -1321,8 +1319,8 @@ impl Sim {
                 };
                 self.push_members(i, generation, members, targets);
             }
-            Output::Ack { peer, held } => {
-                let Some(&conn) = self.nodes[i].inbound.get(&peer.id) else {
+            Output::Ack { link, held } => {
+                let Some(&conn) = self.nodes[i].inbound.get(&link) else {
                     return;
                 };
                 self.send(conn, false, Action::Ack { conn, held });
