@@ -1258,18 +1258,14 @@ impl NodeCore {
                               longer than the failure timeout); exiting so it serves no stale state";
                 warn!("{reason}");
                 self.outputs.push(Output::Removed(reason.to_string()));
-                // Nothing it waits for will come: answer every request now
-                // (a graceful stop goes on, the others are refused).
-                for w in std::mem::take(&mut self.publishes) {
+                // Nothing it waits for will come: answer every request now,
+                // as at its deadline (a graceful stop goes on; a publish or
+                // resume is refused, the resume by `serving`).
+                let waiting = std::mem::take(&mut self.publishes)
+                    .into_iter()
+                    .chain(std::mem::take(&mut self.others));
+                for w in waiting {
                     self.complete(w, now, true);
-                }
-                for w in std::mem::take(&mut self.others) {
-                    match w {
-                        Waiting::Flush { request, .. } => self.reply(request, Reply::Flushed),
-                        Waiting::Resume { request, .. } | Waiting::Publish { request, .. } => {
-                            self.refuse(request, Error::Unavailable(REMOVED.into()))
-                        }
-                    }
                 }
                 for (_, handoff) in std::mem::take(&mut self.handoffs) {
                     for q in handoff.queued {
@@ -1349,7 +1345,10 @@ impl NodeCore {
                 "Broadcast"
             );
             if own {
-                let grant = self.chat.grants_for([&*event]).pop();
+                // Only a "joined" carries a grant: no lookup per message.
+                let grant = (event.kind() == EventKind::Joined)
+                    .then(|| self.chat.grants_for([&*event]).pop())
+                    .flatten();
                 for p in self.peers.values().filter(|p| p.up) {
                     self.outputs.push(Output::Relay {
                         peer: p.named.clone(),
