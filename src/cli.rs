@@ -390,6 +390,44 @@ impl Output {
     }
 }
 
+/// What the client last heard of which nodes its node cannot reach, to
+/// print one line when that changes.
+#[derive(Default)]
+struct Reachability {
+    unreachable: std::collections::BTreeSet<String>,
+}
+
+impl Reachability {
+    /// The lines to print for a new server list: `[cluster] unreachable:
+    /// ADDR, ...` for nodes its node lost, `[cluster] back: ADDR, ...` for
+    /// those it reaches again.
+    fn update(&mut self, list: &crate::proto::ServerList) -> Vec<String> {
+        let now: std::collections::BTreeSet<String> =
+            list.unreachable.iter().map(|s| s.addr.clone()).collect();
+        let reached: std::collections::BTreeSet<&str> =
+            list.servers.iter().map(|s| s.addr.as_str()).collect();
+        let lost: Vec<&str> = now
+            .difference(&self.unreachable)
+            .map(String::as_str)
+            .collect();
+        let back: Vec<&str> = self
+            .unreachable
+            .difference(&now)
+            .map(String::as_str)
+            .filter(|addr| reached.contains(addr))
+            .collect();
+        let mut lines = Vec::new();
+        if !lost.is_empty() {
+            lines.push(format!("[cluster] unreachable: {}", lost.join(", ")));
+        }
+        if !back.is_empty() {
+            lines.push(format!("[cluster] back: {}", back.join(", ")));
+        }
+        self.unreachable = now;
+        lines
+    }
+}
+
 /// Runs `chitty client`: joins, prints every event, publishes every line.
 pub async fn run_client(args: ClientArgs) -> ExitCode {
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
@@ -429,14 +467,20 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
     // what is being received.
     let printer = tokio::spawn(async move {
         let mut output = output;
+        let mut reach = Reachability::default();
         while let Some(update) = updates.recv().await {
             match update {
-                Update::Received(item @ Received::Event { .. }) => output.line(item.to_string()),
+                Update::Received(item @ (Received::Event { .. } | Received::Late(_))) => {
+                    output.line(item.to_string())
+                }
                 Update::Received(Received::Gap(gap)) => {
                     eprintln!("warning: some events were lost: {}", gap.reason)
                 }
                 Update::Received(Received::Servers(list)) => {
-                    tracing::info!(servers = ?list.servers.iter().map(|s| &s.addr).collect::<Vec<_>>(), "cluster nodes")
+                    tracing::info!(servers = ?list.servers.iter().map(|s| &s.addr).collect::<Vec<_>>(), "cluster nodes");
+                    for line in reach.update(&list) {
+                        output.line(line);
+                    }
                 }
                 Update::Joined { server, .. } => eprintln!(
                     "joined Chitty-Chat at {server} as {name}; type a message and press Enter, /quit to leave"

@@ -291,6 +291,12 @@ impl PublishSender {
     }
 }
 
+/// The line the client prints before events that arrive late, after a
+/// network split.
+pub const LATE_LINE: &str = "[delivered after a network split]";
+/// The line it prints when live events resume after such a run.
+pub const CAUGHT_UP_LINE: &str = "[caught up]";
+
 /// Something the participant received.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Received {
@@ -299,8 +305,12 @@ pub enum Received {
     Event { event: Event, local: u64 },
     /// Events were missed.
     Gap(Gap),
-    /// The cluster's nodes changed.
+    /// The cluster's nodes changed (or which of them its node reaches).
     Servers(ServerList),
+    /// The events that follow arrive late (`true`: they reached the node
+    /// only after a network split healed, and are from before what came
+    /// last), or live again (`false`).
+    Late(bool),
 }
 
 impl fmt::Display for Received {
@@ -322,8 +332,15 @@ impl fmt::Display for Received {
             Received::Gap(gap) => write!(f, "[gap] {}", gap.reason),
             Received::Servers(list) => {
                 let addrs: Vec<_> = list.servers.iter().map(|s| s.addr.as_str()).collect();
-                write!(f, "[servers] {}", addrs.join(", "))
+                write!(f, "[servers] {}", addrs.join(", "))?;
+                if !list.unreachable.is_empty() {
+                    let addrs: Vec<_> = list.unreachable.iter().map(|s| s.addr.as_str()).collect();
+                    write!(f, " (unreachable: {})", addrs.join(", "))?;
+                }
+                Ok(())
             }
+            Received::Late(true) => f.write_str(LATE_LINE),
+            Received::Late(false) => f.write_str(CAUGHT_UP_LINE),
         }
     }
 }
@@ -356,6 +373,9 @@ impl EventStream {
                 Some(join_frame::Frame::Gap(gap)) => self.pending.push_back(Received::Gap(gap)),
                 Some(join_frame::Frame::Servers(list)) => {
                     self.pending.push_back(Received::Servers(list))
+                }
+                Some(join_frame::Frame::Late(run)) => {
+                    self.pending.push_back(Received::Late(run.late))
                 }
                 Some(join_frame::Frame::Welcome(_)) | None => {
                     return Err(Error::Protocol("unexpected frame in session stream".into()));

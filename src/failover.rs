@@ -521,6 +521,9 @@ impl Driver {
                 self.learn_servers(&list);
                 self.emit(Update::Received(Received::Servers(list))).await;
             }
+            Some(join_frame::Frame::Late(run)) => {
+                self.emit(Update::Received(Received::Late(run.late))).await;
+            }
             Some(join_frame::Frame::Welcome(_)) | None => {}
         }
     }

@@ -17,15 +17,21 @@
 //!   lacks, from every origin: that is how survivors reconcile what a dead
 //!   node sent to only some of them. Receivers drop duplicates and hold back
 //!   events until their causal predecessors are delivered.
-//! * Failure: a peer silent for longer than the failure timeout is declared
-//!   dead, which every other member learns by gossip. A node that stops
-//!   gracefully flushes its links and announces that it leaves. Either way
-//!   the participants of the departed node are announced as left, once, by
-//!   one node chosen by a rule all agree on (the live node with the smallest
-//!   id), after a short settling delay that lets reconciliation finish.
-//! * A node the cluster removed (for instance it was paused past the failure
-//!   timeout) is refused by its peers; it learns so and exits with a clear
-//!   message rather than serving stale state.
+//! * Failure: a peer not heard of, directly or through any member (its
+//!   heartbeat counter rides the membership view), for the failure timeout
+//!   is unreachable; it stays a member and its link keeps dialling it. A
+//!   link silent for the failure timeout is dropped and dialled again: a cut
+//!   network leaves connections silent, not closed. Once its counter moves
+//!   again the peer is back: a fresh connection replays what it lacks, and
+//!   this node catches up before it stamps anything more for its
+//!   participants. The participants of an unreachable or departed node are
+//!   announced as left, once per side, by one node chosen by a rule all agree
+//!   on (the reachable node with the smallest id), after their grace period;
+//!   a participant still attached to its node is announced back after the
+//!   heal.
+//! * A node whose id a newer process took over is refused by its peers; it
+//!   learns so and exits with a clear message rather than serving stale
+//!   state. Nothing else makes a node exit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +105,25 @@ impl Interceptor for CheckSecret {
     }
 }
 
+/// How a connect error says that nothing listens at the address.
+const REFUSED: &str = "connection refused";
+
+/// Whether `error` is a refused connection: nothing listens there, so the
+/// node that did is not running (unlike a timeout, which a cut network
+/// gives too).
+fn is_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Compares without an early exit, so timing does not reveal the secret.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -126,10 +151,13 @@ async fn mesh_service(
         .initial_stream_window_size(crate::http2::STREAM_WINDOW)
         .initial_connection_window_size(crate::http2::CONNECTION_WINDOW)
         .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| connect_err(e.to_string()))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        if is_refused(&e) {
+            connect_err(format!("{REFUSED} ({e})"))
+        } else {
+            connect_err(e.to_string())
+        }
+    })?;
     let secret = match secret {
         Some(s) => Some(
             s.parse()
@@ -303,6 +331,7 @@ pub(crate) async fn push_members(node: Node, members: Vec<Member>, peers: Vec<Me
 pub(crate) fn spawn_link(node: &Node, peer: Member) -> LinkHandle {
     let (tx, rx) = mpsc::channel(node.config().peer_queue);
     let resync = Arc::new(AtomicBool::new(false));
+    let restart = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Notify::new());
     let id = peer.node.clone().unwrap_or_default();
     let link = Link {
@@ -311,12 +340,15 @@ pub(crate) fn spawn_link(node: &Node, peer: Member) -> LinkHandle {
         peer,
         rx,
         resync: resync.clone(),
+        restart: restart.clone(),
         wake: wake.clone(),
+        caught_up: false,
     };
     LinkHandle {
         peer: id,
         tx,
         resync,
+        restart,
         wake,
         task: tokio::spawn(link.run()),
     }
@@ -330,7 +362,10 @@ struct Link {
     peer: Member,
     rx: mpsc::Receiver<LinkItem>,
     resync: Arc<AtomicBool>,
+    restart: Arc<AtomicBool>,
     wake: Arc<Notify>,
+    /// The current connection got past its catch-up.
+    caught_up: bool,
 }
 
 impl Link {
@@ -338,7 +373,12 @@ impl Link {
         let mut shutdown = self.node.shared.shutdown.subscribe();
         let mut backoff = BACKOFF_MIN;
         loop {
+            self.caught_up = false;
             let result = self.session(&mut shutdown).await;
+            if self.caught_up {
+                // It worked for a while: the next try comes quickly.
+                backoff = BACKOFF_MIN;
+            }
             let id = self.id.clone();
             match result {
                 Ok(()) => return,
@@ -351,7 +391,13 @@ impl Link {
                 }
                 Err(status) => {
                     debug!(peer = %self.peer.addr, error = %status, "peer link down; reconnecting");
-                    self.node.step(|core, _| core.link_down(&id));
+                    let refused = status.message().contains(REFUSED);
+                    self.node.step(|core, now| {
+                        core.link_down(&id);
+                        if refused {
+                            core.connect_refused(now, &id);
+                        }
+                    });
                 }
             }
             let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]));
@@ -370,6 +416,7 @@ impl Link {
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), Status> {
         let node = self.node.clone();
+        self.restart.store(false, Ordering::Release);
         let mut client = crate::proto::peer::server_mesh_client::ServerMeshClient::new(
             mesh_service(&self.peer.addr, node.secret())
                 .await
@@ -396,6 +443,7 @@ impl Link {
             return Ok(()); // no longer a peer: the node drops this link
         };
         self.send_replay(&out, replay).await?;
+        self.caught_up = true;
 
         let mut buf = Vec::with_capacity(MAX_RELAY_BATCH);
         loop {
@@ -420,6 +468,9 @@ impl Link {
                     self.send_items(&out, &mut buf).await?;
                 }
                 _ = self.wake.notified() => {
+                    if self.restart.swap(false, Ordering::AcqRel) {
+                        return Err(Status::unavailable("peer link silent for the failure timeout"));
+                    }
                     if self.resync.load(Ordering::Acquire)
                         && let Some(replay) = self.catch_up(|core, _, id| core.replay_for(id))
                     {
@@ -462,6 +513,7 @@ impl Link {
             let frame = RelayOut::Batch {
                 events: chunk.iter().map(|e| crate::wire::event_field(e)).collect(),
                 grants: std::mem::take(&mut grants),
+                late: replay.late,
             };
             out.send(frame).await.map_err(closed)?;
         }
@@ -489,6 +541,7 @@ impl Link {
                         let batch = RelayOut::Batch {
                             events: std::mem::take(&mut events),
                             grants: std::mem::take(&mut grants),
+                            late: false,
                         };
                         out.send(batch).await.map_err(closed)?;
                     }
@@ -497,12 +550,27 @@ impl Link {
                     });
                     out.send(frame).await.map_err(closed)?;
                 }
+                LinkItem::Forward(replay) => {
+                    if !events.is_empty() {
+                        let batch = RelayOut::Batch {
+                            events: std::mem::take(&mut events),
+                            grants: std::mem::take(&mut grants),
+                            late: false,
+                        };
+                        out.send(batch).await.map_err(closed)?;
+                    }
+                    self.send_replay(out, *replay).await?;
+                }
             }
         }
         if !events.is_empty() {
-            out.send(RelayOut::Batch { events, grants })
-                .await
-                .map_err(closed)?;
+            out.send(RelayOut::Batch {
+                events,
+                grants,
+                late: false,
+            })
+            .await
+            .map_err(closed)?;
         }
         Ok(())
     }

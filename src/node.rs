@@ -139,6 +139,8 @@ enum Outbound {
     // Rare and larger: boxed, so that a queue slot stays the size of `Bytes`.
     Servers(Box<ServerList>),
     Gap(Box<Gap>),
+    /// Whether the events that follow arrive late.
+    Late(bool),
 }
 
 #[derive(Debug)]
@@ -158,6 +160,8 @@ struct Sink {
 pub(crate) enum LinkItem {
     Event(Wired, Option<SessionGrant>),
     Heartbeat(crate::proto::Heartbeat),
+    /// Events of other origins the peer lacks (see `Output::Forward`).
+    Forward(Box<crate::core::node::Replay>),
 }
 
 /// The node's end of an outgoing peer link (the task is in [`crate::mesh`]).
@@ -168,6 +172,9 @@ pub(crate) struct LinkHandle {
     /// Set when the link must re-send from history (its queue overflowed, or
     /// a node died and survivors reconcile what each holds).
     pub(crate) resync: Arc<AtomicBool>,
+    /// Set when the connection must be dropped and dialled again (it went
+    /// silent: a cut network closes nothing).
+    pub(crate) restart: Arc<AtomicBool>,
     pub(crate) wake: Arc<Notify>,
     pub(crate) task: JoinHandle<()>,
 }
@@ -325,7 +332,7 @@ impl Node {
         let participant_id = uuid::Uuid::new_v4().to_string();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let mut rx =
-            self.ask_now(|core, _, id| core.join(id, name, lamport, participant_id, token));
+            self.ask_now(|core, now, id| core.join(now, id, name, lamport, participant_id, token));
         session_answer(rx.try_recv().ok())
     }
 
@@ -364,7 +371,7 @@ impl Node {
     /// Ends the session owning `token`: delivers "left" to the others and
     /// ends the leaver's stream once it has drained.
     pub fn leave(&self, token: &str, lamport: u64) -> Result<u64> {
-        let mut rx = self.ask_now(|core, _, id| core.leave(id, token, lamport));
+        let mut rx = self.ask_now(|core, now, id| core.leave(now, id, token, lamport));
         match rx.try_recv() {
             Ok(Answer::Reply(Reply::Left(time))) => Ok(time),
             Ok(Answer::Reply(Reply::Refused(e))) => Err(e.into()),
@@ -417,6 +424,32 @@ impl Node {
                 match output {
                     Output::Deliver { gate, event } => {
                         deliver(state, gate, &event, &mut overflowed);
+                    }
+                    Output::LateRun { gate, late } => {
+                        for (pid, sink) in &state.sinks {
+                            if gate >= sink.from_gate && !overflowed.contains(pid) {
+                                let _ = sink.tx.try_send(Outbound::Late(late));
+                            }
+                        }
+                    }
+                    Output::Reconnect(peer) => {
+                        if let Some(link) = state.links.get(&peer.id).filter(|l| l.peer == peer) {
+                            link.restart.store(true, Ordering::Release);
+                            link.wake.notify_one();
+                        }
+                    }
+                    Output::Forward { peer, replay } => {
+                        let Some(link) = state.links.get(&peer.id).filter(|l| l.peer == *peer)
+                        else {
+                            continue;
+                        };
+                        if link
+                            .tx
+                            .try_send(LinkItem::Forward(Box::new(replay)))
+                            .is_err()
+                        {
+                            state.core.link_overflowed(&peer);
+                        }
                     }
                     Output::Opened(opened) => self.open_session(state, *opened),
                     Output::EndSession {
@@ -786,6 +819,7 @@ impl Outbound {
             Outbound::Event(e) => return EncodedFrame::events(vec![e]),
             Outbound::Servers(list) => join_frame::Frame::Servers(*list),
             Outbound::Gap(gap) => join_frame::Frame::Gap(*gap),
+            Outbound::Late(late) => join_frame::Frame::Late(crate::proto::LateRun { late }),
         };
         EncodedFrame::message(&JoinFrame { frame: Some(frame) })
     }

@@ -160,6 +160,8 @@ pub enum RelayOut {
         /// Made by [`event_field`].
         events: Vec<Bytes>,
         grants: Vec<SessionGrant>,
+        /// `RelayBatch.late`.
+        late: bool,
     },
 }
 
@@ -171,7 +173,7 @@ impl Default for RelayOut {
 
 impl RelayOut {
     /// Length of the `RelayBatch` inside a batch frame.
-    fn batch_len(events: &[Bytes], grants: &[SessionGrant]) -> usize {
+    fn batch_len(events: &[Bytes], grants: &[SessionGrant], late: bool) -> usize {
         let events: usize = events.iter().map(Bytes::len).sum();
         let grants: usize = grants
             .iter()
@@ -180,26 +182,39 @@ impl RelayOut {
                 key_len(RELAY_BATCH_GRANTS) + encoded_len_varint(len as u64) + len
             })
             .sum();
-        events + grants
+        let late = if late {
+            key_len(RELAY_BATCH_LATE) + 1
+        } else {
+            0
+        };
+        events + grants + late
     }
 }
 
 /// Field numbers of `RelayFrame.batch` and `RelayBatch.grants`.
 const RELAY_FRAME_BATCH: u32 = 2;
 const RELAY_BATCH_GRANTS: u32 = 2;
+const RELAY_BATCH_LATE: u32 = 3;
 
 impl Message for RelayOut {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         match self {
             RelayOut::Frame(frame) => frame.encode_raw(buf),
-            RelayOut::Batch { events, grants } => {
+            RelayOut::Batch {
+                events,
+                grants,
+                late,
+            } => {
                 encode_key(RELAY_FRAME_BATCH, WireType::LengthDelimited, buf);
-                encode_varint(Self::batch_len(events, grants) as u64, buf);
+                encode_varint(Self::batch_len(events, grants, *late) as u64, buf);
                 for event in events {
                     buf.put_slice(event);
                 }
                 for grant in grants {
                     prost::encoding::message::encode(RELAY_BATCH_GRANTS, grant, buf);
+                }
+                if *late {
+                    prost::encoding::bool::encode(RELAY_BATCH_LATE, late, buf);
                 }
             }
         }
@@ -219,8 +234,12 @@ impl Message for RelayOut {
     fn encoded_len(&self) -> usize {
         match self {
             RelayOut::Frame(frame) => frame.encoded_len(),
-            RelayOut::Batch { events, grants } => {
-                let len = Self::batch_len(events, grants);
+            RelayOut::Batch {
+                events,
+                grants,
+                late,
+            } => {
+                let len = Self::batch_len(events, grants, *late);
                 key_len(RELAY_FRAME_BATCH) + encoded_len_varint(len as u64) + len
             }
         }
@@ -315,17 +334,24 @@ mod tests {
             participant_id: "p".into(),
             session_token: "t".into(),
         }];
-        let out = RelayOut::Batch {
-            events: events.iter().map(event_field).collect(),
-            grants: grants.clone(),
-        };
-        let bytes = out.encode_to_vec();
-        assert_eq!(bytes.len(), out.encoded_len());
-        let expected = RelayFrame {
-            frame: Some(relay_frame::Frame::Batch(RelayBatch { events, grants })),
-        };
-        assert_eq!(RelayFrame::decode(bytes.as_slice()).unwrap(), expected);
-        assert_eq!(bytes, expected.encode_to_vec(), "byte for byte");
+        for late in [false, true] {
+            let out = RelayOut::Batch {
+                events: events.iter().map(event_field).collect(),
+                grants: grants.clone(),
+                late,
+            };
+            let bytes = out.encode_to_vec();
+            assert_eq!(bytes.len(), out.encoded_len());
+            let expected = RelayFrame {
+                frame: Some(relay_frame::Frame::Batch(RelayBatch {
+                    events: events.clone(),
+                    grants: grants.clone(),
+                    late,
+                })),
+            };
+            assert_eq!(RelayFrame::decode(bytes.as_slice()).unwrap(), expected);
+            assert_eq!(bytes, expected.encode_to_vec(), "byte for byte");
+        }
 
         let heartbeat = RelayFrame {
             frame: Some(relay_frame::Frame::Heartbeat(Default::default())),

@@ -34,6 +34,7 @@ use crate::core::causal::{HoldBack, Offer, OriginKey};
 use crate::core::clock::LamportClock;
 use crate::core::dedupe::PublishDedupe;
 use crate::core::error::{Error, Result};
+use crate::core::event::visible;
 use crate::core::history::{Audience, History};
 use crate::core::roster::Roster;
 use crate::core::tokens::SessionTokens;
@@ -102,6 +103,10 @@ pub struct Received {
     pub ended: Vec<(String, EventKind)>,
     /// Events refused because the hold-back queue was full.
     pub refused: usize,
+    /// Local participants announced as left elsewhere who are still here
+    /// (a split or a race with a resume): announced back with a new
+    /// "joined" event, which is among `events`.
+    pub back: Vec<String>,
 }
 
 /// What a joining node needs to serve at once.
@@ -139,6 +144,11 @@ pub struct ChatCore {
     /// never heard of may simply not have arrived yet.
     departed: FastMap<String, ()>,
     departed_order: VecDeque<String>,
+    /// "Left" events delivered for a participant that had already left (two
+    /// sides of a split each announced it): kept for peers, shown to
+    /// nobody, so no departure is announced twice. Bounded like `departed`.
+    hidden: FastMap<(String, u64, u64), ()>,
+    hidden_order: VecDeque<(String, u64, u64)>,
     /// The id of each live participant's "joined" event, as a mark: where
     /// what it may be replayed starts.
     join_marks: FastMap<String, SeqMark>,
@@ -162,6 +172,8 @@ impl ChatCore {
             dedupe: PublishDedupe::new(limits.dedupe_ids),
             departed: FastMap::default(),
             departed_order: VecDeque::new(),
+            hidden: FastMap::default(),
+            hidden_order: VecDeque::new(),
             joined_at: Vec::new(),
             join_marks: FastMap::default(),
             limits,
@@ -406,8 +418,47 @@ impl ChatCore {
                 continue;
             }
             self.history.push(event.clone());
-            let local_before = self.roster.has_local_session(&event.participant_id);
+            let pid = &event.participant_id;
+            let local_before = self.roster.has_local_session(pid);
+            if event.kind() == EventKind::Left && !self.roster.contains(pid) {
+                self.hide(&event);
+            }
+            // Announced as left by another node while its session is here
+            // (the other side of a split gave up on it): it is back.
+            let back = (event.kind() == EventKind::Left && local_before)
+                .then(|| {
+                    let session = self.roster.get(pid)?.session?;
+                    let token = self.tokens.token_of(pid)?.to_string();
+                    Some((session, token))
+                })
+                .flatten();
             let loser = self.apply(&event);
+            if let Some((session, token)) = back {
+                out.events.push(event.clone());
+                let rejoined = self.rejoin(pid, &event.participant_name, token);
+                let loser = self.apply(&rejoined);
+                if let Some(member) = self.roster.get_mut(pid) {
+                    member.session = Some(session);
+                }
+                out.events.push(rejoined);
+                // Someone else may have taken the name meanwhile: the same
+                // tie-break as for two joins decides.
+                let loser = loser
+                    .or_else(|| (!self.roster.holds_name(pid)).then(|| (pid.clone(), session)));
+                match loser {
+                    Some(loser) => {
+                        if loser.0 != *pid {
+                            out.back.push(pid.clone());
+                        }
+                        if let Some(left) = self.disconnect(&loser.0) {
+                            out.events.push(left);
+                        }
+                        out.kicked.push(loser);
+                    }
+                    None => out.back.push(pid.clone()),
+                }
+                continue;
+            }
             if local_before && !self.roster.has_local_session(&event.participant_id) {
                 // Another node took over this local participant's session
                 // (moved), or announced it as left (its grace ran out there
@@ -423,6 +474,43 @@ impl ChatCore {
             }
         }
         out
+    }
+
+    /// Whether participants are shown `event`: not internal ones, and not a
+    /// second "left" of one departure.
+    pub fn shown(&self, event: &Event) -> bool {
+        visible(event)
+            && (event.kind() != EventKind::Left || self.hidden.is_empty() || {
+                let key = event_key(event);
+                !self.hidden.contains_key(&key)
+            })
+    }
+
+    fn hide(&mut self, event: &Event) {
+        let key = event_key(event);
+        if self.hidden.insert(key.clone(), ()).is_none() {
+            self.hidden_order.push_back(key);
+            if self.hidden_order.len() > self.limits.dedupe_ids
+                && let Some(old) = self.hidden_order.pop_front()
+            {
+                self.hidden.remove(&old);
+            }
+        }
+    }
+
+    /// Stamps a "joined" for `participant_id`, whose session `session` is
+    /// still attached here though another node announced it as left; it
+    /// keeps its id and token. Not yet applied to the roster.
+    fn rejoin(&mut self, participant_id: &str, name: &str, token: String) -> Arc<Event> {
+        let time = self.clock.tick();
+        let text = format!("Participant {name} joined Chitty-Chat at Lamport time {time}");
+        let event = self.stamp(time, EventKind::Joined, participant_id, name, text, "");
+        self.departed.remove(participant_id);
+        self.grant(SessionGrant {
+            participant_id: participant_id.to_string(),
+            session_token: token,
+        });
+        event
     }
 
     /// Everything history holds after `seen`, and what it no longer holds.
@@ -665,6 +753,17 @@ impl ChatCore {
         self.history.push(event.clone());
         event
     }
+}
+
+/// (origin id, generation, seq) of an event.
+fn event_key(event: &Event) -> (String, u64, u64) {
+    let id = event.id.as_ref();
+    let origin = id.and_then(|i| i.origin.as_ref());
+    (
+        origin.map_or(String::new(), |o| o.id.clone()),
+        origin.map_or(0, |o| o.generation),
+        id.map_or(0, |i| i.seq),
+    )
 }
 
 #[cfg(test)]

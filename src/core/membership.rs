@@ -24,9 +24,21 @@
 //! (not per incarnation), so the map is bounded by the number of ids ever
 //! used.
 //!
-//! A node learns that it has itself been declared dead (or that a newer
-//! incarnation of its id exists) through [`Change::self_removed`]; what to do
-//! about it (stop, or restart with a new generation) is the shell's decision.
+//! The version of a node's own entry is also its heartbeat counter: the node
+//! raises it at every heartbeat ([`Membership::beat`]) and the entry travels
+//! with every view, so a node hears that a member is running through any
+//! member that hears it, not only directly. A member whose version stops
+//! growing is unreachable (see [`crate::core::node`]); nothing is written
+//! into the view for that, so a node cut off from some members is never
+//! removed by them, and it is back as soon as its counter moves again.
+//!
+//! A node's own entry can be beaten only by the node itself, except in two
+//! ways. A `Dead` or `Left` entry of its own incarnation at a higher version
+//! (written by an older peer, or gossiped back from before a restart of its
+//! view) is refuted: the node takes a version above it, still alive, as
+//! SWIM's incarnation numbers do. A newer generation of its id means the
+//! node was replaced by a restarted process; that is reported as
+//! [`Change::self_removed`].
 
 use std::collections::HashMap;
 
@@ -50,7 +62,10 @@ pub struct Change {
     /// Nodes that were alive and no longer are (left, dead, or replaced by a
     /// newer incarnation), as they were before the merge.
     pub removed: Vec<Member>,
-    /// The cluster says this incarnation is no longer alive.
+    /// Alive members whose heartbeat counter (version) grew: they run.
+    pub progressed: Vec<NodeId>,
+    /// A newer incarnation of this node's id exists: this process was
+    /// replaced.
     pub self_removed: bool,
 }
 
@@ -106,16 +121,28 @@ impl Membership {
             if id == self.me.id {
                 // Our entry only changes here when a remote one beat it: a
                 // greater generation (we are a stale incarnation) or our own
-                // generation marked Left/Dead at a greater version.
-                change.self_removed |=
-                    !(is_alive_entry(new) && new.node.as_ref() == Some(&self.me));
+                // generation marked Left/Dead at a greater version, which we
+                // refute unless we are leaving.
+                let same = new.node.as_ref() == Some(&self.me);
+                let we_left = old.as_ref().is_some_and(|o| !is_alive_entry(o));
+                if same && !is_alive_entry(new) && !we_left {
+                    let version = new.version + 1;
+                    self.entries.insert(
+                        id,
+                        member(self.me.clone(), &self.addr, MemberState::Alive, version),
+                    );
+                    continue;
+                }
+                change.self_removed |= !same;
                 continue;
             }
             let old = old.filter(is_alive_entry);
             let new = is_alive_entry(new).then(|| new.clone());
             match (old, new) {
-                // Same incarnation still alive (a version bump): nothing to say.
-                (Some(old), Some(new)) if old.node == new.node => {}
+                // Same incarnation still alive: its counter moved.
+                (Some(old), Some(new)) if old.node == new.node => {
+                    change.progressed.extend(new.node);
+                }
                 (old, new) => {
                     change.removed.extend(old);
                     change.added.extend(new);
@@ -125,17 +152,18 @@ impl Membership {
         change
     }
 
-    /// Declares `node` (that exact incarnation) failed. Returns the updated
-    /// entry to gossip, or `None` if it was not alive here or is ourselves.
-    pub fn mark_dead(&mut self, node: &NodeId) -> Option<Member> {
-        self.mark(node, MemberState::Dead)
-    }
-
-    /// Records that `node` (that exact incarnation) stopped gracefully.
-    /// Returns the updated entry, or `None` if it was not alive here or is
-    /// ourselves.
-    pub fn mark_left(&mut self, node: &NodeId) -> Option<Member> {
-        self.mark(node, MemberState::Left)
+    /// This node runs: its heartbeat counter goes up by one. Returns its
+    /// entry (unchanged once it left, or if a newer incarnation replaced it).
+    pub fn beat(&mut self) -> Member {
+        match self.entries.get_mut(&self.me.id) {
+            Some(own) if own.node.as_ref() == Some(&self.me) => {
+                if is_alive_entry(own) {
+                    own.version += 1;
+                }
+                own.clone()
+            }
+            _ => member(self.me.clone(), &self.addr, MemberState::Left, 0),
+        }
     }
 
     /// This node stops gracefully: its entry becomes `Left` at the next
@@ -190,19 +218,6 @@ impl Membership {
             .min_by(|a, b| a.id.cmp(&b.id))
             .cloned()
             .unwrap_or_else(|| self.me.clone())
-    }
-
-    fn mark(&mut self, node: &NodeId, state: MemberState) -> Option<Member> {
-        if node.id == self.me.id {
-            return None;
-        }
-        let entry = self.entries.get_mut(&node.id)?;
-        if !is_alive_entry(entry) || entry.node.as_ref() != Some(node) {
-            return None;
-        }
-        entry.state = state as i32;
-        entry.version += 1;
-        Some(entry.clone())
     }
 
     fn sorted(&self, keep: impl Fn(&Member) -> bool) -> Vec<Member> {
@@ -318,7 +333,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_alive_update_does_not_resurrect_a_dead_node() {
+    fn a_stale_alive_update_does_not_resurrect_a_node_that_left() {
         let mut a = start("a", 1);
         let mut b = start("b", 1);
         let mut c = start("c", 1);
@@ -327,16 +342,13 @@ mod tests {
         b.merge(&a.snapshot());
         let stale = b.snapshot();
 
-        let dead = a.mark_dead(&node("c", 1)).unwrap();
-        assert_eq!(dead.state, MemberState::Dead as i32);
-        assert_eq!(dead.version, 2);
-        assert!(a.mark_dead(&node("c", 1)).is_none(), "already dead");
-
-        let change = a.merge(&stale);
-        assert_eq!(change, Change::default());
+        let left = c.leave();
+        let change = a.merge(std::slice::from_ref(&left));
+        assert_eq!(ids(&change.removed), [("c".to_string(), 1)]);
+        assert_eq!(a.merge(&stale), Change::default());
         assert!(!a.is_alive(&node("c", 1)));
 
-        // b hears of the death and reports it; a later stale list is ignored.
+        // b hears of it and reports it; a later stale list is ignored.
         let change = b.merge(&a.snapshot());
         assert_eq!(ids(&change.removed), [("c".to_string(), 1)]);
         assert!(change.added.is_empty());
@@ -345,9 +357,28 @@ mod tests {
         assert!(
             b.snapshot()
                 .iter()
-                .any(|m| m.state == MemberState::Dead as i32),
+                .any(|m| m.state == MemberState::Left as i32),
             "the tombstone is kept"
         );
+    }
+
+    #[test]
+    fn heartbeats_are_reported_as_progress_through_any_member() {
+        let mut a = start("a", 1);
+        let mut b = start("b", 1);
+        let mut c = start("c", 1);
+        join(&mut b, &mut a);
+        join(&mut c, &mut a);
+        gossip(&mut a, &mut b);
+        // c beats; only a hears it directly, b hears it through a.
+        let beat = c.beat();
+        assert_eq!(beat.version, 2);
+        let change = a.merge(&c.snapshot());
+        assert_eq!(change.progressed, [node("c", 1)]);
+        assert!(change.added.is_empty() && change.removed.is_empty());
+        let change = b.merge(&a.snapshot());
+        assert_eq!(change.progressed, [node("c", 1)]);
+        assert_eq!(b.merge(&a.snapshot()), Change::default(), "no news twice");
     }
 
     #[test]
@@ -358,10 +389,11 @@ mod tests {
         join(&mut b, &mut a);
         join(&mut c1, &mut a);
         b.merge(&a.snapshot());
-        a.mark_dead(&node("c", 1)).unwrap();
+        c1.leave();
+        a.merge(&c1.snapshot());
 
         // c restarts with generation 2 and joins through a, which saw the old
-        // incarnation die: only the new one is reported.
+        // incarnation go: only the new one is reported.
         let mut c2 = start("c", 2);
         let change = a.merge(&c2.snapshot());
         assert_eq!(ids(&change.added), [("c".to_string(), 2)]);
@@ -377,12 +409,11 @@ mod tests {
 
         // Neither the old incarnation alive nor its tombstone beats generation 2.
         assert_eq!(b.merge(&c1.snapshot()), Change::default());
-        assert!(b.mark_dead(&node("c", 1)).is_none(), "not that incarnation");
         assert!(b.is_alive(&node("c", 2)));
     }
 
     #[test]
-    fn self_removal_is_detected_and_never_reported_as_a_peer() {
+    fn a_false_death_is_refuted_and_only_a_newer_incarnation_removes_us() {
         let mut a = start("a", 1);
         let mut b = start("b", 1);
         join(&mut b, &mut a);
@@ -395,12 +426,17 @@ mod tests {
             Change::default()
         );
 
-        // Declared dead by a peer.
-        a.mark_dead(&node("b", 1)).unwrap();
-        let change = b.merge(&a.snapshot());
-        assert!(change.self_removed);
-        assert!(change.added.is_empty() && change.removed.is_empty());
-        assert!(!b.is_alive(&node("b", 1)));
+        // Declared dead (by an older peer): refuted with a higher version,
+        // which beats the death everywhere.
+        let dead = member(node("b", 1), "b:1", MemberState::Dead, 7);
+        let change = b.merge(std::slice::from_ref(&dead));
+        assert!(!change.self_removed);
+        assert!(b.is_alive(&node("b", 1)));
+        a.merge(std::slice::from_ref(&dead));
+        assert!(!a.is_alive(&node("b", 1)));
+        let change = a.merge(&b.snapshot());
+        assert_eq!(ids(&change.added), [("b".to_string(), 1)]);
+        assert!(a.is_alive(&node("b", 1)));
 
         // Superseded by a newer incarnation of our id.
         let mut b1 = start("b", 1);
@@ -411,15 +447,11 @@ mod tests {
             "our id is never reported: {change:?}"
         );
         assert_eq!(b1.leave().version, 0, "a stale incarnation leaves nothing");
-
-        // Marks never apply to ourselves.
-        let mut c = start("c", 1);
-        assert!(c.mark_dead(&node("c", 1)).is_none());
-        assert!(c.mark_left(&node("c", 1)).is_none());
+        assert_eq!(b1.beat().version, 0, "nor beats");
     }
 
     #[test]
-    fn leave_and_mark_left() {
+    fn leave() {
         let mut a = start("a", 1);
         let mut b = start("b", 1);
         join(&mut b, &mut a);
@@ -433,14 +465,7 @@ mod tests {
         assert_eq!(ids(&change.removed), [("b".to_string(), 1)]);
         assert_eq!(ids(&a.peers()), Vec::<(String, u64)>::new());
 
-        let mut c = start("c", 1);
-        join(&mut c, &mut a);
-        let marked = a.mark_left(&node("c", 1)).unwrap();
-        assert_eq!(
-            (marked.state, marked.version),
-            (MemberState::Left as i32, 2)
-        );
-        assert!(a.mark_dead(&node("c", 1)).is_none());
+        assert_eq!(b.beat().version, 2, "a node that left beats no more");
         assert_eq!(a.announcer(), node("a", 1));
         let mut z = start("z", 1);
         z.leave();
@@ -646,22 +671,12 @@ mod tests {
                         let to = started[rng.below(started.len())];
                         current[to].as_mut().unwrap().merge(&list, seed);
                     }
-                    // Someone declares a peer dead (or seen leaving).
+                    // A node beats (its heartbeat counter grows).
                     5 | 6 => {
                         let by = started[rng.below(started.len())];
                         let p = current[by].as_mut().unwrap();
-                        let peers = p.view.peers();
-                        if !peers.is_empty() {
-                            let target = peers[rng.below(peers.len())].node.clone().unwrap();
-                            let marked = if rng.chance(70) {
-                                p.view.mark_dead(&target)
-                            } else {
-                                p.view.mark_left(&target)
-                            };
-                            assert!(marked.is_some(), "seed {seed}: peer was alive");
-                            p.told.remove(&(target.id.clone(), target.generation));
-                            p.check(seed);
-                        }
+                        p.view.beat();
+                        p.check(seed);
                     }
                     // A node starts, or restarts with the next generation,
                     // joining through a random started node.

@@ -43,7 +43,6 @@ use tracing::{debug, info, warn};
 
 use crate::core::chat::{ChatCore, CoreLimits, Snapshot};
 use crate::core::error::Error;
-use crate::core::event::visible;
 use crate::core::history::Audience;
 use crate::core::membership::{Change, Membership, member};
 use crate::proto::{
@@ -90,6 +89,13 @@ impl Timing {
     /// a resume for events it saw elsewhere) before it is answered anyway.
     pub fn request_timeout(&self) -> Duration {
         self.failure_timeout * 2
+    }
+
+    /// How long a peer may lack events of a third node that this node has
+    /// before this node forwards them (the peer's own path to that node is
+    /// cut or stalled).
+    pub fn forward_after(&self) -> Duration {
+        self.heartbeat * 2
     }
 }
 
@@ -145,6 +151,9 @@ pub struct Replay {
     pub events: Vec<Arc<Event>>,
     /// Session grants of the "joined" events among `events`.
     pub grants: Vec<SessionGrant>,
+    /// The events come late: the peer was unreachable from this node, or
+    /// they are forwarded for a node the peer cannot reach.
+    pub late: bool,
 }
 
 /// What a session's Welcome says came before it.
@@ -193,6 +202,12 @@ pub enum Output {
         gate: u64,
         event: Arc<Event>,
     },
+    /// Tell the same sessions, before that event, that the events from
+    /// here on arrive late (after a network split healed), or live again.
+    LateRun {
+        gate: u64,
+        late: bool,
+    },
     /// Register a new or resumed session; this is also the answer to its
     /// Join request.
     Opened(Box<Opened>),
@@ -233,11 +248,23 @@ pub enum Output {
         link: u64,
         held: Vec<SeqMark>,
     },
-    /// The cluster removed this node: stop serving.
+    /// The outgoing link to `peer` carried no acknowledgement for the
+    /// failure timeout: drop its connection and connect again (a cut
+    /// network leaves a connection silent, not closed).
+    Reconnect(NodeId),
+    /// Send `replay` on the outgoing link to `peer`, in order with what is
+    /// queued: events of other origins that the peer still lacks, while
+    /// this node has them (it hears them by another path).
+    Forward {
+        peer: Arc<NodeId>,
+        replay: Replay,
+    },
+    /// A newer incarnation of this node's id joined the cluster: this
+    /// process was replaced, and stops serving.
     Removed(String),
 }
 
-/// The state of one live peer, as this node sees it.
+/// The state of one peer (a member of the cluster), as this node sees it.
 #[derive(Debug)]
 struct Peer {
     node: NodeId,
@@ -246,13 +273,61 @@ struct Peer {
     /// Whether the outgoing link is connected and caught up: live events go
     /// only to such links (a link that comes up replays from history).
     up: bool,
+    /// Whether this node hears that the peer runs: it heard from it, or of
+    /// its heartbeat counter growing through any member, within the
+    /// failure timeout. An unreachable peer stays a member (links to it keep
+    /// trying) but counts for nothing that waits for peers, and its
+    /// participants are announced as left once their grace is over.
+    reachable: bool,
+    /// The peer was unreachable since its link last caught up: what the
+    /// link sends it next is late.
+    missed: bool,
+    /// A connection to it was refused: nothing listens at its address, so
+    /// this incarnation is not running (a crash, not a network split). Set
+    /// until this node hears from it again.
+    gone: bool,
     /// The highest of this node's own sequence numbers the peer holds.
     acked_own: u64,
     /// What the peer last said it holds, per origin.
     held: Vec<SeqMark>,
-    /// When its inbound link last carried a frame.
-    last_heard: Instant,
+    /// When this node last heard that the peer runs.
+    last_seen: Instant,
+    /// When the outgoing link last carried an acknowledgement.
+    last_ack: Instant,
     next_heartbeat: Instant,
+    /// Per origin (neither this node nor the peer) that the peer lacks
+    /// events of: the sequence number this node had, and since when. Past
+    /// [`Timing::forward_after`] without the peer getting there, this node
+    /// forwards them (the peer does not hear that origin directly).
+    lagging: BTreeMap<(String, u64), (u64, Instant)>,
+}
+
+impl Peer {
+    fn new(node: NodeId, now: Instant) -> Self {
+        Self {
+            named: Arc::new(node.clone()),
+            node,
+            up: false,
+            reachable: true,
+            missed: false,
+            gone: false,
+            acked_own: 0,
+            held: Vec::new(),
+            last_seen: now,
+            last_ack: now,
+            next_heartbeat: now,
+            lagging: BTreeMap::new(),
+        }
+    }
+}
+
+/// An event on its way to local sessions (see `NodeCore::gate`).
+#[derive(Debug)]
+struct Gated {
+    index: u64,
+    event: Arc<Event>,
+    /// It reached this node late (after a split healed).
+    late: bool,
 }
 
 /// A request waiting for a condition.
@@ -298,8 +373,11 @@ impl Waiting {
     }
 }
 
-/// Why a removed node refuses what it was asked.
-const REMOVED: &str = "this node was removed from the cluster; the request went nowhere";
+/// Why a replaced node refuses what it was asked.
+const REMOVED: &str =
+    "a newer process of this node replaced it in the cluster; the request went nowhere";
+/// Most events forwarded to one peer at a time.
+const MAX_FORWARD: usize = 2048;
 
 /// Most resumes waiting for their participant's join to arrive.
 const MAX_WAITING_RESUMES: usize = 1024;
@@ -321,6 +399,12 @@ const MAX_HANDOFF_QUEUE: usize = 1024;
 #[derive(Debug)]
 struct Handoff {
     seen: Vec<SeqMark>,
+    /// The node the participant's session was on before (if another one):
+    /// it may have stamped a publish whose answer was lost, which the
+    /// participant now retries here. Its publishes wait while that node may
+    /// be running out of reach (a split), since stamping the retry here
+    /// would give one message two events.
+    previous: Option<NodeId>,
     /// This node's "moved" event for the participant.
     moved_seq: u64,
     /// Per peer that acknowledged the move: its generation and its own last
@@ -358,6 +442,22 @@ impl Queued {
     }
 }
 
+/// After peers were unreachable (a split healed, or this node did not run
+/// for longer than the failure timeout), publishes and leaves of local
+/// participants wait until this node holds what each peer that came back
+/// held at its first acknowledgement since: a participant that moved to
+/// another node meanwhile, or was announced as left there, is known as such
+/// here before anything is stamped for it.
+#[derive(Debug)]
+struct CatchUp {
+    /// Peers whose first acknowledgement since is awaited.
+    awaiting: std::collections::BTreeSet<String>,
+    /// What they held then.
+    targets: Vec<SeqMark>,
+    deadline: Instant,
+    queued: VecDeque<Queued>,
+}
+
 /// One node's protocol state. See the module docs.
 #[derive(Debug)]
 pub struct NodeCore {
@@ -367,7 +467,7 @@ pub struct NodeCore {
     grace: Duration,
     chat: ChatCore,
     membership: Membership,
-    /// Live peers, by node id.
+    /// Peers (members other than this node, reachable or not), by node id.
     peers: BTreeMap<String, Peer>,
     /// The inbound links open here, by number, with their peer: each gets
     /// acknowledgements. A peer may have more than one open for a while (a
@@ -383,14 +483,24 @@ pub struct NodeCore {
     /// event a crash of this node could still take back. Bounded in time: a
     /// peer that never acknowledges is declared failed within the failure
     /// timeout, which opens the gate.
-    gate: VecDeque<(u64, Arc<Event>)>,
+    gate: VecDeque<Gated>,
     next_gate: u64,
+    /// Whether the last event let through the gate came late.
+    late_run: bool,
+    /// Per origin, the highest sequence number that came in a late batch:
+    /// delivering up to it is delivering late.
+    late_upto: BTreeMap<(String, u64), u64>,
     /// Publishes waiting for replication, in sequence order.
     publishes: VecDeque<Waiting>,
     /// Resumes and flushes waiting for their conditions.
     others: Vec<Waiting>,
     /// Resumed participants whose publishes wait for their handoff.
     handoffs: BTreeMap<String, Handoff>,
+    /// Publishes and leaves waiting for this node to catch up with peers
+    /// that came back.
+    catch_up: Option<CatchUp>,
+    /// When this node next raises its heartbeat counter.
+    next_beat: Instant,
     /// The live members when this node joined the cluster: they hold
     /// history from before its join, which it does not.
     elders: Vec<NodeId>,
@@ -416,9 +526,13 @@ impl NodeCore {
             departed: BTreeMap::new(),
             gate: VecDeque::new(),
             next_gate: 0,
+            late_run: false,
+            late_upto: BTreeMap::new(),
             publishes: VecDeque::new(),
             others: Vec::new(),
             handoffs: BTreeMap::new(),
+            catch_up: None,
+            next_beat: now,
             elders: Vec::new(),
             last_tick: Some(now),
             stopping: false,
@@ -462,19 +576,35 @@ impl NodeCore {
         self.chat.participants()
     }
 
-    /// The live nodes, as clients see them.
+    /// The nodes this node reaches (itself included) and the members it
+    /// cannot reach, as clients see them.
     pub fn server_list(&self) -> ServerList {
+        let (servers, unreachable): (Vec<Member>, Vec<Member>) =
+            self.membership.alive().into_iter().partition(|m| {
+                m.node
+                    .as_ref()
+                    .is_none_or(|n| *n == self.me || self.is_reachable(n))
+            });
+        let info = |m: Member| ServerInfo {
+            node: m.node,
+            addr: m.addr,
+        };
         ServerList {
-            servers: self
-                .membership
-                .alive()
-                .into_iter()
-                .map(|m| ServerInfo {
-                    node: m.node,
-                    addr: m.addr,
-                })
-                .collect(),
+            servers: servers.into_iter().map(info).collect(),
+            unreachable: unreachable.into_iter().map(info).collect(),
         }
+    }
+
+    /// Whether `peer` (that incarnation) is a member this node hears runs.
+    pub fn is_reachable(&self, peer: &NodeId) -> bool {
+        self.peers
+            .get(&peer.id)
+            .is_some_and(|p| &p.node == peer && p.reachable)
+    }
+
+    /// The peers this node hears run.
+    fn reachable_peers(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.values().filter(|p| p.reachable)
     }
 
     /// This node's own membership entry, as it introduces itself to peers.
@@ -482,12 +612,13 @@ impl NodeCore {
         member(self.me.clone(), &self.addr, MemberState::Alive, 1)
     }
 
-    /// Whether the cluster removed this node.
+    /// Whether a newer process of this node replaced it.
     pub fn is_removed(&self) -> bool {
         self.removed
     }
 
-    /// Whether an outgoing link to `peer` is wanted (it is a live peer).
+    /// Whether an outgoing link to `peer` is wanted (it is a member, even
+    /// one this node cannot reach now: the link keeps trying).
     pub fn wants_link(&self, peer: &NodeId) -> bool {
         self.peers.get(&peer.id).is_some_and(|p| &p.node == peer)
     }
@@ -499,12 +630,14 @@ impl NodeCore {
     /// [`Output::Opened`], or a [`Reply::Refused`].
     pub fn join(
         &mut self,
+        now: Instant,
         request: RequestId,
         name: &str,
         lamport: u64,
         participant_id: String,
         token: String,
     ) {
+        self.catch_up_time(now);
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
         }
@@ -544,6 +677,7 @@ impl NodeCore {
     /// over (every live peer acknowledged the move, and this node holds
     /// what each had stamped by then).
     pub fn resume(&mut self, now: Instant, request: RequestId, resume: Resume, lamport: u64) {
+        self.catch_up_time(now);
         let known = self
             .chat
             .can_resume(&resume.participant_id, &resume.session_token);
@@ -576,7 +710,7 @@ impl NodeCore {
             return self.refuse(request, e);
         }
         if self.chat.missed_before_joining(&resume.seen)
-            && self.elders.iter().any(|elder| self.wants_link(elder))
+            && self.elders.iter().any(|elder| self.is_reachable(elder))
         {
             // A node that was there before this one joined can replay it
             // all. Once none is left, this node replays what it has, and
@@ -591,11 +725,16 @@ impl NodeCore {
             );
         }
         let pid = resume.participant_id;
+        let previous = self
+            .chat
+            .home_of(&pid)
+            .filter(|home| **home != self.me)
+            .cloned();
         let resumed = match self.chat.resume(&pid, &resume.session_token, lamport) {
             Ok(resumed) => resumed,
             Err(e) => return self.refuse(request, e),
         };
-        if !self.peers.is_empty() || !self.chat.covers(&resume.seen) {
+        if self.reachable_peers().next().is_some() || !self.chat.covers(&resume.seen) {
             let moved_seq = resumed
                 .events
                 .first()
@@ -610,6 +749,7 @@ impl NodeCore {
                 pid.clone(),
                 Handoff {
                     seen: resume.seen.clone(),
+                    previous,
                     moved_seq,
                     until: BTreeMap::new(),
                     deadline: now + self.timing.request_timeout(),
@@ -628,9 +768,9 @@ impl NodeCore {
         // What is still behind the gate reaches the session from there,
         // once it may be shown (a crash of this node could take it back).
         let gated: std::collections::HashSet<*const Event> =
-            self.gate.iter().map(|(_, e)| Arc::as_ptr(e)).collect();
-        replay.retain(|e| visible(e) && !gated.contains(&Arc::as_ptr(e)));
-        let from_gate = self.gate.front().map_or(self.next_gate, |(i, _)| *i);
+            self.gate.iter().map(|g| Arc::as_ptr(&g.event)).collect();
+        replay.retain(|e| self.chat.shown(e) && !gated.contains(&Arc::as_ptr(e)));
+        let from_gate = self.gate.front().map_or(self.next_gate, |g| g.index);
         // What came before its own join, even behind the gate, is not for
         // it: the Welcome says where its join starts, so the client counts
         // that as seen (it may never have seen the join itself).
@@ -694,8 +834,19 @@ impl NodeCore {
         lamport: u64,
         publish_id: &str,
     ) {
+        self.catch_up_time(now);
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
+        }
+        if let Some(catch_up) = self.catch_up.as_mut() {
+            let queued = Queued::Publish {
+                request,
+                token: token.to_string(),
+                text: text.to_string(),
+                lamport,
+                publish_id: publish_id.to_string(),
+            };
+            return queue_bounded(&mut catch_up.queued, queued, &mut self.outputs);
         }
         if !self.handoffs.is_empty() {
             let queued = Queued::Publish {
@@ -739,6 +890,19 @@ impl NodeCore {
         }
     }
 
+    /// A client request came at `now`. If this node did not run for a while
+    /// (the request may have waited unread all that time), its clock
+    /// catches up first, so that what follows from the stall is known
+    /// before anything is stamped.
+    fn catch_up_time(&mut self, now: Instant) {
+        if self
+            .last_tick
+            .is_some_and(|t| now.saturating_duration_since(t) > self.timing.tick_interval() * 2)
+        {
+            self.tick(now);
+        }
+    }
+
     /// Whether this node takes new work: not while it stops or after the
     /// cluster removed it.
     fn serving(&self) -> Result<(), Error> {
@@ -758,21 +922,22 @@ impl NodeCore {
         let Some(handoff) = self.handoffs.get_mut(&pid) else {
             return Some(queued);
         };
-        if handoff.queued.len() >= MAX_HANDOFF_QUEUE {
-            let request = queued.request();
-            self.refuse(
-                request,
-                Error::Unavailable("too many requests waiting for this session's handoff".into()),
-            );
-        } else {
-            handoff.queued.push_back(queued);
-        }
+        queue_bounded(&mut handoff.queued, queued, &mut self.outputs);
         None
     }
 
     /// A Leave: ends the session that owns `token`; the leaver's stream ends
     /// once drained, before its "left" event is delivered to the others.
-    pub fn leave(&mut self, request: RequestId, token: &str, lamport: u64) {
+    pub fn leave(&mut self, now: Instant, request: RequestId, token: &str, lamport: u64) {
+        self.catch_up_time(now);
+        if let Some(catch_up) = self.catch_up.as_mut() {
+            let queued = Queued::Leave {
+                request,
+                token: token.to_string(),
+                lamport,
+            };
+            return queue_bounded(&mut catch_up.queued, queued, &mut self.outputs);
+        }
         if !self.handoffs.is_empty() {
             let queued = Queued::Leave {
                 request,
@@ -928,9 +1093,7 @@ impl NodeCore {
             return Err(MeshRefusal::Removed);
         }
         self.apply_change(now, change);
-        if let Some(peer) = self.peers.get_mut(&node.id) {
-            peer.last_heard = now;
-        }
+        self.heard(now, &node);
         info!(peer = %node.id, generation = node.generation, "Relay link opened");
         let link = self.next_inbound;
         self.next_inbound += 1;
@@ -953,16 +1116,35 @@ impl NodeCore {
         if !self.membership.is_alive(peer) {
             return Err(MeshRefusal::Removed);
         }
-        if let Some(p) = self.peers.get_mut(&peer.id) {
-            p.last_heard = now;
-        }
+        self.heard(now, peer);
         let mut result = Ok(());
         match frame.frame {
             Some(relay_frame::Frame::Batch(batch)) => {
                 for grant in batch.grants {
                     self.chat.grant(grant);
                 }
+                if batch.late {
+                    for event in &batch.events {
+                        let Some(id) = event.id.as_ref() else {
+                            continue;
+                        };
+                        let Some(origin) = id.origin.as_ref() else {
+                            continue;
+                        };
+                        if id.seq <= self.chat.delivered_of(origin) {
+                            continue;
+                        }
+                        let upto = self
+                            .late_upto
+                            .entry((origin.id.clone(), origin.generation))
+                            .or_default();
+                        *upto = (*upto).max(id.seq);
+                    }
+                }
                 let received = self.chat.receive(batch.events);
+                for pid in &received.back {
+                    info!(participant = %pid, "announced as left elsewhere while still here: announcing it back");
+                }
                 for (pid, kind) in received.ended {
                     let reason = match kind {
                         EventKind::Moved => EndReason::ResumedElsewhere,
@@ -1032,10 +1214,38 @@ impl NodeCore {
         if !self.wants_link(peer) {
             return None;
         }
+        if let Some(catch_up) = self.catch_up.as_mut()
+            && catch_up.awaiting.remove(&peer.id)
+        {
+            // The first acknowledgement of a connection made since: what
+            // the peer holds now, not before. What of it this node lacks
+            // was stamped out of its reach: it arrives late.
+            catch_up.targets.extend(
+                held.iter()
+                    .filter(|m| m.origin.as_ref() != Some(&self.me))
+                    .cloned(),
+            );
+            let key = (peer.id.clone(), peer.generation);
+            self.late_upto.remove(&key);
+            for mark in &held {
+                let Some(origin) = mark.origin.as_ref().filter(|o| **o != self.me) else {
+                    continue;
+                };
+                if mark.seq > self.chat.delivered_of(origin) {
+                    let upto = self
+                        .late_upto
+                        .entry((origin.id.clone(), origin.generation))
+                        .or_default();
+                    *upto = (*upto).max(mark.seq);
+                }
+            }
+        }
         self.on_ack(now, peer, held);
         let p = self.peers.get_mut(&peer.id)?;
         p.up = true;
         p.next_heartbeat = now;
+        p.last_ack = now;
+        p.lagging.clear();
         info!(peer = %peer.id, "peer link up");
         self.replay_for(peer)
     }
@@ -1043,7 +1253,8 @@ impl NodeCore {
     /// Everything `peer` lacks that history holds, from every origin (how
     /// survivors reconcile what a dead node sent to only some of them).
     pub fn replay_for(&mut self, peer: &NodeId) -> Option<Replay> {
-        let p = self.peers.get(&peer.id).filter(|p| &p.node == peer)?;
+        let p = self.peers.get_mut(&peer.id).filter(|p| &p.node == peer)?;
+        let late = std::mem::take(&mut p.missed);
         let (events, gaps) = self.chat.replay_after(&p.held, Audience::Peer);
         let skip = (!gaps.is_empty()).then(|| Gap {
             reason: "events older than this node's history were lost".into(),
@@ -1054,6 +1265,7 @@ impl NodeCore {
             skip,
             events,
             grants,
+            late,
         })
     }
 
@@ -1068,6 +1280,18 @@ impl NodeCore {
     pub fn link_overflowed(&mut self, peer: &NodeId) {
         if self.wants_link(peer) {
             self.outputs.push(Output::Resync { peer: peer.clone() });
+        }
+    }
+
+    /// A connection to `peer` was refused: nothing listens at its address,
+    /// so that incarnation is not running.
+    pub fn connect_refused(&mut self, now: Instant, peer: &NodeId) {
+        if let Some(p) = self.peers.get_mut(&peer.id).filter(|p| &p.node == peer)
+            && !p.gone
+        {
+            debug!(peer = %peer.id, "connection refused: the peer is not running");
+            p.gone = true;
+            self.check_handoffs(now);
         }
     }
 
@@ -1094,6 +1318,7 @@ impl NodeCore {
             .iter()
             .find(|m| m.origin.as_ref() == Some(&self.me))
             .map_or(0, |m| m.seq);
+        p.last_ack = now;
         p.held = held;
         if own > p.acked_own {
             p.acked_own = own;
@@ -1101,6 +1326,7 @@ impl NodeCore {
             self.check_waiting(now);
         }
         self.check_handoffs(now);
+        self.check_catch_up(now);
     }
 
     // ---- Time --------------------------------------------------------------
@@ -1121,7 +1347,8 @@ impl NodeCore {
                     "this node was not running for a while; not counting that time against its peers"
                 );
                 for p in self.peers.values_mut() {
-                    p.last_heard = (p.last_heard + stalled).min(now);
+                    p.last_seen = (p.last_seen + stalled).min(now);
+                    p.last_ack = (p.last_ack + stalled).min(now);
                 }
                 // Nor against the requests waiting for them: what would
                 // answer them may be waiting unread too.
@@ -1131,12 +1358,23 @@ impl NodeCore {
                 for h in self.handoffs.values_mut() {
                     h.deadline += stalled;
                 }
+                if stalled > self.timing.failure_timeout {
+                    // Peers may have taken this node for gone meanwhile:
+                    // catch up with every one before serving again.
+                    let peers: Vec<String> =
+                        self.reachable_peers().map(|p| p.node.id.clone()).collect();
+                    self.await_catch_up(now, peers);
+                }
             }
         }
         self.last_tick = Some(now);
         if self.removed {
             self.expire_requests(now);
             return;
+        }
+        if now >= self.next_beat {
+            self.membership.beat();
+            self.next_beat = now + self.timing.heartbeat;
         }
 
         let expired = self.chat.expire(now);
@@ -1147,29 +1385,38 @@ impl NodeCore {
 
         let timeout = self.timing.failure_timeout;
         let silent: Vec<NodeId> = self
-            .peers
-            .values()
-            .filter(|p| now.saturating_duration_since(p.last_heard) > timeout)
+            .reachable_peers()
+            .filter(|p| now.saturating_duration_since(p.last_seen) > timeout)
             .map(|p| p.node.clone())
             .collect();
         for node in silent {
-            warn!(node = %node.id, generation = node.generation, "peer missed its heartbeats: declaring it dead");
-            if let Some(dead) = self.membership.mark_dead(&node) {
-                let change = Change {
-                    removed: vec![dead],
-                    ..Change::default()
-                };
-                self.apply_change(now, change);
+            self.lose(now, &node);
+        }
+        for p in self.peers.values_mut() {
+            if p.up && now.saturating_duration_since(p.last_ack) > timeout {
+                // A cut network leaves the connection silent, not closed:
+                // drop it and dial again, which works once the network does.
+                info!(peer = %p.node.id, "peer link silent: reconnecting");
+                p.up = false;
+                self.outputs.push(Output::Reconnect(p.node.clone()));
             }
         }
 
-        // Events held back for events of a departed node that no survivor
-        // could provide are released once reconciliation had time, with a
-        // gap notice.
+        // Events held back for events of a departed node (one that left, was
+        // replaced, or is not running) that no survivor could provide are
+        // released once reconciliation had time, with a gap notice.
+        // Not for a node merely out of reach: what it stamped arrives once
+        // the network heals (or through a node that reaches it).
+        let peers = &self.peers;
         let stuck: Vec<NodeId> = self
             .departed
             .values()
             .filter(|(_, since)| now.saturating_duration_since(*since) >= timeout)
+            .filter(|(gone, _)| {
+                peers
+                    .get(&gone.id)
+                    .is_none_or(|p| p.node != *gone || p.gone)
+            })
             .map(|(gone, _)| gone.clone())
             .collect();
         for gone in stuck {
@@ -1204,6 +1451,8 @@ impl NodeCore {
             }
         }
 
+        self.forward(now);
+
         // A departed node is forgotten once its participants had their
         // grace period and what waited on its events was released.
         let forget_after = self.grace.max(self.timing.heartbeat) + timeout * 2;
@@ -1213,6 +1462,198 @@ impl NodeCore {
         self.expire_requests(now);
         self.check_resumes(now);
         self.check_handoffs(now);
+        self.check_catch_up(now);
+    }
+
+    /// Forwards to each connected peer the events of third nodes it has
+    /// lacked for [`Timing::forward_after`] while this node had them: its
+    /// own path to their origin is cut (or stalled), and this one is not.
+    fn forward(&mut self, now: Instant) {
+        let after = self.timing.forward_after();
+        let delivered = self.chat.delivered();
+        let mut due: Vec<(NodeId, NodeId, u64)> = Vec::new();
+        for p in self.peers.values_mut().filter(|p| p.up) {
+            for mark in &delivered {
+                let Some(origin) = mark.origin.as_ref() else {
+                    continue;
+                };
+                if *origin == self.me || *origin == p.node {
+                    continue;
+                }
+                let key = (origin.id.clone(), origin.generation);
+                let theirs = mark_of(&p.held, origin);
+                if theirs >= mark.seq {
+                    p.lagging.remove(&key);
+                    continue;
+                }
+                match p.lagging.get(&key) {
+                    Some(&(target, since)) if theirs < target => {
+                        if now.saturating_duration_since(since) >= after {
+                            due.push((p.node.clone(), origin.clone(), theirs));
+                            p.lagging.insert(key, (mark.seq, now));
+                        }
+                    }
+                    _ => {
+                        p.lagging.insert(key, (mark.seq, now));
+                    }
+                }
+            }
+        }
+        for (peer, origin, from) in due {
+            let seen = [SeqMark {
+                origin: Some(origin.clone()),
+                seq: from,
+            }];
+            let (mut events, mut gaps) = self.chat.replay_after(&seen, Audience::Peer);
+            events.retain(|e| e.id.as_ref().and_then(|i| i.origin.as_ref()) == Some(&origin));
+            events.truncate(MAX_FORWARD);
+            gaps.retain(|g| g.origin.as_ref() == Some(&origin));
+            if events.is_empty() && gaps.is_empty() {
+                continue;
+            }
+            debug!(peer = %peer.id, origin = %origin.id, events = events.len(), "forwarding events the peer lacks");
+            let skip = (!gaps.is_empty()).then(|| Gap {
+                reason: "events older than this node's history were lost".into(),
+                ranges: gaps,
+            });
+            let grants = self.chat.grants_for(events.iter().map(|e| &**e));
+            let Some(named) = self.peers.get(&peer.id).map(|p| p.named.clone()) else {
+                continue;
+            };
+            self.outputs.push(Output::Forward {
+                peer: named,
+                replay: Replay {
+                    skip,
+                    events,
+                    grants,
+                    late: true,
+                },
+            });
+        }
+    }
+
+    /// This node heard that `node` runs (a frame from it, or its heartbeat
+    /// counter grew).
+    fn heard(&mut self, now: Instant, node: &NodeId) {
+        let Some(p) = self.peers.get_mut(&node.id).filter(|p| &p.node == node) else {
+            return;
+        };
+        p.last_seen = now;
+        p.gone = false;
+        if p.reachable {
+            return;
+        }
+        p.reachable = true;
+        info!(peer = %node.id, generation = node.generation, "peer reachable again");
+        self.departed.remove(&(node.id.clone(), node.generation));
+        // Until the new connection says how far the peer got, whatever of
+        // it arrives was on its way across the split.
+        self.late_upto
+            .insert((node.id.clone(), node.generation), u64::MAX);
+        // A fresh connection replays what the peer missed, and its first
+        // acknowledgement says what this node must catch up on.
+        self.await_catch_up(now, vec![node.id.clone()]);
+        self.outputs.push(Output::Servers(self.server_list()));
+    }
+
+    /// `node` has been silent, directly and through every member, for the
+    /// failure timeout: it is unreachable. It stays a member (its link keeps
+    /// trying); nothing waits for it any more, and its participants are
+    /// announced as left once their grace is over.
+    fn lose(&mut self, now: Instant, node: &NodeId) {
+        let Some(p) = self.peers.get_mut(&node.id).filter(|p| &p.node == node) else {
+            return;
+        };
+        warn!(peer = %node.id, generation = node.generation, "peer unreachable: no sign of it, directly or through others, for the failure timeout");
+        p.reachable = false;
+        p.missed = true;
+        self.departed
+            .insert((node.id.clone(), node.generation), (node.clone(), now));
+        if let Some(catch_up) = self.catch_up.as_mut() {
+            catch_up.awaiting.remove(&node.id);
+        }
+        // The others re-send each other what they hold of it.
+        for p in self.peers.values().filter(|p| p.up && p.reachable) {
+            self.outputs.push(Output::Resync {
+                peer: p.node.clone(),
+            });
+        }
+        self.outputs.push(Output::Servers(self.server_list()));
+        self.release();
+        self.check_waiting(now);
+        self.check_handoffs(now);
+        self.check_catch_up(now);
+    }
+
+    /// Publishes and leaves wait until this node caught up with `peers`
+    /// (see [`CatchUp`]): their links connect again, and the first
+    /// acknowledgement of each new connection says what they hold (one
+    /// that was on its way all along would say what they held before).
+    fn await_catch_up(&mut self, now: Instant, peers: Vec<String>) {
+        if peers.is_empty() {
+            return;
+        }
+        for id in &peers {
+            if let Some(p) = self.peers.get_mut(id)
+                && p.up
+            {
+                p.up = false;
+                self.outputs.push(Output::Reconnect(p.node.clone()));
+            }
+        }
+        let deadline = now + self.timing.request_timeout();
+        let catch_up = self.catch_up.get_or_insert_with(|| CatchUp {
+            awaiting: Default::default(),
+            targets: Vec::new(),
+            deadline,
+            queued: VecDeque::new(),
+        });
+        catch_up.awaiting.extend(peers);
+        catch_up.deadline = catch_up.deadline.max(deadline);
+    }
+
+    /// Lets waiting publishes and leaves through once this node caught up
+    /// (past the deadline, anyway).
+    fn check_catch_up(&mut self, now: Instant) {
+        let Some(catch_up) = self.catch_up.as_mut() else {
+            return;
+        };
+        let peers = &self.peers;
+        catch_up
+            .awaiting
+            .retain(|id| peers.get(id).is_some_and(|p| p.reachable));
+        let caught_up = catch_up.awaiting.is_empty() && self.chat.covers(&catch_up.targets);
+        if !caught_up && now < catch_up.deadline {
+            return;
+        }
+        if !caught_up {
+            warn!(
+                "caught up with peers that came back only in part before the deadline; serving anyway"
+            );
+        }
+        let Some(catch_up) = self.catch_up.take() else {
+            return;
+        };
+        for q in catch_up.queued {
+            self.run_queued(now, q);
+        }
+    }
+
+    fn run_queued(&mut self, now: Instant, queued: Queued) {
+        match queued {
+            Queued::Publish {
+                request,
+                token,
+                text,
+                lamport,
+                publish_id,
+            } => self.publish(now, request, &token, &text, lamport, &publish_id),
+            Queued::Leave {
+                request,
+                token,
+                lamport,
+            } => self.leave(now, request, &token, lamport),
+        }
     }
 
     /// On the announcing node (the live node with the smallest id): announces
@@ -1220,16 +1661,14 @@ impl NodeCore {
     /// period to resume elsewhere and survivors at least a heartbeat to
     /// reconcile.
     fn announce_orphans(&mut self, now: Instant) {
-        if self.membership.announcer() != self.me {
+        let alive: Vec<NodeId> = std::iter::once(self.me.clone())
+            .chain(self.reachable_peers().map(|p| p.node.clone()))
+            .collect();
+        if alive.iter().any(|n| n.id < self.me.id) {
+            // Another node this one reaches announces.
             return;
         }
         let settle = self.grace.max(self.timing.heartbeat);
-        let alive: Vec<NodeId> = self
-            .membership
-            .alive()
-            .into_iter()
-            .filter_map(|m| m.node)
-            .collect();
         let mut events = Vec::new();
         for pid in self.chat.orphans(&alive) {
             let home = self.chat.home_of(&pid).cloned().unwrap_or_default();
@@ -1254,8 +1693,8 @@ impl NodeCore {
         if change.self_removed {
             if !self.removed {
                 self.removed = true;
-                let reason = "this node was removed from the cluster (it was unreachable for \
-                              longer than the failure timeout); exiting so it serves no stale state";
+                let reason = "a newer process of this node id joined the cluster and replaced \
+                              this one; exiting so it serves no stale state";
                 warn!("{reason}");
                 self.outputs.push(Output::Removed(reason.to_string()));
                 // Nothing it waits for will come: answer every request now,
@@ -1267,13 +1706,21 @@ impl NodeCore {
                 for w in waiting {
                     self.complete(w, now, true);
                 }
-                for (_, handoff) in std::mem::take(&mut self.handoffs) {
-                    for q in handoff.queued {
+                let catch_up = self.catch_up.take().map(|c| c.queued).unwrap_or_default();
+                let queued = std::mem::take(&mut self.handoffs)
+                    .into_values()
+                    .flat_map(|h| h.queued)
+                    .chain(catch_up);
+                {
+                    for q in queued {
                         self.refuse(q.request(), Error::Unavailable(REMOVED.into()));
                     }
                 }
             }
             return;
+        }
+        for node in &change.progressed {
+            self.heard(now, node);
         }
         if change.added.is_empty() && change.removed.is_empty() {
             return;
@@ -1292,23 +1739,13 @@ impl NodeCore {
             let Some(node) = &added.node else { continue };
             info!(node = %node.id, generation = node.generation, addr = %added.addr, "peer joined the cluster");
             self.departed.remove(&(node.id.clone(), node.generation));
-            self.peers.insert(
-                node.id.clone(),
-                Peer {
-                    named: Arc::new(node.clone()),
-                    node: node.clone(),
-                    up: false,
-                    acked_own: 0,
-                    held: Vec::new(),
-                    last_heard: now,
-                    next_heartbeat: now,
-                },
-            );
+            self.peers
+                .insert(node.id.clone(), Peer::new(node.clone(), now));
             self.outputs.push(Output::Connect(added.clone()));
         }
         if !change.removed.is_empty() {
             // Survivors re-send each other what they hold of the departed.
-            for p in self.peers.values().filter(|p| p.up) {
+            for p in self.peers.values().filter(|p| p.up && p.reachable) {
                 self.outputs.push(Output::Resync {
                     peer: p.node.clone(),
                 });
@@ -1325,7 +1762,8 @@ impl NodeCore {
     /// Whether this node's event `seq` is held elsewhere (or there is
     /// nowhere else).
     fn replicated(&self, seq: u64) -> bool {
-        self.peers.is_empty() || self.peers.values().any(|p| p.acked_own >= seq)
+        let mut reachable = self.reachable_peers().peekable();
+        reachable.peek().is_none() || reachable.any(|p| p.acked_own >= seq)
     }
 
     /// Relays this node's new events to every connected peer, and queues
@@ -1356,26 +1794,57 @@ impl NodeCore {
                     });
                 }
             }
-            if visible(&event) {
-                self.gate.push_back((self.next_gate, event));
+            if self.chat.shown(&event) {
+                let late = !own && self.came_late(&event);
+                self.gate.push_back(Gated {
+                    index: self.next_gate,
+                    event,
+                    late,
+                });
                 self.next_gate += 1;
             }
         }
         self.release();
     }
 
+    /// Whether `event` (of another origin) came in a late batch, or after
+    /// one it belongs with.
+    fn came_late(&mut self, event: &Event) -> bool {
+        if self.late_upto.is_empty() {
+            return false;
+        }
+        let Some(id) = event.id.as_ref() else {
+            return false;
+        };
+        let Some(origin) = id.origin.as_ref() else {
+            return false;
+        };
+        let key = (origin.id.clone(), origin.generation);
+        let Some(&upto) = self.late_upto.get(&key) else {
+            return false;
+        };
+        if id.seq >= upto {
+            self.late_upto.remove(&key);
+        }
+        id.seq <= upto
+    }
+
     /// Lets through the gate what may be shown: an event of this node
     /// waits until a peer holds it; events behind it wait too, to keep the
     /// order.
     fn release(&mut self) {
-        while let Some((_, event)) = self.gate.front() {
-            if let Some(seq) = own_seq(event, &self.me)
+        while let Some(front) = self.gate.front() {
+            if let Some(seq) = own_seq(&front.event, &self.me)
                 && !self.replicated(seq)
             {
                 return;
             }
-            let (gate, event) = self.gate.pop_front().expect("front exists");
-            self.outputs.push(Output::Deliver { gate, event });
+            let Gated { index, event, late } = self.gate.pop_front().expect("front exists");
+            if late != self.late_run {
+                self.late_run = late;
+                self.outputs.push(Output::LateRun { gate: index, late });
+            }
+            self.outputs.push(Output::Deliver { gate: index, event });
         }
     }
 
@@ -1389,7 +1858,7 @@ impl NodeCore {
             }
         }
         let last = self.chat.last_seq();
-        let flushed = self.peers.values().all(|p| p.acked_own >= last);
+        let flushed = self.reachable_peers().all(|p| p.acked_own >= last);
         if flushed {
             self.take_others(|w| matches!(w, Waiting::Flush { .. }), now, false);
         }
@@ -1402,9 +1871,10 @@ impl NodeCore {
             return;
         }
         let mut done = Vec::new();
+        let mut refused = Vec::new();
         for (pid, h) in &mut self.handoffs {
             let mut complete = self.chat.covers(&h.seen);
-            for p in self.peers.values() {
+            for p in self.peers.values().filter(|p| p.reachable) {
                 let stale = h
                     .until
                     .get(&p.node.id)
@@ -1426,37 +1896,56 @@ impl NodeCore {
                 let need = self
                     .peers
                     .values()
+                    .filter(|p| p.reachable)
                     .map(|p| mark_of(&p.held, gone))
                     .max()
                     .unwrap_or(0);
                 complete &= self.chat.delivered_of(gone) >= need;
             }
+            // The previous home, out of reach but maybe running, may hold
+            // a copy of a publish the participant retries.
+            let previous_ok = h.previous.as_ref().is_none_or(|prev| {
+                self.peers
+                    .get(&prev.id)
+                    .is_none_or(|p| p.node != *prev || p.reachable || p.gone)
+            });
+            complete &= previous_ok;
             if complete {
                 done.push(pid.clone());
             } else if now >= h.deadline {
-                warn!(participant = %pid, "a resumed participant's publishes waited past the deadline for what it saw elsewhere; publishing anyway");
-                done.push(pid.clone());
+                if self.chat.covers(&h.seen) && previous_ok {
+                    warn!(participant = %pid, "a resumed participant's publishes waited past the deadline for peers to hand it over; publishing anyway");
+                    done.push(pid.clone());
+                } else {
+                    // What it saw elsewhere has not reached this node, or
+                    // its previous node may be running out of reach (a
+                    // split between the two): publishing now could put its
+                    // messages before ones it sent earlier, or stamp a
+                    // retried one twice. It waits on; what it asked
+                    // meanwhile is refused, to be retried.
+                    warn!(participant = %pid, "a resumed participant's previous node is out of reach, or it saw events this node does not have yet; refusing its publishes until then");
+                    h.deadline = now + self.timing.request_timeout();
+                    refused.extend(h.queued.drain(..).map(|q| q.request()));
+                }
             }
+        }
+        for request in refused {
+            self.refuse(
+                request,
+                Error::Unavailable(
+                    "this session's previous node is out of reach, or this node has not \
+                     yet received everything the session saw there (a network split?); \
+                     retry, here or on another node"
+                        .into(),
+                ),
+            );
         }
         for pid in done {
             let Some(handoff) = self.handoffs.remove(&pid) else {
                 continue;
             };
             for q in handoff.queued {
-                match q {
-                    Queued::Publish {
-                        request,
-                        token,
-                        text,
-                        lamport,
-                        publish_id,
-                    } => self.publish(now, request, &token, &text, lamport, &publish_id),
-                    Queued::Leave {
-                        request,
-                        token,
-                        lamport,
-                    } => self.leave(request, &token, lamport),
-                }
+                self.run_queued(now, q);
             }
         }
     }
@@ -1545,6 +2034,20 @@ impl NodeCore {
     }
 }
 
+/// Queues `queued`, or refuses it when `queue` is full.
+fn queue_bounded(queue: &mut VecDeque<Queued>, queued: Queued, outputs: &mut Vec<Output>) {
+    if queue.len() >= MAX_HANDOFF_QUEUE {
+        outputs.push(Output::Reply {
+            request: queued.request(),
+            reply: Reply::Refused(Error::Unavailable(
+                "too many requests waiting for this session's handoff".into(),
+            )),
+        });
+    } else {
+        queue.push_back(queued);
+    }
+}
+
 /// The sequence number `marks` give for `origin` (0 if none).
 fn mark_of(marks: &[SeqMark], origin: &NodeId) -> u64 {
     marks
@@ -1614,7 +2117,14 @@ mod tests {
     }
 
     fn join(core: &mut NodeCore, name: &str) -> String {
-        core.join(1, name, 0, format!("id-{name}"), format!("tok-{name}"));
+        core.join(
+            Instant::now(),
+            1,
+            name,
+            0,
+            format!("id-{name}"),
+            format!("tok-{name}"),
+        );
         core.take_outputs();
         format!("tok-{name}")
     }
@@ -1666,25 +2176,33 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_peer_is_declared_dead_but_a_stall_of_this_node_is_not_held_against_it() {
+    fn a_silent_peer_is_unreachable_not_removed_and_a_stall_of_this_node_is_not_held_against_it() {
         let now = Instant::now();
         let mut n1 = with_peer(now);
         // This node did not run for ten seconds (SIGSTOP): its peer's
         // heartbeats may be waiting unread, so the peer is not blamed.
         n1.tick(now + Duration::from_secs(10));
-        assert_eq!(n1.membership().peers().len(), 1);
+        assert!(n1.is_reachable(&node("n2")));
         // Then the peer stays silent while this node runs.
         let mut t = now + Duration::from_secs(10);
         for _ in 0..30 {
             t += n1.timing().tick_interval();
             n1.tick(t);
         }
-        assert!(n1.membership().peers().is_empty());
+        assert!(!n1.is_reachable(&node("n2")));
+        assert_eq!(n1.membership().peers().len(), 1, "still a member");
+        let list = n1.server_list();
+        assert_eq!(list.servers.len(), 1);
+        assert_eq!(list.unreachable[0].node, Some(node("n2")));
+        let out = n1.take_outputs();
         assert!(
-            n1.take_outputs()
-                .iter()
-                .any(|o| matches!(o, Output::Disconnect(n) if n == &node("n2")))
+            !out.iter().any(|o| matches!(o, Output::Disconnect(_))),
+            "its link keeps trying"
         );
+        // Its heartbeat counter grows again (heard through any member).
+        n1.merge_members(t, &[member(node("n2"), "n2:1", MemberState::Alive, 9)]);
+        assert!(n1.is_reachable(&node("n2")));
+        assert!(n1.server_list().unreachable.is_empty());
     }
 
     #[test]
@@ -1694,7 +2212,7 @@ mod tests {
         // Ann joined on n2; n1 learned of her and her token.
         let joined = {
             let mut n2 = core("n2", now);
-            n2.join(1, "Ann", 0, "id-Ann".into(), "tok-Ann".into());
+            n2.join(now, 1, "Ann", 0, "id-Ann".into(), "tok-Ann".into());
             n2.chat().history().iter().cloned().collect::<Vec<_>>()
         };
         n1.on_hello(now, member(node("n2"), "n2:1", MemberState::Alive, 1))
@@ -1709,6 +2227,7 @@ mod tests {
                         participant_id: "id-Ann".into(),
                         session_token: "tok-Ann".into(),
                     }],
+                    late: false,
                 })),
             },
         )
@@ -1769,7 +2288,7 @@ mod tests {
     }
 
     #[test]
-    fn a_node_removed_while_it_waits_answers_every_request() {
+    fn a_node_replaced_while_it_waits_answers_every_request() {
         let now = Instant::now();
         let mut n1 = with_peer(now);
         let token = join(&mut n1, "Ann");
@@ -1777,9 +2296,21 @@ mod tests {
         n1.stop_sessions();
         n1.flush(now, 8);
         assert!(replies(&n1.take_outputs()).is_empty());
-        // The cluster says this incarnation is dead.
+        // A peer's old view says this incarnation is dead: refuted.
         let dead = member(node("n1"), "n1:1", MemberState::Dead, 2);
         n1.merge_members(now, &[dead]);
+        assert!(
+            !n1.take_outputs()
+                .iter()
+                .any(|o| matches!(o, Output::Removed(_)))
+        );
+        assert!(n1.membership().is_alive(&node("n1")));
+        // A newer process of this node id joined: this one was replaced.
+        let newer = NodeId {
+            id: "n1".into(),
+            generation: 2,
+        };
+        n1.merge_members(now, &[member(newer, "n1:2", MemberState::Alive, 1)]);
         let out = n1.take_outputs();
         assert!(out.iter().any(|o| matches!(o, Output::Removed(_))));
         let answered = replies(&out);

@@ -59,6 +59,13 @@ impl Roster {
         self.by_name.contains_key(name)
     }
 
+    /// Whether `participant_id` holds its name (it did not lose a clash).
+    pub fn holds_name(&self, participant_id: &str) -> bool {
+        self.members
+            .get(participant_id)
+            .is_some_and(|m| self.by_name.get(&m.name).map(String::as_str) == Some(participant_id))
+    }
+
     /// Whether `participant_id` has a session attached to this node.
     pub fn has_local_session(&self, participant_id: &str) -> bool {
         self.members

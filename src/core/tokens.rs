@@ -40,6 +40,11 @@ impl SessionTokens {
         self.by_token.get(token).map(String::as_str)
     }
 
+    /// The token of `participant_id`.
+    pub fn token_of(&self, participant_id: &str) -> Option<&str> {
+        self.token_of.get(participant_id).map(String::as_str)
+    }
+
     /// Forgets the token of a participant that left.
     pub fn forget(&mut self, participant_id: &str) {
         if let Some(token) = self.token_of.remove(participant_id) {

@@ -1053,6 +1053,12 @@ impl Sim {
         };
         let callee_runs =
             self.nodes[callee].core.is_some() && self.nodes[callee].generation == peer.generation;
+        if !callee_runs && self.reachable(node, callee) {
+            let now = self.instant();
+            let core = self.nodes[node].core.as_mut().expect("runs");
+            core.connect_refused(now, &peer);
+            self.carry_out(node);
+        }
         if !callee_runs || !self.reachable(node, callee) {
             // Refused at once (nothing listens), or no answer (a cut link):
             // either way the task backs off and tries again.
@@ -1150,6 +1156,7 @@ impl Sim {
                 frame: Some(relay_frame::Frame::Batch(RelayBatch {
                     events: chunk.iter().map(|e| Event::clone(e)).collect(),
                     grants: std::mem::take(&mut grants),
+                    late: replay.late,
                 })),
             };
             self.send(conn, true, Action::Frame { conn, frame });
@@ -1251,6 +1258,7 @@ impl Sim {
                     PeerItem::Event(event, grant) => relay_frame::Frame::Batch(RelayBatch {
                         events: vec![Event::clone(&event)],
                         grants: grant.into_iter().collect(),
+                        late: false,
                     }),
                     PeerItem::Heartbeat(hb) => relay_frame::Frame::Heartbeat(hb),
                 };
@@ -1324,6 +1332,48 @@ impl Sim {
                     return;
                 };
                 self.send(conn, false, Action::Ack { conn, held });
+            }
+            Output::LateRun { gate, late } => {
+                let to: Vec<usize> = self.nodes[i]
+                    .sinks
+                    .values()
+                    .filter(|&&(_, from, _)| gate >= from)
+                    .map(|&(_, _, p)| p)
+                    .collect();
+                for p in to {
+                    self.participants[p].late_runs += usize::from(late);
+                }
+            }
+            Output::Reconnect(peer) => {
+                let live = self.nodes[i]
+                    .links
+                    .get(&peer.id)
+                    .filter(|l| l.0 == peer)
+                    .and_then(|l| l.1);
+                if let Some(conn) = live {
+                    self.note(|| format!("n{i} drops its silent link to {}", peer.id));
+                    self.break_conn(conn, Duration::ZERO);
+                }
+            }
+            Output::Forward { peer, replay } => {
+                let Some(conn) = self.nodes[i]
+                    .links
+                    .get(&peer.id)
+                    .filter(|l| l.0 == *peer)
+                    .and_then(|l| l.1)
+                else {
+                    return;
+                };
+                if self.conns.get(&conn).is_some_and(|c| c.up) {
+                    self.note(|| {
+                        format!(
+                            "n{i} forwards {} events to {}",
+                            replay.events.len(),
+                            peer.id
+                        )
+                    });
+                    self.send_replay(conn, replay);
+                }
             }
             Output::Removed(reason) => {
                 self.note(|| format!("n{i} removed: {reason}"));

@@ -152,6 +152,8 @@ pub struct Participant {
     publish_ids: BTreeSet<String>,
     pub received: Vec<Observed>,
     pub gaps: Vec<Gap>,
+    /// How many times its node said that late events follow.
+    pub late_runs: usize,
     /// What the node sent in the current session, before the client's own
     /// dedupe: per origin, the last sequence number. Within one session a
     /// node sends each origin's events once and in order.
@@ -253,6 +255,7 @@ impl Sim {
             publish_ids: BTreeSet::new(),
             received: Vec::new(),
             gaps: Vec::new(),
+            late_runs: 0,
             session_last: BTreeMap::new(),
             session_faults: Vec::new(),
             leave_sent: false,
@@ -553,7 +556,7 @@ impl Sim {
                 lamport,
                 participant_id,
                 token,
-            } => core.join(request, &name, lamport, participant_id, token),
+            } => core.join(now, request, &name, lamport, participant_id, token),
             Request::Resume { resume, lamport } => core.resume(now, request, resume, lamport),
             Request::Publish {
                 token,
@@ -561,7 +564,7 @@ impl Sim {
                 lamport,
                 publish_id,
             } => core.publish(now, request, &token, &text, lamport, &publish_id),
-            Request::Leave { token, lamport } => core.leave(request, &token, lamport),
+            Request::Leave { token, lamport } => core.leave(now, request, &token, lamport),
             Request::Dropped {
                 participant_id,
                 session,

@@ -2,15 +2,20 @@
 //! do and which faults strike when; [`run`] plays it, lets the cluster
 //! settle, and checks the invariants.
 //!
-//! The faults stay within what the cluster promises to survive: one fault at
-//! a time, a node's (a crash, a graceful stop, a pause shorter or longer
-//! than the failure timeout, a restart) or a link's (a cut shorter than the failure timeout,
-//! one way or both; a reset that loses what was in flight), each followed
-//! by a quiet time in which the survivors detect, reconcile and settle;
-//! participants that lose their connection, leave or vanish at any time.
-//! Faults that overlap until a link is down for longer than the failure
-//! timeout are partitions, which these schedules leave out: what the
-//! cluster does then is stated in the README's known limits.
+//! Node faults come one at a time: a crash, a graceful stop, a pause
+//! shorter or longer than the failure timeout, a restart, each followed by
+//! a quiet time in which the survivors detect, reconcile and settle. Link
+//! faults: a short cut (one way or both) and a reset that loses what was in
+//! flight. Participants lose their connection (and resume elsewhere), leave
+//! or vanish at any time.
+//!
+//! With `CHITTY_SIM_PARTITIONS` set, schedules also get network partitions
+//! of 3 to 20 seconds, well past the failure timeout, that overlap whatever
+//! else happens: one node cut off from all others (both ways, or only its
+//! outgoing packets), one link cut (both ways or one), or a link flapping
+//! (cut 1 s in every 3); participants may then resume on the other side of
+//! a split. Some of those schedules still break an invariant (the README's
+//! known limits), so they are not in the default run.
 
 use std::time::Duration;
 
@@ -50,6 +55,11 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
     let mut quiet_from = Duration::ZERO;
     let mut crashed: Vec<usize> = Vec::new();
     let mut cut: Option<(usize, usize, Duration)> = None;
+    let mut split: Option<Split> = None;
+    // Partitions past the failure timeout are not yet in the default
+    // schedules: some of their interleavings still break an invariant (see
+    // the README's known limits). `CHITTY_SIM_PARTITIONS=1` adds them.
+    let partitions = std::env::var_os("CHITTY_SIM_PARTITIONS").is_some();
     while sim.now() < ACTIVE {
         let step = Duration::from_millis(20 + pick.below(200) as u64);
         sim.run_for(step);
@@ -59,6 +69,11 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
             sim.heal(a, b);
             sim.heal(b, a);
             cut = None;
+        }
+        if let Some(s) = split.as_mut()
+            && s.advance(&mut sim)
+        {
+            split = None;
         }
         // A paused node that the cluster removed exits when it runs again.
         for i in 0..nodes {
@@ -146,12 +161,76 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
                 sim.reset(a, b);
                 quiet_from = sim.now() + timeout;
             }
+            77..=79 if partitions && split.is_none() && cut.is_none() => {
+                split = Some(Split::start(&mut sim, &mut pick, nodes));
+            }
             _ => {}
         }
     }
     settle(&mut sim);
     let violation = sim.check().err();
     Outcome { sim, violation }
+}
+
+/// A network partition under way.
+struct Split {
+    /// The directions cut, (from, to).
+    cuts: Vec<(usize, usize)>,
+    /// When it heals for good.
+    until: Duration,
+    /// For a flapping link: when it next toggles, and whether it is cut now.
+    flap: Option<(Duration, bool)>,
+}
+
+impl Split {
+    fn start(sim: &mut Sim, pick: &mut crate::core::rng::Rng, nodes: usize) -> Self {
+        let a = pick.below(nodes);
+        let b = (a + 1 + pick.below(nodes - 1)) % nodes;
+        let length = Duration::from_millis(3000 + pick.below(17_000) as u64);
+        let others = (0..nodes).filter(|&j| j != a);
+        let (cuts, flap): (Vec<(usize, usize)>, _) = match pick.below(5) {
+            0 => (others.flat_map(|j| [(a, j), (j, a)]).collect(), None),
+            1 => (others.map(|j| (a, j)).collect(), None),
+            2 => (vec![(a, b), (b, a)], None),
+            3 => (vec![(a, b)], None),
+            _ => (
+                vec![(a, b), (b, a)],
+                Some((sim.now() + Duration::from_secs(1), true)),
+            ),
+        };
+        for &(from, to) in &cuts {
+            sim.cut(from, to);
+        }
+        Self {
+            cuts,
+            until: sim.now() + length,
+            flap,
+        }
+    }
+
+    /// Heals or toggles when due; true once healed for good.
+    fn advance(&mut self, sim: &mut Sim) -> bool {
+        if sim.now() >= self.until {
+            for &(from, to) in &self.cuts {
+                sim.heal(from, to);
+            }
+            return true;
+        }
+        if let Some((next, down)) = self.flap.as_mut()
+            && sim.now() >= *next
+        {
+            for &(from, to) in &self.cuts {
+                if *down {
+                    sim.heal(from, to);
+                } else {
+                    sim.cut(from, to);
+                }
+            }
+            *down = !*down;
+            *next = sim.now() + Duration::from_secs(if *down { 1 } else { 2 });
+        }
+        false
+    }
 }
 
 /// Ends every fault and lets the cluster go quiet: long enough for failure

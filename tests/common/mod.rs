@@ -30,6 +30,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub mod cluster;
+pub mod netns;
 
 /// How long any single wait may take before the test is declared failed.
 /// Generous: it only matters when something is broken.
