@@ -308,6 +308,7 @@ async fn join_reader(
         name: name.to_string(),
         lamport: clock.tick(),
         resume: None,
+        rejoin: None,
     };
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.map_err(|e| e.to_string())?;

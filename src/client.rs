@@ -168,6 +168,7 @@ pub async fn join_with(
             name: name.to_string(),
             lamport,
             resume: None,
+            rejoin: None,
         })
         .await?
         .into_inner();

@@ -31,7 +31,8 @@ use crate::core::causal::OriginKey;
 use crate::error::{Error, Result};
 use crate::proto::chitty_chat_client::ChittyChatClient;
 use crate::proto::{
-    JoinFrame, JoinRequest, LeaveRequest, PublishReply, PublishRequest, Resume, SeqMark, join_frame,
+    JoinFrame, JoinRequest, LeaveRequest, NodeId, PublishReply, PublishRequest, Rejoin, Resume,
+    SeqMark, join_frame,
 };
 
 /// Settings of a failover client.
@@ -166,8 +167,11 @@ pub async fn start(
         seen: HashMap::new(),
         publish_ids: HashSet::new(),
         publish_order: VecDeque::new(),
+        departed: HashSet::new(),
+        departed_order: VecDeque::new(),
         identity: None,
         current: String::new(),
+        current_node: None,
         client: None,
         stream: None,
         updates,
@@ -193,6 +197,9 @@ struct PendingPublish {
     first_try: Instant,
     /// Whether any attempt may have reached a node (so it may be delivered).
     maybe_sent: bool,
+    /// The nodes it was sent to without an answer (each may have stamped
+    /// it); a resume names them.
+    sent_to: Vec<NodeId>,
     done: oneshot::Sender<Result<PublishReply>>,
 }
 
@@ -210,8 +217,16 @@ struct Driver {
     seen: HashMap<OriginKey, u64>,
     publish_ids: HashSet<String>,
     publish_order: VecDeque<String>,
+    /// Participants shown as left (and not back since), most recent last,
+    /// bounded like the publish ids: both sides of a network split may
+    /// announce one departure, and a participant that moved across sees
+    /// both; it is shown once.
+    departed: HashSet<String>,
+    departed_order: VecDeque<String>,
     identity: Option<Identity>,
     current: String,
+    /// The node id of `current`, from its Welcome.
+    current_node: Option<NodeId>,
     client: Option<ChittyChatClient<Channel>>,
     stream: Option<Streaming<JoinFrame>>,
     updates: mpsc::Sender<Update>,
@@ -261,13 +276,36 @@ impl Driver {
                         seq,
                     })
                     .collect(),
+                unanswered_at: self
+                    .pending
+                    .front()
+                    .map(|p| p.sent_to.clone())
+                    .unwrap_or_default(),
             }),
             _ => None,
         };
+        // Joining again as new after the old session was lost: say what it
+        // saw and where its unanswered publish went (see `Rejoin`).
+        let rejoin = (resume.is_none() && self.identity.is_some()).then(|| Rejoin {
+            seen: self
+                .seen
+                .iter()
+                .map(|(o, &seq)| SeqMark {
+                    origin: Some(o.to_node_id()),
+                    seq,
+                })
+                .collect(),
+            unanswered_at: self
+                .pending
+                .front()
+                .map(|p| p.sent_to.clone())
+                .unwrap_or_default(),
+        });
         let request = JoinRequest {
             name: self.options.name.clone(),
             lamport: self.clock.tick(),
             resume,
+            rejoin,
         };
         let mut stream = tokio::time::timeout(JOIN_TIMEOUT, async {
             let mut stream = client.join(request).await?.into_inner();
@@ -294,6 +332,7 @@ impl Driver {
             token: welcome.session_token,
         });
         self.current = addr.to_string();
+        self.current_node = welcome.node.clone();
         self.client = Some(client);
         self.stream = Some(stream.0);
         Ok(())
@@ -330,6 +369,31 @@ impl Driver {
             self.publish_ids.remove(&old);
         }
         false
+    }
+
+    /// Whether `event` announces the departure of a participant already
+    /// shown as left (and not back since).
+    fn repeats_a_departure(&mut self, event: &crate::proto::Event) -> bool {
+        let pid = &event.participant_id;
+        match event.kind() {
+            crate::proto::EventKind::Joined => {
+                self.departed.remove(pid);
+                false
+            }
+            crate::proto::EventKind::Left => {
+                if !self.departed.insert(pid.clone()) {
+                    return true;
+                }
+                self.departed_order.push_back(pid.clone());
+                if self.departed_order.len() > RECENT_PUBLISH_IDS
+                    && let Some(old) = self.departed_order.pop_front()
+                {
+                    self.departed.remove(&old);
+                }
+                false
+            }
+            _ => false,
+        }
     }
 
     /// Reports `update`. The returned future does not borrow the driver
@@ -405,6 +469,7 @@ impl Driver {
             publish_id: uuid::Uuid::new_v4().to_string(),
             first_try: Instant::now(),
             maybe_sent: false,
+            sent_to: Vec::new(),
             done,
         });
     }
@@ -459,6 +524,12 @@ impl Driver {
             };
             tracing::info!(lamport = request.lamport, publish_id = %request.publish_id, "sending Publish");
             front.maybe_sent = true;
+            if let Some(node) = &self.current_node
+                && !front.sent_to.contains(node)
+                && front.sent_to.len() < MAX_KNOWN_SERVERS
+            {
+                front.sent_to.push(node.clone());
+            }
             let mut client = client.clone();
             self.in_flight = Some(Box::pin(async move {
                 tokio::time::timeout(CALL_TIMEOUT, client.publish(request))
@@ -508,7 +579,7 @@ impl Driver {
                         continue; // already delivered before a failover
                     }
                     *seen = seq;
-                    if self.repeats_a_publish(&event) {
+                    if self.repeats_a_publish(&event) || self.repeats_a_departure(&event) {
                         continue;
                     }
                     self.emit(Update::Received(self.clock.receive(event))).await;

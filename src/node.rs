@@ -328,11 +328,21 @@ impl Node {
 
     /// Opens a session: registers its queue, then stamps and delivers the
     /// "joined" event, so the joiner receives its own join.
-    pub fn join(&self, name: &str, lamport: u64) -> Result<SessionStream> {
+    pub fn join(
+        &self,
+        name: &str,
+        lamport: u64,
+        rejoin: Option<crate::proto::Rejoin>,
+    ) -> Result<SessionStream> {
         let participant_id = uuid::Uuid::new_v4().to_string();
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let mut rx =
-            self.ask_now(|core, now, id| core.join(now, id, name, lamport, participant_id, token));
+        let joiner = crate::core::node::Joiner {
+            name,
+            participant_id,
+            token,
+            rejoin,
+        };
+        let mut rx = self.ask_now(|core, now, id| core.join(now, id, joiner, lamport));
         session_answer(rx.try_recv().ok())
     }
 
@@ -845,7 +855,7 @@ mod tests {
 
     /// Joins `name` and reads its Welcome.
     async fn join(node: &Node, name: &str) -> (SessionStream, Welcome) {
-        let mut stream = node.join(name, 0).unwrap();
+        let mut stream = node.join(name, 0, None).unwrap();
         let Poll::Ready(Some(Ok(first))) = poll_once(&mut stream).await else {
             panic!("no Welcome");
         };

@@ -34,7 +34,7 @@ impl ChatService {
     pub async fn open(&self, req: JoinRequest) -> Result<SessionStream, Status> {
         let opened = match req.resume {
             Some(resume) => self.node.resume(resume, req.lamport).await,
-            None => self.node.join(&req.name, req.lamport),
+            None => self.node.join(&req.name, req.lamport, req.rejoin),
         };
         opened.map_err(|e| refuse("Join", e))
     }

@@ -42,6 +42,7 @@ async fn raw_join(grpc: &mut ChittyChatClient<Channel>, name: &str) -> Result<()
             name: name.to_string(),
             lamport: 1,
             resume: None,
+            rejoin: None,
         }),
     )
     .await

@@ -512,6 +512,7 @@ async fn a_resume_beyond_history_gets_a_gap_notice() {
             name: "Alice".into(),
             lamport: 1,
             resume: None,
+            rejoin: None,
         },
     )
     .await;
@@ -540,7 +541,9 @@ async fn a_resume_beyond_history_gets_a_gap_notice() {
                     origin: joined.origin.clone(),
                     seq: joined.seq,
                 }],
+                unanswered_at: Vec::new(),
             }),
+            rejoin: None,
         },
     )
     .await;
@@ -646,7 +649,9 @@ async fn a_retried_publish_is_applied_once() {
                 participant_id: alice.session.participant_id().to_string(),
                 session_token: token.clone(),
                 seen,
+                unanswered_at: Vec::new(),
             }),
+            rejoin: None,
         },
     )
     .await;

@@ -209,6 +209,7 @@ async fn the_node_stamps_each_event_max_of_its_clock_and_the_request_plus_one() 
             name: "Ahead".into(),
             lamport: 1000,
             resume: None,
+            rejoin: None,
         })
         .await
         .expect("join")

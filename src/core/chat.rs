@@ -533,6 +533,12 @@ impl ChatCore {
         self.receive(Vec::new()).events
     }
 
+    /// The highest sequence number of `origin` that held-back events wait
+    /// for, if any.
+    pub fn blocked_on(&self, origin: &NodeId) -> Option<u64> {
+        self.holdback.blocked_on(&OriginKey::from(origin))
+    }
+
     /// Releases events held back for events of the departed node `gone` that
     /// no survivor could provide: skips them and reports the gap.
     pub fn release_gone(&mut self, gone: &NodeId) -> Option<(GapRange, Vec<Arc<Event>>)> {

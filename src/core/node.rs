@@ -51,6 +51,18 @@ use crate::proto::{
     SessionGrant, Welcome, relay_frame,
 };
 
+/// Who asks to join as a new participant (see [`NodeCore::join`]).
+#[derive(Debug)]
+pub struct Joiner<'a> {
+    pub name: &'a str,
+    /// A fresh random id, chosen by the caller.
+    pub participant_id: String,
+    /// A fresh random session token, chosen by the caller.
+    pub token: String,
+    /// Set by a participant joining again as new (`JoinRequest.rejoin`).
+    pub rejoin: Option<crate::proto::Rejoin>,
+}
+
 /// Identifies a request whose answer may come later, chosen by the caller.
 pub type RequestId = u64;
 
@@ -376,6 +388,8 @@ impl Waiting {
 /// Why a replaced node refuses what it was asked.
 const REMOVED: &str =
     "a newer process of this node replaced it in the cluster; the request went nowhere";
+/// Most nodes a resume may name as holding its unanswered publish.
+const MAX_UNANSWERED_AT: usize = 64;
 /// Most events forwarded to one peer at a time.
 const MAX_FORWARD: usize = 2048;
 
@@ -399,12 +413,12 @@ const MAX_HANDOFF_QUEUE: usize = 1024;
 #[derive(Debug)]
 struct Handoff {
     seen: Vec<SeqMark>,
-    /// The node the participant's session was on before (if another one):
-    /// it may have stamped a publish whose answer was lost, which the
-    /// participant now retries here. Its publishes wait while that node may
-    /// be running out of reach (a split), since stamping the retry here
-    /// would give one message two events.
-    previous: Option<NodeId>,
+    /// The nodes the participant sent its oldest unanswered publish to
+    /// (`Resume.unanswered_at`, this one left out): each may have stamped
+    /// it. Its publishes wait while one of them may be running out of reach
+    /// (a split), since stamping the retry here would give one message two
+    /// events.
+    unanswered_at: Vec<NodeId>,
     /// This node's "moved" event for the participant.
     moved_seq: u64,
     /// Per peer that acknowledged the move: its generation and its own last
@@ -628,15 +642,13 @@ impl NodeCore {
     /// A Join: opens a session for `name`. `participant_id` and `token` are
     /// fresh random values chosen by the caller. Answered by
     /// [`Output::Opened`], or a [`Reply::Refused`].
-    pub fn join(
-        &mut self,
-        now: Instant,
-        request: RequestId,
-        name: &str,
-        lamport: u64,
-        participant_id: String,
-        token: String,
-    ) {
+    pub fn join(&mut self, now: Instant, request: RequestId, joiner: Joiner<'_>, lamport: u64) {
+        let Joiner {
+            name,
+            participant_id,
+            token,
+            rejoin,
+        } = joiner;
         self.catch_up_time(now);
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
@@ -646,13 +658,41 @@ impl NodeCore {
         // own events: some may not be held by any peer yet (a resume
         // elsewhere would wait for them in vain), and the participant's own
         // join, which it receives, covers them.
+        if let Some(rejoin) = &rejoin
+            && let Err(e) = self.fresh_for_a_retry(&rejoin.unanswered_at)
+        {
+            return self.refuse(request, e);
+        }
         let mut before = self.chat.delivered();
         before.retain(|mark| mark.origin.as_ref() != Some(&self.me));
         let joined = match self.chat.join(name, lamport, participant_id, token.clone()) {
             Ok(joined) => joined,
             Err(e) => return self.refuse(request, e),
         };
-        info!(participant = %name, id = %joined.participant_id, lamport = joined.events[0].lamport, "Join");
+        info!(participant = %name, id = %joined.participant_id, lamport = joined.events[0].lamport, rejoin = rejoin.is_some(), "Join");
+        if let Some(rejoin) = rejoin {
+            // Joining again as new after its old session was announced as
+            // left: its publishes wait as a resumed participant's do.
+            let joined_seq = joined
+                .events
+                .first()
+                .and_then(|e| own_seq(e, &self.me))
+                .unwrap_or(0);
+            let mut unanswered_at = rejoin.unanswered_at;
+            unanswered_at.retain(|n| *n != self.me);
+            unanswered_at.truncate(MAX_UNANSWERED_AT);
+            self.handoffs.insert(
+                joined.participant_id.clone(),
+                Handoff {
+                    seen: rejoin.seen,
+                    unanswered_at,
+                    moved_seq: joined_seq,
+                    until: BTreeMap::new(),
+                    deadline: now + self.timing.request_timeout(),
+                    queued: VecDeque::new(),
+                },
+            );
+        }
         let from_gate = self.next_gate;
         self.open(
             request,
@@ -725,16 +765,20 @@ impl NodeCore {
             );
         }
         let pid = resume.participant_id;
-        let previous = self
-            .chat
-            .home_of(&pid)
-            .filter(|home| **home != self.me)
-            .cloned();
+        let mut unanswered_at = resume.unanswered_at;
+        unanswered_at.retain(|n| *n != self.me);
+        unanswered_at.truncate(MAX_UNANSWERED_AT);
+        if let Err(e) = self.fresh_for_a_retry(&unanswered_at) {
+            return self.refuse(request, e);
+        }
         let resumed = match self.chat.resume(&pid, &resume.session_token, lamport) {
             Ok(resumed) => resumed,
             Err(e) => return self.refuse(request, e),
         };
-        if self.reachable_peers().next().is_some() || !self.chat.covers(&resume.seen) {
+        if self.reachable_peers().next().is_some()
+            || !self.chat.covers(&resume.seen)
+            || !unanswered_at.is_empty()
+        {
             let moved_seq = resumed
                 .events
                 .first()
@@ -749,7 +793,7 @@ impl NodeCore {
                 pid.clone(),
                 Handoff {
                     seen: resume.seen.clone(),
-                    previous,
+                    unanswered_at: unanswered_at.clone(),
                     moved_seq,
                     until: BTreeMap::new(),
                     deadline: now + self.timing.request_timeout(),
@@ -901,6 +945,24 @@ impl NodeCore {
         {
             self.tick(now);
         }
+    }
+
+    /// A participant's unanswered publish went to `unanswered_at`: its retry
+    /// here is recognised only if this node remembers the publish ids those
+    /// nodes stamped, which a node that joined the cluster since does not
+    /// (it starts from a snapshot, without them). While a node that was
+    /// there before it is reachable, the participant goes there instead.
+    fn fresh_for_a_retry(&self, unanswered_at: &[NodeId]) -> Result<(), Error> {
+        if unanswered_at.iter().any(|n| self.elders.contains(n))
+            && self.elders.iter().any(|elder| self.is_reachable(elder))
+        {
+            return Err(Error::Unavailable(
+                "this node joined the cluster after the node this session's unanswered \
+                 message went to; resume on another node"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Whether this node takes new work: not while it stops or after the
@@ -1420,6 +1482,20 @@ impl NodeCore {
             .map(|(gone, _)| gone.clone())
             .collect();
         for gone in stuck {
+            // Not while a peer that may be running holds them, or may (its
+            // link is not caught up, so what it holds is not known; one out
+            // of reach may hold them and bring them when the split heals).
+            let Some(need) = self.chat.blocked_on(&gone) else {
+                continue;
+            };
+            if self
+                .peers
+                .values()
+                .filter(|p| !p.gone && p.node != gone)
+                .any(|p| !p.up || mark_of(&p.held, &gone) >= need)
+            {
+                continue;
+            }
             if let Some((range, events)) = self.chat.release_gone(&gone) {
                 let gap = Gap {
                     reason: format!(
@@ -1873,7 +1949,7 @@ impl NodeCore {
         let mut done = Vec::new();
         let mut refused = Vec::new();
         for (pid, h) in &mut self.handoffs {
-            let mut complete = self.chat.covers(&h.seen);
+            let mut complete = holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen);
             for p in self.peers.values().filter(|p| p.reachable) {
                 let stale = h
                     .until
@@ -1902,18 +1978,25 @@ impl NodeCore {
                     .unwrap_or(0);
                 complete &= self.chat.delivered_of(gone) >= need;
             }
-            // The previous home, out of reach but maybe running, may hold
-            // a copy of a publish the participant retries.
-            let previous_ok = h.previous.as_ref().is_none_or(|prev| {
-                self.peers
-                    .get(&prev.id)
-                    .is_none_or(|p| p.node != *prev || p.reachable || p.gone)
+            // A node the participant's unanswered publish went to may have
+            // stamped it: it must have handed the participant over (it
+            // acknowledged the move and this node holds what it had stamped
+            // by then), or be known not to run (or no longer a member).
+            let chat = &self.chat;
+            let previous_ok = h.unanswered_at.iter().all(|sent| {
+                let Some(p) = self.peers.get(&sent.id).filter(|p| p.node == *sent) else {
+                    return true;
+                };
+                p.gone
+                    || h.until.get(&sent.id).is_some_and(|&(generation, seq)| {
+                        generation == sent.generation && chat.delivered_of(sent) >= seq
+                    })
             });
             complete &= previous_ok;
             if complete {
                 done.push(pid.clone());
             } else if now >= h.deadline {
-                if self.chat.covers(&h.seen) && previous_ok {
+                if holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen) && previous_ok {
                     warn!(participant = %pid, "a resumed participant's publishes waited past the deadline for peers to hand it over; publishing anyway");
                     done.push(pid.clone());
                 } else {
@@ -2034,6 +2117,44 @@ impl NodeCore {
     }
 }
 
+/// Whether this node delivered `seen`, except what can no longer come:
+/// events of a node that is not running (or no longer a member) beyond
+/// what any peer that may run holds (all of them connected, so that what
+/// each holds is known).
+fn holds_what_can_come(
+    chat: &ChatCore,
+    peers: &BTreeMap<String, Peer>,
+    me: &NodeId,
+    seen: &[SeqMark],
+) -> bool {
+    seen.iter().all(|mark| {
+        let Some(origin) = mark.origin.as_ref() else {
+            return true;
+        };
+        let runs = origin == me
+            || peers
+                .get(&origin.id)
+                .is_some_and(|p| p.node == *origin && !p.gone);
+        // What peers out of reach hold is not known: they may bring it.
+        let all_known = peers
+            .values()
+            .filter(|p| !p.gone && p.node != *origin)
+            .all(|p| p.up);
+        let need = if runs || !all_known {
+            mark.seq
+        } else {
+            let held = peers
+                .values()
+                .filter(|p| !p.gone)
+                .map(|p| mark_of(&p.held, origin))
+                .max()
+                .unwrap_or(0);
+            mark.seq.min(held)
+        };
+        chat.delivered_of(origin) >= need
+    })
+}
+
 /// Queues `queued`, or refuses it when `queue` is full.
 fn queue_bounded(queue: &mut VecDeque<Queued>, queued: Queued, outputs: &mut Vec<Output>) {
     if queue.len() >= MAX_HANDOFF_QUEUE {
@@ -2117,14 +2238,13 @@ mod tests {
     }
 
     fn join(core: &mut NodeCore, name: &str) -> String {
-        core.join(
-            Instant::now(),
-            1,
+        let joiner = Joiner {
             name,
-            0,
-            format!("id-{name}"),
-            format!("tok-{name}"),
-        );
+            participant_id: format!("id-{name}"),
+            token: format!("tok-{name}"),
+            rejoin: None,
+        };
+        core.join(Instant::now(), 1, joiner, 0);
         core.take_outputs();
         format!("tok-{name}")
     }
@@ -2212,7 +2332,13 @@ mod tests {
         // Ann joined on n2; n1 learned of her and her token.
         let joined = {
             let mut n2 = core("n2", now);
-            n2.join(now, 1, "Ann", 0, "id-Ann".into(), "tok-Ann".into());
+            let joiner = Joiner {
+                name: "Ann",
+                participant_id: "id-Ann".into(),
+                token: "tok-Ann".into(),
+                rejoin: None,
+            };
+            n2.join(now, 1, joiner, 0);
             n2.chat().history().iter().cloned().collect::<Vec<_>>()
         };
         n1.on_hello(now, member(node("n2"), "n2:1", MemberState::Alive, 1))
@@ -2239,6 +2365,7 @@ mod tests {
             participant_id: "id-Ann".into(),
             session_token: "tok-Ann".into(),
             seen: n1.chat().delivered(),
+            unanswered_at: Vec::new(),
         };
         n1.resume(now, 1, resume, 5);
         let out = n1.take_outputs();
@@ -2275,6 +2402,7 @@ mod tests {
             participant_id: "id-Bob".into(),
             session_token: "tok-Bob".into(),
             seen: Vec::new(),
+            unanswered_at: Vec::new(),
         };
         n1.resume(now, 1, resume, 5);
         assert!(replies(&n1.take_outputs()).is_empty(), "refused at once");

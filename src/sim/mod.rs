@@ -396,8 +396,7 @@ impl Sim {
             self.config.timing.clone(),
             self.config.limits.clone(),
         );
-        let boot = (0..self.nodes.len())
-            .find(|&j| j != i && self.nodes[j].core.is_some() && !self.nodes[j].paused);
+        let boot = self.boot_for(i);
         if let Some(j) = boot {
             let member = core.own_member();
             let reply = self.nodes[j]
@@ -425,6 +424,14 @@ impl Sim {
                 generation,
             },
         );
+    }
+
+    /// A running node that node `i` can join through: not paused, and
+    /// reachable both ways (the join's answer must come back).
+    pub fn boot_for(&self, i: usize) -> Option<usize> {
+        (0..self.nodes.len()).find(|&j| {
+            j != i && self.nodes[j].core.is_some() && !self.nodes[j].paused && self.reachable(i, j)
+        })
     }
 
     /// Stops node `i` gracefully, as on SIGTERM: it refuses new sessions,
@@ -1071,6 +1078,7 @@ impl Sim {
             } else {
                 Duration::ZERO
             };
+            self.note(|| format!("n{node} cannot connect to {}; tries again", peer.id));
             self.schedule(
                 timeout + retry + jitter,
                 Action::Connect {

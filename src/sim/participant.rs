@@ -96,6 +96,7 @@ pub(super) enum Request {
         lamport: u64,
         participant_id: String,
         token: String,
+        rejoin: Option<crate::proto::Rejoin>,
     },
     Resume {
         resume: Resume,
@@ -150,6 +151,9 @@ pub struct Participant {
     clock: LamportClock,
     seen: BTreeMap<(String, u64), u64>,
     publish_ids: BTreeSet<String>,
+    /// Participants shown as left and not back since, as the failover
+    /// client keeps them.
+    departed: BTreeSet<String>,
     pub received: Vec<Observed>,
     pub gaps: Vec<Gap>,
     /// How many times its node said that late events follow.
@@ -168,6 +172,8 @@ pub struct Participant {
     queue: VecDeque<usize>,
     /// The publish in flight: (node, generation, request).
     in_flight: Option<(usize, u64, RequestId)>,
+    /// The nodes the oldest unanswered publish was sent to, for a resume.
+    unanswered_at: Vec<crate::proto::NodeId>,
     leave_requested: bool,
     leaving: Option<RequestId>,
     /// Whether the next attempt resumes (false: joins as new).
@@ -253,6 +259,7 @@ impl Sim {
             clock: LamportClock::new(),
             seen: BTreeMap::new(),
             publish_ids: BTreeSet::new(),
+            departed: BTreeSet::new(),
             received: Vec::new(),
             gaps: Vec::new(),
             late_runs: 0,
@@ -262,6 +269,7 @@ impl Sim {
             published: Vec::new(),
             queue: VecDeque::new(),
             in_flight: None,
+            unanswered_at: Vec::new(),
             leave_requested: false,
             leaving: None,
             resume: false,
@@ -398,29 +406,35 @@ impl Sim {
         let request = self.new_request(node, p);
         let part = &mut self.participants[p];
         let lamport = part.clock.tick();
+        let seen: Vec<SeqMark> = part
+            .seen
+            .iter()
+            .map(|((id, generation), &seq)| SeqMark {
+                origin: Some(crate::proto::NodeId {
+                    id: id.clone(),
+                    generation: *generation,
+                }),
+                seq,
+            })
+            .collect();
         let what = if part.resume && !part.identities.is_empty() {
-            let seen = part
-                .seen
-                .iter()
-                .map(|((id, generation), &seq)| SeqMark {
-                    origin: Some(crate::proto::NodeId {
-                        id: id.clone(),
-                        generation: *generation,
-                    }),
-                    seq,
-                })
-                .collect();
             Request::Resume {
                 resume: Resume {
                     participant_id: part.participant_id().unwrap_or("").to_string(),
                     session_token: part.token.clone(),
                     seen,
+                    unanswered_at: part.unanswered_at.clone(),
                 },
                 lamport,
             }
         } else {
             part.next_id += 1;
+            let rejoin = (!part.identities.is_empty()).then(|| crate::proto::Rejoin {
+                seen,
+                unanswered_at: part.unanswered_at.clone(),
+            });
             Request::Join {
+                rejoin,
                 name: part.name.clone(),
                 lamport,
                 participant_id: format!("{}-{}-{}", self.seed, p, part.next_id),
@@ -556,7 +570,16 @@ impl Sim {
                 lamport,
                 participant_id,
                 token,
-            } => core.join(now, request, &name, lamport, participant_id, token),
+                rejoin,
+            } => {
+                let joiner = crate::core::node::Joiner {
+                    name: &name,
+                    participant_id,
+                    token,
+                    rejoin,
+                };
+                core.join(now, request, joiner, lamport)
+            }
             Request::Resume { resume, lamport } => core.resume(now, request, resume, lamport),
             Request::Publish {
                 token,
@@ -690,6 +713,15 @@ impl Sim {
         {
             return; // the same message under a second id
         }
+        match event.kind() {
+            EventKind::Joined => {
+                part.departed.remove(&event.participant_id);
+            }
+            EventKind::Left if !part.departed.insert(event.participant_id.clone()) => {
+                return; // one departure announced by both sides of a split
+            }
+            _ => {}
+        }
         part.clock.observe(event.lamport);
         let identity = part.current();
         if self.config.trace {
@@ -758,6 +790,7 @@ impl Sim {
             Reply::Published(reply) => {
                 let part = &mut self.participants[p];
                 part.in_flight = None;
+                part.unanswered_at.clear();
                 if let Some(i) = part.queue.pop_front() {
                     let id = reply.id.clone().unwrap_or_default();
                     let origin = id.origin.unwrap_or_default();
@@ -809,6 +842,7 @@ impl Sim {
             (State::Opening { .. }, _) => self.reconnect(p),
             (State::Connected { .. }, Error::InvalidMessage(_)) => {
                 part.in_flight = None;
+                part.unanswered_at.clear();
                 if let Some(i) = part.queue.pop_front() {
                     part.published[i].refused = true;
                 }
@@ -850,7 +884,15 @@ impl Sim {
             publish_id: record.publish_id.clone(),
         };
         let request = self.new_request(node, p);
-        self.participants[p].in_flight = Some((node, generation, request));
+        let sent_to = crate::proto::NodeId {
+            id: format!("n{node}"),
+            generation,
+        };
+        let part = &mut self.participants[p];
+        if !part.unanswered_at.contains(&sent_to) {
+            part.unanswered_at.push(sent_to);
+        }
+        part.in_flight = Some((node, generation, request));
         if let Request::Publish { text, .. } = &what {
             let text = text.clone();
             self.note(|| format!("P{p} publishes {text:?} at n{node}"));

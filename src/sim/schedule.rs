@@ -141,7 +141,12 @@ pub fn run(seed: u64, trace: bool) -> Outcome {
                 quiet_from = sim.now() + pause + spacing;
             }
             70..=72 if quiet && !crashed.is_empty() => {
-                let i = crashed.remove(pick.below(crashed.len()));
+                let i = crashed[pick.below(crashed.len())];
+                if sim.boot_for(i).is_none() {
+                    // No member it can join through (a split): later.
+                    continue;
+                }
+                crashed.retain(|&c| c != i);
                 sim.start_node(i);
                 quiet_from = sim.now() + spacing;
             }
