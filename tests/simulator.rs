@@ -325,6 +325,36 @@ fn a_node_cut_off_for_15s_heals_by_itself_and_loses_nothing() {
 }
 
 #[test]
+fn a_split_longer_than_history_ends_with_a_gap_notice() {
+    let mut config = SimConfig {
+        nodes: 3,
+        trace: true,
+        ..SimConfig::default()
+    };
+    config.limits.history_events = 10;
+    let mut sim = Sim::new(config, 34);
+    for i in 0..3 {
+        let p = sim.add_participant(&format!("P{i}"));
+        sim.join(p, i);
+    }
+    sim.run_for(ms(200));
+    isolate(&mut sim, 2);
+    // Far more than ten events on each side.
+    rounds_for(&mut sim, Duration::from_secs(15));
+    heal_and_wait(&mut sim);
+    sim.run_for(Duration::from_secs(3));
+    for (p, lost) in [(0, "n2"), (1, "n2"), (2, "n0")] {
+        let gaps = &sim.participants()[p].gaps;
+        assert!(
+            gaps.iter()
+                .flat_map(|g| g.ranges.iter())
+                .any(|r| r.origin.as_ref().is_some_and(|o| o.id == lost)),
+            "P{p} was not told that events of {lost} were lost: {gaps:?}"
+        );
+    }
+}
+
+#[test]
 fn one_cut_link_of_three_removes_nobody_and_events_go_around() {
     let mut sim = cluster(3, 2, 32);
     round(&mut sim, ms(20));
