@@ -261,6 +261,25 @@ impl Driver {
         Err(last)
     }
 
+    /// What the participant has seen, per origin, as marks.
+    fn seen_marks(&self) -> Vec<SeqMark> {
+        self.seen
+            .iter()
+            .map(|(o, &seq)| SeqMark {
+                origin: Some(o.to_node_id()),
+                seq,
+            })
+            .collect()
+    }
+
+    /// The nodes the oldest unanswered publish went to.
+    fn unanswered_at(&self) -> Vec<NodeId> {
+        self.pending
+            .front()
+            .map(|p| p.sent_to.clone())
+            .unwrap_or_default()
+    }
+
     /// Connects to `addr` and joins (or, with `resume`, resumes).
     async fn open(&mut self, addr: &str, resume: bool) -> Result<()> {
         let mut client = connect(addr).await?;
@@ -268,38 +287,16 @@ impl Driver {
             (Some(id), true) => Some(Resume {
                 participant_id: id.participant_id.clone(),
                 session_token: id.token.clone(),
-                seen: self
-                    .seen
-                    .iter()
-                    .map(|(o, &seq)| SeqMark {
-                        origin: Some(o.to_node_id()),
-                        seq,
-                    })
-                    .collect(),
-                unanswered_at: self
-                    .pending
-                    .front()
-                    .map(|p| p.sent_to.clone())
-                    .unwrap_or_default(),
+                seen: self.seen_marks(),
+                unanswered_at: self.unanswered_at(),
             }),
             _ => None,
         };
         // Joining again as new after the old session was lost: say what it
         // saw and where its unanswered publish went (see `Rejoin`).
         let rejoin = (resume.is_none() && self.identity.is_some()).then(|| Rejoin {
-            seen: self
-                .seen
-                .iter()
-                .map(|(o, &seq)| SeqMark {
-                    origin: Some(o.to_node_id()),
-                    seq,
-                })
-                .collect(),
-            unanswered_at: self
-                .pending
-                .front()
-                .map(|p| p.sent_to.clone())
-                .unwrap_or_default(),
+            seen: self.seen_marks(),
+            unanswered_at: self.unanswered_at(),
         });
         let request = JoinRequest {
             name: self.options.name.clone(),

@@ -537,43 +537,40 @@ impl Link {
                     grants.extend(grant);
                 }
                 LinkItem::Heartbeat(hb) => {
-                    if !events.is_empty() {
-                        let batch = RelayOut::Batch {
-                            events: std::mem::take(&mut events),
-                            grants: std::mem::take(&mut grants),
-                            late: false,
-                        };
-                        out.send(batch).await.map_err(closed)?;
-                    }
+                    send_batch(out, &mut events, &mut grants).await?;
                     let frame = RelayOut::Frame(RelayFrame {
                         frame: Some(relay_frame::Frame::Heartbeat(hb)),
                     });
                     out.send(frame).await.map_err(closed)?;
                 }
                 LinkItem::Forward(replay) => {
-                    if !events.is_empty() {
-                        let batch = RelayOut::Batch {
-                            events: std::mem::take(&mut events),
-                            grants: std::mem::take(&mut grants),
-                            late: false,
-                        };
-                        out.send(batch).await.map_err(closed)?;
-                    }
+                    send_batch(out, &mut events, &mut grants).await?;
                     self.send_replay(out, *replay).await?;
                 }
             }
         }
-        if !events.is_empty() {
-            out.send(RelayOut::Batch {
-                events,
-                grants,
-                late: false,
-            })
-            .await
-            .map_err(closed)?;
-        }
+        send_batch(out, &mut events, &mut grants).await?;
         Ok(())
     }
+}
+
+/// Sends the live events gathered so far (if any) as one batch.
+async fn send_batch(
+    out: &mpsc::Sender<RelayOut>,
+    events: &mut Vec<prost::bytes::Bytes>,
+    grants: &mut Vec<crate::proto::SessionGrant>,
+) -> Result<(), Status> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let batch = RelayOut::Batch {
+        events: std::mem::take(events),
+        grants: std::mem::take(grants),
+        late: false,
+    };
+    out.send(batch)
+        .await
+        .map_err(|_| Status::unavailable("link closed"))
 }
 
 /// An inbound relay link the core accepted.

@@ -239,17 +239,7 @@ fn sigstop_then_sigcont_produces_no_duplicates_and_no_stale_state_and_the_node_r
     // member again, by itself.
     signal(&cluster.nodes[2].child, "CONT");
     publish_rounds(&mut talkers, 10);
-    let all = cluster.addrs();
-    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-    wait_members(&all, &all);
-    assert!(
-        cluster.nodes[2]
-            .child
-            .wait_exit_within(Duration::ZERO)
-            .is_none(),
-        "the woken node exited; its standard error:\n{}",
-        cluster.nodes[2].stderr.snapshot().join("\n")
-    );
+    cluster.wait_rejoined(2);
     publish_rounds(&mut talkers, 5);
 
     assert_everyone_saw_everything(&talkers);
@@ -261,7 +251,7 @@ fn sigstop_then_sigcont_produces_no_duplicates_and_no_stale_state_and_the_node_r
             moved.name()
         );
     }
-    for addr in &all {
+    for addr in &cluster.addrs() {
         let names = block_on(participants_of(addr)).expect("ListParticipants");
         assert_eq!(
             names,

@@ -211,10 +211,17 @@ impl Membership {
     /// a node's death (its participants leaving). Falls back to ourselves when
     /// nothing is alive (we left).
     pub fn announcer(&self) -> NodeId {
+        self.announcer_among(|_| true)
+    }
+
+    /// [`Membership::announcer`] among the alive nodes that `counts` keeps
+    /// (the ones a node reaches: each side of a split has its own).
+    pub fn announcer_among(&self, counts: impl Fn(&NodeId) -> bool) -> NodeId {
         self.entries
             .values()
             .filter(|e| is_alive_entry(e))
             .filter_map(|e| e.node.as_ref())
+            .filter(|n| counts(n))
             .min_by(|a, b| a.id.cmp(&b.id))
             .cloned()
             .unwrap_or_else(|| self.me.clone())

@@ -882,7 +882,7 @@ impl NodeCore {
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
         }
-        if let Some(catch_up) = self.catch_up.as_mut() {
+        if self.catch_up.is_some() || !self.handoffs.is_empty() {
             let queued = Queued::Publish {
                 request,
                 token: token.to_string(),
@@ -890,17 +890,7 @@ impl NodeCore {
                 lamport,
                 publish_id: publish_id.to_string(),
             };
-            return queue_bounded(&mut catch_up.queued, queued, &mut self.outputs);
-        }
-        if !self.handoffs.is_empty() {
-            let queued = Queued::Publish {
-                request,
-                token: token.to_string(),
-                text: text.to_string(),
-                lamport,
-                publish_id: publish_id.to_string(),
-            };
-            if self.queue_for_handoff(token, queued).is_none() {
+            if self.queue_if_waiting(token, queued).is_none() {
                 return;
             }
         }
@@ -977,9 +967,14 @@ impl NodeCore {
         }
     }
 
-    /// Queues `queued` behind the handoff of the participant owning
-    /// `token`, if it has one pending; gives it back otherwise.
-    fn queue_for_handoff(&mut self, token: &str, queued: Queued) -> Option<Queued> {
+    /// Queues `queued` while this node catches up with peers that came
+    /// back, or behind the handoff of the participant owning `token` if it
+    /// has one pending; gives it back otherwise.
+    fn queue_if_waiting(&mut self, token: &str, queued: Queued) -> Option<Queued> {
+        if let Some(catch_up) = self.catch_up.as_mut() {
+            queue_bounded(&mut catch_up.queued, queued, &mut self.outputs);
+            return None;
+        }
         let pid = self.chat.local_participant(token)?;
         let Some(handoff) = self.handoffs.get_mut(&pid) else {
             return Some(queued);
@@ -992,21 +987,13 @@ impl NodeCore {
     /// once drained, before its "left" event is delivered to the others.
     pub fn leave(&mut self, now: Instant, request: RequestId, token: &str, lamport: u64) {
         self.catch_up_time(now);
-        if let Some(catch_up) = self.catch_up.as_mut() {
+        if self.catch_up.is_some() || !self.handoffs.is_empty() {
             let queued = Queued::Leave {
                 request,
                 token: token.to_string(),
                 lamport,
             };
-            return queue_bounded(&mut catch_up.queued, queued, &mut self.outputs);
-        }
-        if !self.handoffs.is_empty() {
-            let queued = Queued::Leave {
-                request,
-                token: token.to_string(),
-                lamport,
-            };
-            if self.queue_for_handoff(token, queued).is_none() {
+            if self.queue_if_waiting(token, queued).is_none() {
                 return;
             }
         }
@@ -1737,13 +1724,16 @@ impl NodeCore {
     /// period to resume elsewhere and survivors at least a heartbeat to
     /// reconcile.
     fn announce_orphans(&mut self, now: Instant) {
-        let alive: Vec<NodeId> = std::iter::once(self.me.clone())
-            .chain(self.reachable_peers().map(|p| p.node.clone()))
-            .collect();
-        if alive.iter().any(|n| n.id < self.me.id) {
+        let announcer = self
+            .membership
+            .announcer_among(|n| *n == self.me || self.is_reachable(n));
+        if announcer != self.me {
             // Another node this one reaches announces.
             return;
         }
+        let alive: Vec<NodeId> = std::iter::once(self.me.clone())
+            .chain(self.reachable_peers().map(|p| p.node.clone()))
+            .collect();
         let settle = self.grace.max(self.timing.heartbeat);
         let mut events = Vec::new();
         for pid in self.chat.orphans(&alive) {
@@ -1983,7 +1973,7 @@ impl NodeCore {
             // acknowledged the move and this node holds what it had stamped
             // by then), or be known not to run (or no longer a member).
             let chat = &self.chat;
-            let previous_ok = h.unanswered_at.iter().all(|sent| {
+            let handed_over = h.unanswered_at.iter().all(|sent| {
                 let Some(p) = self.peers.get(&sent.id).filter(|p| p.node == *sent) else {
                     return true;
                 };
@@ -1992,11 +1982,11 @@ impl NodeCore {
                         generation == sent.generation && chat.delivered_of(sent) >= seq
                     })
             });
-            complete &= previous_ok;
+            complete &= handed_over;
             if complete {
                 done.push(pid.clone());
             } else if now >= h.deadline {
-                if holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen) && previous_ok {
+                if holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen) && handed_over {
                     warn!(participant = %pid, "a resumed participant's publishes waited past the deadline for peers to hand it over; publishing anyway");
                     done.push(pid.clone());
                 } else {

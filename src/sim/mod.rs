@@ -1191,17 +1191,22 @@ impl Sim {
         }
     }
 
+    /// The participants of node `i`'s sessions that receive gate index
+    /// `gate` (open when it entered the gate).
+    fn sessions_from(&self, i: usize, gate: u64) -> Vec<usize> {
+        self.nodes[i]
+            .sinks
+            .values()
+            .filter(|&&(_, from, _)| gate >= from)
+            .map(|&(_, _, p)| p)
+            .collect()
+    }
+
     fn carry_out_one(&mut self, i: usize, output: Output) {
         let generation = self.nodes[i].generation;
         match output {
             Output::Deliver { gate, event } => {
-                let to: Vec<usize> = self.nodes[i]
-                    .sinks
-                    .values()
-                    .filter(|&&(_, from, _)| gate >= from)
-                    .map(|&(_, _, p)| p)
-                    .collect();
-                for p in to {
+                for p in self.sessions_from(i, gate) {
                     self.participant_receives(p, i, &event);
                 }
             }
@@ -1342,13 +1347,7 @@ impl Sim {
                 self.send(conn, false, Action::Ack { conn, held });
             }
             Output::LateRun { gate, late } => {
-                let to: Vec<usize> = self.nodes[i]
-                    .sinks
-                    .values()
-                    .filter(|&&(_, from, _)| gate >= from)
-                    .map(|&(_, _, p)| p)
-                    .collect();
-                for p in to {
+                for p in self.sessions_from(i, gate) {
                     self.participants[p].late_runs += usize::from(late);
                 }
             }

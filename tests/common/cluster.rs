@@ -224,6 +224,20 @@ impl Cluster {
         self.nodes[i].addr.clone()
     }
 
+    /// Waits until every node lists every node (node `i`, woken or back,
+    /// included), and checks that node `i` did not exit.
+    pub fn wait_rejoined(&mut self, i: usize) {
+        let all = self.addrs();
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        wait_members(&all, &all);
+        let node = &mut self.nodes[i];
+        assert!(
+            node.child.wait_exit_within(Duration::ZERO).is_none(),
+            "node {i} exited; its standard error:\n{}",
+            node.stderr.snapshot().join("\n")
+        );
+    }
+
     /// The addresses of every node started.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.addr.clone()).collect()

@@ -292,7 +292,12 @@ impl Drop for ChildGuard {
 /// A `chitty` command with no `CHITTY_*` settings inherited from the
 /// environment, so only the flags a test passes apply.
 fn chitty_command() -> Command {
-    let mut cmd = Command::new(CHITTY);
+    test_command(Command::new(CHITTY))
+}
+
+/// `cmd` (which runs `chitty`, directly or through a wrapper) with no
+/// `CHITTY_*` settings inherited, killed if the test process dies.
+pub fn test_command(mut cmd: Command) -> Command {
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("CHITTY_") {
             cmd.env_remove(key);
@@ -326,19 +331,27 @@ pub struct ServerProcess {
 /// Starts `chitty server --listen 127.0.0.1:0 EXTRA...` and waits for the
 /// address it prints on its first line.
 pub fn spawn_server(extra: &[&str]) -> ServerProcess {
-    let mut child = chitty_command()
-        .args(["server", "--listen", "127.0.0.1:0"])
-        .args(extra)
+    let mut cmd = chitty_command();
+    cmd.args(["server", "--listen", "127.0.0.1:0"]).args(extra);
+    start_server_process(cmd, "chitty server")
+}
+
+/// Starts `cmd` (a `chitty server` command line) and waits for the address
+/// it prints on its first line; `label` names it in failures.
+pub fn start_server_process(mut cmd: Command, label: &str) -> ServerProcess {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start chitty server");
+        .unwrap_or_else(|e| panic!("start {label}: {e}"));
     // Both pipes are always drained, so the server never blocks on logging.
     let stdout = Lines::collect(child.stdout.take().expect("stdout is piped"));
     let stderr = Lines::collect(child.stderr.take().expect("stderr is piped"));
-    let child = ChildGuard::new(child, "chitty server");
-    let first = stdout.wait_until("the server's first line", |lines| lines.first().cloned());
+    let child = ChildGuard::new(child, label);
+    let first = stdout
+        .try_wait_until("the server's first line", |lines| lines.first().cloned())
+        .unwrap_or_else(|e| panic!("{e}\nstandard error:\n{}", stderr.snapshot().join("\n")));
     let addr = first
         .strip_prefix("chitty server listening on ")
         .unwrap_or_else(|| panic!("unexpected first line from the server: {first:?}"))
@@ -372,15 +385,21 @@ pub fn temp_path(label: &str) -> PathBuf {
 
 /// Starts `chitty client --server ADDR --name NAME --log FILE`.
 pub fn spawn_client(addr: &str, name: &str) -> ClientProcess {
+    start_client_process(chitty_command(), addr, name)
+}
+
+/// Starts `cmd` (which runs `chitty`) with `client --server ADDR --name
+/// NAME --log FILE`.
+pub fn start_client_process(mut cmd: Command, addr: &str, name: &str) -> ClientProcess {
     let log = temp_path(name);
-    let mut child = chitty_command()
+    let mut child = cmd
         .args(["client", "--server", addr, "--name", name, "--log"])
         .arg(&log)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start chitty client");
+        .unwrap_or_else(|e| panic!("start chitty client {name}: {e}"));
     let stdin = child.stdin.take();
     let stdout = Lines::collect(child.stdout.take().expect("stdout is piped"));
     let stderr = Lines::collect(child.stderr.take().expect("stderr is piped"));

@@ -24,13 +24,15 @@
 
 use std::collections::BTreeSet;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::cluster::{SECRET, block_on, participants_of, servers_of};
-use super::{CHITTY, ChildGuard, ClientProcess, EventLine, Lines, ServerProcess, temp_path};
+use super::{
+    CHITTY, ClientProcess, EventLine, ServerProcess, start_client_process, start_server_process,
+    test_command,
+};
 
 /// Every namespace of these tests starts with this, then the pid of the
 /// test process, a dash, the world's number in that process, a dash and
@@ -189,20 +191,7 @@ pub fn remove_leftovers() {
 pub fn ns_command(ns: &str, program: &str) -> Command {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", ns, program]);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("CHITTY_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env_remove("RUST_LOG");
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd
+    test_command(cmd)
 }
 
 /// Runs `f` on a thread that entered the network namespace `ns`: sockets
@@ -422,28 +411,7 @@ impl NetCluster {
         if let Some(boot) = boot {
             cmd.args(["--boot", boot]);
         }
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chitty server in its namespace");
-        let stdout = Lines::collect(child.stdout.take().expect("stdout is piped"));
-        let stderr = Lines::collect(child.stderr.take().expect("stderr is piped"));
-        let child = ChildGuard::new(child, format!("chitty server {}", i + 1));
-        let first = stdout
-            .try_wait_until("the server's first line", |lines| lines.first().cloned())
-            .unwrap_or_else(|e| panic!("{e}\nstandard error:\n{}", stderr.snapshot().join("\n")));
-        let addr = first
-            .strip_prefix("chitty server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line from the server: {first:?}"))
-            .to_string();
-        ServerProcess {
-            child,
-            addr,
-            stdout,
-            stderr,
-        }
+        start_server_process(cmd, &format!("chitty server {}", i + 1))
     }
 
     /// The address of node `i`.
@@ -479,26 +447,11 @@ impl NetCluster {
     /// namespace of node `i`: it can reach only that node (and whatever that
     /// node's namespace reaches over the bridge).
     pub fn spawn_client(&self, i: usize, name: &str) -> ClientProcess {
-        let log = temp_path(name);
-        let mut child = ns_command(&self.world.nodes[i], CHITTY)
-            .args(["client", "--server", &self.addr(i), "--name", name, "--log"])
-            .arg(&log)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start chitty client in its namespace");
-        let stdin = child.stdin.take();
-        let stdout = Lines::collect(child.stdout.take().expect("stdout is piped"));
-        let stderr = Lines::collect(child.stderr.take().expect("stderr is piped"));
-        ClientProcess {
-            name: name.to_string(),
-            child: ChildGuard::new(child, format!("chitty client {name}")),
-            stdin,
-            stdout,
-            stderr,
-            log,
-        }
+        start_client_process(
+            ns_command(&self.world.nodes[i], CHITTY),
+            &self.addr(i),
+            name,
+        )
     }
 
     /// Starts one client per `(node, name)`, each after the previous one
