@@ -975,7 +975,10 @@ impl NodeCore {
             queue_bounded(&mut catch_up.queued, queued, &mut self.outputs);
             return None;
         }
-        let pid = self.chat.local_participant(token)?;
+        // A token of no local participant goes on, to be refused there.
+        let Some(pid) = self.chat.local_participant(token) else {
+            return Some(queued);
+        };
         let Some(handoff) = self.handoffs.get_mut(&pid) else {
             return Some(queued);
         };
@@ -2382,6 +2385,51 @@ mod tests {
         assert!(out.iter().any(
             |o| matches!(o, Output::Relay { item: PeerItem::Event(e, _), .. } if e.text == "retry")
         ));
+    }
+
+    #[test]
+    fn a_publish_with_an_unknown_token_is_refused_while_a_handoff_is_pending() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        // Ann joined on n2 and resumes here: her handoff is pending.
+        n1.on_hello(now, member(node("n2"), "n2:1", MemberState::Alive, 1))
+            .unwrap();
+        let joined = {
+            let mut n2 = core("n2", now);
+            join(&mut n2, "Ann");
+            n2.chat().history().iter().cloned().collect::<Vec<_>>()
+        };
+        let batch = crate::proto::RelayBatch {
+            events: joined.iter().map(|e| Event::clone(e)).collect(),
+            grants: vec![SessionGrant {
+                participant_id: "id-Ann".into(),
+                session_token: "tok-Ann".into(),
+            }],
+            late: false,
+        };
+        let frame = RelayFrame {
+            frame: Some(relay_frame::Frame::Batch(batch)),
+        };
+        n1.on_relay(now, &node("n2"), frame).unwrap();
+        n1.link_up(now, &node("n2"), Vec::new());
+        let resume = Resume {
+            participant_id: "id-Ann".into(),
+            session_token: "tok-Ann".into(),
+            seen: n1.chat().delivered(),
+            unanswered_at: Vec::new(),
+        };
+        n1.resume(now, 1, resume, 5);
+        n1.take_outputs();
+        n1.publish(now, 2, "no-such-token", "hi", 6, "p1");
+        let out = n1.take_outputs();
+        assert!(
+            matches!(
+                replies(&out)[..],
+                [(2, Reply::Refused(Error::UnknownSession))]
+            ),
+            "{:?}",
+            replies(&out)
+        );
     }
 
     #[test]
