@@ -643,8 +643,9 @@ impl Driver {
                     Err(Error::Rpc(s)) if resume && s.code() == Code::Unauthenticated => {
                         // The session is gone (its grace period ran out or
                         // it was announced as left): join again as new.
+                        // What it saw stays seen: the Rejoin hands it over,
+                        // so the new session's publishes never overtake it.
                         resume = false;
-                        self.seen.clear();
                         break;
                     }
                     Err(Error::Rpc(s))

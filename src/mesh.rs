@@ -517,6 +517,14 @@ impl Link {
             };
             out.send(frame).await.map_err(closed)?;
         }
+        if !replay.never_held.is_empty() {
+            let frame = RelayOut::Frame(RelayFrame {
+                frame: Some(relay_frame::Frame::NeverHeld(crate::proto::NeverHeld {
+                    upto: replay.never_held,
+                })),
+            });
+            out.send(frame).await.map_err(closed)?;
+        }
         Ok(())
     }
 

@@ -203,6 +203,21 @@ impl HoldBack {
             .filter(|&need| need > delivered)
     }
 
+    /// Where a gap in `origin`'s events ends: before its first held event
+    /// if one is held (skipping further would drop it), else the highest
+    /// that a held event waits for. `None` if nothing waits on `origin`.
+    pub fn gap_end(&self, origin: &OriginKey) -> Option<u64> {
+        let delivered = self.delivered_of(origin);
+        match self
+            .pending
+            .get(origin)
+            .and_then(|queue| queue.keys().next())
+        {
+            Some(first) => Some(first - 1).filter(|&end| end > delivered),
+            None => self.blocked_on(origin),
+        }
+    }
+
     /// Events held, waiting for their predecessors (or for `pop_ready`).
     pub fn held(&self) -> usize {
         self.held
@@ -582,5 +597,49 @@ mod tests {
             hb.pop_ready().is_some(),
             "skipping the lost events releases it"
         );
+    }
+
+    #[test]
+    fn a_gap_ends_before_the_first_held_event_of_its_origin() {
+        let node = |id: &str| NodeId {
+            id: id.into(),
+            generation: 1,
+        };
+        let event = |origin: &NodeId, seq: u64, deps: Vec<SeqMark>| {
+            Arc::new(Event {
+                id: Some(EventId {
+                    origin: Some(origin.clone()),
+                    seq,
+                }),
+                lamport: seq,
+                deps,
+                ..Default::default()
+            })
+        };
+        let (a, b) = (node("a"), node("b"));
+        let mut hb = HoldBack::new(100);
+        // a:1 is lost; a:2 arrived; b:1 waits for a:2.
+        let a2 = SeqMark {
+            origin: Some(a.clone()),
+            seq: 2,
+        };
+        assert_eq!(hb.offer(event(&a, 2, vec![])), Offer::Held);
+        assert_eq!(hb.offer(event(&b, 1, vec![a2])), Offer::Held);
+        let key = OriginKey::from(&a);
+        assert_eq!(hb.blocked_on(&key), Some(2));
+        assert_eq!(
+            hb.gap_end(&key),
+            Some(1),
+            "a:2 is here: only a:1 is missing"
+        );
+        hb.set_delivered(&[SeqMark {
+            origin: Some(a),
+            seq: 1,
+        }]);
+        let released: Vec<u64> = std::iter::from_fn(|| hb.pop_ready())
+            .map(|e| e.id.as_ref().map_or(0, |id| id.seq))
+            .collect();
+        assert_eq!(released, vec![2, 1], "a:2 is delivered, then b:1");
+        assert_eq!(hb.gap_end(&key), None);
     }
 }

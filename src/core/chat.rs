@@ -155,6 +155,9 @@ pub struct ChatCore {
     /// What was delivered when this node joined the cluster (its history
     /// holds nothing from before).
     joined_at: Vec<SeqMark>,
+    /// Events were skipped (lost): a participant's "joined" may be among
+    /// them.
+    skipped: bool,
     limits: CoreLimits,
 }
 
@@ -175,6 +178,7 @@ impl ChatCore {
             hidden: FastMap::default(),
             hidden_order: VecDeque::new(),
             joined_at: Vec::new(),
+            skipped: false,
             join_marks: FastMap::default(),
             limits,
         }
@@ -529,21 +533,22 @@ impl ChatCore {
     /// Treats events up to `marks` as delivered without having them (a gap
     /// reported by a peer).
     pub fn skip_to(&mut self, marks: &[SeqMark]) -> Vec<Arc<Event>> {
+        self.skipped = true;
         self.holdback.set_delivered(marks);
         self.receive(Vec::new()).events
     }
 
-    /// The highest sequence number of `origin` that held-back events wait
-    /// for, if any.
-    pub fn blocked_on(&self, origin: &NodeId) -> Option<u64> {
-        self.holdback.blocked_on(&OriginKey::from(origin))
+    /// Where the run of `origin`'s events that held-back events wait for
+    /// ends (see [`HoldBack::gap_end`]).
+    pub fn gap_end(&self, origin: &NodeId) -> Option<u64> {
+        self.holdback.gap_end(&OriginKey::from(origin))
     }
 
     /// Releases events held back for events of the departed node `gone` that
     /// no survivor could provide: skips them and reports the gap.
     pub fn release_gone(&mut self, gone: &NodeId) -> Option<(GapRange, Vec<Arc<Event>>)> {
         let key = OriginKey::from(gone);
-        let need = self.holdback.blocked_on(&key)?;
+        let need = self.holdback.gap_end(&key)?;
         let gap = GapRange {
             origin: Some(gone.clone()),
             from_seq: self.holdback.delivered_of(&key) + 1,
@@ -643,6 +648,18 @@ impl ChatCore {
                         member.homed = homed;
                         member.detached = None;
                     }
+                } else if let Some(origin) = origin
+                    && self.skipped
+                    && !self.departed.contains_key(pid)
+                {
+                    // This node skipped lost events (with a node that
+                    // stopped before a split healed), its "joined" perhaps
+                    // among them: the move says it is here, so every roster
+                    // lists it. (Otherwise it left before this node joined,
+                    // and the move is older than that.)
+                    return self
+                        .roster
+                        .joined(pid, &event.participant_name, origin, event.lamport);
                 }
                 None
             }
@@ -700,7 +717,6 @@ impl ChatCore {
     }
 
     /// The participant owning `token`, if its session is attached here.
-    /// The participant owning `token`, if its session is attached here.
     pub fn local_participant(&self, token: &str) -> Option<String> {
         self.local_owner(token).ok()
     }
@@ -708,6 +724,20 @@ impl ChatCore {
     /// Highest sequence number of `origin` delivered here (0 for none).
     pub fn delivered_of(&self, origin: &NodeId) -> u64 {
         self.holdback.delivered_of(&OriginKey::from(origin))
+    }
+
+    /// Per origin, the events this node counts as delivered but never held:
+    /// those older than its join to the cluster.
+    pub fn never_held(&self) -> &[SeqMark] {
+        &self.joined_at
+    }
+
+    /// Whether history holds event `seq` of `origin`.
+    pub fn holds(&self, origin: &NodeId, seq: u64) -> bool {
+        self.history.iter().rev().any(|e| {
+            e.id.as_ref()
+                .is_some_and(|id| id.seq == seq && id.origin.as_ref() == Some(origin))
+        })
     }
 
     fn local_owner(&self, token: &str) -> Result<String> {

@@ -166,6 +166,9 @@ pub struct Replay {
     /// The events come late: the peer was unreachable from this node, or
     /// they are forwarded for a node the peer cannot reach.
     pub late: bool,
+    /// What this node counts as delivered but never held (older than its
+    /// join), for a `never_held` frame after the events.
+    pub never_held: Vec<SeqMark>,
 }
 
 /// What a session's Welcome says came before it.
@@ -302,6 +305,9 @@ struct Peer {
     acked_own: u64,
     /// What the peer last said it holds, per origin.
     held: Vec<SeqMark>,
+    /// What the peer said it counts as held but never had (older than its
+    /// join): it cannot re-send those.
+    never_held: Vec<SeqMark>,
     /// When this node last heard that the peer runs.
     last_seen: Instant,
     /// When the outgoing link last carried an acknowledgement.
@@ -325,6 +331,7 @@ impl Peer {
             gone: false,
             acked_own: 0,
             held: Vec::new(),
+            never_held: Vec::new(),
             last_seen: now,
             last_ack: now,
             next_heartbeat: now,
@@ -392,6 +399,8 @@ const REMOVED: &str =
 const MAX_UNANSWERED_AT: usize = 64;
 /// Most events forwarded to one peer at a time.
 const MAX_FORWARD: usize = 2048;
+/// Most origins kept from a peer's `never_held` frame.
+const MAX_MARKS: usize = 1024;
 
 /// Most resumes waiting for their participant's join to arrive.
 const MAX_WAITING_RESUMES: usize = 1024;
@@ -1240,6 +1249,12 @@ impl NodeCore {
                 self.outputs.push(Output::Gap(gap));
                 self.dispatch(events);
             }
+            Some(relay_frame::Frame::NeverHeld(never_held)) => {
+                if let Some(p) = self.peers.get_mut(&peer.id).filter(|p| p.node == *peer) {
+                    p.never_held = never_held.upto;
+                    p.never_held.truncate(MAX_MARKS);
+                }
+            }
             Some(relay_frame::Frame::Hello(_)) | None => {
                 return Err(MeshRefusal::Malformed("unexpected relay frame"));
             }
@@ -1318,6 +1333,7 @@ impl NodeCore {
             events,
             grants,
             late,
+            never_held: self.chat.never_held().to_vec(),
         })
     }
 
@@ -1475,14 +1491,19 @@ impl NodeCore {
             // Not while a peer that may be running holds them, or may (its
             // link is not caught up, so what it holds is not known; one out
             // of reach may hold them and bring them when the split heals).
-            let Some(need) = self.chat.blocked_on(&gone) else {
+            let Some(need) = self.chat.gap_end(&gone) else {
                 continue;
             };
+            let delivered = self.chat.delivered_of(&gone);
             if self
                 .peers
                 .values()
                 .filter(|p| !p.gone && p.node != gone)
-                .any(|p| !p.up || mark_of(&p.held, &gone) >= need)
+                .any(|p| {
+                    !p.up
+                        || (mark_of(&p.held, &gone) >= need
+                            && mark_of(&p.never_held, &gone) <= delivered)
+                })
             {
                 continue;
             }
@@ -1593,6 +1614,7 @@ impl NodeCore {
                     events,
                     grants,
                     late: true,
+                    never_held: Vec::new(),
                 },
             });
         }
@@ -1730,14 +1752,17 @@ impl NodeCore {
         let announcer = self
             .membership
             .announcer_among(|n| *n == self.me || self.is_reachable(n));
+        // Another node this one reaches announces. Unless it does not know
+        // the participant (its "joined" was lost with the node that held
+        // it): then this node does, later; a second "left" for one
+        // departure is shown to nobody.
+        let mut settle = self.grace.max(self.timing.heartbeat);
         if announcer != self.me {
-            // Another node this one reaches announces.
-            return;
+            settle += self.timing.failure_timeout * 2;
         }
         let alive: Vec<NodeId> = std::iter::once(self.me.clone())
             .chain(self.reachable_peers().map(|p| p.node.clone()))
             .collect();
-        let settle = self.grace.max(self.timing.heartbeat);
         let mut events = Vec::new();
         for pid in self.chat.orphans(&alive) {
             let home = self.chat.home_of(&pid).cloned().unwrap_or_default();
@@ -1974,16 +1999,24 @@ impl NodeCore {
             // A node the participant's unanswered publish went to may have
             // stamped it: it must have handed the participant over (it
             // acknowledged the move and this node holds what it had stamped
-            // by then), or be known not to run (or no longer a member).
+            // by then), or be no longer a member, or be known not to run and
+            // this node hold whatever of its events any peer holds (its
+            // stamp may have reached a peer out of reach before it stopped).
             let chat = &self.chat;
             let handed_over = h.unanswered_at.iter().all(|sent| {
                 let Some(p) = self.peers.get(&sent.id).filter(|p| p.node == *sent) else {
                     return true;
                 };
-                p.gone
-                    || h.until.get(&sent.id).is_some_and(|&(generation, seq)| {
-                        generation == sent.generation && chat.delivered_of(sent) >= seq
-                    })
+                if p.gone {
+                    let all_it_stamped = SeqMark {
+                        origin: Some(sent.clone()),
+                        seq: u64::MAX,
+                    };
+                    return holds_what_can_come(chat, &self.peers, &self.me, &[all_it_stamped]);
+                }
+                h.until.get(&sent.id).is_some_and(|&(generation, seq)| {
+                    generation == sent.generation && chat.delivered_of(sent) >= seq
+                })
             });
             complete &= handed_over;
             if complete {
@@ -2086,7 +2119,21 @@ impl NodeCore {
                 lamport,
                 ..
             } => self.finish_resume(now, request, resume, lamport),
-            Waiting::Flush { request, .. } => self.reply(request, Reply::Flushed),
+            Waiting::Flush { request, .. } => {
+                // A member out of reach (a split) may lack events that only
+                // this node holds: they go with it. Say so.
+                let last = self.chat.last_seq();
+                for p in self.peers.values() {
+                    if !p.gone && p.acked_own < last {
+                        warn!(
+                            peer = %p.node.id,
+                            missing = last - p.acked_own,
+                            "stopping before this peer holds all of this node's events (out of reach?); any that no other running node holds are lost"
+                        );
+                    }
+                }
+                self.reply(request, Reply::Flushed)
+            }
         }
     }
 

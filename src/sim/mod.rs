@@ -1169,6 +1169,14 @@ impl Sim {
             };
             self.send(conn, true, Action::Frame { conn, frame });
         }
+        if !replay.never_held.is_empty() {
+            let frame = RelayFrame {
+                frame: Some(relay_frame::Frame::NeverHeld(crate::proto::NeverHeld {
+                    upto: replay.never_held,
+                })),
+            };
+            self.send(conn, true, Action::Frame { conn, frame });
+        }
     }
 
     /// Carries out node `i`'s outputs, as [`crate::node::Node::carry_out`]
@@ -1439,6 +1447,7 @@ fn frame_name(frame: &RelayFrame) -> String {
         }
         Some(relay_frame::Frame::Heartbeat(_)) => "heartbeat".into(),
         Some(relay_frame::Frame::Skip(g)) => format!("skip {:?}", g.ranges.len()),
+        Some(relay_frame::Frame::NeverHeld(n)) => format!("never held {}", n.upto.len()),
         Some(relay_frame::Frame::Hello(_)) => "hello".into(),
         None => "empty".into(),
     }

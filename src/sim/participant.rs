@@ -642,8 +642,9 @@ impl Sim {
         let part = &mut self.participants[p];
         let welcome = opened.welcome;
         if !welcome.resumed {
-            // Joined as new: a new identity, and nothing seen but what came
-            // before it.
+            // Joined as new: a new identity. What it saw under the old one
+            // stays seen: it is not shown twice, and wherever the new
+            // session resumes, its publishes wait for it (causal order).
             if let Some(old) = part.identities.last_mut() {
                 old.ended.get_or_insert((now, "joined again as new"));
             }
@@ -652,7 +653,6 @@ impl Sim {
                 joined_at: now,
                 ended: None,
             });
-            part.seen.clear();
         }
         for mark in &welcome.seen {
             if let Some(origin) = &mark.origin {
