@@ -12,8 +12,17 @@ set -euo pipefail
 
 nodes=${1:-3}
 base=${BASE_PORT:-50051}
-secret=${CHITTY_CLUSTER_SECRET:-chitty-local-$(date +%s)-$$}
 cd "$(dirname "$0")/.."
+# The cluster secret: every node needs it, and a node you add by hand too.
+# Kept in a file readable by you alone, never on a command line (where any
+# user could read it with ps).
+secret_file=${CHITTY_CLUSTER_SECRET_FILE:-$PWD/target/cluster-secret}
+if [ ! -s "$secret_file" ]; then
+    mkdir -p "$(dirname "$secret_file")"
+    (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret_file")
+fi
+export CHITTY_CLUSTER_SECRET_FILE=$secret_file
+unset CHITTY_CLUSTER_SECRET
 
 cargo build --release --quiet
 bin=target/release/chitty
@@ -40,7 +49,7 @@ wait_port() {
 prev=""
 for i in $(seq 1 "$nodes"); do
     port=$((base + i - 1))
-    args=(server --listen "127.0.0.1:$port" --cluster-secret "$secret")
+    args=(server --listen "127.0.0.1:$port")
     [ -n "$prev" ] && args+=(--boot "$prev")
     # Prefix each line with the node's name; the subshell keeps the pid of
     # the node itself in $!.
@@ -56,6 +65,8 @@ cluster: connect clients from other terminals, for example:
   $bin client --name Alice --server 127.0.0.1:$base
   $bin client --name Bob   --server 127.0.0.1:$((base + nodes - 1))
 cluster: kill a node to watch failover: kill -9 <pid> (pids: ${pids[*]})
+cluster: the cluster secret is in $secret_file; add a node with
+  $bin server --listen 127.0.0.1:$((base + nodes)) --boot 127.0.0.1:$base --cluster-secret-file $secret_file
 cluster: Ctrl-C stops every node
 MSG
 wait

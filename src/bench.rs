@@ -407,13 +407,10 @@ impl Cluster {
             .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let mut command = Command::new(exe);
         command
-            .args([
-                "server",
-                "--listen",
-                "127.0.0.1:0",
-                "--cluster-secret",
-                secret,
-            ])
+            .args(["server", "--listen", "127.0.0.1:0"])
+            // In the environment, not on the command line, where any user
+            // could read it.
+            .env("CHITTY_CLUSTER_SECRET", secret)
             .args(boot.iter().flat_map(|b| ["--boot", b.as_str()]))
             .args(&config.node_args)
             .env("RUST_LOG", &config.node_log)

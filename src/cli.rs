@@ -62,10 +62,20 @@ pub struct ServerArgs {
     /// Without it, this node starts a new cluster.
     #[arg(long, env = "CHITTY_BOOT")]
     pub boot: Option<String>,
-    /// Secret shared by all nodes of the cluster; mesh calls without it are
-    /// refused. Without it the mesh is open to anyone who can reach the port.
+    /// Secret shared by all nodes of the cluster (at least 16 characters);
+    /// mesh calls without it are refused. Required unless every address
+    /// (listen, advertise, boot) is loopback. On the command line it is
+    /// visible to other users (ps): prefer --cluster-secret-file or the
+    /// environment.
     #[arg(long, env = "CHITTY_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+    /// Read the cluster secret from this file (its first line).
+    #[arg(
+        long,
+        env = "CHITTY_CLUSTER_SECRET_FILE",
+        conflicts_with = "cluster_secret"
+    )]
+    pub cluster_secret_file: Option<std::path::PathBuf>,
     /// Interval between heartbeats to each peer, in milliseconds.
     #[arg(long, env = "CHITTY_HEARTBEAT_MS", default_value_t = DEFAULT_HEARTBEAT.as_millis() as u64)]
     pub heartbeat_ms: u64,
@@ -301,12 +311,30 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut config = NodeConfig::new(args.advertise.unwrap_or_else(|| bound.to_string()));
+    let secret = match cluster_secret(args.cluster_secret, args.cluster_secret_file.as_deref()) {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let advertise = args.advertise.unwrap_or_else(|| bound.to_string());
+    if secret.is_none() {
+        let mut open = vec![bound.to_string(), advertise.clone()];
+        open.extend(args.boot.clone());
+        if let Some(addr) = open.iter().find(|a| !is_loopback(a)) {
+            eprintln!(
+                "error: {addr} is not a loopback address, and without a cluster secret anyone who reaches it could join the mesh, read every participant and write as anyone. Give every node of the cluster the same secret: --cluster-secret-file FILE (or CHITTY_CLUSTER_SECRET), for example a file made with `head -c 32 /dev/urandom | base64 > FILE`; or listen on 127.0.0.1 only."
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let mut config = NodeConfig::new(advertise);
     config.session_queue = args.session_queue.max(1);
     config.peer_queue = args.peer_queue.max(1);
     config.boot = args.boot;
     config.fault_link_delay = args.fault_link_delay;
-    config.cluster_secret = args.cluster_secret.filter(|s| !s.is_empty());
+    config.cluster_secret = secret;
     config.heartbeat = std::time::Duration::from_millis(args.heartbeat_ms.max(10));
     config.failure_timeout = std::time::Duration::from_millis(args.failure_timeout_ms.max(1));
     if config.failure_timeout <= config.heartbeat * 2 {
@@ -326,6 +354,60 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+/// Shortest cluster secret accepted.
+const MIN_SECRET_CHARS: usize = 16;
+
+/// The cluster secret, from the flag (or CHITTY_CLUSTER_SECRET) or the first
+/// line of `file`; `None` for none. Refuses one that is too short or not
+/// printable ASCII (it travels in gRPC metadata).
+fn cluster_secret(
+    given: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, String> {
+    let secret = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!("cannot read --cluster-secret-file {}: {e}", path.display())
+            })?;
+            let line = text.lines().next().unwrap_or("").trim().to_string();
+            if line.is_empty() {
+                return Err(format!("--cluster-secret-file {} is empty", path.display()));
+            }
+            line
+        }
+        None => match given {
+            Some(s) if !s.is_empty() => s,
+            _ => return Ok(None),
+        },
+    };
+    if secret.chars().count() < MIN_SECRET_CHARS {
+        return Err(format!(
+            "the cluster secret is {} characters long; use at least {MIN_SECRET_CHARS}",
+            secret.chars().count()
+        ));
+    }
+    if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "the cluster secret must be printable ASCII without spaces (it travels in gRPC metadata)"
+                .into(),
+        );
+    }
+    Ok(Some(secret))
+}
+
+/// Whether `addr` (host:port) names a loopback address.
+fn is_loopback(addr: &str) -> bool {
+    if let Ok(socket) = addr.parse::<std::net::SocketAddr>() {
+        return socket.ip().is_loopback();
+    }
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn parse_link_delay(text: &str) -> Result<(String, std::time::Duration), String> {
@@ -647,5 +729,51 @@ impl TerminalState {
             .arg(&self.0)
             .stdin(std::process::Stdio::inherit())
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_addresses_are_told_from_the_others() {
+        for addr in [
+            "127.0.0.1:50051",
+            "127.3.4.5:1",
+            "[::1]:80",
+            "localhost:50051",
+        ] {
+            assert!(is_loopback(addr), "{addr}");
+        }
+        for addr in [
+            "0.0.0.0:50051",
+            "10.0.0.1:50051",
+            "[::]:80",
+            "chat.example:50051",
+        ] {
+            assert!(!is_loopback(addr), "{addr}");
+        }
+    }
+
+    #[test]
+    fn a_cluster_secret_comes_from_the_flag_or_a_file_and_must_be_long_enough() {
+        assert_eq!(cluster_secret(None, None), Ok(None));
+        assert_eq!(cluster_secret(Some(String::new()), None), Ok(None));
+        let long = "0123456789abcdef".to_string();
+        assert_eq!(
+            cluster_secret(Some(long.clone()), None),
+            Ok(Some(long.clone()))
+        );
+        assert!(cluster_secret(Some("short".into()), None).is_err());
+        assert!(cluster_secret(Some("with a space inside it".into()), None).is_err());
+        let path = std::env::temp_dir().join(format!("chitty-secret-{}", std::process::id()));
+        std::fs::write(&path, format!("{long}\n")).expect("write the secret file");
+        assert_eq!(cluster_secret(None, Some(&path)), Ok(Some(long)));
+        std::fs::write(&path, "\n").expect("write the secret file");
+        assert!(cluster_secret(None, Some(&path)).is_err(), "empty file");
+        std::fs::remove_file(&path).expect("remove the secret file");
+        let missing = cluster_secret(None, Some(&path)).expect_err("missing file");
+        assert!(missing.contains("cannot read"), "{missing}");
     }
 }

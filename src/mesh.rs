@@ -86,22 +86,28 @@ pub struct CheckSecret(pub Option<Arc<str>>);
 
 impl Interceptor for CheckSecret {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
-        let Some(secret) = &self.0 else {
-            return Ok(req);
+        let given = req.metadata().get(SECRET_HEADER);
+        let refusal = match (&self.0, given) {
+            (None, None) => return Ok(req),
+            (Some(secret), Some(given))
+                if constant_time_eq(given.as_bytes(), secret.as_bytes()) =>
+            {
+                return Ok(req);
+            }
+            // Both sides must say what is wrong: a node without a secret
+            // does not admit one that has it, nor the other way round.
+            (None, Some(_)) => {
+                "this node has no cluster secret but the caller sent one: give every node of the cluster the same secret (--cluster-secret-file)"
+            }
+            (Some(_), None) => {
+                "this node requires the cluster secret and the call carried none: give every node of the cluster the same secret (--cluster-secret-file)"
+            }
+            (Some(_), Some(_)) => {
+                "wrong cluster secret: every node of the cluster needs the same one"
+            }
         };
-        let given = req
-            .metadata()
-            .get(SECRET_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), secret.as_bytes()) {
-            Ok(req)
-        } else {
-            warn!(remote = ?req.remote_addr(), "refused a mesh call without the cluster secret");
-            Err(Status::unauthenticated(
-                "missing or wrong cluster secret (--cluster-secret)",
-            ))
-        }
+        warn!(remote = ?req.remote_addr(), reason = refusal, "refused a mesh call");
+        Err(Status::unauthenticated(refusal))
     }
 }
 
@@ -184,7 +190,13 @@ impl Node {
             }),
         )
         .await
-        .map_err(|_| Error::Unavailable(format!("{boot} did not answer ServerJoin")))??
+        .map_err(|_| Error::Unavailable(format!("{boot} did not answer ServerJoin")))?
+        .map_err(|status| match status.code() {
+            tonic::Code::Unauthenticated => {
+                Error::Protocol(format!("{boot} refused this node: {}", status.message()))
+            }
+            _ => Error::from(status),
+        })?
         .into_inner();
         info!(boot, "joined the cluster through its boot member");
         self.step(|core, now| core.joined_cluster(now, reply));

@@ -67,7 +67,9 @@ pub async fn serve_node(
         .build_v1()
         .map_err(|e| Error::Protocol(format!("reflection: {e}")))?;
     if node.config().cluster_secret.is_none() {
-        warn!("no cluster secret set: any program that reaches this port can join the mesh");
+        // `chitty server` refuses to start so unless every address is
+        // loopback: then only programs on this machine can join.
+        warn!("no cluster secret set: any program on this machine can join the mesh");
     }
     let secret = CheckSecret(node.config().cluster_secret.as_deref().map(Arc::from));
 

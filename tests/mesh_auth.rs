@@ -1,0 +1,163 @@
+//! The mesh is closed unless every address is loopback: what a node needs
+//! to start, and what two nodes whose secrets differ say to each other.
+//! Real `chitty server` processes.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::cluster::{block_on, servers_of};
+use common::{ChildGuard, Lines, spawn_server, test_command};
+
+const SECRET: &str = "a-cluster-secret-for-tests";
+
+/// Runs `chitty server ARGS...` to its end (it is expected to refuse to
+/// start): its exit code and standard error.
+fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut cmd = test_command(Command::new(common::CHITTY));
+    cmd.arg("server").args(args).envs(env.iter().copied());
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chitty server");
+    let stdout = Lines::collect(child.stdout.take().expect("piped"));
+    let stderr = Lines::collect(child.stderr.take().expect("piped"));
+    let mut child = ChildGuard::new(child, "chitty server");
+    let status = child.wait_exit();
+    let out = stdout.wait_closed("stdout");
+    assert!(
+        out.iter().all(|l| !l.contains("listening on")),
+        "a refused node must not serve: {out:?}"
+    );
+    (status.code(), stderr.wait_closed("stderr").join("\n"))
+}
+
+#[test]
+fn without_a_secret_a_node_refuses_to_listen_beyond_loopback() {
+    // 0.0.0.0 is every interface: the port would be open to the network.
+    let (code, stderr) = refused_start(&["--listen", "0.0.0.0:0"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("0.0.0.0") && stderr.contains("--cluster-secret-file"),
+        "the error names the address and what to pass: {stderr}"
+    );
+    // A loopback listener advertised as a non-loopback address is refused too.
+    let (code, stderr) = refused_start(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--advertise",
+            "192.168.7.7:50051",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("192.168.7.7:50051"), "{stderr}");
+    // With a secret, from the environment, the same node starts.
+    let node = {
+        let mut cmd = test_command(Command::new(common::CHITTY));
+        cmd.args(["server", "--listen", "0.0.0.0:0"])
+            .env("CHITTY_CLUSTER_SECRET", SECRET);
+        common::start_server_process(cmd, "chitty server on 0.0.0.0")
+    };
+    assert!(node.addr.starts_with("0.0.0.0:"), "{}", node.addr);
+}
+
+#[test]
+fn a_secret_too_short_or_an_unreadable_secret_file_is_refused() {
+    let (code, stderr) = refused_start(&["--cluster-secret", "short"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("at least 16"), "{stderr}");
+    let (code, stderr) = refused_start(
+        &["--cluster-secret-file", "/nonexistent/chitty-secret"],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("/nonexistent/chitty-secret"), "{stderr}");
+}
+
+#[test]
+fn nodes_with_the_same_secret_from_a_file_and_the_environment_form_one_cluster() {
+    let path = std::env::temp_dir().join(format!("chitty-mesh-auth-{}", std::process::id()));
+    std::fs::write(&path, format!("{SECRET}\n")).expect("write the secret file");
+    let file = path.to_str().expect("utf-8 path").to_string();
+    let boot = spawn_server(&["--cluster-secret-file", &file]);
+    let joiner = {
+        let mut cmd = test_command(Command::new(common::CHITTY));
+        cmd.args(["server", "--listen", "127.0.0.1:0", "--boot", &boot.addr])
+            .env("CHITTY_CLUSTER_SECRET", SECRET);
+        common::start_server_process(cmd, "joiner")
+    };
+    std::fs::remove_file(&path).expect("remove the secret file");
+    let expected = common::cluster::sorted(&[&boot.addr, &joiner.addr]);
+    common::cluster::poll("both nodes list both", || {
+        let listed = block_on(servers_of(&boot.addr))?;
+        if listed == expected {
+            Ok(())
+        } else {
+            Err(format!("{listed:?}"))
+        }
+    });
+}
+
+/// Starts a joiner through `boot` with `secret` (or none) and expects it to
+/// be refused: its exit code and standard error.
+fn refused_join(boot: &str, secret: Option<&str>) -> (Option<i32>, String) {
+    let mut args = vec!["--listen", "127.0.0.1:0", "--boot", boot];
+    if let Some(secret) = secret {
+        args.extend(["--cluster-secret", secret]);
+    }
+    let mut cmd = test_command(Command::new(common::CHITTY));
+    cmd.arg("server").args(&args);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the joiner");
+    let _stdout = Lines::collect(child.stdout.take().expect("piped"));
+    let stderr = Lines::collect(child.stderr.take().expect("piped"));
+    let mut child = ChildGuard::new(child, "joiner");
+    let status = child.wait_exit();
+    (status.code(), stderr.wait_closed("stderr").join("\n"))
+}
+
+#[test]
+fn mixed_secrets_are_refused_on_both_sides_naming_the_mismatch() {
+    // A boot node without a secret does not admit a joiner that has one.
+    let open = spawn_server(&[]);
+    let (code, stderr) = refused_join(&open.addr, Some(SECRET));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("has no cluster secret but the caller sent one"),
+        "the joiner is told why: {stderr}"
+    );
+    open.stderr.wait_for_line("the boot node's warning", |l| {
+        l.contains("refused a mesh call") && l.contains("has no cluster secret")
+    });
+    // A boot node with a secret does not admit one without, nor a wrong one.
+    let closed = spawn_server(&["--cluster-secret", SECRET]);
+    let (code, stderr) = refused_join(&closed.addr, None);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("requires the cluster secret and the call carried none"),
+        "{stderr}"
+    );
+    let (code, stderr) = refused_join(&closed.addr, Some("another-secret-of-the-same-kind"));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("wrong cluster secret"), "{stderr}");
+    closed.stderr.wait_for_line("the boot node's warning", |l| {
+        l.contains("refused a mesh call") && l.contains("wrong cluster secret")
+    });
+    // Nobody was admitted.
+    assert_eq!(
+        block_on(servers_of(&open.addr)),
+        Ok(vec![open.addr.clone()])
+    );
+    assert_eq!(
+        block_on(servers_of(&closed.addr)),
+        Ok(vec![closed.addr.clone()])
+    );
+}
