@@ -330,10 +330,7 @@ mod tests {
     #[test]
     fn a_relay_batch_decodes_as_the_relay_frame_it_stands_for() {
         let events = vec![event(1, "hi"), event(2, &"😀".repeat(128))];
-        let grants = vec![SessionGrant {
-            participant_id: "p".into(),
-            session_token: "t".into(),
-        }];
+        let grants = vec![crate::core::tokens::grant_of("p", "t")];
         for late in [false, true] {
             let out = RelayOut::Batch {
                 events: events.iter().map(event_field).collect(),

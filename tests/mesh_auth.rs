@@ -161,3 +161,79 @@ fn mixed_secrets_are_refused_on_both_sides_naming_the_mismatch() {
         Ok(vec![closed.addr.clone()])
     );
 }
+
+/// Even a peer that holds the secret (or a program that stole it) never
+/// receives a session token: the snapshot of a ServerJoin carries what
+/// verifies each one, and a token it could not learn is refused.
+#[tokio::test]
+async fn a_peer_never_receives_a_usable_session_token() {
+    use chitty::proto::chitty_chat_client::ChittyChatClient;
+    use chitty::proto::server_mesh_client::ServerMeshClient;
+    use chitty::proto::{Member, MemberState, NodeId, PublishRequest, ServerJoinRequest};
+
+    let server = common::start_server_with(|c| c.cluster_secret = Some(SECRET.into())).await;
+    let alice = common::join(&server.addr, "Alice").await;
+    let token = alice.session.welcome().session_token.clone();
+    assert!(!token.is_empty());
+
+    let mut mesh = ServerMeshClient::connect(format!("http://{}", server.addr))
+        .await
+        .expect("connect to the mesh");
+    let mut request = tonic::Request::new(ServerJoinRequest {
+        member: Some(Member {
+            node: Some(NodeId {
+                id: "curious".into(),
+                generation: 1,
+            }),
+            addr: "127.0.0.1:9".into(),
+            state: MemberState::Alive as i32,
+            version: 1,
+        }),
+    });
+    request
+        .metadata_mut()
+        .insert("x-chitty-cluster-secret", SECRET.parse().expect("ascii"));
+    let reply = mesh
+        .server_join(request)
+        .await
+        .expect("a member with the secret is admitted")
+        .into_inner();
+    assert!(
+        reply.participants.iter().any(|p| p.name == "Alice"),
+        "the snapshot lists Alice: {:?}",
+        reply.participants
+    );
+    let bytes = prost::Message::encode_to_vec(&reply);
+    assert!(
+        !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+        "Alice's token is nowhere in the snapshot"
+    );
+    let grant = reply
+        .grants
+        .iter()
+        .find(|g| !g.token_digest.is_empty())
+        .expect("a grant for Alice");
+    // What the peer has is no token: publishing with it is refused.
+    let mut chat = ChittyChatClient::connect(format!("http://{}", server.addr))
+        .await
+        .expect("connect");
+    for guess in [
+        String::from_utf8_lossy(&grant.token_digest).into_owned(),
+        grant
+            .token_digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    ] {
+        let refused = chat
+            .publish(PublishRequest {
+                session_token: guess,
+                text: "I am Alice".into(),
+                lamport: 1,
+                publish_id: String::new(),
+            })
+            .await
+            .expect_err("a digest is not a token");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
+    }
+}

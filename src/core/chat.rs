@@ -240,10 +240,7 @@ impl ChatCore {
             .get_mut(&participant_id)
             .expect("apply added the joiner");
         member.session = Some(session);
-        self.grant(SessionGrant {
-            participant_id: participant_id.clone(),
-            session_token: token,
-        });
+        self.grant(crate::core::tokens::grant_of(&participant_id, &token));
         Ok(Joined {
             participant_id,
             session,
@@ -432,14 +429,14 @@ impl ChatCore {
             let back = (event.kind() == EventKind::Left && local_before)
                 .then(|| {
                     let session = self.roster.get(pid)?.session?;
-                    let token = self.tokens.token_of(pid)?.to_string();
-                    Some((session, token))
+                    let digest = self.tokens.digest_of(pid)?;
+                    Some((session, digest))
                 })
                 .flatten();
             let loser = self.apply(&event);
-            if let Some((session, token)) = back {
+            if let Some((session, digest)) = back {
                 out.events.push(event.clone());
-                let rejoined = self.rejoin(pid, &event.participant_name, token);
+                let rejoined = self.rejoin(pid, &event.participant_name, digest);
                 let loser = self.apply(&rejoined);
                 if let Some(member) = self.roster.get_mut(pid) {
                     member.session = Some(session);
@@ -505,14 +502,19 @@ impl ChatCore {
     /// Stamps a "joined" for `participant_id`, whose session `session` is
     /// still attached here though another node announced it as left; it
     /// keeps its id and token. Not yet applied to the roster.
-    fn rejoin(&mut self, participant_id: &str, name: &str, token: String) -> Arc<Event> {
+    fn rejoin(
+        &mut self,
+        participant_id: &str,
+        name: &str,
+        digest: crate::core::tokens::TokenDigest,
+    ) -> Arc<Event> {
         let time = self.clock.tick();
         let text = format!("Participant {name} joined Chitty-Chat at Lamport time {time}");
         let event = self.stamp(time, EventKind::Joined, participant_id, name, text, "");
         self.departed.remove(participant_id);
         self.grant(SessionGrant {
             participant_id: participant_id.to_string(),
-            session_token: token,
+            token_digest: digest.to_vec(),
         });
         event
     }
@@ -977,10 +979,7 @@ mod tests {
         );
         let j = join(&mut a, "I", 1);
         let events: Vec<Event> = j.events.iter().map(|e| Event::clone(e)).collect();
-        b.grant(SessionGrant {
-            participant_id: j.participant_id.clone(),
-            session_token: "tok-I".into(),
-        });
+        b.grant(crate::core::tokens::grant_of(&j.participant_id, "tok-I"));
         b.receive(events);
         assert!(matches!(
             b.publish("tok-I", "x", 3, ""),

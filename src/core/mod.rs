@@ -14,12 +14,12 @@ pub mod history;
 pub mod membership;
 pub mod node;
 pub mod rng;
+pub mod tokens;
 pub mod validate;
 
 // Parts of `ChatCore`, each holding one concern of the chat state machine.
 mod dedupe;
 mod roster;
-mod tokens;
 
 pub use chat::{ChatCore, Joined, Published};
 pub use clock::LamportClock;

@@ -2389,10 +2389,7 @@ mod tests {
             RelayFrame {
                 frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
                     events: joined.iter().map(|e| Event::clone(e)).collect(),
-                    grants: vec![SessionGrant {
-                        participant_id: "id-Ann".into(),
-                        session_token: "tok-Ann".into(),
-                    }],
+                    grants: vec![crate::core::tokens::grant_of("id-Ann", "tok-Ann")],
                     late: false,
                 })),
             },
@@ -2448,10 +2445,7 @@ mod tests {
         };
         let batch = crate::proto::RelayBatch {
             events: joined.iter().map(|e| Event::clone(e)).collect(),
-            grants: vec![SessionGrant {
-                participant_id: "id-Ann".into(),
-                session_token: "tok-Ann".into(),
-            }],
+            grants: vec![crate::core::tokens::grant_of("id-Ann", "tok-Ann")],
             late: false,
         };
         let frame = RelayFrame {

@@ -2,57 +2,78 @@
 //!
 //! A participant proves it owns a session with its token, on whatever node it
 //! talks to (a publish on its home node, a resume on another one after a
-//! failover). So every node keeps every live participant's token: its own
-//! joiners' tokens, and those its peers grant it through the mesh alongside
-//! the "joined" events. A participant has one token at a time, and loses it
-//! when it is announced as left.
+//! failover). So every node can verify every live participant's token. It
+//! keeps what verifies one, the token's SHA-256, not the token: its own
+//! joiners' and those its peers grant it through the mesh alongside the
+//! "joined" events. A peer (or anyone reading a snapshot or a relay stream)
+//! learns nothing it could publish with. A participant has one token at a
+//! time, and loses it when it is announced as left.
+
+use sha2::{Digest, Sha256};
 
 use crate::core::FastMap;
 use crate::proto::{Event, EventKind, SessionGrant};
 
+/// What verifies a token: its SHA-256. Tokens are random (122 bits), so
+/// the digest does not give the token back.
+pub type TokenDigest = [u8; 32];
+
+/// The digest of `token`.
+pub fn digest(token: &str) -> TokenDigest {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The grant of `participant_id`'s token: its digest, never the token.
+pub fn grant_of(participant_id: &str, token: &str) -> SessionGrant {
+    SessionGrant {
+        participant_id: participant_id.to_string(),
+        token_digest: digest(token).to_vec(),
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SessionTokens {
-    /// Token to participant id.
-    by_token: FastMap<String, String>,
-    /// Participant id to token: the other direction.
-    token_of: FastMap<String, String>,
+    /// Token digest to participant id.
+    by_digest: FastMap<TokenDigest, String>,
+    /// Participant id to token digest: the other direction.
+    digest_of: FastMap<String, TokenDigest>,
 }
 
 impl SessionTokens {
-    /// Records a participant's token, replacing any earlier one of it. A
-    /// grant with an empty id or token is ignored.
+    /// Records a participant's token digest, replacing any earlier one of
+    /// it. A grant with an empty id or a digest of the wrong length is
+    /// ignored.
     pub fn grant(&mut self, grant: SessionGrant) {
-        if grant.participant_id.is_empty() || grant.session_token.is_empty() {
+        let Ok(digest) = TokenDigest::try_from(grant.token_digest.as_slice()) else {
+            return;
+        };
+        if grant.participant_id.is_empty() {
             return;
         }
-        if let Some(old) = self
-            .token_of
-            .insert(grant.participant_id.clone(), grant.session_token.clone())
-        {
-            self.by_token.remove(&old);
+        if let Some(old) = self.digest_of.insert(grant.participant_id.clone(), digest) {
+            self.by_digest.remove(&old);
         }
-        self.by_token
-            .insert(grant.session_token, grant.participant_id);
+        self.by_digest.insert(digest, grant.participant_id);
     }
 
     /// The participant owning `token`.
     pub fn owner(&self, token: &str) -> Option<&str> {
-        self.by_token.get(token).map(String::as_str)
+        self.by_digest.get(&digest(token)).map(String::as_str)
     }
 
-    /// The token of `participant_id`.
-    pub fn token_of(&self, participant_id: &str) -> Option<&str> {
-        self.token_of.get(participant_id).map(String::as_str)
+    /// The token digest of `participant_id`.
+    pub fn digest_of(&self, participant_id: &str) -> Option<TokenDigest> {
+        self.digest_of.get(participant_id).copied()
     }
 
     /// Forgets the token of a participant that left.
     pub fn forget(&mut self, participant_id: &str) {
-        if let Some(token) = self.token_of.remove(participant_id) {
-            self.by_token.remove(&token);
+        if let Some(digest) = self.digest_of.remove(participant_id) {
+            self.by_digest.remove(&digest);
         }
     }
 
-    /// The tokens of the participants that `events` announce joined.
+    /// The grants of the participants that `events` announce joined.
     pub fn grants_for<'a>(&self, events: impl IntoIterator<Item = &'a Event>) -> Vec<SessionGrant> {
         events
             .into_iter()
@@ -60,19 +81,19 @@ impl SessionTokens {
             .filter_map(|e| {
                 Some(SessionGrant {
                     participant_id: e.participant_id.clone(),
-                    session_token: self.token_of.get(&e.participant_id)?.clone(),
+                    token_digest: self.digest_of.get(&e.participant_id)?.to_vec(),
                 })
             })
             .collect()
     }
 
-    /// Every token known, for a joining node's snapshot.
+    /// Every grant known, for a joining node's snapshot.
     pub fn grants(&self) -> Vec<SessionGrant> {
-        self.token_of
+        self.digest_of
             .iter()
-            .map(|(pid, token)| SessionGrant {
+            .map(|(pid, digest)| SessionGrant {
                 participant_id: pid.clone(),
-                session_token: token.clone(),
+                token_digest: digest.to_vec(),
             })
             .collect()
     }
@@ -82,24 +103,39 @@ impl SessionTokens {
 mod tests {
     use super::*;
 
-    fn grant(pid: &str, token: &str) -> SessionGrant {
-        SessionGrant {
-            participant_id: pid.into(),
-            session_token: token.into(),
-        }
-    }
-
     #[test]
     fn a_new_grant_replaces_the_participants_old_token() {
         let mut t = SessionTokens::default();
-        t.grant(grant("p", "old"));
-        t.grant(grant("p", "new"));
+        t.grant(grant_of("p", "old"));
+        t.grant(grant_of("p", "new"));
         assert_eq!(t.owner("new"), Some("p"));
         assert_eq!(t.owner("old"), None);
         t.forget("p");
         assert_eq!(t.owner("new"), None);
-        t.grant(grant("", "x"));
-        t.grant(grant("q", ""));
-        assert!(t.grants().is_empty(), "empty grants are ignored");
+        t.grant(grant_of("", "x"));
+        t.grant(SessionGrant {
+            participant_id: "q".into(),
+            token_digest: b"not a digest".to_vec(),
+        });
+        assert!(
+            t.grants().is_empty(),
+            "empty or malformed grants are ignored"
+        );
+    }
+
+    #[test]
+    fn grants_carry_a_digest_that_verifies_the_token_but_is_not_it() {
+        let token = "0b6f5e3c-4b1d-4a53-9a3e-2f8d1c7e9a10";
+        let grant = grant_of("p", token);
+        assert_eq!(grant.token_digest.len(), 32);
+        let wire = prost::Message::encode_to_vec(&grant);
+        assert!(
+            !wire.windows(token.len()).any(|w| w == token.as_bytes()),
+            "the token itself never travels to a peer"
+        );
+        let mut peer = SessionTokens::default();
+        peer.grant(grant);
+        assert_eq!(peer.owner(token), Some("p"), "the peer verifies the token");
+        assert_eq!(peer.owner("0b6f5e3c-4b1d-4a53-9a3e-2f8d1c7e9a11"), None);
     }
 }
