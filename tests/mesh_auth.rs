@@ -237,3 +237,56 @@ async fn a_peer_never_receives_a_usable_session_token() {
         assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused}");
     }
 }
+
+/// An authenticated peer still cannot write a node out of the cluster: an
+/// UpdateServers saying the node itself is dead, at an absurd version, is
+/// ignored, and within bounds it is refuted; the node keeps serving.
+#[tokio::test]
+async fn a_peer_cannot_declare_a_live_node_dead() {
+    use chitty::proto::server_mesh_client::ServerMeshClient;
+    use chitty::proto::{Member, MemberState, UpdateServersRequest};
+
+    let server = common::start_server_with(|c| c.cluster_secret = Some(SECRET.into())).await;
+    let alice = common::join(&server.addr, "Alice").await;
+    let me = alice.session.welcome().node.clone().expect("the node's id");
+    let mut mesh = ServerMeshClient::connect(format!("http://{}", server.addr))
+        .await
+        .expect("connect to the mesh");
+    for version in [1u64 << 62, 1_000] {
+        let mut request = tonic::Request::new(UpdateServersRequest {
+            members: vec![Member {
+                node: Some(me.clone()),
+                addr: server.addr.clone(),
+                state: MemberState::Dead as i32,
+                version,
+            }],
+        });
+        request
+            .metadata_mut()
+            .insert("x-chitty-cluster-secret", SECRET.parse().expect("ascii"));
+        let view = mesh
+            .update_servers(request)
+            .await
+            .expect("UpdateServers is answered")
+            .into_inner();
+        let own = view
+            .members
+            .iter()
+            .find(|m| m.node.as_ref() == Some(&me))
+            .expect("the node lists itself");
+        assert_eq!(
+            own.state,
+            MemberState::Alive as i32,
+            "version {version}: {own:?}"
+        );
+        assert!(own.version < 1 << 48, "version {version}: {own:?}");
+    }
+    // Still serving: Alice publishes and receives her message.
+    let mut alice = alice;
+    alice.say("still here").await;
+    alice
+        .wait_for("her message", |s| s.is_message("Alice", "still here"))
+        .await;
+    let listed = servers_of(&server.addr).await.expect("ListServers");
+    assert_eq!(listed, vec![server.addr.clone()]);
+}

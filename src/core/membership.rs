@@ -99,8 +99,8 @@ impl Membership {
         // an incarnation that is replaced within the same list) is reported
         // once, as its net effect.
         let mut before: HashMap<String, Option<Member>> = HashMap::new();
-        for entry in remote {
-            let Some(id) = valid_id(entry) else {
+        for entry in remote.iter().take(MAX_MEMBERS) {
+            let Some(id) = valid_id(entry, &self.me) else {
                 continue;
             };
             let current = self.entries.get(id);
@@ -246,10 +246,33 @@ fn rank(state: i32) -> Option<u8> {
 }
 
 /// The node id of an entry that may be merged, or `None` if it is malformed.
-fn valid_id(entry: &Member) -> Option<&str> {
+/// Highest version an entry may carry: a heartbeat counter at 8 beats a
+/// second reaches it in a million years, and adding one never overflows.
+pub const MAX_VERSION: u64 = 1 << 48;
+/// How far past this node's own generation (a start time in milliseconds)
+/// another's may be: ten years. A forged generation far in the future
+/// would otherwise outrank every real restart of that node forever.
+const MAX_GENERATION_LEAD: u64 = 10 * 365 * 24 * 3600 * 1000;
+/// Most entries taken from one remote view.
+const MAX_MEMBERS: usize = 1024;
+/// Longest node id and address accepted from a peer.
+const MAX_ID_BYTES: usize = 64;
+const MAX_ADDR_BYTES: usize = 256;
+
+/// The id of `entry`, if it is one this node accepts: a known state, an
+/// id and address of sane length, version and generation within bounds.
+fn valid_id<'a>(entry: &'a Member, me: &NodeId) -> Option<&'a str> {
     let node = entry.node.as_ref()?;
     rank(entry.state)?;
-    (!node.id.is_empty()).then_some(node.id.as_str())
+    let sane = !node.id.is_empty()
+        && node.id.len() <= MAX_ID_BYTES
+        && entry.addr.len() <= MAX_ADDR_BYTES
+        && entry.version <= MAX_VERSION
+        && node.generation <= me.generation.saturating_add(MAX_GENERATION_LEAD);
+    if !sane {
+        tracing::warn!(id = %node.id.chars().take(MAX_ID_BYTES).collect::<String>(), version = entry.version, generation = node.generation, "ignoring a membership entry out of bounds");
+    }
+    sane.then_some(node.id.as_str())
 }
 
 /// The merge order: (generation, version, state rank, address).
@@ -296,6 +319,37 @@ mod tests {
     fn gossip(a: &mut Membership, b: &mut Membership) {
         b.merge(&a.snapshot());
         a.merge(&b.snapshot());
+    }
+
+    #[test]
+    fn entries_out_of_bounds_are_ignored() {
+        let mut a = start("a", 1000);
+        let mut b = start("b", 1001);
+        join(&mut b, &mut a);
+        // A forged view: a dead at an absurd version, b at a version and
+        // a newer generation that would outrank every real one.
+        let forged = [
+            member(node("a", 1000), "a:1000", MemberState::Dead, 1 << 62),
+            member(node("b", 1001), "b:1001", MemberState::Dead, u64::MAX),
+            member(node("b", u64::MAX), "b:x", MemberState::Alive, 1),
+            member(node(&"c".repeat(65), 1), "c:1", MemberState::Alive, 1),
+        ];
+        let change = a.merge(&forged);
+        assert!(!change.self_removed);
+        assert!(
+            change.removed.is_empty() && change.added.is_empty(),
+            "{change:?}"
+        );
+        assert!(a.is_alive(&node("a", 1000)) && a.is_alive(&node("b", 1001)));
+        assert!(
+            a.snapshot().iter().all(|m| m.version <= MAX_VERSION),
+            "no version past the bound: {:?}",
+            a.snapshot()
+        );
+        // Within bounds, a Dead of a's own live incarnation is refuted.
+        let change = a.merge(&[member(node("a", 1000), "a:1000", MemberState::Dead, 50)]);
+        assert!(!change.self_removed);
+        assert!(a.is_alive(&node("a", 1000)));
     }
 
     fn ids(list: &[Member]) -> Vec<(String, u64)> {
