@@ -242,13 +242,15 @@ pub struct Node {
 
 impl Node {
     pub fn new(config: NodeConfig) -> Self {
-        let core = NodeCore::new(
+        let mut core = NodeCore::new(
             Instant::now(),
             config.node.clone(),
             config.advertise.clone(),
             config.timing(),
             config.limits.clone(),
         );
+        // Each process draws a fresh id (NodeConfig::new).
+        core.never_reuse_ids();
         Self {
             shared: Arc::new(Shared {
                 config,

@@ -77,6 +77,9 @@ pub struct Membership {
     /// Keyed by node id; every entry is valid (node set, id non-empty, state
     /// one of Alive, Left, Dead).
     entries: HashMap<String, Member>,
+    /// Ids are never reused (every process draws a fresh one): another
+    /// generation of a known id is a forgery, ignored, not a restart.
+    fixed_generations: bool,
 }
 
 impl Membership {
@@ -85,7 +88,19 @@ impl Membership {
         let own = member(me.clone(), &addr, MemberState::Alive, 1);
         let mut entries = HashMap::new();
         entries.insert(me.id.clone(), own);
-        Self { me, addr, entries }
+        Self {
+            me,
+            addr,
+            entries,
+            fixed_generations: false,
+        }
+    }
+
+    /// Every node draws a fresh id per process, so a known id never gets a
+    /// new generation: an entry that says otherwise is ignored (a peer
+    /// cannot make a node step aside for an invented newer process of it).
+    pub fn fix_generations(&mut self) {
+        self.fixed_generations = true;
     }
 
     pub fn me(&self) -> &NodeId {
@@ -105,6 +120,13 @@ impl Membership {
             };
             let current = self.entries.get(id);
             if current.is_some_and(|c| order_key(c) >= order_key(entry)) {
+                continue;
+            }
+            if self.fixed_generations && current.is_some_and(|c| c.node != entry.node) {
+                tracing::warn!(
+                    id,
+                    "ignoring a membership entry for another process of a known node id (ids are never reused)"
+                );
                 continue;
             }
             before
@@ -350,6 +372,29 @@ mod tests {
         let change = a.merge(&[member(node("a", 1000), "a:1000", MemberState::Dead, 50)]);
         assert!(!change.self_removed);
         assert!(a.is_alive(&node("a", 1000)));
+    }
+
+    #[test]
+    fn with_fixed_generations_no_peer_invents_a_newer_process_of_a_node() {
+        let mut a = start("a", 1000);
+        let mut b = start("b", 1001);
+        join(&mut b, &mut a);
+        a.fix_generations();
+        let forged = [
+            member(node("a", 1001), "a:x", MemberState::Alive, 1),
+            member(node("b", 1002), "b:x", MemberState::Alive, 1),
+        ];
+        let change = a.merge(&forged);
+        assert!(!change.self_removed, "a does not step aside");
+        assert!(change.removed.is_empty(), "b stays: {change:?}");
+        assert!(a.is_alive(&node("a", 1000)) && a.is_alive(&node("b", 1001)));
+        // Without it (the simulator restarts nodes under their id), a newer
+        // process replaces the old one.
+        let mut c = start("c", 1000);
+        assert!(
+            c.merge(&[member(node("c", 1001), "c:2", MemberState::Alive, 1)])
+                .self_removed
+        );
     }
 
     fn ids(list: &[Member]) -> Vec<(String, u64)> {

@@ -640,6 +640,12 @@ impl NodeCore {
         self.removed
     }
 
+    /// Node ids are never reused (the shell draws one per process): see
+    /// [`Membership::fix_generations`].
+    pub fn never_reuse_ids(&mut self) {
+        self.membership.fix_generations();
+    }
+
     /// Whether an outgoing link to `peer` is wanted (it is a member, even
     /// one this node cannot reach now: the link keeps trying).
     pub fn wants_link(&self, peer: &NodeId) -> bool {
