@@ -552,9 +552,12 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
         let mut reach = Reachability::default();
         while let Some(update) = updates.recv().await {
             match update {
-                Update::Received(item @ (Received::Event { .. } | Received::Late(_))) => {
-                    output.line(item.to_string())
-                }
+                Update::Received(
+                    item @ (Received::Event { .. }
+                    | Received::Late(_)
+                    | Received::Room(_)
+                    | Received::StillHere(_)),
+                ) => output.line(item.to_string()),
                 Update::Received(Received::Gap(gap)) => {
                     eprintln!("warning: some events were lost: {}", gap.reason)
                 }

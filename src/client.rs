@@ -312,6 +312,12 @@ pub enum Received {
     /// only after a network split healed, and are from before what came
     /// last), or live again (`false`).
     Late(bool),
+    /// Who is in the room, after events this participant saw were lost with
+    /// their node (see `JoinFrame.room`).
+    Room(Vec<crate::proto::Participant>),
+    /// Participants announced as left whose departure was lost with a node:
+    /// they are here (the failover client's reading of a `Room`).
+    StillHere(Vec<String>),
 }
 
 impl fmt::Display for Received {
@@ -342,6 +348,15 @@ impl fmt::Display for Received {
             }
             Received::Late(true) => f.write_str(LATE_LINE),
             Received::Late(false) => f.write_str(CAUGHT_UP_LINE),
+            Received::Room(list) => {
+                let names: Vec<&str> = list.iter().map(|p| p.name.as_str()).collect();
+                write!(f, "[room] here: {}", names.join(", "))
+            }
+            Received::StillHere(names) => write!(
+                f,
+                "[room] still here, though announced as left by a node lost since: {}",
+                names.join(", ")
+            ),
         }
     }
 }
@@ -377,6 +392,9 @@ impl EventStream {
                 }
                 Some(join_frame::Frame::Late(run)) => {
                     self.pending.push_back(Received::Late(run.late))
+                }
+                Some(join_frame::Frame::Room(room)) => {
+                    self.pending.push_back(Received::Room(room.participants))
                 }
                 Some(join_frame::Frame::Welcome(_)) | None => {
                     return Err(Error::Protocol("unexpected frame in session stream".into()));

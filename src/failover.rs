@@ -592,6 +592,18 @@ impl Driver {
             Some(join_frame::Frame::Late(run)) => {
                 self.emit(Update::Received(Received::Late(run.late))).await;
             }
+            Some(join_frame::Frame::Room(room)) => {
+                // Those it was told left, by news lost since, are here.
+                let back: Vec<String> = room
+                    .participants
+                    .iter()
+                    .filter(|p| self.departed.remove(&p.id))
+                    .map(|p| p.name.clone())
+                    .collect();
+                if !back.is_empty() {
+                    self.emit(Update::Received(Received::StillHere(back))).await;
+                }
+            }
             Some(join_frame::Frame::Welcome(_)) | None => {}
         }
     }

@@ -141,6 +141,7 @@ enum Outbound {
     Gap(Box<Gap>),
     /// Whether the events that follow arrive late.
     Late(bool),
+    Room(Box<crate::proto::Room>),
 }
 
 #[derive(Debug)]
@@ -481,6 +482,15 @@ impl Node {
                         // disconnected anyway.
                         for sink in state.sinks.values() {
                             let _ = sink.tx.try_send(Outbound::Servers(Box::new(list.clone())));
+                        }
+                    }
+                    Output::Room {
+                        participant_id,
+                        participants,
+                    } => {
+                        if let Some(sink) = state.sinks.get(&participant_id) {
+                            let room = crate::proto::Room { participants };
+                            let _ = sink.tx.try_send(Outbound::Room(Box::new(room)));
                         }
                     }
                     Output::Gap(gap) => {
@@ -832,6 +842,7 @@ impl Outbound {
             Outbound::Servers(list) => join_frame::Frame::Servers(*list),
             Outbound::Gap(gap) => join_frame::Frame::Gap(*gap),
             Outbound::Late(late) => join_frame::Frame::Late(crate::proto::LateRun { late }),
+            Outbound::Room(room) => join_frame::Frame::Room(*room),
         };
         EncodedFrame::message(&JoinFrame { frame: Some(frame) })
     }

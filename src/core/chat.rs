@@ -158,6 +158,8 @@ pub struct ChatCore {
     /// Events were skipped (lost): a participant's "joined" may be among
     /// them.
     skipped: bool,
+    /// Per origin, the first sequence number ever skipped.
+    skipped_from: FastMap<OriginKey, u64>,
     limits: CoreLimits,
 }
 
@@ -179,6 +181,7 @@ impl ChatCore {
             hidden_order: VecDeque::new(),
             joined_at: Vec::new(),
             skipped: false,
+            skipped_from: FastMap::default(),
             join_marks: FastMap::default(),
             limits,
         }
@@ -380,6 +383,19 @@ impl ChatCore {
         })
     }
 
+    /// Whether some of `seen` never reached this node and never will: not
+    /// delivered, or skipped as lost.
+    pub fn lost_some_of(&self, seen: &[SeqMark]) -> bool {
+        !self.covers(seen)
+            || seen.iter().any(|m| {
+                m.origin.as_ref().is_some_and(|o| {
+                    self.skipped_from
+                        .get(&OriginKey::from(o))
+                        .is_some_and(|&from| from <= m.seq)
+                })
+            })
+    }
+
     /// Records a participant's session token (from the mesh).
     pub fn grant(&mut self, grant: SessionGrant) {
         self.tokens.grant(grant);
@@ -536,6 +552,17 @@ impl ChatCore {
     /// reported by a peer).
     pub fn skip_to(&mut self, marks: &[SeqMark]) -> Vec<Arc<Event>> {
         self.skipped = true;
+        for mark in marks {
+            let Some(origin) = mark.origin.as_ref() else {
+                continue;
+            };
+            let key = OriginKey::from(origin);
+            let from = self.holdback.delivered_of(&key) + 1;
+            if mark.seq >= from {
+                let first = self.skipped_from.entry(key).or_insert(from);
+                *first = (*first).min(from);
+            }
+        }
         self.holdback.set_delivered(marks);
         self.receive(Vec::new()).events
     }

@@ -235,6 +235,12 @@ pub enum Output {
     Servers(ServerList),
     /// Tell every local session that events were lost.
     Gap(Gap),
+    /// Tell one session who is in the room: it saw events this node never
+    /// got (lost with their node), which may have said someone left.
+    Room {
+        participant_id: String,
+        participants: Vec<crate::proto::Participant>,
+    },
     Reply {
         request: RequestId,
         reply: Reply,
@@ -435,6 +441,8 @@ struct Handoff {
     until: BTreeMap<String, (u64, u64)>,
     deadline: Instant,
     queued: VecDeque<Queued>,
+    /// This node lacked some of what the participant saw when it resumed.
+    lacked: bool,
 }
 
 /// A request of a resumed participant waiting for its handoff, in order.
@@ -705,6 +713,7 @@ impl NodeCore {
                     until: BTreeMap::new(),
                     deadline: now + self.timing.request_timeout(),
                     queued: VecDeque::new(),
+                    lacked: false,
                 },
             );
         }
@@ -790,10 +799,8 @@ impl NodeCore {
             Ok(resumed) => resumed,
             Err(e) => return self.refuse(request, e),
         };
-        if self.reachable_peers().next().is_some()
-            || !self.chat.covers(&resume.seen)
-            || !unanswered_at.is_empty()
-        {
+        let lacked = !self.chat.covers(&resume.seen);
+        if self.reachable_peers().next().is_some() || lacked || !unanswered_at.is_empty() {
             let moved_seq = resumed
                 .events
                 .first()
@@ -813,6 +820,7 @@ impl NodeCore {
                     until: BTreeMap::new(),
                     deadline: now + self.timing.request_timeout(),
                     queued,
+                    lacked,
                 },
             );
         }
@@ -2059,6 +2067,14 @@ impl NodeCore {
             let Some(handoff) = self.handoffs.remove(&pid) else {
                 continue;
             };
+            if handoff.lacked && self.chat.lost_some_of(&handoff.seen) {
+                // Some of what it saw never reached this node and never will:
+                // perhaps a "left" of someone who is here. Say who is.
+                self.outputs.push(Output::Room {
+                    participant_id: pid.clone(),
+                    participants: self.chat.participants(),
+                });
+            }
             for q in handoff.queued {
                 self.run_queued(now, q);
             }

@@ -300,7 +300,13 @@ fn causal_order(sim: &Sim) -> Result<(), String> {
 fn departures_announced_once(sim: &Sim) -> Result<(), String> {
     for q in sim.participants() {
         let mut gone: BTreeSet<(usize, &str)> = BTreeSet::new();
-        for o in &q.received {
+        for (k, o) in q.received.iter().enumerate() {
+            // Told it is here after all: a new departure may be told.
+            for (_, identity, back) in q.still_here.iter().filter(|s| s.0 == k) {
+                for pid in back {
+                    gone.remove(&(*identity, pid.as_str()));
+                }
+            }
             let key = (o.identity, o.participant_id.as_str());
             match o.kind {
                 EventKind::Left if !gone.insert(key) => {
@@ -334,11 +340,14 @@ fn nobody_announced_wrongly(sim: &Sim) -> Result<(), String> {
             if o.kind != EventKind::Left {
                 continue;
             }
-            // Announced as left by the other side of a split, and back.
+            // Announced as left by the other side of a split, and back (or
+            // said to be here, once that "left" was lost with its node).
             let back = q.received[k + 1..].iter().any(|later| {
                 later.kind == EventKind::Joined
                     && later.participant_id == o.participant_id
                     && later.identity == o.identity
+            }) || q.still_here.iter().any(|(at, identity, back)| {
+                *at > k && *identity == o.identity && back.contains(&o.participant_id)
             });
             // An observer gone before the heal could not be told it is back.
             let observer_gone = q

@@ -1248,6 +1248,14 @@ impl Sim {
                 }
             }
             Output::Servers(_) => {}
+            Output::Room {
+                participant_id,
+                participants,
+            } => {
+                if let Some(&(_, _, p)) = self.nodes[i].sinks.get(&participant_id) {
+                    self.participant_told_room(p, i, &participants);
+                }
+            }
             Output::Gap(gap) => {
                 let to: Vec<usize> = self.nodes[i].sinks.values().map(|&(_, _, p)| p).collect();
                 for p in to {

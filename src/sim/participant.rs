@@ -156,6 +156,10 @@ pub struct Participant {
     departed: BTreeSet<String>,
     pub received: Vec<Observed>,
     pub gaps: Vec<Gap>,
+    /// "Still here" notices (from a `Room`), as the client prints them:
+    /// (how many events it had received then, its identity, the ids of the
+    /// participants it had been told left).
+    pub still_here: Vec<(usize, usize, Vec<String>)>,
     /// How many times its node said that late events follow.
     pub late_runs: usize,
     /// What the node sent in the current session, before the client's own
@@ -262,6 +266,7 @@ impl Sim {
             departed: BTreeSet::new(),
             received: Vec::new(),
             gaps: Vec::new(),
+            still_here: Vec::new(),
             late_runs: 0,
             session_last: BTreeMap::new(),
             session_faults: Vec::new(),
@@ -685,6 +690,29 @@ impl Sim {
         self.send_next_publish(p);
         self.maybe_leave(p);
         true
+    }
+
+    /// Who is in the room, told to participant `p` by `node`: those it was
+    /// told left are here after all (the failover client's reading).
+    pub(super) fn participant_told_room(
+        &mut self,
+        p: usize,
+        node: usize,
+        room: &[crate::proto::Participant],
+    ) {
+        if self.participants[p].node() != Some(node) {
+            return;
+        }
+        let part = &mut self.participants[p];
+        let back: Vec<String> = room
+            .iter()
+            .filter(|r| part.departed.remove(&r.id))
+            .map(|r| r.id.clone())
+            .collect();
+        if !back.is_empty() {
+            let identity = part.identities.len().saturating_sub(1);
+            part.still_here.push((part.received.len(), identity, back));
+        }
     }
 
     pub(super) fn participant_receives(&mut self, p: usize, node: usize, event: &Arc<Event>) {
