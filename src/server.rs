@@ -61,11 +61,18 @@ pub async fn serve_node(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChittyChatServer<ChatService>>().await;
     health.set_serving::<ServerMeshServer<MeshService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Protocol(format!("reflection: {e}")))?;
+    // Both versions of server reflection: `grpc.reflection.v1`, and
+    // `v1alpha`, which older tools (Python's grpcio-reflection) speak.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e| Error::Protocol(format!("reflection: {e}"));
+    let reflection = reflection_builder().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(reflection_error)?;
     if node.config().cluster_secret.is_none() {
         warn!("no cluster secret set: any program that reaches this port can join the mesh");
     }
@@ -112,6 +119,7 @@ pub async fn serve_node(
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(ChatEdge::new(node.clone()))
         .add_service(ServerMeshServer::with_interceptor(
             MeshService::new(node.clone()),
