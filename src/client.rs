@@ -38,7 +38,11 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connects to a node at `addr` (`host:port` or a URL).
 pub async fn connect(addr: &str) -> Result<ChittyChatClient<Channel>> {
-    connect_channel(addr).await.map(ChittyChatClient::new)
+    connect_channel(addr).await.map(|channel| {
+        ChittyChatClient::new(channel)
+            .max_decoding_message_size(crate::limits::CLIENT_MAX_RESPONSE)
+            .max_encoding_message_size(crate::limits::CLIENT_MAX_REQUEST)
+    })
 }
 
 /// The connection [`connect`] makes, for callers that issue calls their own

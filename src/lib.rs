@@ -18,6 +18,7 @@
 //! * [`client`] — the client library: join, publish, leave, receive events.
 //! * [`cli`] — the `chitty` command line.
 //! * [`bench`] — `chitty bench`, the fan-out benchmark.
+//! * [`limits`] — how large a gRPC message may be, on either side.
 
 pub mod bench;
 pub mod cli;
@@ -27,6 +28,7 @@ pub mod edge;
 pub mod error;
 pub mod failover;
 pub mod http2;
+pub mod limits;
 pub mod mesh;
 pub mod node;
 pub mod server;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tracing::{info, warn};
@@ -17,6 +18,7 @@ use tracing::{info, warn};
 use crate::edge::ChatEdge;
 use crate::error::{Error, Result};
 use crate::http2::{CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::limits::{MESH_MAX_MESSAGE, OversizeLayer};
 use crate::mesh::CheckSecret;
 use crate::node::{Node, NodeConfig};
 use crate::proto::server::chitty_chat_server::ChittyChatServer;
@@ -117,12 +119,17 @@ pub async fn serve_node(
         // flow control does not stall a busy relay link or session.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        // A request over its size limit is RESOURCE_EXHAUSTED, not tonic's
+        // OUT_OF_RANGE (see `crate::limits`).
+        .layer(OversizeLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(ChatEdge::new(node.clone()))
-        .add_service(ServerMeshServer::with_interceptor(
-            MeshService::new(node.clone()),
+        .add_service(InterceptedService::new(
+            ServerMeshServer::new(MeshService::new(node.clone()))
+                .max_decoding_message_size(MESH_MAX_MESSAGE)
+                .max_encoding_message_size(MESH_MAX_MESSAGE),
             secret,
         ))
         .serve_with_incoming_shutdown(
