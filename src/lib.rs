@@ -14,7 +14,8 @@
 //! * [`service`] — the tonic services, translating protobuf to node calls;
 //!   [`edge`] writes the Join stream's response body itself.
 //! * [`server`] — `serve(listener, config, shutdown)`, shared by the binary
-//!   and the tests.
+//!   and the tests; [`connections`] caps and times the connections it
+//!   admits.
 //! * [`client`] — the client library: join, publish, leave, receive events.
 //! * [`cli`] — the `chitty` command line.
 //! * [`bench`] — `chitty bench`, the fan-out benchmark.
@@ -23,6 +24,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod connections;
 pub mod core;
 pub mod edge;
 pub mod error;

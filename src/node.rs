@@ -84,6 +84,8 @@ pub struct NodeConfig {
     /// Silence after which a peer is declared failed.
     pub failure_timeout: Duration,
     pub limits: CoreLimits,
+    /// What the server admits of TCP connections.
+    pub connections: crate::connections::ConnectionLimits,
     /// Test-only fault: delay every batch of live events sent to the peer at
     /// this address by this long (to show replies never overtake originals).
     pub fault_link_delay: Option<(String, Duration)>,
@@ -110,6 +112,7 @@ impl NodeConfig {
             heartbeat: DEFAULT_HEARTBEAT,
             failure_timeout: DEFAULT_FAILURE_TIMEOUT,
             limits: CoreLimits::default(),
+            connections: Default::default(),
             fault_link_delay: None,
         }
     }

@@ -15,6 +15,7 @@ use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tracing::{info, warn};
 
+use crate::connections::{Admission, Admitted, ConnectionLimits, fit_open_files};
 use crate::edge::ChatEdge;
 use crate::error::{Error, Result};
 use crate::http2::{CONNECTION_WINDOW, STREAM_WINDOW};
@@ -112,6 +113,25 @@ pub async fn serve_node(
     };
 
     info!(%addr, advertise = %node.config().advertise, node = %node.id().id, generation = node.id().generation, "serving Chitty-Chat");
+    let limits = node.config().connections;
+    let admission = Admission::new(ConnectionLimits {
+        max_connections: fit_open_files(limits.max_connections),
+        ..limits
+    });
+    // Small frames (an event, a publish reply) must leave at once, not wait
+    // for a delayed ACK: Nagle off on every connection. A connection over a
+    // cap is dropped here, which closes it.
+    let incoming = tokio_stream::StreamExt::filter_map(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        move |accepted| match accepted {
+            Ok(io) => {
+                let permit = admission.admit(io.peer_addr().ok()?.ip())?;
+                let timeout = admission.limits().handshake_timeout;
+                Some(Ok(Admitted::new(Gathering::new(io), permit, timeout)))
+            }
+            Err(e) => Some(Err(e)),
+        },
+    );
     let serving = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -119,6 +139,7 @@ pub async fn serve_node(
         // flow control does not stall a busy relay link or session.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
         // A request over its size limit is RESOURCE_EXHAUSTED, not tonic's
         // OUT_OF_RANGE (see `crate::limits`).
         .layer(OversizeLayer)
@@ -132,15 +153,7 @@ pub async fn serve_node(
                 .max_encoding_message_size(MESH_MAX_MESSAGE),
             secret,
         ))
-        .serve_with_incoming_shutdown(
-            // Small frames (an event, a publish reply) must leave at once,
-            // not wait for a delayed ACK: Nagle off on every connection.
-            tokio_stream::StreamExt::map(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                |accepted| accepted.map(Gathering::new),
-            ),
-            shutdown,
-        );
+        .serve_with_incoming_shutdown(incoming, shutdown);
     let served = tokio::select! {
         served = serving => served,
         _ = drain_deadline => {

@@ -11,6 +11,10 @@ mod common;
 use chitty::proto::PublishRequest;
 use chitty::proto::chitty_chat_client::ChittyChatClient;
 use common::*;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -110,4 +114,193 @@ async fn an_oversize_message_on_a_publish_stream_ends_it_with_resource_exhausted
     observer.assert_next_is_message("Observer", "before").await;
     observer.say("marker").await;
     observer.assert_next_is_message("Observer", "marker").await;
+}
+
+// ---------------------------------------------------------------------------
+// Connections
+// ---------------------------------------------------------------------------
+
+/// The HTTP/2 client connection preface.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads from `conn` until the node closes it (end of stream or a reset),
+/// discarding what it sends; `Err` with how long it waited if that takes
+/// longer than `limit`.
+async fn closed_within(conn: &mut TcpStream, limit: Duration) -> Result<(), Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let reading = async {
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, reading)
+        .await
+        .map_err(|_| started.elapsed())
+}
+
+/// Reads the node's first frame on a connection that sent the preface and an
+/// empty SETTINGS frame: the node's SETTINGS, as (identifier, value) pairs.
+async fn server_settings(conn: &mut TcpStream) -> Vec<(u16, u32)> {
+    let mut header = [0u8; 9];
+    within("the node's SETTINGS", conn.read_exact(&mut header))
+        .await
+        .expect("the node sends its SETTINGS");
+    assert_eq!(
+        header[3], 4,
+        "the node's first frame is SETTINGS: {header:?}"
+    );
+    let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    within("the SETTINGS payload", conn.read_exact(&mut payload))
+        .await
+        .expect("the SETTINGS payload");
+    payload
+        .chunks(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_connection_that_does_not_start_http2_is_closed_within_the_handshake_timeout() {
+    let timeout = Duration::from_millis(500);
+    let server = start_server_with(|config| {
+        config.connections.handshake_timeout = timeout;
+        config.connections.max_streams_per_connection = 77;
+    })
+    .await;
+    let mut alice = join(&server.addr, "Alice").await;
+    alice.wait_own_join().await;
+
+    // One sends nothing, one half the preface, one the preface and no
+    // SETTINGS: each is closed once the timeout has passed, not before.
+    let mut silent = TcpStream::connect(&server.addr).await.expect("connect");
+    let mut partial = TcpStream::connect(&server.addr).await.expect("connect");
+    partial.write_all(&PREFACE[..10]).await.expect("write");
+    let mut no_settings = TcpStream::connect(&server.addr).await.expect("connect");
+    no_settings.write_all(PREFACE).await.expect("write");
+    let opened = Instant::now();
+    for (what, conn) in [
+        ("silent", &mut silent),
+        ("half a preface", &mut partial),
+        ("a preface without SETTINGS", &mut no_settings),
+    ] {
+        closed_within(conn, timeout + Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|waited| panic!("{what}: still open after {waited:?}"));
+    }
+    assert!(
+        opened.elapsed() >= timeout - Duration::from_millis(100),
+        "closed before the timeout: {:?}",
+        opened.elapsed()
+    );
+
+    // A connection that starts HTTP/2 is served: the node's SETTINGS say
+    // how many streams it may open.
+    let mut speaking = TcpStream::connect(&server.addr).await.expect("connect");
+    speaking.write_all(PREFACE).await.expect("write");
+    speaking
+        .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+        .await
+        .expect("write");
+    let settings = server_settings(&mut speaking).await;
+    assert!(
+        settings.contains(&(3, 77)),
+        "SETTINGS_MAX_CONCURRENT_STREAMS is 77: {settings:?}"
+    );
+
+    // Alice, connected since before the timeout passed, still chats.
+    alice.say("still connected").await;
+    alice
+        .wait_for("her message", |s| s.is_message("Alice", "still connected"))
+        .await;
+}
+
+#[test]
+fn beyond_the_per_address_cap_new_connections_are_closed_and_existing_participants_go_on() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Four connections from one address: Alice's and three more.
+    let server = spawn_server(&[
+        "--max-connections-per-ip",
+        "4",
+        "--handshake-timeout-ms",
+        "60000",
+    ]);
+    runtime.block_on(async {
+        let mut alice = join(&server.addr, "Alice").await;
+        alice.wait_own_join().await;
+
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(TcpStream::connect(&server.addr).await.expect("connect"));
+        }
+        // The fifth is closed at once; so is a participant's.
+        let mut fifth = TcpStream::connect(&server.addr).await.expect("connect");
+        closed_within(&mut fifth, DEADLINE)
+            .await
+            .unwrap_or_else(|waited| panic!("the fifth connection still open after {waited:?}"));
+        within(
+            "a join beyond the cap",
+            chitty::client::join(&server.addr, "Bob"),
+        )
+        .await
+        .expect_err("a join over a refused connection fails");
+        server
+            .stderr
+            .wait_for_line("a WARN line naming the cap", |l| {
+                l.contains("WARN")
+                    && l.contains("refused a connection")
+                    && l.contains("--max-connections-per-ip")
+            });
+
+        // Alice's connection is one of the four: she publishes and receives.
+        alice.say("over the cap").await;
+        alice
+            .wait_for("her message", |s| s.is_message("Alice", "over the cap"))
+            .await;
+        // The connections that were let in are still open (the node sent
+        // them its SETTINGS and waits for theirs).
+        for conn in &mut held {
+            assert!(
+                closed_within(conn, Duration::from_millis(50))
+                    .await
+                    .is_err(),
+                "an admitted connection was closed"
+            );
+        }
+
+        // Once they close, a new participant gets in.
+        drop(held);
+        let deadline = Instant::now() + DEADLINE;
+        let mut bob = loop {
+            match chitty::client::join(&server.addr, "Bob").await {
+                Ok((session, events)) => {
+                    break Member {
+                        name: "Bob".into(),
+                        session,
+                        events,
+                        seen: Vec::new(),
+                    };
+                }
+                // The node has yet to see them closed: poll.
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("Bob could not join once the connections closed: {e}"),
+            }
+        };
+        bob.wait_own_join().await;
+        alice.wait_for("Bob's join", |s| s.is_joined("Bob")).await;
+    });
 }
