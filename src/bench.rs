@@ -333,12 +333,16 @@ async fn join_reader(
 
 /// Flags the benchmark gives the nodes it starts, unless `--node-arg`
 /// sets them: every participant of a benchmark connects from 127.0.0.1, so
-/// the per-address cap is the total one.
+/// the per-address cap is the total one; and its publishers send at full
+/// speed, far over a participant's publish rate limit, which is off.
 fn bench_node_defaults(node_args: &[String]) -> Vec<String> {
-    let defaults = [(
-        "--max-connections-per-ip",
-        crate::connections::DEFAULT_MAX_CONNECTIONS.to_string(),
-    )];
+    let defaults = [
+        (
+            "--max-connections-per-ip",
+            crate::connections::DEFAULT_MAX_CONNECTIONS.to_string(),
+        ),
+        ("--publish-rate", "0".to_string()),
+    ];
     defaults
         .into_iter()
         .filter(|(flag, _)| !node_args.iter().any(|a| a.split('=').next() == Some(flag)))

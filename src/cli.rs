@@ -18,6 +18,7 @@ use crate::node::{
     DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE,
     NodeConfig,
 };
+use crate::rate::{self, RateLimit};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -117,6 +118,14 @@ pub struct ServerArgs {
     /// for room before opening one more.
     #[arg(long, env = "CHITTY_MAX_STREAMS_PER_CONNECTION", default_value_t = connections::DEFAULT_MAX_STREAMS_PER_CONNECTION)]
     pub max_streams_per_connection: u32,
+    /// Messages per second one participant may publish, sustained (0: no
+    /// limit); a publish over it is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CHITTY_PUBLISH_RATE", default_value_t = rate::DEFAULT_PUBLISH_RATE)]
+    pub publish_rate: f64,
+    /// Messages one participant may publish at once, above the sustained
+    /// rate, after a quiet moment.
+    #[arg(long, env = "CHITTY_PUBLISH_BURST", default_value_t = rate::DEFAULT_PUBLISH_BURST)]
+    pub publish_burst: u32,
 }
 
 #[derive(Debug, Args)]
@@ -340,6 +349,14 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         max_connections_per_ip: args.max_connections_per_ip.max(1),
         max_streams_per_connection: args.max_streams_per_connection.max(1),
     };
+    if !(args.publish_rate >= 0.0 && args.publish_rate.is_finite()) {
+        eprintln!("error: --publish-rate must be a number of messages per second, 0 for no limit");
+        return ExitCode::FAILURE;
+    }
+    config.publish_rate = (args.publish_rate > 0.0).then_some(RateLimit {
+        per_second: args.publish_rate,
+        burst: args.publish_burst.max(1),
+    });
     println!("chitty server listening on {bound}");
     let _ = std::io::stdout().flush();
     match crate::server::serve(listener, config, shutdown_signal()).await {

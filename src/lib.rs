@@ -8,7 +8,7 @@
 //!   else is a thin shell around them.
 //! * [`node`] — one running node: the executor of its core, with the
 //!   per-session and per-link queues its outputs feed; [`mesh`] owns the
-//!   peer sockets and tasks.
+//!   peer sockets and tasks; [`rate`] is the publish rate limit it applies.
 //! * [`sim`] — the deterministic cluster simulator: nodes' cores and
 //!   simulated participants in virtual time, and the invariants they keep.
 //! * [`service`] — the tonic services, translating protobuf to node calls;
@@ -33,6 +33,7 @@ pub mod http2;
 pub mod limits;
 pub mod mesh;
 pub mod node;
+pub mod rate;
 pub mod server;
 pub mod service;
 pub mod sim;

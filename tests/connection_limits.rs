@@ -304,3 +304,73 @@ fn beyond_the_per_address_cap_new_connections_are_closed_and_existing_participan
         alice.wait_for("Bob's join", |s| s.is_joined("Bob")).await;
     });
 }
+
+// ---------------------------------------------------------------------------
+// Publish rate
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_burst_over_the_publish_rate_limit_is_refused_for_the_excess_and_others_are_unaffected() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // A burst of 5, then one message every 10 s: nothing refills during
+    // the test.
+    let server = spawn_server(&["--publish-rate", "0.1", "--publish-burst", "5"]);
+    runtime.block_on(async {
+        let mut flooder = join(&server.addr, "Flooder").await;
+        flooder.wait_own_join().await;
+        let mut bob = join(&server.addr, "Bob").await;
+        bob.wait_own_join().await;
+
+        // Twelve at once on one publish stream: the first five go through.
+        let (sender, mut outcomes) = within("a publish stream", flooder.session.publisher())
+            .await
+            .expect("a publish stream");
+        for i in 0..12 {
+            sender.send(&format!("flood {i}")).await.expect("queued");
+        }
+        let mut published = Vec::new();
+        for i in 0..12 {
+            let outcome = within("an outcome", outcomes.message())
+                .await
+                .expect("an outcome")
+                .expect("one outcome per message");
+            match outcome.reply {
+                Some(_) => published.push(i),
+                None => {
+                    assert_eq!(
+                        outcome.error_code,
+                        Code::ResourceExhausted as i32,
+                        "message {i}: {outcome:?}"
+                    );
+                    assert!(
+                        outcome.error_message.contains("rate limit")
+                            && outcome.error_message.contains("0.1 messages per second")
+                            && outcome.error_message.contains("bursts of 5"),
+                        "the refusal says the limit: {:?}",
+                        outcome.error_message
+                    );
+                }
+            }
+        }
+        assert_eq!(published, vec![0, 1, 2, 3, 4], "the burst, in order");
+        // A unary Publish over the limit is refused the same way.
+        let refused = within(
+            "a Publish over the limit",
+            flooder.session.publish("one more"),
+        )
+        .await
+        .expect_err("over the limit");
+        assert_eq!(code(&refused), Code::ResourceExhausted, "{refused}");
+
+        // Bob is unaffected and sees exactly the burst, then his own.
+        bob.say("bob is fine").await;
+        for i in 0..5 {
+            bob.assert_next_is_message("Flooder", &format!("flood {i}"))
+                .await;
+        }
+        bob.assert_next_is_message("Bob", "bob is fine").await;
+    });
+}
