@@ -50,11 +50,27 @@ pub fn oversize(status: Status) -> Status {
         rest.split_whitespace().next()?.parse().ok()
     };
     match (number_after("found "), number_after("limit is: ")) {
-        (Some(found), Some(limit)) => Status::resource_exhausted(format!(
-            "message too large: {found} bytes, the limit is {limit} bytes"
-        )),
+        (Some(found), Some(limit)) => too_large(found as usize, limit as usize),
         _ => Status::resource_exhausted(format!("message too large: {}", status.message())),
     }
+}
+
+/// The status of a message of `len` bytes over a `limit`.
+pub fn too_large(len: usize, limit: usize) -> Status {
+    Status::resource_exhausted(format!(
+        "message too large: {len} bytes, the limit is {limit} bytes"
+    ))
+}
+
+/// `RESOURCE_EXHAUSTED` if `request` is over [`CLIENT_MAX_REQUEST`]: what a
+/// client checks before sending, so it neither sends what the node would
+/// refuse nor gets tonic's own encoding error for it.
+pub fn check_request(request: &impl prost::Message) -> Result<(), Status> {
+    let len = request.encoded_len();
+    if len > CLIENT_MAX_REQUEST {
+        return Err(too_large(len, CLIENT_MAX_REQUEST));
+    }
+    Ok(())
 }
 
 /// Wraps every service of a server so that a request refused for its size

@@ -80,6 +80,60 @@ async fn an_oversize_publish_is_refused_with_resource_exhausted_naming_the_limit
 }
 
 #[tokio::test]
+async fn an_oversize_join_is_refused_with_resource_exhausted_and_the_library_refuses_its_own() {
+    let server = start_server().await;
+    let mut observer = join(&server.addr, "Observer").await;
+    observer.wait_own_join().await;
+    let mut grpc = raw_client(&server.addr).await;
+    let limit = chitty::limits::CLIENT_MAX_REQUEST.to_string();
+
+    let status = within(
+        "an oversize Join",
+        grpc.join(chitty::proto::JoinRequest {
+            name: "a".repeat(100 * 1024),
+            lamport: 1,
+            resume: None,
+            rejoin: None,
+        }),
+    )
+    .await
+    .expect_err("an oversize join must be refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains(&limit), "{status:?}");
+
+    // The client library does not send what the node would refuse, and
+    // says so the same way.
+    let refused = within(
+        "an oversize publish through the library",
+        observer.session.publish(&"a".repeat(100 * 1024)),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(code(&refused), Code::ResourceExhausted, "{refused}");
+    assert!(refused.to_string().contains(&limit), "{refused}");
+
+    observer.say("marker").await;
+    observer.assert_next_is_message("Observer", "marker").await;
+}
+
+#[test]
+fn the_client_program_reports_an_oversize_line_and_goes_on() {
+    let server = spawn_server(&[]);
+    let mut alice = spawn_client(&server.addr, "Alice");
+    alice.wait_joined();
+    alice.say(&"a".repeat(100 * 1024));
+    alice.stderr.wait_for_line("the refusal", |l| {
+        l.contains("message not sent") && l.contains("message too large")
+    });
+    alice.say("short");
+    alice.wait_for_message("Alice", "short");
+    assert!(
+        !alice.events().iter().any(|e| e.body.len() > 1000),
+        "the long line was not broadcast"
+    );
+}
+
+#[tokio::test]
 async fn an_oversize_message_on_a_publish_stream_ends_it_with_resource_exhausted() {
     let server = start_server().await;
     let mut observer = join(&server.addr, "Observer").await;
