@@ -122,8 +122,8 @@ pub struct ServerArgs {
     /// limit); a publish over it is refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "CHITTY_PUBLISH_RATE", default_value_t = rate::DEFAULT_PUBLISH_RATE)]
     pub publish_rate: f64,
-    /// Messages one participant may publish at once, above the sustained
-    /// rate, after a quiet moment.
+    /// Messages one participant may publish at once after a quiet moment
+    /// (the size of its token bucket, which refills at --publish-rate).
     #[arg(long, env = "CHITTY_PUBLISH_BURST", default_value_t = rate::DEFAULT_PUBLISH_BURST)]
     pub publish_burst: u32,
 }
