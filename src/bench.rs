@@ -331,6 +331,25 @@ async fn join_reader(
     Ok((session, frames, clock))
 }
 
+/// Flags the benchmark gives the nodes it starts, unless `--node-arg`
+/// sets them: every participant of a benchmark connects from 127.0.0.1, so
+/// the per-address cap is the total one; and its publishers send at full
+/// speed, far over a participant's publish rate limit, which is off.
+fn bench_node_defaults(node_args: &[String]) -> Vec<String> {
+    let defaults = [
+        (
+            "--max-connections-per-ip",
+            crate::connections::DEFAULT_MAX_CONNECTIONS.to_string(),
+        ),
+        ("--publish-rate", "0".to_string()),
+    ];
+    defaults
+        .into_iter()
+        .filter(|(flag, _)| !node_args.iter().any(|a| a.split('=').next() == Some(flag)))
+        .map(|(flag, value)| format!("{flag}={value}"))
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // The spawned cluster
 // ---------------------------------------------------------------------------
@@ -394,6 +413,7 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts node `index` of the cluster.
     async fn spawn(
         &self,
         exe: &Path,
@@ -412,6 +432,7 @@ impl Cluster {
             // could read it.
             .env("CHITTY_CLUSTER_SECRET", secret)
             .args(boot.iter().flat_map(|b| ["--boot", b.as_str()]))
+            .args(bench_node_defaults(&config.node_args))
             .args(&config.node_args)
             .env("RUST_LOG", &config.node_log)
             .stdin(Stdio::null())

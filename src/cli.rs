@@ -11,12 +11,14 @@ use tokio::sync::mpsc;
 use tracing::error;
 
 use crate::client::{self, Received};
+use crate::connections::{self, ConnectionLimits};
 use crate::core::chat::CoreLimits;
 use crate::failover::{self, ClientOptions, Update};
 use crate::node::{
     DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE,
     NodeConfig,
 };
+use crate::rate::{self, RateLimit};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -109,6 +111,31 @@ pub struct ServerArgs {
     /// Recent events kept for replay, by total encoded size in bytes.
     #[arg(long, env = "CHITTY_HISTORY_BYTES", default_value_t = CoreLimits::default().history_bytes)]
     pub history_bytes: usize,
+    /// A new connection that has not sent the HTTP/2 preface and SETTINGS
+    /// within this many milliseconds is closed.
+    #[arg(long, env = "CHITTY_HANDSHAKE_TIMEOUT_MS", default_value_t = connections::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64)]
+    pub handshake_timeout_ms: u64,
+    /// Connections (participants' and peers') open at once; one more is
+    /// closed as soon as it is accepted. Lowered at start if the open-file
+    /// limit (ulimit -n) cannot hold it.
+    #[arg(long, env = "CHITTY_MAX_CONNECTIONS", default_value_t = connections::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Connections open at once from one IP address; one more is closed as
+    /// soon as it is accepted.
+    #[arg(long, env = "CHITTY_MAX_CONNECTIONS_PER_IP", default_value_t = connections::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+    pub max_connections_per_ip: usize,
+    /// Concurrent calls (HTTP/2 streams) on one connection; a client waits
+    /// for room before opening one more.
+    #[arg(long, env = "CHITTY_MAX_STREAMS_PER_CONNECTION", default_value_t = connections::DEFAULT_MAX_STREAMS_PER_CONNECTION)]
+    pub max_streams_per_connection: u32,
+    /// Messages per second one participant may publish, sustained (0: no
+    /// limit); a publish over it is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CHITTY_PUBLISH_RATE", default_value_t = rate::DEFAULT_PUBLISH_RATE)]
+    pub publish_rate: f64,
+    /// Messages one participant may publish at once after a quiet moment
+    /// (the size of its token bucket, which refills at --publish-rate).
+    #[arg(long, env = "CHITTY_PUBLISH_BURST", default_value_t = rate::DEFAULT_PUBLISH_BURST)]
+    pub publish_burst: u32,
 }
 
 #[derive(Debug, Args)]
@@ -344,6 +371,20 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
     config.limits.history_events = args.history_events;
     config.limits.history_bytes = args.history_bytes;
     config.limits.grace = std::time::Duration::from_millis(args.grace_ms);
+    config.connections = ConnectionLimits {
+        handshake_timeout: std::time::Duration::from_millis(args.handshake_timeout_ms.max(1)),
+        max_connections: args.max_connections.max(1),
+        max_connections_per_ip: args.max_connections_per_ip.max(1),
+        max_streams_per_connection: args.max_streams_per_connection.max(1),
+    };
+    if !(args.publish_rate >= 0.0 && args.publish_rate.is_finite()) {
+        eprintln!("error: --publish-rate must be a number of messages per second, 0 for no limit");
+        return ExitCode::FAILURE;
+    }
+    config.publish_rate = (args.publish_rate > 0.0).then_some(RateLimit {
+        per_second: args.publish_rate,
+        burst: args.publish_burst.max(1),
+    });
     println!("chitty server listening on {bound}");
     let _ = std::io::stdout().flush();
     match crate::server::serve(listener, config, shutdown_signal()).await {

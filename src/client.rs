@@ -38,7 +38,11 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connects to a node at `addr` (`host:port` or a URL).
 pub async fn connect(addr: &str) -> Result<ChittyChatClient<Channel>> {
-    connect_channel(addr).await.map(ChittyChatClient::new)
+    connect_channel(addr).await.map(|channel| {
+        // Requests are checked against the node's limit before they are
+        // sent (`limits::check_request`), with a clearer error than tonic's.
+        ChittyChatClient::new(channel).max_decoding_message_size(crate::limits::CLIENT_MAX_RESPONSE)
+    })
 }
 
 /// The connection [`connect`] makes, for callers that issue calls their own
@@ -222,12 +226,14 @@ impl Session {
         let lamport = self.clock.tick();
         tracing::info!(lamport, "sending Publish");
         let mut client = self.client.clone();
-        let call = client.publish(PublishRequest {
+        let request = PublishRequest {
             session_token: self.welcome.session_token.clone(),
             text: text.to_string(),
             lamport,
             publish_id: uuid::Uuid::new_v4().to_string(),
-        });
+        };
+        crate::limits::check_request(&request)?;
+        let call = client.publish(request);
         let reply = bounded(call).await?.into_inner();
         Ok((reply, lamport))
     }
@@ -279,13 +285,16 @@ impl PublishSender {
     /// Queues `text` for publishing; returns the Lamport time of the request.
     pub async fn send(&self, text: &str) -> Result<u64> {
         let lamport = self.clock.tick();
+        let request = PublishRequest {
+            session_token: self.token.clone(),
+            text: text.to_string(),
+            lamport,
+            publish_id: uuid::Uuid::new_v4().to_string(),
+        };
+        // Too large, it would end the stream: refused here instead.
+        crate::limits::check_request(&request)?;
         self.tx
-            .send(PublishRequest {
-                session_token: self.token.clone(),
-                text: text.to_string(),
-                lamport,
-                publish_id: uuid::Uuid::new_v4().to_string(),
-            })
+            .send(request)
             .await
             .map_err(|_| Error::Unavailable("the publish stream has ended".into()))?;
         Ok(lamport)

@@ -37,7 +37,7 @@ use crate::wire::EncodedFrame;
 /// The gRPC path of `ChittyChat.Join`.
 pub const JOIN_PATH: &str = "/chittychat.v1.ChittyChat/Join";
 /// The largest `JoinRequest` accepted (a name, a token and a seen vector).
-const MAX_JOIN_REQUEST: usize = 64 * 1024;
+const MAX_JOIN_REQUEST: usize = crate::limits::CLIENT_MAX_REQUEST;
 /// gRPC message prefix: a compression flag and a big-endian length.
 const PREFIX: usize = 5;
 
@@ -52,7 +52,9 @@ impl ChatEdge {
     pub fn new(node: Node) -> Self {
         let service = ChatService::new(node);
         Self {
-            generated: ChittyChatServer::new(service.clone()),
+            generated: ChittyChatServer::new(service.clone())
+                .max_decoding_message_size(crate::limits::CLIENT_MAX_REQUEST)
+                .max_encoding_message_size(crate::limits::CLIENT_MAX_RESPONSE),
             service,
         }
     }
@@ -112,7 +114,7 @@ async fn read_request(req: http::Request<Body>) -> Result<JoinRequest, Status> {
         if let Ok(data) = frame?.into_data() {
             if bytes.len() + data.len() > MAX_JOIN_REQUEST {
                 return Err(Status::resource_exhausted(format!(
-                    "a Join request is at most {MAX_JOIN_REQUEST} bytes"
+                    "message too large: a Join request is at most {MAX_JOIN_REQUEST} bytes"
                 )));
             }
             bytes.extend_from_slice(&data);

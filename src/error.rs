@@ -12,6 +12,9 @@ pub enum Error {
     /// An input the protocol core refused (message, name, session).
     #[error(transparent)]
     Core(#[from] core::Error),
+    /// The participant publishes faster than the node's rate limit.
+    #[error("{0}")]
+    RateLimited(String),
     /// The node is shutting down or otherwise cannot serve.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -39,6 +42,7 @@ impl From<Error> for Status {
             }
             Error::Core(core::Error::NameTaken(_)) => Code::AlreadyExists,
             Error::Core(core::Error::UnknownSession) => Code::Unauthenticated,
+            Error::RateLimited(_) => Code::ResourceExhausted,
             Error::Unavailable(_) | Error::Connect { .. } => Code::Unavailable,
             Error::Core(core::Error::Unavailable(_)) => Code::Unavailable,
             Error::Removed(_) => Code::FailedPrecondition,

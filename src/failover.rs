@@ -519,6 +519,13 @@ impl Driver {
                 lamport: self.clock.tick(),
                 publish_id: front.publish_id.clone(),
             };
+            if let Err(status) = crate::limits::check_request(&request) {
+                // Too large for any node: refused here, never retried.
+                if let Some(p) = self.pending.pop_front() {
+                    let _ = p.done.send(Err(Error::Rpc(status)));
+                }
+                continue;
+            }
             tracing::info!(lamport = request.lamport, publish_id = %request.publish_id, "sending Publish");
             front.maybe_sent = true;
             if let Some(node) = &self.current_node

@@ -8,27 +8,32 @@
 //!   else is a thin shell around them.
 //! * [`node`] — one running node: the executor of its core, with the
 //!   per-session and per-link queues its outputs feed; [`mesh`] owns the
-//!   peer sockets and tasks.
+//!   peer sockets and tasks; [`rate`] is the publish rate limit it applies.
 //! * [`sim`] — the deterministic cluster simulator: nodes' cores and
 //!   simulated participants in virtual time, and the invariants they keep.
 //! * [`service`] — the tonic services, translating protobuf to node calls;
 //!   [`edge`] writes the Join stream's response body itself.
 //! * [`server`] — `serve(listener, config, shutdown)`, shared by the binary
-//!   and the tests.
+//!   and the tests; [`connections`] caps and times the connections it
+//!   admits.
 //! * [`client`] — the client library: join, publish, leave, receive events.
 //! * [`cli`] — the `chitty` command line.
 //! * [`bench`] — `chitty bench`, the fan-out benchmark.
+//! * [`limits`] — how large a gRPC message may be, on either side.
 
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod connections;
 pub mod core;
 pub mod edge;
 pub mod error;
 pub mod failover;
 pub mod http2;
+pub mod limits;
 pub mod mesh;
 pub mod node;
+pub mod rate;
 pub mod server;
 pub mod service;
 pub mod sim;

@@ -139,7 +139,9 @@ pub type MeshClient = ServerMeshClient<InterceptedService<Channel, AddSecret>>;
 
 /// A mesh client for the node at `addr`, carrying `secret`.
 pub async fn mesh_client(addr: &str, secret: Option<&str>) -> Result<MeshClient> {
-    Ok(ServerMeshClient::new(mesh_service(addr, secret).await?))
+    Ok(ServerMeshClient::new(mesh_service(addr, secret).await?)
+        .max_decoding_message_size(crate::limits::MESH_MAX_MESSAGE)
+        .max_encoding_message_size(crate::limits::MESH_MAX_MESSAGE))
 }
 
 /// A connection to the node at `addr` whose calls carry `secret`.
@@ -433,7 +435,9 @@ impl Link {
             mesh_service(&self.peer.addr, node.secret())
                 .await
                 .map_err(Status::from)?,
-        );
+        )
+        .max_decoding_message_size(crate::limits::MESH_MAX_MESSAGE)
+        .max_encoding_message_size(crate::limits::MESH_MAX_MESSAGE);
         let (out, out_rx) = mpsc::channel::<RelayOut>(16);
         let hello = RelayFrame {
             frame: Some(relay_frame::Frame::Hello(node.lock().core.own_member())),
@@ -623,7 +627,14 @@ pub(crate) async fn serve_inbound(
         };
         let frame = match frame {
             Ok(Some(frame)) => frame,
-            Ok(None) | Err(_) => break,
+            Ok(None) => break,
+            Err(status) => {
+                let status = crate::limits::oversize(status);
+                if status.code() == Code::ResourceExhausted {
+                    warn!(peer = %peer.id, error = %status, "relay link refused a frame");
+                }
+                break;
+            }
         };
         if let Err(refusal) = node.step(|core, now| core.on_relay(now, &peer, frame)) {
             let _ = acks.send_replace(Err(mesh_status(&refusal)));

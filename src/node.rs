@@ -48,6 +48,7 @@ use crate::proto::{
     Event, Gap, JoinFrame, NodeId, Participant, PublishReply, RelayAck, Resume, ServerList,
     SessionGrant, join_frame,
 };
+use crate::rate::{PublishRate, RateLimit};
 use crate::wire::{self, EncodedFrame, Wired};
 
 /// Default capacity of one session's outgoing queue, in events.
@@ -84,6 +85,10 @@ pub struct NodeConfig {
     /// Silence after which a peer is declared failed.
     pub failure_timeout: Duration,
     pub limits: CoreLimits,
+    /// What the server admits of TCP connections.
+    pub connections: crate::connections::ConnectionLimits,
+    /// How fast one participant may publish; `None`: no limit.
+    pub publish_rate: Option<RateLimit>,
     /// Test-only fault: delay every batch of live events sent to the peer at
     /// this address by this long (to show replies never overtake originals).
     pub fault_link_delay: Option<(String, Duration)>,
@@ -110,6 +115,8 @@ impl NodeConfig {
             heartbeat: DEFAULT_HEARTBEAT,
             failure_timeout: DEFAULT_FAILURE_TIMEOUT,
             limits: CoreLimits::default(),
+            connections: Default::default(),
+            publish_rate: Some(RateLimit::default()),
             fault_link_delay: None,
         }
     }
@@ -206,6 +213,8 @@ pub(crate) struct State {
     next_request: RequestId,
     /// The core's outputs being carried out (kept to reuse its allocation).
     outputs: Vec<Output>,
+    /// The publish rate limit's buckets, if there is a limit.
+    publish_rate: Option<PublishRate>,
 }
 
 impl State {
@@ -243,6 +252,7 @@ pub struct Node {
 
 impl Node {
     pub fn new(config: NodeConfig) -> Self {
+        let publish_rate = config.publish_rate.map(PublishRate::new);
         let mut core = NodeCore::new(
             Instant::now(),
             config.node.clone(),
@@ -263,6 +273,7 @@ impl Node {
                     replies: FastMap::default(),
                     next_request: 1,
                     outputs: Vec::new(),
+                    publish_rate,
                 }),
                 shutdown: watch::channel(false).0,
                 fatal: watch::channel(None).0,
@@ -370,10 +381,31 @@ impl Node {
         lamport: u64,
         publish_id: &str,
     ) -> impl Future<Output = Result<PublishReply>> + Send + use<> {
-        let rx =
-            self.ask_now(|core, now, id| core.publish(now, id, token, text, lamport, publish_id));
+        let mut state = self.lock();
+        let now = Instant::now();
+        // Over the rate limit: refused before the core sees it (the clock
+        // does not move, nothing is stamped).
+        let state_ref = &mut *state;
+        let limited = match &mut state_ref.publish_rate {
+            Some(rate) if state_ref.core.chat().is_local_session(token) => {
+                (!rate.take(token, now)).then(|| Error::RateLimited(rate.limit().refusal()))
+            }
+            _ => None,
+        };
+        let answer = match limited {
+            Some(refused) => Err(refused),
+            None => {
+                let (id, rx) = state.request();
+                state
+                    .core
+                    .publish(now, id, token, text, lamport, publish_id);
+                self.carry_out(&mut state);
+                Ok(rx)
+            }
+        };
+        drop(state);
         async move {
-            match rx.await {
+            match answer?.await {
                 Ok(Answer::Reply(Reply::Published(reply))) => Ok(reply),
                 Ok(Answer::Reply(Reply::Refused(e))) => Err(e.into()),
                 _ => Err(Error::Unavailable("node is shutting down".into())),
@@ -880,7 +912,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_backlog_leaves_in_frames_of_at_most_the_limit() {
-        let node = Node::new(NodeConfig::new("127.0.0.1:1"));
+        // 300 messages at once: over the publish rate limit, which is off.
+        let mut config = NodeConfig::new("127.0.0.1:1");
+        config.publish_rate = None;
+        let node = Node::new(config);
         let (mut stream, welcome) = join(&node, "Ann").await;
         let texts: Vec<String> = (0..300).map(|i| format!("{i:0>128}")).collect();
         for text in &texts {

@@ -10,13 +10,16 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 use tracing::{info, warn};
 
+use crate::connections::{Admission, Admitted, ConnectionLimits, fit_open_files};
 use crate::edge::ChatEdge;
 use crate::error::{Error, Result};
 use crate::http2::{CONNECTION_WINDOW, STREAM_WINDOW};
+use crate::limits::{MESH_MAX_MESSAGE, OversizeLayer};
 use crate::mesh::CheckSecret;
 use crate::node::{Node, NodeConfig};
 use crate::proto::server::chitty_chat_server::ChittyChatServer;
@@ -61,11 +64,18 @@ pub async fn serve_node(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChittyChatServer<ChatService>>().await;
     health.set_serving::<ServerMeshServer<MeshService>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| Error::Protocol(format!("reflection: {e}")))?;
+    // Both versions of server reflection: `grpc.reflection.v1`, and
+    // `v1alpha`, which older tools (Python's grpcio-reflection) speak.
+    let reflection_builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error = |e| Error::Protocol(format!("reflection: {e}"));
+    let reflection = reflection_builder().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection_builder()
+        .build_v1alpha()
+        .map_err(reflection_error)?;
     if node.config().cluster_secret.is_none() {
         // `chitty server` refuses to start so unless every address is
         // loopback: then only programs on this machine can join.
@@ -105,6 +115,25 @@ pub async fn serve_node(
     };
 
     info!(%addr, advertise = %node.config().advertise, node = %node.id().id, generation = node.id().generation, "serving Chitty-Chat");
+    let limits = node.config().connections;
+    let admission = Admission::new(ConnectionLimits {
+        max_connections: fit_open_files(limits.max_connections),
+        ..limits
+    });
+    // Small frames (an event, a publish reply) must leave at once, not wait
+    // for a delayed ACK: Nagle off on every connection. A connection over a
+    // cap is dropped here, which closes it.
+    let incoming = tokio_stream::StreamExt::filter_map(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        move |accepted| match accepted {
+            Ok(io) => {
+                let permit = admission.admit(io.peer_addr().ok()?.ip())?;
+                let timeout = admission.limits().handshake_timeout;
+                Some(Ok(Admitted::new(Gathering::new(io), permit, timeout)))
+            }
+            Err(e) => Some(Err(e)),
+        },
+    );
     let serving = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -112,22 +141,21 @@ pub async fn serve_node(
         // flow control does not stall a busy relay link or session.
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        // A request over its size limit is RESOURCE_EXHAUSTED, not tonic's
+        // OUT_OF_RANGE (see `crate::limits`).
+        .layer(OversizeLayer)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(ChatEdge::new(node.clone()))
-        .add_service(ServerMeshServer::with_interceptor(
-            MeshService::new(node.clone()),
+        .add_service(InterceptedService::new(
+            ServerMeshServer::new(MeshService::new(node.clone()))
+                .max_decoding_message_size(MESH_MAX_MESSAGE)
+                .max_encoding_message_size(MESH_MAX_MESSAGE),
             secret,
         ))
-        .serve_with_incoming_shutdown(
-            // Small frames (an event, a publish reply) must leave at once,
-            // not wait for a delayed ACK: Nagle off on every connection.
-            tokio_stream::StreamExt::map(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                |accepted| accepted.map(Gathering::new),
-            ),
-            shutdown,
-        );
+        .serve_with_incoming_shutdown(incoming, shutdown);
     let served = tokio::select! {
         served = serving => served,
         _ = drain_deadline => {

@@ -58,6 +58,15 @@ async fn serve_publish_stream(
         let replies = replies.clone();
         async move {
             while let Some(outcome) = waiting.recv().await {
+                // The status that ends the stream, after the outcomes of
+                // what came before it.
+                let outcome = match outcome {
+                    Ok(outcome) => outcome,
+                    Err(status) => {
+                        let _ = replies.send(Err(status)).await;
+                        return;
+                    }
+                };
                 let outcome = match outcome.await {
                     Ok(reply) => PublishOutcome {
                         reply: Some(reply),
@@ -80,9 +89,20 @@ async fn serve_publish_stream(
                 }
                 request = requests.message() => request,
             };
-            let Ok(Some(req)) = request else { return };
+            let req = match request {
+                Ok(Some(req)) => req,
+                Ok(None) => return,
+                // A request too large (or malformed) ends the stream with
+                // its status; what was accepted before is still answered.
+                Err(status) => {
+                    let status = crate::limits::oversize(status);
+                    warn!(call = "PublishStream", error = %status, "refused");
+                    let _ = waiting_tx.send(Err(status)).await;
+                    return;
+                }
+            };
             let outcome = node.publish(&req.session_token, &req.text, req.lamport, &req.publish_id);
-            if waiting_tx.send(outcome).await.is_err() {
+            if waiting_tx.send(Ok(outcome)).await.is_err() {
                 return;
             }
         }

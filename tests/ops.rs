@@ -116,6 +116,42 @@ async fn server_reflection_lists_and_describes_the_chitty_chat_service() {
     }
 }
 
+/// Older tools (Python's grpcio-reflection) speak only
+/// `grpc.reflection.v1alpha`: it answers too.
+#[tokio::test]
+async fn server_reflection_v1alpha_lists_the_chitty_chat_service() {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+    let server = start_server().await;
+    let mut client = ServerReflectionClient::new(channel(&server.addr).await);
+    let requests = tokio_stream::iter([ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    }]);
+    let mut replies = within(
+        "v1alpha reflection",
+        client.server_reflection_info(requests),
+    )
+    .await
+    .expect("the v1alpha reflection service answers")
+    .into_inner();
+    let answer = within("a v1alpha reflection answer", replies.message())
+        .await
+        .expect("a v1alpha reflection answer")
+        .expect("an answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("expected a list of services, got {answer:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(
+        names.contains(&"chittychat.v1.ChittyChat"),
+        "chittychat.v1.ChittyChat in {names:?}"
+    );
+}
+
 /// Everything a participant can see of another one (its id and name, from
 /// events and the participant list) is not enough to publish or leave in its
 /// name; the secret token is never shown to anyone else.

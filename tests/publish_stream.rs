@@ -3,12 +3,13 @@
 
 mod common;
 
-use common::{join, start_server, within};
+use common::{join, start_server_with, within};
 use tonic::Code;
 
 #[tokio::test]
 async fn a_publish_stream_keeps_order_and_answers_each_message() {
-    let server = start_server().await;
+    // 300 messages at full speed: more than the publish rate limit allows.
+    let server = start_server_with(|config| config.publish_rate = None).await;
     let mut alice = join(&server.addr, "Alice").await;
     alice.wait_own_join().await;
     let mut bob = join(&server.addr, "Bob").await;

@@ -65,7 +65,12 @@ async fn read_all(mut member: Member, progress: watch::Sender<usize>) -> Reading
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_that_never_reads_does_not_hold_up_the_others_and_is_announced_as_left() {
-    let server = start_server_with(|config| config.session_queue = QUEUE).await;
+    // Alice publishes at full speed: no publish rate limit.
+    let server = start_server_with(|config| {
+        config.session_queue = QUEUE;
+        config.publish_rate = None;
+    })
+    .await;
     let mut alice = join(&server.addr, "Alice").await;
     let mut bob = join(&server.addr, "Bob").await;
 

@@ -769,6 +769,13 @@ impl ChatCore {
         })
     }
 
+    /// Whether `token` is the session token of a participant of this node.
+    pub fn is_local_session(&self, token: &str) -> bool {
+        self.tokens
+            .owner(token)
+            .is_some_and(|pid| self.roster.has_local_session(pid))
+    }
+
     fn local_owner(&self, token: &str) -> Result<String> {
         self.tokens
             .owner(token)
