@@ -12,7 +12,8 @@
 //! * [`sim`] — the deterministic cluster simulator: nodes' cores and
 //!   simulated participants in virtual time, and the invariants they keep.
 //! * [`service`] — the tonic services, translating protobuf to node calls;
-//!   [`edge`] writes the Join stream's response body itself.
+//!   [`edge`] writes the Join stream's response body itself; [`codec`]
+//!   decodes their requests.
 //! * [`server`] — `serve(listener, config, shutdown)`, shared by the binary
 //!   and the tests.
 //! * [`client`] — the client library: join, publish, leave, receive events.
@@ -22,6 +23,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod core;
 pub mod edge;
 pub mod error;

@@ -9,9 +9,12 @@
 mod common;
 
 use chitty::proto::chitty_chat_client::ChittyChatClient;
-use chitty::proto::{JoinRequest, LeaveRequest, PublishRequest};
+use chitty::proto::{JoinRequest, LeaveRequest, PublishOutcome, PublishRequest, Resume};
 use common::*;
+use prost::Message;
+use prost::bytes::{Buf, BufMut};
 use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
 /// Publishes `text` with `token` and nothing else: no client-side checks.
@@ -293,4 +296,231 @@ fn the_client_shows_a_refused_message_and_keeps_running() {
     );
     alice.close_stdin();
     assert!(alice.child.wait_exit().success());
+}
+
+// ---------------------------------------------------------------------------
+// Bytes that are not protobuf's idea of a string
+// ---------------------------------------------------------------------------
+
+/// A codec that sends and receives gRPC messages as raw bytes, so a test can
+/// send what no generated client would.
+#[derive(Debug, Clone, Default)]
+struct RawBytes;
+
+impl Codec for RawBytes {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawBytes;
+    type Decoder = RawBytes;
+    fn encoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+    fn decoder(&mut self) -> RawBytes {
+        RawBytes
+    }
+}
+
+impl Encoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawBytes {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// The marker a test puts in the string field to corrupt.
+const MARK: &str = "@@MARK@@";
+
+/// `message` encoded, with the bytes of [`MARK`] replaced by as many bytes
+/// that are not UTF-8 (a lone continuation byte, an invalid lead byte).
+fn corrupt(message: &impl Message) -> Vec<u8> {
+    let mut bytes = message.encode_to_vec();
+    let at = bytes
+        .windows(MARK.len())
+        .position(|w| w == MARK.as_bytes())
+        .expect("the marker is in the encoding");
+    bytes[at..at + MARK.len()].copy_from_slice(b"ab\x80cd\xffef");
+    assert!(String::from_utf8(bytes.clone()).is_err());
+    bytes
+}
+
+/// A raw gRPC client on `addr`.
+async fn raw_grpc(addr: &str) -> tonic::client::Grpc<Channel> {
+    let channel = chitty::client::connect_channel(addr)
+        .await
+        .expect("connect");
+    tonic::client::Grpc::new(channel)
+}
+
+/// Sends `body` as the one message of the unary call `method`.
+async fn raw_unary(
+    addr: &str,
+    method: &'static str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let mut grpc = raw_grpc(addr).await;
+    within("the connection", grpc.ready()).await.expect("ready");
+    let path = http::uri::PathAndQuery::from_static(method);
+    within(
+        method,
+        grpc.unary(tonic::Request::new(body), path, RawBytes),
+    )
+    .await
+    .map(|r| r.into_inner())
+}
+
+/// Asserts `status` is `INVALID_ARGUMENT` naming `field`.
+fn assert_names_field(status: &tonic::Status, field: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+    assert!(
+        status.message().contains(field) && status.message().contains("UTF-8"),
+        "the message names the field {field} and says what is wrong: {:?}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn invalid_utf8_in_any_string_field_is_invalid_argument_naming_the_field() {
+    let (server, mut observer, _grpc) = setup().await;
+    let token = token(&observer);
+    let publish = |text: &str, token: &str, id: &str| PublishRequest {
+        session_token: token.to_string(),
+        text: text.to_string(),
+        lamport: 1,
+        publish_id: id.to_string(),
+    };
+    let cases: Vec<(&'static str, Vec<u8>, &str)> = vec![
+        (
+            "/chittychat.v1.ChittyChat/Publish",
+            corrupt(&publish(MARK, &token, "")),
+            "PublishRequest.text",
+        ),
+        (
+            "/chittychat.v1.ChittyChat/Publish",
+            corrupt(&publish("hello", MARK, "")),
+            "PublishRequest.session_token",
+        ),
+        (
+            "/chittychat.v1.ChittyChat/Publish",
+            corrupt(&publish("hello", &token, MARK)),
+            "PublishRequest.publish_id",
+        ),
+        (
+            "/chittychat.v1.ChittyChat/Leave",
+            corrupt(&LeaveRequest {
+                session_token: MARK.into(),
+                lamport: 1,
+            }),
+            "LeaveRequest.session_token",
+        ),
+    ];
+    for (method, body, field) in cases {
+        let status = raw_unary(&server.addr, method, body)
+            .await
+            .expect_err("a request that is not UTF-8 must be refused");
+        assert_names_field(&status, field);
+    }
+
+    // Join, whose request the node decodes itself, the same way.
+    let join = |name: &str, resume: Option<Resume>| JoinRequest {
+        name: name.to_string(),
+        lamport: 1,
+        resume,
+        rejoin: None,
+    };
+    let resume = |pid: &str, token: &str| Resume {
+        participant_id: pid.to_string(),
+        session_token: token.to_string(),
+        ..Default::default()
+    };
+    let pid = observer.session.participant_id().to_string();
+    for (body, field) in [
+        (corrupt(&join(MARK, None)), "JoinRequest.name"),
+        (
+            corrupt(&join("Observer", Some(resume(MARK, &token)))),
+            "Resume.participant_id",
+        ),
+        (
+            corrupt(&join("Observer", Some(resume(&pid, MARK)))),
+            "Resume.session_token",
+        ),
+    ] {
+        let mut grpc = raw_grpc(&server.addr).await;
+        within("the connection", grpc.ready()).await.expect("ready");
+        let path = http::uri::PathAndQuery::from_static("/chittychat.v1.ChittyChat/Join");
+        let status = within(
+            "a raw Join",
+            grpc.server_streaming(tonic::Request::new(body), path, RawBytes),
+        )
+        .await
+        .expect_err("a Join that is not UTF-8 must be refused");
+        assert_names_field(&status, field);
+    }
+
+    observer.say("marker").await;
+    observer.assert_next_is_message("Observer", "marker").await;
+}
+
+/// The contract of `PublishStream` for a message that cannot be decoded:
+/// the messages before it are published and answered, then the stream ends
+/// with `INVALID_ARGUMENT` naming the field; nothing after it is published.
+#[tokio::test]
+async fn a_publish_stream_with_a_message_that_is_not_utf8_ends_with_invalid_argument_after_the_ones_before()
+ {
+    let (server, mut observer, _grpc) = setup().await;
+    let token = token(&observer);
+    let publish = |text: &str| PublishRequest {
+        session_token: token.clone(),
+        text: text.to_string(),
+        lamport: 1,
+        publish_id: String::new(),
+    };
+    let messages = vec![
+        publish("first").encode_to_vec(),
+        publish("second").encode_to_vec(),
+        corrupt(&publish(MARK)),
+        publish("after the bad one").encode_to_vec(),
+    ];
+    let mut grpc = raw_grpc(&server.addr).await;
+    within("the connection", grpc.ready()).await.expect("ready");
+    let path = http::uri::PathAndQuery::from_static("/chittychat.v1.ChittyChat/PublishStream");
+    let mut replies = within(
+        "a raw PublishStream",
+        grpc.streaming(
+            tonic::Request::new(tokio_stream::iter(messages)),
+            path,
+            RawBytes,
+        ),
+    )
+    .await
+    .expect("the stream opens")
+    .into_inner();
+    let mut outcomes = Vec::new();
+    let end = loop {
+        match within("a publish outcome", replies.message()).await {
+            Ok(Some(bytes)) => outcomes.push(PublishOutcome::decode(&bytes[..]).expect("outcome")),
+            Ok(None) => panic!("the stream ended with OK after {outcomes:?}"),
+            Err(status) => break status,
+        }
+    };
+    assert_names_field(&end, "PublishRequest.text");
+    assert_eq!(
+        outcomes.len(),
+        2,
+        "the two messages before it are answered: {outcomes:?}"
+    );
+    assert!(outcomes.iter().all(|o| o.reply.is_some()), "{outcomes:?}");
+    observer.assert_next_is_message("Observer", "first").await;
+    observer.assert_next_is_message("Observer", "second").await;
+    observer.say("marker").await;
+    observer.assert_next_is_message("Observer", "marker").await;
 }
