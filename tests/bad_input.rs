@@ -524,3 +524,155 @@ async fn a_publish_stream_with_a_message_that_is_not_utf8_ends_with_invalid_argu
     observer.say("marker").await;
     observer.assert_next_is_message("Observer", "marker").await;
 }
+
+// ---------------------------------------------------------------------------
+// Lamport clocks
+// ---------------------------------------------------------------------------
+
+/// A request's clock may be ahead of the node's (its participant saw a node
+/// whose clock is ahead), but not absurdly: 2^64-1 used to be accepted and
+/// the event stamped 0, and every later event too.
+#[tokio::test]
+async fn an_absurd_request_clock_is_refused_and_the_node_clock_never_wraps() {
+    let (_server, mut observer, mut grpc) = setup().await;
+    let token = token(&observer);
+    let (before, _) = observer.say("before").await;
+    observer.assert_next_is_message("Observer", "before").await;
+    for lamport in [u64::MAX, u64::MAX - 1, 1 << 62 | 1, before + (1 << 40) + 1] {
+        let status = within(
+            "a Publish with an absurd clock",
+            grpc.publish(PublishRequest {
+                session_token: token.clone(),
+                text: "from the far future".into(),
+                lamport,
+                publish_id: String::new(),
+            }),
+        )
+        .await
+        .expect_err("an absurd clock must be refused");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{lamport}: {status:?}"
+        );
+        assert!(status.message().contains("lamport"), "{status:?}");
+        let status = within(
+            "a Leave with an absurd clock",
+            grpc.leave(LeaveRequest {
+                session_token: token.clone(),
+                lamport,
+            }),
+        )
+        .await
+        .expect_err("an absurd clock must be refused");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{lamport}: {status:?}"
+        );
+        let status = within(
+            "a Join with an absurd clock",
+            grpc.join(JoinRequest {
+                name: "Mallory".into(),
+                lamport,
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect_err("an absurd clock must be refused");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{lamport}: {status:?}"
+        );
+        let status = within(
+            "a Resume with an absurd clock",
+            grpc.join(JoinRequest {
+                name: "Observer".into(),
+                lamport,
+                resume: Some(Resume {
+                    participant_id: observer.session.participant_id().to_string(),
+                    session_token: token.clone(),
+                    ..Default::default()
+                }),
+                rejoin: None,
+            }),
+        )
+        .await
+        .expect_err("an absurd clock must be refused");
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{lamport}: {status:?}"
+        );
+    }
+    // On a publish stream the message is refused and the stream goes on.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    for lamport in [u64::MAX, 1] {
+        tx.send(PublishRequest {
+            session_token: token.clone(),
+            text: format!("streamed at {lamport}"),
+            lamport,
+            publish_id: String::new(),
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let mut outcomes = within(
+        "a PublishStream",
+        grpc.publish_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await
+    .expect("the stream opens")
+    .into_inner();
+    let first = within("an outcome", outcomes.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.error_code, Code::InvalidArgument as i32, "{first:?}");
+    let second = within("an outcome", outcomes.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second.reply.is_some(), "{second:?}");
+    observer
+        .assert_next_is_message("Observer", "streamed at 1")
+        .await;
+
+    // A clock well ahead, within the bound, is taken: the clock jumps, and
+    // keeps growing from there.
+    let ahead = before + 1_000_000;
+    let stamped = raw_publish_at(&mut grpc, &token, "from a node far ahead", ahead)
+        .await
+        .expect("a clock ahead within the bound is accepted");
+    assert_eq!(stamped, ahead + 1);
+    observer
+        .assert_next_is_message("Observer", "from a node far ahead")
+        .await;
+    let (after, _) = observer.say("after").await;
+    assert!(
+        after > stamped,
+        "the clock still grows: {after} after {stamped}"
+    );
+    observer.assert_next_is_message("Observer", "after").await;
+}
+
+async fn raw_publish_at(
+    grpc: &mut ChittyChatClient<Channel>,
+    token: &str,
+    text: &str,
+    lamport: u64,
+) -> Result<u64, tonic::Status> {
+    within(
+        "a raw Publish",
+        grpc.publish(PublishRequest {
+            session_token: token.to_string(),
+            text: text.to_string(),
+            lamport,
+            publish_id: String::new(),
+        }),
+    )
+    .await
+    .map(|r| r.into_inner().lamport)
+}

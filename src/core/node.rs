@@ -45,6 +45,7 @@ use crate::core::chat::{ChatCore, CoreLimits, Snapshot};
 use crate::core::error::Error;
 use crate::core::history::Audience;
 use crate::core::membership::{Change, Membership, member};
+use crate::core::validate;
 use crate::proto::{
     Event, EventKind, Gap, GapRange, Heartbeat, Member, MemberState, NodeId, Participant,
     PublishReply, RelayFrame, Resume, SeqMark, ServerInfo, ServerJoinReply, ServerList,
@@ -662,6 +663,9 @@ impl NodeCore {
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
         }
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()) {
+            return self.refuse(request, e);
+        }
         // Messages reach a participant without their dependencies: what came
         // before its session is told once, in the Welcome. Not this node's
         // own events: some may not be held by any peer yet (a resume
@@ -727,6 +731,9 @@ impl NodeCore {
     /// what each had stamped by then).
     pub fn resume(&mut self, now: Instant, request: RequestId, resume: Resume, lamport: u64) {
         self.catch_up_time(now);
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()) {
+            return self.refuse(request, e);
+        }
         let known = self
             .chat
             .can_resume(&resume.participant_id, &resume.session_token);
@@ -891,6 +898,9 @@ impl NodeCore {
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
         }
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()) {
+            return self.refuse(request, e);
+        }
         if self.catch_up.is_some() || !self.handoffs.is_empty() {
             let queued = Queued::Publish {
                 request,
@@ -999,6 +1009,9 @@ impl NodeCore {
     /// once drained, before its "left" event is delivered to the others.
     pub fn leave(&mut self, now: Instant, request: RequestId, token: &str, lamport: u64) {
         self.catch_up_time(now);
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()) {
+            return self.refuse(request, e);
+        }
         if self.catch_up.is_some() || !self.handoffs.is_empty() {
             let queued = Queued::Leave {
                 request,
@@ -1084,7 +1097,8 @@ impl NodeCore {
         self.chat.load(Snapshot {
             participants: reply.participants,
             delivered: reply.delivered,
-            lamport: reply.lamport,
+            // A boot node's absurd clock is not taken whole.
+            lamport: reply.lamport.min(validate::MAX_EVENT_LAMPORT),
             grants: reply.grants,
         });
         let change = self.membership.merge(&reply.members);
@@ -1180,7 +1194,19 @@ impl NodeCore {
         self.heard(now, peer);
         let mut result = Ok(());
         match frame.frame {
-            Some(relay_frame::Frame::Batch(batch)) => {
+            Some(relay_frame::Frame::Batch(mut batch)) => {
+                batch.events.retain(|event| {
+                    let absurd = event.lamport > validate::MAX_EVENT_LAMPORT;
+                    if absurd {
+                        warn!(
+                            peer = %peer.id,
+                            lamport = event.lamport,
+                            "dropping a relayed event stamped with an absurd Lamport time \
+                             (no honest node stamps above 2^63)"
+                        );
+                    }
+                    !absurd
+                });
                 for grant in batch.grants {
                     self.chat.grant(grant);
                 }
@@ -2287,6 +2313,45 @@ mod tests {
         core.join(Instant::now(), 1, joiner, 0);
         core.take_outputs();
         format!("tok-{name}")
+    }
+
+    #[test]
+    fn a_relayed_event_with_an_absurd_lamport_is_dropped_and_the_clock_stays() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        join(&mut n1, "Ann");
+        let before = n1.lamport();
+        let event = |seq: u64, lamport: u64| Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(node("n2")),
+                seq,
+            }),
+            lamport,
+            kind: EventKind::Joined as i32,
+            participant_name: format!("Bob{seq}"),
+            participant_id: format!("id-bob{seq}"),
+            text: format!("Participant Bob{seq} joined"),
+            ..Default::default()
+        };
+        let batch = |e: Event| RelayFrame {
+            frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
+                events: vec![e],
+                ..Default::default()
+            })),
+        };
+        n1.on_relay(now, &node("n2"), batch(event(1, u64::MAX)))
+            .unwrap();
+        let out = n1.take_outputs();
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Deliver { .. })),
+            "the absurd event was not delivered: {out:?}"
+        );
+        assert_eq!(n1.lamport(), before, "the clock did not jump");
+        assert!(n1.participants().iter().all(|p| p.name != "Bob1"));
+        // A plausible one is taken, and the clock follows it.
+        n1.on_relay(now, &node("n2"), batch(event(1, 1 << 40)))
+            .unwrap();
+        assert_eq!(n1.lamport(), (1 << 40) + 1);
     }
 
     #[test]

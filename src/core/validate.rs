@@ -8,6 +8,32 @@ pub const MAX_MESSAGE_CHARS: usize = 128;
 /// Longest valid participant name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
 
+/// How far ahead of a node's clock a request's Lamport clock may be. A
+/// participant's clock is legitimately ahead after it saw events of a node
+/// whose clock is ahead (it then moves here); nothing honest is ahead by
+/// this much.
+pub const MAX_LAMPORT_LEAD: u64 = 1 << 40;
+/// The highest Lamport clock a request may carry, whatever the node's
+/// clock: the clock then has room for 2^62 more ticks before the top.
+pub const MAX_REQUEST_LAMPORT: u64 = 1 << 62;
+/// The highest Lamport time a relayed event may carry. Nodes accept no
+/// request clock above [`MAX_REQUEST_LAMPORT`], so an honest node would
+/// need 2^62 events to stamp one above this: a peer that sends one is
+/// broken or hostile, and the event is dropped.
+pub const MAX_EVENT_LAMPORT: u64 = 1 << 63;
+
+/// A request's Lamport clock, against the node's clock `now`: at most
+/// [`MAX_LAMPORT_LEAD`] ahead and at most [`MAX_REQUEST_LAMPORT`].
+pub fn request_lamport(lamport: u64, now: u64) -> Result<()> {
+    if lamport > MAX_REQUEST_LAMPORT || lamport - now.min(lamport) > MAX_LAMPORT_LEAD {
+        return Err(Error::InvalidRequest(format!(
+            "lamport {lamport} is far ahead of this node's clock ({now}): a request's clock \
+             may be at most 2^40 ahead of it and never above 2^62"
+        )));
+    }
+    Ok(())
+}
+
 /// A valid message is 1 to [`MAX_MESSAGE_CHARS`] characters of UTF-8. Protobuf
 /// `string` fields are already guaranteed to be UTF-8 when they reach us.
 pub fn message(text: &str) -> Result<()> {
@@ -85,6 +111,18 @@ mod tests {
         ));
         assert!(matches!(message(""), Err(Error::InvalidMessage(_))));
         assert!(message(" ").is_ok(), "white space is a character");
+    }
+
+    #[test]
+    fn request_clocks_may_lead_but_not_absurdly() {
+        assert!(request_lamport(0, 0).is_ok());
+        assert!(request_lamport(5, 1_000).is_ok(), "behind is fine");
+        assert!(request_lamport(MAX_LAMPORT_LEAD, 0).is_ok());
+        assert!(request_lamport(MAX_LAMPORT_LEAD + 1, 0).is_err());
+        assert!(request_lamport(MAX_LAMPORT_LEAD + 10, 10).is_ok());
+        assert!(request_lamport(MAX_REQUEST_LAMPORT, MAX_REQUEST_LAMPORT - 1).is_ok());
+        assert!(request_lamport(MAX_REQUEST_LAMPORT + 1, MAX_REQUEST_LAMPORT).is_err());
+        assert!(request_lamport(u64::MAX, u64::MAX).is_err());
     }
 
     #[test]
