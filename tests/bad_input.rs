@@ -9,7 +9,9 @@
 mod common;
 
 use chitty::proto::chitty_chat_client::ChittyChatClient;
-use chitty::proto::{JoinRequest, LeaveRequest, PublishOutcome, PublishRequest, Resume};
+use chitty::proto::{
+    JoinRequest, LeaveRequest, NodeId, PublishOutcome, PublishRequest, Rejoin, Resume, SeqMark,
+};
 use common::*;
 use prost::Message;
 use prost::bytes::{Buf, BufMut};
@@ -675,4 +677,168 @@ async fn raw_publish_at(
     )
     .await
     .map(|r| r.into_inner().lamport)
+}
+
+// ---------------------------------------------------------------------------
+// Field sizes and forms
+// ---------------------------------------------------------------------------
+
+/// A Join that resumes `resume`, with no client-side checks.
+async fn raw_resume(
+    grpc: &mut ChittyChatClient<Channel>,
+    resume: Resume,
+) -> Result<(), tonic::Status> {
+    within(
+        "a raw Resume",
+        grpc.join(JoinRequest {
+            name: String::new(),
+            lamport: 1,
+            resume: Some(resume),
+            rejoin: None,
+        }),
+    )
+    .await
+    .map(|_| ())
+}
+
+fn marks(n: usize) -> Vec<SeqMark> {
+    (0..n)
+        .map(|i| SeqMark {
+            origin: Some(NodeId {
+                id: format!("node-{i}"),
+                generation: 1,
+            }),
+            seq: 0,
+        })
+        .collect()
+}
+
+fn nodes(n: usize) -> Vec<NodeId> {
+    (0..n)
+        .map(|i| NodeId {
+            id: format!("node-{i}"),
+            generation: 1,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn publish_ids_tokens_and_ids_out_of_form_are_refused_naming_the_field() {
+    let (_server, mut observer, mut grpc) = setup().await;
+    let token = token(&observer);
+    let pid = observer.session.participant_id().to_string();
+    let publish = |token: &str, id: &str| PublishRequest {
+        session_token: token.to_string(),
+        text: "hello".into(),
+        lamport: 1,
+        publish_id: id.to_string(),
+    };
+    // A publish id that is not a canonical UUID, up to 1 MiB of one.
+    let huge = "7".repeat(1 << 20);
+    for id in [
+        "not-a-uuid",
+        "67E55044-10B1-426F-9247-BB680E5FE0C8",
+        "67e5504410b1426f9247bb680e5fe0c8",
+        huge.as_str(),
+    ] {
+        let status = within("a Publish", grpc.publish(publish(&token, id)))
+            .await
+            .expect_err("a malformed publish id must be refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{id:.40}: {status:?}");
+        assert!(status.message().contains("publish_id"), "{status:?}");
+    }
+    // The canonical form is accepted.
+    let id = uuid::Uuid::new_v4().to_string();
+    within("a Publish", grpc.publish(publish(&token, &id)))
+        .await
+        .expect("a canonical UUID is a valid publish id");
+    observer.assert_next_is_message("Observer", "hello").await;
+
+    // An over-long token is malformed; a well-formed unknown one is not ours.
+    let long = "t".repeat(65);
+    let status = within("a Publish", grpc.publish(publish(&long, "")))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("session_token"), "{status:?}");
+    let status = within(
+        "a Leave",
+        grpc.leave(LeaveRequest {
+            session_token: long.clone(),
+            lamport: 1,
+        }),
+    )
+    .await
+    .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("session_token"), "{status:?}");
+    let status = within("a Publish", grpc.publish(publish(&"t".repeat(64), "")))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    for (resume, field) in [
+        (
+            Resume {
+                participant_id: "p".repeat(65),
+                session_token: token.clone(),
+                ..Default::default()
+            },
+            "participant_id",
+        ),
+        (
+            Resume {
+                participant_id: pid.clone(),
+                session_token: long.clone(),
+                ..Default::default()
+            },
+            "session_token",
+        ),
+    ] {
+        let status = raw_resume(&mut grpc, resume).await.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().contains(field), "{status:?}");
+    }
+
+    observer.say("marker").await;
+    observer.assert_next_is_message("Observer", "marker").await;
+}
+
+#[tokio::test]
+async fn resume_and_rejoin_vectors_beyond_their_limits_are_refused() {
+    let (_server, mut observer, mut grpc) = setup().await;
+    let token = token(&observer);
+    let pid = observer.session.participant_id().to_string();
+    let resume = |seen: usize, unanswered: usize| Resume {
+        participant_id: pid.clone(),
+        session_token: token.clone(),
+        seen: marks(seen),
+        unanswered_at: nodes(unanswered),
+    };
+    for (seen, unanswered, field) in [(1025, 0, "seen"), (0, 65, "unanswered_at")] {
+        let status = raw_resume(&mut grpc, resume(seen, unanswered))
+            .await
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().contains(field), "{status:?}");
+        let status = within(
+            "a raw rejoin",
+            grpc.join(JoinRequest {
+                name: "Rejoiner".into(),
+                lamport: 1,
+                resume: None,
+                rejoin: Some(Rejoin {
+                    seen: marks(seen),
+                    unanswered_at: nodes(unanswered),
+                }),
+            }),
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert!(status.message().contains(field), "{status:?}");
+    }
+    // The observer's session was not taken over, and nobody joined.
+    observer.say("marker").await;
+    observer.assert_next_is_message("Observer", "marker").await;
 }

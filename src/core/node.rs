@@ -397,7 +397,7 @@ impl Waiting {
 const REMOVED: &str =
     "a newer process of this node replaced it in the cluster; the request went nowhere";
 /// Most nodes a resume may name as holding its unanswered publish.
-const MAX_UNANSWERED_AT: usize = 64;
+const MAX_UNANSWERED_AT: usize = validate::MAX_UNANSWERED_AT;
 /// Most events forwarded to one peer at a time.
 const MAX_FORWARD: usize = 2048;
 /// Most origins kept from a peer's `never_held` frame.
@@ -663,7 +663,11 @@ impl NodeCore {
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
         }
-        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()) {
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()).and_then(|()| {
+            rejoin.as_ref().map_or(Ok(()), |r| {
+                validate::seen_and_unanswered(r.seen.len(), r.unanswered_at.len())
+            })
+        }) {
             return self.refuse(request, e);
         }
         // Messages reach a participant without their dependencies: what came
@@ -731,7 +735,13 @@ impl NodeCore {
     /// what each had stamped by then).
     pub fn resume(&mut self, now: Instant, request: RequestId, resume: Resume, lamport: u64) {
         self.catch_up_time(now);
-        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()) {
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport())
+            .and_then(|()| validate::token("Resume.participant_id", &resume.participant_id))
+            .and_then(|()| validate::token("Resume.session_token", &resume.session_token))
+            .and_then(|()| {
+                validate::seen_and_unanswered(resume.seen.len(), resume.unanswered_at.len())
+            })
+        {
             return self.refuse(request, e);
         }
         let known = self
@@ -898,7 +908,10 @@ impl NodeCore {
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
         }
-        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()) {
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport())
+            .and_then(|()| validate::token("PublishRequest.session_token", token))
+            .and_then(|()| validate::publish_id(publish_id))
+        {
             return self.refuse(request, e);
         }
         if self.catch_up.is_some() || !self.handoffs.is_empty() {
@@ -1009,7 +1022,9 @@ impl NodeCore {
     /// once drained, before its "left" event is delivered to the others.
     pub fn leave(&mut self, now: Instant, request: RequestId, token: &str, lamport: u64) {
         self.catch_up_time(now);
-        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()) {
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport())
+            .and_then(|()| validate::token("LeaveRequest.session_token", token))
+        {
             return self.refuse(request, e);
         }
         if self.catch_up.is_some() || !self.handoffs.is_empty() {
@@ -2253,6 +2268,9 @@ pub fn own_seq(event: &Event, me: &NodeId) -> Option<u64> {
 mod tests {
     use super::*;
 
+    const P1: &str = "00000000-0000-4000-8000-000000000001";
+    const P2: &str = "00000000-0000-4000-8000-000000000002";
+
     fn node(id: &str) -> NodeId {
         NodeId {
             id: id.into(),
@@ -2361,7 +2379,7 @@ mod tests {
         let token = join(&mut n1, "Ann");
         n1.link_up(now, &node("n2"), Vec::new());
         n1.take_outputs();
-        n1.publish(now, 7, &token, "hello", 0, "p1");
+        n1.publish(now, 7, &token, "hello", 0, P1);
         let out = n1.take_outputs();
         assert!(replies(&out).is_empty(), "answered before a peer holds it");
         assert!(
@@ -2388,7 +2406,7 @@ mod tests {
         let now = Instant::now();
         let mut n1 = with_peer(now);
         let token = join(&mut n1, "Ann");
-        n1.publish(now, 7, &token, "hello", 0, "p1");
+        n1.publish(now, 7, &token, "hello", 0, P1);
         n1.take_outputs();
         // The peer keeps its heartbeats coming but never acknowledges.
         let timeout = n1.timing().request_timeout();
@@ -2478,7 +2496,7 @@ mod tests {
             out.iter().any(|o| matches!(o, Output::Opened(_))),
             "answered at once"
         );
-        n1.publish(now, 2, "tok-Ann", "retry", 6, "p1");
+        n1.publish(now, 2, "tok-Ann", "retry", 6, P1);
         let out = n1.take_outputs();
         assert!(
             !out.iter().any(|o| matches!(o, Output::Relay { item: PeerItem::Event(e, _), .. } if e.text == "retry")),
@@ -2532,7 +2550,7 @@ mod tests {
         };
         n1.resume(now, 1, resume, 5);
         n1.take_outputs();
-        n1.publish(now, 2, "no-such-token", "hi", 6, "p1");
+        n1.publish(now, 2, "no-such-token", "hi", 6, P1);
         let out = n1.take_outputs();
         assert!(
             matches!(
@@ -2570,7 +2588,7 @@ mod tests {
         let now = Instant::now();
         let mut n1 = with_peer(now);
         let token = join(&mut n1, "Ann");
-        n1.publish(now, 7, &token, "hello", 0, "p1");
+        n1.publish(now, 7, &token, "hello", 0, P1);
         n1.stop_sessions();
         n1.flush(now, 8);
         assert!(replies(&n1.take_outputs()).is_empty());
@@ -2602,7 +2620,7 @@ mod tests {
             answered.iter().any(|r| matches!(r, (8, Reply::Flushed))),
             "{answered:?}"
         );
-        n1.publish(now, 9, &token, "more", 0, "p2");
+        n1.publish(now, 9, &token, "more", 0, P2);
         let out = n1.take_outputs();
         assert!(matches!(
             replies(&out)[..],

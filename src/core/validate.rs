@@ -34,6 +34,63 @@ pub fn request_lamport(lamport: u64, now: u64) -> Result<()> {
     Ok(())
 }
 
+/// Longest session token or participant id accepted, in bytes. Nodes hand
+/// out 32 (a token: a UUID's hex digits) and 36 (an id: a hyphenated UUID).
+pub const MAX_TOKEN_BYTES: usize = 64;
+/// Most marks a `seen` vector may hold: one per origin (node incarnation)
+/// the participant saw events of.
+pub const MAX_SEEN_MARKS: usize = 1024;
+/// Most nodes `unanswered_at` may name.
+pub const MAX_UNANSWERED_AT: usize = 64;
+
+/// A session token or participant id (`field` names it): at most
+/// [`MAX_TOKEN_BYTES`]. An unknown one of that size is for the caller to
+/// refuse as unauthenticated.
+pub fn token(field: &str, value: &str) -> Result<()> {
+    if value.len() > MAX_TOKEN_BYTES {
+        return Err(Error::InvalidRequest(format!(
+            "{field} is {} bytes long; the limit is {MAX_TOKEN_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A publish id: empty (the node picks one) or a UUID in its canonical
+/// form, 36 characters of lower-case hex digits and hyphens (what the
+/// clients send: `uuid::Uuid::new_v4().to_string()`).
+pub fn publish_id(id: &str) -> Result<()> {
+    let canonical = id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        });
+    if !id.is_empty() && !canonical {
+        return Err(Error::InvalidRequest(format!(
+            "publish_id must be empty or a UUID in canonical form \
+             (36 characters, lower-case hex and hyphens); got {} bytes",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The repeated fields of a resume or rejoin: at most [`MAX_SEEN_MARKS`]
+/// marks in `seen` and [`MAX_UNANSWERED_AT`] nodes in `unanswered_at`.
+pub fn seen_and_unanswered(seen: usize, unanswered_at: usize) -> Result<()> {
+    if seen > MAX_SEEN_MARKS {
+        return Err(Error::InvalidRequest(format!(
+            "seen holds {seen} marks; the limit is {MAX_SEEN_MARKS}"
+        )));
+    }
+    if unanswered_at > MAX_UNANSWERED_AT {
+        return Err(Error::InvalidRequest(format!(
+            "unanswered_at names {unanswered_at} nodes; the limit is {MAX_UNANSWERED_AT}"
+        )));
+    }
+    Ok(())
+}
+
 /// A valid message is 1 to [`MAX_MESSAGE_CHARS`] characters of UTF-8. Protobuf
 /// `string` fields are already guaranteed to be UTF-8 when they reach us.
 pub fn message(text: &str) -> Result<()> {
@@ -123,6 +180,36 @@ mod tests {
         assert!(request_lamport(MAX_REQUEST_LAMPORT, MAX_REQUEST_LAMPORT - 1).is_ok());
         assert!(request_lamport(MAX_REQUEST_LAMPORT + 1, MAX_REQUEST_LAMPORT).is_err());
         assert!(request_lamport(u64::MAX, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn publish_ids_are_empty_or_canonical_uuids() {
+        assert!(publish_id("").is_ok());
+        assert!(publish_id(&uuid::Uuid::new_v4().to_string()).is_ok());
+        assert!(publish_id("67e55044-10b1-426f-9247-bb680e5fe0c8").is_ok());
+        for bad in [
+            "67E55044-10B1-426F-9247-BB680E5FE0C8".to_string(),
+            "67e5504410b1426f9247bb680e5fe0c8".into(),
+            "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8".into(),
+            "67e55044-10b1-426f-9247-bb680e5fe0c".into(),
+            "67e55044+10b1-426f-9247-bb680e5fe0c8".into(),
+            "x".repeat(1 << 20),
+        ] {
+            assert!(
+                matches!(publish_id(&bad), Err(Error::InvalidRequest(m)) if m.contains("publish_id")),
+                "{bad:.40}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_and_repeated_fields_are_bounded() {
+        assert!(token("session_token", &"t".repeat(64)).is_ok());
+        assert!(token("session_token", "").is_ok());
+        assert!(token("session_token", &"t".repeat(65)).is_err());
+        assert!(seen_and_unanswered(MAX_SEEN_MARKS, MAX_UNANSWERED_AT).is_ok());
+        assert!(seen_and_unanswered(MAX_SEEN_MARKS + 1, 0).is_err());
+        assert!(seen_and_unanswered(0, MAX_UNANSWERED_AT + 1).is_err());
     }
 
     #[test]
