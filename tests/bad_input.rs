@@ -842,3 +842,92 @@ async fn resume_and_rejoin_vectors_beyond_their_limits_are_refused() {
     observer.say("marker").await;
     observer.assert_next_is_message("Observer", "marker").await;
 }
+
+// ---------------------------------------------------------------------------
+// A seen vector from the future
+// ---------------------------------------------------------------------------
+
+/// A resume claiming to have seen events nobody stamped used to wait 5 s
+/// for them, then succeed. It is refused at once; a claim this node cannot
+/// check (events of a node it has not heard of yet, as after a move from a
+/// node that joined moments ago) is still taken.
+#[tokio::test]
+async fn a_resume_whose_seen_claims_events_never_stamped_is_refused_at_once() {
+    let (server, mut observer, mut grpc) = setup().await;
+    let this_node = observer
+        .session
+        .welcome()
+        .node
+        .clone()
+        .expect("the Welcome names the node");
+    let mut resumer = join(&server.addr, "Resumer").await;
+    resumer.wait_own_join().await;
+    observer
+        .wait_for("Resumer's join", |s| s.is_joined("Resumer"))
+        .await;
+    let resume = |seen: Vec<SeqMark>| Resume {
+        participant_id: resumer.session.participant_id().to_string(),
+        session_token: resumer.session.welcome().session_token.clone(),
+        seen,
+        unanswered_at: Vec::new(),
+    };
+    let mark = |origin: &NodeId, seq: u64| SeqMark {
+        origin: Some(origin.clone()),
+        seq,
+    };
+    let stranger = NodeId {
+        id: "never-heard-of".into(),
+        generation: 7,
+    };
+    for seen in [
+        vec![mark(&this_node, 1_000)],
+        vec![mark(&this_node, u64::MAX)],
+        vec![mark(&stranger, u64::MAX)],
+        vec![mark(&stranger, 1 << 40)],
+    ] {
+        let asked = std::time::Instant::now();
+        let status = raw_resume(&mut grpc, resume(seen.clone()))
+            .await
+            .expect_err("an impossible seen must be refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{seen:?}: {status:?}");
+        assert!(
+            status.message().contains("never stamped"),
+            "{:?}",
+            status.message()
+        );
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(3),
+            "refused at once, not after waiting for the events: {:?}",
+            asked.elapsed()
+        );
+        // The same for a participant joining again as new.
+        let status = within(
+            "a raw rejoin",
+            grpc.join(JoinRequest {
+                name: "Rejoiner".into(),
+                lamport: 1,
+                resume: None,
+                rejoin: Some(Rejoin {
+                    seen,
+                    unanswered_at: Vec::new(),
+                }),
+            }),
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    }
+    observer.say("marker").await;
+    observer.assert_next_is_message("Observer", "marker").await;
+
+    // What this node stamped, and a little of a node it never heard of,
+    // are plausible: the session resumes.
+    let last = observer.seen.last().expect("the marker").event.clone();
+    let own = last.id.expect("an id").seq;
+    raw_resume(
+        &mut grpc,
+        resume(vec![mark(&this_node, own), mark(&stranger, 3)]),
+    )
+    .await
+    .expect("a plausible seen resumes the session");
+}

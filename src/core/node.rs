@@ -398,6 +398,11 @@ const REMOVED: &str =
     "a newer process of this node replaced it in the cluster; the request went nowhere";
 /// Most nodes a resume may name as holding its unanswered publish.
 const MAX_UNANSWERED_AT: usize = validate::MAX_UNANSWERED_AT;
+/// How far beyond what any node is known to hold of another origin a
+/// resume's `seen` may reach: a node stamps events between the
+/// acknowledgements that tell the others (more during a network split), but
+/// not 2^32 of them.
+const MAX_SEQ_LEAD: u64 = 1 << 32;
 /// Most events forwarded to one peer at a time.
 const MAX_FORWARD: usize = 2048;
 /// Most origins kept from a peer's `never_held` frame.
@@ -666,6 +671,7 @@ impl NodeCore {
         if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()).and_then(|()| {
             rejoin.as_ref().map_or(Ok(()), |r| {
                 validate::seen_and_unanswered(r.seen.len(), r.unanswered_at.len())
+                    .and_then(|()| self.plausible_seen(&r.seen))
             })
         }) {
             return self.refuse(request, e);
@@ -741,6 +747,7 @@ impl NodeCore {
             .and_then(|()| {
                 validate::seen_and_unanswered(resume.seen.len(), resume.unanswered_at.len())
             })
+            .and_then(|()| self.plausible_seen(&resume.seen))
         {
             return self.refuse(request, e);
         }
@@ -983,6 +990,41 @@ impl NodeCore {
                  message went to; resume on another node"
                     .into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Whether a participant may have seen `seen`: of this node's own
+    /// events, no more than it stamped; of another origin, no more than
+    /// [`MAX_SEQ_LEAD`] beyond what any node is known to hold of it. A
+    /// participant may well have seen events of another node that have not
+    /// reached this one yet (its resume waits for them), but not billions.
+    fn plausible_seen(&self, seen: &[SeqMark]) -> Result<(), Error> {
+        for mark in seen {
+            let Some(origin) = mark.origin.as_ref() else {
+                continue;
+            };
+            let limit = if *origin == self.me {
+                self.chat.last_seq()
+            } else {
+                self.peers
+                    .values()
+                    .map(|p| mark_of(&p.held, origin))
+                    .chain([
+                        self.chat.delivered_of(origin),
+                        self.chat.gap_end(origin).unwrap_or(0),
+                    ])
+                    .max()
+                    .unwrap_or(0)
+                    .saturating_add(MAX_SEQ_LEAD)
+            };
+            if mark.seq > limit {
+                return Err(Error::InvalidRequest(format!(
+                    "seen claims events this cluster never stamped: {} (generation {}) up to \
+                     sequence {}, while the most it can have stamped is {limit}",
+                    origin.id, origin.generation, mark.seq
+                )));
+            }
         }
         Ok(())
     }
