@@ -931,3 +931,54 @@ async fn a_resume_whose_seen_claims_events_never_stamped_is_refused_at_once() {
     .await
     .expect("a plausible seen resumes the session");
 }
+
+// ---------------------------------------------------------------------------
+// Terminal controls in messages
+// ---------------------------------------------------------------------------
+
+/// A message is one line of printable text: escape sequences, carriage
+/// returns, backspaces, line breaks, direction overrides and texts of
+/// nothing but white space are refused, so no participant can rewrite or
+/// colour lines on the others' screens, or fake a line from someone else.
+#[tokio::test]
+async fn messages_with_terminal_controls_or_only_white_space_are_refused() {
+    let (_server, mut observer, mut grpc) = setup().await;
+    let token = token(&observer);
+    for text in [
+        "\u{1b}[2J\u{1b}[Hthe screen is mine",
+        "\u{1b}[31mred\u{1b}[0m",
+        "innocent\rObserver: I quit",
+        "line one\nObserver: line two",
+        "oops\u{8}\u{8}\u{8}",
+        "\u{9b}2J",
+        "\u{7f}",
+        "tab\there",
+        "\u{202e}txet desrever",
+        "zero\u{200b}width",
+        "para\u{2029}graph",
+    ] {
+        let status = raw_publish(&mut grpc, &token, text)
+            .await
+            .expect_err(&format!("{text:?} must be refused"));
+        assert_eq!(status.code(), Code::InvalidArgument, "{text:?}: {status:?}");
+        assert!(
+            status.message().contains("control or invisible character"),
+            "{text:?}: {:?}",
+            status.message()
+        );
+    }
+    for text in [" ", "     ", "\u{3000}\u{2003}"] {
+        let status = raw_publish(&mut grpc, &token, text)
+            .await
+            .expect_err(&format!("{text:?} must be refused"));
+        assert_eq!(status.code(), Code::InvalidArgument, "{text:?}: {status:?}");
+        assert!(status.message().contains("white space"), "{status:?}");
+    }
+    observer.say("marker").await;
+    observer.assert_next_is_message("Observer", "marker").await;
+    // Spaces inside and around printable text are fine.
+    observer.say("  spaced  out  ").await;
+    observer
+        .assert_next_is_message("Observer", "  spaced  out  ")
+        .await;
+}

@@ -91,8 +91,14 @@ pub fn seen_and_unanswered(seen: usize, unanswered_at: usize) -> Result<()> {
     Ok(())
 }
 
-/// A valid message is 1 to [`MAX_MESSAGE_CHARS`] characters of UTF-8. Protobuf
-/// `string` fields are already guaranteed to be UTF-8 when they reach us.
+/// A valid message is one line of 1 to [`MAX_MESSAGE_CHARS`] characters
+/// (protobuf `string` fields are already guaranteed to be UTF-8 when they
+/// reach us), not all white space, with no control character (C0, which
+/// includes tab and line feed, DEL, C1), no line or paragraph separator and
+/// no invisible format character (zero-width spaces, direction overrides):
+/// what a terminal would act on rather than show, so that a message cannot
+/// move others' cursors, rewrite their lines or fake a line from someone
+/// else.
 pub fn message(text: &str) -> Result<()> {
     let chars = text.chars().count();
     if chars == 0 {
@@ -103,7 +109,46 @@ pub fn message(text: &str) -> Result<()> {
             "message is {chars} characters long; the limit is {MAX_MESSAGE_CHARS}"
         )));
     }
+    if let Some(c) = text.chars().find(|&c| !shows_as_itself(c)) {
+        return Err(Error::InvalidMessage(format!(
+            "message contains the control or invisible character {c:?}; \
+             a message is one line of printable text"
+        )));
+    }
+    if text.trim().is_empty() {
+        return Err(Error::InvalidMessage("message is only white space".into()));
+    }
     Ok(())
+}
+
+/// `text` as it may be printed on a terminal: every character that does
+/// not show as itself (see [`message`]) written as a visible escape,
+/// `\x1b` for ESC, `\u{202e}` for a direction override. For what is shown
+/// of events, whose text and names come from other nodes (older versions
+/// accepted anything).
+pub fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write;
+    if text.chars().all(shows_as_itself) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if shows_as_itself(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    out.into()
+}
+
+/// Whether a terminal shows `c` as a character of the line: not a control
+/// character, not a line or paragraph separator, not an invisible format
+/// character.
+fn shows_as_itself(c: char) -> bool {
+    !(c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_format(c))
 }
 
 /// A valid name is 1 to [`MAX_NAME_CHARS`] printable characters with no
@@ -141,8 +186,12 @@ fn printable(c: char) -> bool {
     if c.is_control() || c.is_whitespace() {
         return false;
     }
-    // Unicode general category Cf (format), the invisible characters.
-    !matches!(c,
+    !is_format(c)
+}
+
+/// Unicode general category Cf (format), the invisible characters.
+fn is_format(c: char) -> bool {
+    matches!(c,
         '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}'
         | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
         | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
@@ -167,7 +216,57 @@ mod tests {
             Err(Error::InvalidMessage(_))
         ));
         assert!(matches!(message(""), Err(Error::InvalidMessage(_))));
-        assert!(message(" ").is_ok(), "white space is a character");
+        assert!(message("a b").is_ok());
+    }
+
+    #[test]
+    fn messages_are_one_printable_line() {
+        for bad in [
+            " ",
+            "   ",
+            "\u{3000}",
+            "two\nlines",
+            "back\rwards",
+            "tab\t",
+            "\u{1b}[2J\u{1b}[Hcleared",
+            "bs\u{8}\u{8}",
+            "bell\u{7}",
+            "del\u{7f}",
+            "nel\u{85}",
+            "csi\u{9b}2J",
+            "\u{202e}desrever",
+            "zero\u{200b}width",
+            "line\u{2028}separator",
+        ] {
+            assert!(
+                matches!(message(bad), Err(Error::InvalidMessage(_))),
+                "{bad:?}"
+            );
+        }
+        // ZERO WIDTH JOINER is a format character, as in names: refused,
+        // emoji sequences joined by it too.
+        assert!(message("👩\u{200d}👩").is_err());
+        for good in ["hello", " padded ", "Zoë 🦀", "日本語", "a\u{301}", "\\x1b"] {
+            assert!(message(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn escaped_text_cannot_move_the_cursor_or_fake_a_line() {
+        assert_eq!(escaped("plain Zoë 🦀"), "plain Zoë 🦀");
+        assert!(matches!(escaped("plain"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escaped("\u{1b}[2Jgone"), "\\x1b[2Jgone");
+        assert_eq!(escaped("ok\r\nBob: fake"), "ok\\x0d\\x0aBob: fake");
+        assert_eq!(escaped("\u{202e}abc"), "\\u{202e}abc");
+        assert_eq!(escaped("a\u{9b}b\u{7f}"), "a\\x9bb\\x7f");
+        assert_eq!(escaped("x\u{2028}y"), "x\\u{2028}y");
+        for c in (0..0x110000u32).filter_map(char::from_u32) {
+            let shown = escaped(&c.to_string()).into_owned();
+            assert!(
+                shown.chars().all(|s| !s.is_control() && s != '\u{1b}'),
+                "{c:?} -> {shown:?}"
+            );
+        }
     }
 
     #[test]
