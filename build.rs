@@ -12,6 +12,9 @@
 //!   except that a Relay stream sends `crate::wire::RelayOut`: frames whose
 //!   events are those same per-node encodings. On the wire it is exactly a
 //!   `RelayFrame`.
+//!
+//! The servers decode requests with `crate::codec::Codec`, which answers a
+//! malformed request with `INVALID_ARGUMENT` rather than `INTERNAL`.
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,6 +30,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&server_out)?;
     tonic_prost_build::configure()
         .build_client(false)
+        .codec_path("crate::codec::Codec")
         .out_dir(&server_out)
         .extern_path(".chittychat.v1", "crate::proto")
         .extern_path(".chittychat.v1.JoinFrame", "crate::wire::EncodedFrame")

@@ -13,6 +13,7 @@ use tracing::error;
 use crate::client::{self, Received};
 use crate::connections::{self, ConnectionLimits};
 use crate::core::chat::CoreLimits;
+use crate::core::validate::escaped;
 use crate::failover::{self, ClientOptions, Update};
 use crate::node::{
     DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE,
@@ -541,10 +542,13 @@ impl Reachability {
             .collect();
         let mut lines = Vec::new();
         if !lost.is_empty() {
-            lines.push(format!("[cluster] unreachable: {}", lost.join(", ")));
+            lines.push(format!(
+                "[cluster] unreachable: {}",
+                escaped(&lost.join(", "))
+            ));
         }
         if !back.is_empty() {
-            lines.push(format!("[cluster] back: {}", back.join(", ")));
+            lines.push(format!("[cluster] back: {}", escaped(&back.join(", "))));
         }
         self.unreachable = now;
         lines
@@ -600,7 +604,7 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
                     | Received::StillHere(_)),
                 ) => output.line(item.to_string()),
                 Update::Received(Received::Gap(gap)) => {
-                    eprintln!("warning: some events were lost: {}", gap.reason)
+                    eprintln!("warning: some events were lost: {}", escaped(&gap.reason))
                 }
                 Update::Received(Received::Servers(list)) => {
                     tracing::info!(servers = ?list.servers.iter().map(|s| &s.addr).collect::<Vec<_>>(), "cluster nodes");
@@ -609,13 +613,17 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
                     }
                 }
                 Update::Joined { server, .. } => eprintln!(
-                    "joined Chitty-Chat at {server} as {name}; type a message and press Enter, /quit to leave"
+                    "joined Chitty-Chat at {} as {name}; type a message and press Enter, /quit to leave",
+                    escaped(&server)
                 ),
-                Update::Moved { from, to } => {
-                    eprintln!("moved from {from} to {to}: session resumed, nothing missed")
-                }
+                Update::Moved { from, to } => eprintln!(
+                    "moved from {} to {}: session resumed, nothing missed",
+                    escaped(&from),
+                    escaped(&to)
+                ),
                 Update::Rejoined { server } => eprintln!(
-                    "the old session had expired: joined again at {server} as a new participant"
+                    "the old session had expired: joined again at {} as a new participant",
+                    escaped(&server)
                 ),
                 Update::Reconnecting { reason } => {
                     tracing::info!(%reason, "connection lost; reconnecting")

@@ -332,26 +332,35 @@ pub enum Received {
 impl fmt::Display for Received {
     /// One line as the command-line client prints it.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // What came from the cluster is shown escaped: a node of an older
+        // version, or a hostile peer, may deliver text with control
+        // characters, which must not move the cursor or fake a line.
+        use crate::core::validate::escaped;
         match self {
             Received::Event { event, local } => match event.kind() {
                 EventKind::Message => write!(
                     f,
                     "[lamport {} | local {}] {}: {}",
-                    event.lamport, local, event.participant_name, event.text
+                    event.lamport,
+                    local,
+                    escaped(&event.participant_name),
+                    escaped(&event.text)
                 ),
                 _ => write!(
                     f,
                     "[lamport {} | local {}] {}",
-                    event.lamport, local, event.text
+                    event.lamport,
+                    local,
+                    escaped(&event.text)
                 ),
             },
-            Received::Gap(gap) => write!(f, "[gap] {}", gap.reason),
+            Received::Gap(gap) => write!(f, "[gap] {}", escaped(&gap.reason)),
             Received::Servers(list) => {
                 let addrs: Vec<_> = list.servers.iter().map(|s| s.addr.as_str()).collect();
-                write!(f, "[servers] {}", addrs.join(", "))?;
+                write!(f, "[servers] {}", escaped(&addrs.join(", ")))?;
                 if !list.unreachable.is_empty() {
                     let addrs: Vec<_> = list.unreachable.iter().map(|s| s.addr.as_str()).collect();
-                    write!(f, " (unreachable: {})", addrs.join(", "))?;
+                    write!(f, " (unreachable: {})", escaped(&addrs.join(", ")))?;
                 }
                 Ok(())
             }
@@ -410,5 +419,47 @@ impl EventStream {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::EventKind;
+
+    /// What a participant's terminal receives for an event whose name and
+    /// text carry terminal controls (from an old node, or a hostile peer):
+    /// one line, every control shown as an escape.
+    #[test]
+    fn a_printed_event_cannot_move_the_cursor_or_fake_a_line() {
+        let event = Event {
+            kind: EventKind::Message as i32,
+            lamport: 7,
+            participant_name: "Mal\u{202e}lory".into(),
+            text: "hi\u{1b}[2K\r\nBob: send me your password\u{8}\u{9b}31m".into(),
+            ..Default::default()
+        };
+        let line = Received::Event { event, local: 8 }.to_string();
+        assert_eq!(
+            line,
+            "[lamport 7 | local 8] Mal\\u{202e}lory: \
+             hi\\x1b[2K\\x0d\\x0aBob: send me your password\\x08\\x9b31m"
+        );
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        let joined = Event {
+            kind: EventKind::Joined as i32,
+            lamport: 2,
+            text: "Participant \u{1b}]0;owned\u{7} joined".into(),
+            ..Default::default()
+        };
+        let line = Received::Event {
+            event: joined,
+            local: 3,
+        }
+        .to_string();
+        assert_eq!(
+            line,
+            "[lamport 2 | local 3] Participant \\x1b]0;owned\\x07 joined"
+        );
     }
 }

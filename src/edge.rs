@@ -136,8 +136,7 @@ async fn read_request(req: http::Request<Body>) -> Result<JoinRequest, Status> {
             "Join needs exactly one request message",
         ));
     }
-    JoinRequest::decode(&bytes[PREFIX..])
-        .map_err(|e| Status::invalid_argument(format!("malformed Join request: {e}")))
+    JoinRequest::decode(&bytes[PREFIX..]).map_err(|e| crate::codec::invalid(&e))
 }
 
 /// A Join response body: what the session has queued, in as few chunks as

@@ -37,9 +37,11 @@ pub enum Error {
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
         let code = match &err {
-            Error::Core(core::Error::InvalidMessage(_) | core::Error::InvalidName(_)) => {
-                Code::InvalidArgument
-            }
+            Error::Core(
+                core::Error::InvalidMessage(_)
+                | core::Error::InvalidName(_)
+                | core::Error::InvalidRequest(_),
+            ) => Code::InvalidArgument,
             Error::Core(core::Error::NameTaken(_)) => Code::AlreadyExists,
             Error::Core(core::Error::UnknownSession) => Code::Unauthenticated,
             Error::RateLimited(_) => Code::ResourceExhausted,

@@ -12,7 +12,8 @@
 //! * [`sim`] — the deterministic cluster simulator: nodes' cores and
 //!   simulated participants in virtual time, and the invariants they keep.
 //! * [`service`] — the tonic services, translating protobuf to node calls;
-//!   [`edge`] writes the Join stream's response body itself.
+//!   [`edge`] writes the Join stream's response body itself; [`codec`]
+//!   decodes their requests.
 //! * [`server`] — `serve(listener, config, shutdown)`, shared by the binary
 //!   and the tests; [`connections`] caps and times the connections it
 //!   admits.
@@ -24,6 +25,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod codec;
 pub mod connections;
 pub mod core;
 pub mod edge;

@@ -47,6 +47,11 @@ const PUBLISH_STREAM_QUEUE: usize = 1024;
 /// Serves one publish stream: each request is published at once, in order;
 /// its outcome is sent once a peer holds the event (replication is
 /// cumulative, so waiting in order costs nothing extra).
+///
+/// A request that cannot be decoded (a string field that is not UTF-8) ends
+/// the stream with its `INVALID_ARGUMENT`, one over the size limit with its
+/// `RESOURCE_EXHAUSTED`, once every request before it was answered: those were published; nothing after it is read (the message
+/// boundaries after a malformed message cannot be trusted).
 async fn serve_publish_stream(
     node: Node,
     mut requests: tonic::Streaming<PublishRequest>,
@@ -58,23 +63,18 @@ async fn serve_publish_stream(
         let replies = replies.clone();
         async move {
             while let Some(outcome) = waiting.recv().await {
-                // The status that ends the stream, after the outcomes of
-                // what came before it.
                 let outcome = match outcome {
-                    Ok(outcome) => outcome,
-                    Err(status) => {
-                        let _ = replies.send(Err(status)).await;
-                        return;
-                    }
-                };
-                let outcome = match outcome.await {
-                    Ok(reply) => PublishOutcome {
-                        reply: Some(reply),
-                        ..Default::default()
+                    Pending::Publish(outcome) => match outcome.await {
+                        Ok(reply) => Ok(PublishOutcome {
+                            reply: Some(reply),
+                            ..Default::default()
+                        }),
+                        Err(e) => Ok(refused(refuse("PublishStream", e))),
                     },
-                    Err(e) => refused(refuse("PublishStream", e)),
+                    Pending::End(status) => Err(status),
                 };
-                if replies.send(Ok(outcome)).await.is_err() {
+                let end = outcome.is_err();
+                if replies.send(outcome).await.is_err() || end {
                     return;
                 }
             }
@@ -92,22 +92,29 @@ async fn serve_publish_stream(
             let req = match request {
                 Ok(Some(req)) => req,
                 Ok(None) => return,
-                // A request too large (or malformed) ends the stream with
-                // its status; what was accepted before is still answered.
+                // A request too large, or one that cannot be decoded.
                 Err(status) => {
                     let status = crate::limits::oversize(status);
-                    warn!(call = "PublishStream", error = %status, "refused");
-                    let _ = waiting_tx.send(Err(status)).await;
+                    warn!(call = "PublishStream", error = %status.message(), "refused");
+                    let _ = waiting_tx.send(Pending::End(status)).await;
                     return;
                 }
             };
             let outcome = node.publish(&req.session_token, &req.text, req.lamport, &req.publish_id);
-            if waiting_tx.send(Ok(outcome)).await.is_err() {
+            if waiting_tx.send(Pending::Publish(outcome)).await.is_err() {
                 return;
             }
         }
     };
     tokio::join!(reading, answering);
+}
+
+/// What a publish stream answers next, in request order.
+enum Pending<F> {
+    /// A publish's outcome, once it is known.
+    Publish(F),
+    /// The stream ends with this status.
+    End(Status),
 }
 
 fn refused(status: Status) -> PublishOutcome {

@@ -12,6 +12,10 @@ pub enum Error {
     /// A participant name that breaks the naming rules.
     #[error("invalid name: {0}")]
     InvalidName(String),
+    /// A request field out of its bounds (a Lamport clock far ahead, an
+    /// oversized token or id, a `seen` vector claiming the impossible).
+    #[error("{0}")]
+    InvalidRequest(String),
     /// Another live participant already uses this name.
     #[error("name {0:?} is already taken by a live participant")]
     NameTaken(String),

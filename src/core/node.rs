@@ -45,6 +45,7 @@ use crate::core::chat::{ChatCore, CoreLimits, Snapshot};
 use crate::core::error::Error;
 use crate::core::history::Audience;
 use crate::core::membership::{Change, Membership, member};
+use crate::core::validate;
 use crate::proto::{
     Event, EventKind, Gap, GapRange, Heartbeat, Member, MemberState, NodeId, Participant,
     PublishReply, RelayFrame, Resume, SeqMark, ServerInfo, ServerJoinReply, ServerList,
@@ -402,7 +403,12 @@ impl Waiting {
 const REMOVED: &str =
     "a newer process of this node replaced it in the cluster; the request went nowhere";
 /// Most nodes a resume may name as holding its unanswered publish.
-const MAX_UNANSWERED_AT: usize = 64;
+const MAX_UNANSWERED_AT: usize = validate::MAX_UNANSWERED_AT;
+/// How far beyond what any node is known to hold of another origin a
+/// resume's `seen` may reach: a node stamps events between the
+/// acknowledgements that tell the others (more during a network split), but
+/// not 2^32 of them.
+const MAX_SEQ_LEAD: u64 = 1 << 32;
 /// Most events forwarded to one peer at a time.
 const MAX_FORWARD: usize = 2048;
 /// Most origins kept from a peer's `never_held` frame.
@@ -676,6 +682,14 @@ impl NodeCore {
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
         }
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()).and_then(|()| {
+            rejoin.as_ref().map_or(Ok(()), |r| {
+                validate::seen_and_unanswered(r.seen.len(), r.unanswered_at.len())
+                    .and_then(|()| self.plausible_seen(&r.seen))
+            })
+        }) {
+            return self.refuse(request, e);
+        }
         // Messages reach a participant without their dependencies: what came
         // before its session is told once, in the Welcome. Not this node's
         // own events: some may not be held by any peer yet (a resume
@@ -742,6 +756,16 @@ impl NodeCore {
     /// what each had stamped by then).
     pub fn resume(&mut self, now: Instant, request: RequestId, resume: Resume, lamport: u64) {
         self.catch_up_time(now);
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport())
+            .and_then(|()| validate::token("Resume.participant_id", &resume.participant_id))
+            .and_then(|()| validate::token("Resume.session_token", &resume.session_token))
+            .and_then(|()| {
+                validate::seen_and_unanswered(resume.seen.len(), resume.unanswered_at.len())
+            })
+            .and_then(|()| self.plausible_seen(&resume.seen))
+        {
+            return self.refuse(request, e);
+        }
         let known = self
             .chat
             .can_resume(&resume.participant_id, &resume.session_token);
@@ -905,6 +929,12 @@ impl NodeCore {
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
         }
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport())
+            .and_then(|()| validate::token("PublishRequest.session_token", token))
+            .and_then(|()| validate::publish_id(publish_id))
+        {
+            return self.refuse(request, e);
+        }
         if self.catch_up.is_some() || !self.handoffs.is_empty() {
             let queued = Queued::Publish {
                 request,
@@ -978,6 +1008,41 @@ impl NodeCore {
         Ok(())
     }
 
+    /// Whether a participant may have seen `seen`: of this node's own
+    /// events, no more than it stamped; of another origin, no more than
+    /// [`MAX_SEQ_LEAD`] beyond what any node is known to hold of it. A
+    /// participant may well have seen events of another node that have not
+    /// reached this one yet (its resume waits for them), but not billions.
+    fn plausible_seen(&self, seen: &[SeqMark]) -> Result<(), Error> {
+        for mark in seen {
+            let Some(origin) = mark.origin.as_ref() else {
+                continue;
+            };
+            let limit = if *origin == self.me {
+                self.chat.last_seq()
+            } else {
+                self.peers
+                    .values()
+                    .map(|p| mark_of(&p.held, origin))
+                    .chain([
+                        self.chat.delivered_of(origin),
+                        self.chat.gap_end(origin).unwrap_or(0),
+                    ])
+                    .max()
+                    .unwrap_or(0)
+                    .saturating_add(MAX_SEQ_LEAD)
+            };
+            if mark.seq > limit {
+                return Err(Error::InvalidRequest(format!(
+                    "seen claims events this cluster never stamped: {} (generation {}) up to \
+                     sequence {}, while the most it can have stamped is {limit}",
+                    origin.id, origin.generation, mark.seq
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether this node takes new work: not while it stops or after the
     /// cluster removed it.
     fn serving(&self) -> Result<(), Error> {
@@ -1013,6 +1078,11 @@ impl NodeCore {
     /// once drained, before its "left" event is delivered to the others.
     pub fn leave(&mut self, now: Instant, request: RequestId, token: &str, lamport: u64) {
         self.catch_up_time(now);
+        if let Err(e) = validate::request_lamport(lamport, self.chat.lamport())
+            .and_then(|()| validate::token("LeaveRequest.session_token", token))
+        {
+            return self.refuse(request, e);
+        }
         if self.catch_up.is_some() || !self.handoffs.is_empty() {
             let queued = Queued::Leave {
                 request,
@@ -1098,7 +1168,8 @@ impl NodeCore {
         self.chat.load(Snapshot {
             participants: reply.participants,
             delivered: reply.delivered,
-            lamport: reply.lamport,
+            // A boot node's absurd clock is not taken whole.
+            lamport: reply.lamport.min(validate::MAX_EVENT_LAMPORT),
             grants: reply.grants,
         });
         let change = self.membership.merge(&reply.members);
@@ -1194,7 +1265,19 @@ impl NodeCore {
         self.heard(now, peer);
         let mut result = Ok(());
         match frame.frame {
-            Some(relay_frame::Frame::Batch(batch)) => {
+            Some(relay_frame::Frame::Batch(mut batch)) => {
+                batch.events.retain(|event| {
+                    let absurd = event.lamport > validate::MAX_EVENT_LAMPORT;
+                    if absurd {
+                        warn!(
+                            peer = %peer.id,
+                            lamport = event.lamport,
+                            "dropping a relayed event stamped with an absurd Lamport time \
+                             (no honest node stamps above 2^63)"
+                        );
+                    }
+                    !absurd
+                });
                 for grant in batch.grants {
                     self.chat.grant(grant);
                 }
@@ -2249,6 +2332,9 @@ pub fn own_seq(event: &Event, me: &NodeId) -> Option<u64> {
 mod tests {
     use super::*;
 
+    const P1: &str = "00000000-0000-4000-8000-000000000001";
+    const P2: &str = "00000000-0000-4000-8000-000000000002";
+
     fn node(id: &str) -> NodeId {
         NodeId {
             id: id.into(),
@@ -2312,13 +2398,52 @@ mod tests {
     }
 
     #[test]
+    fn a_relayed_event_with_an_absurd_lamport_is_dropped_and_the_clock_stays() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        join(&mut n1, "Ann");
+        let before = n1.lamport();
+        let event = |seq: u64, lamport: u64| Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(node("n2")),
+                seq,
+            }),
+            lamport,
+            kind: EventKind::Joined as i32,
+            participant_name: format!("Bob{seq}"),
+            participant_id: format!("id-bob{seq}"),
+            text: format!("Participant Bob{seq} joined"),
+            ..Default::default()
+        };
+        let batch = |e: Event| RelayFrame {
+            frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
+                events: vec![e],
+                ..Default::default()
+            })),
+        };
+        n1.on_relay(now, &node("n2"), batch(event(1, u64::MAX)))
+            .unwrap();
+        let out = n1.take_outputs();
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Deliver { .. })),
+            "the absurd event was not delivered: {out:?}"
+        );
+        assert_eq!(n1.lamport(), before, "the clock did not jump");
+        assert!(n1.participants().iter().all(|p| p.name != "Bob1"));
+        // A plausible one is taken, and the clock follows it.
+        n1.on_relay(now, &node("n2"), batch(event(1, 1 << 40)))
+            .unwrap();
+        assert_eq!(n1.lamport(), (1 << 40) + 1);
+    }
+
+    #[test]
     fn a_publish_is_answered_once_a_peer_holds_it_and_shown_only_then() {
         let now = Instant::now();
         let mut n1 = with_peer(now);
         let token = join(&mut n1, "Ann");
         n1.link_up(now, &node("n2"), Vec::new());
         n1.take_outputs();
-        n1.publish(now, 7, &token, "hello", 0, "p1");
+        n1.publish(now, 7, &token, "hello", 0, P1);
         let out = n1.take_outputs();
         assert!(replies(&out).is_empty(), "answered before a peer holds it");
         assert!(
@@ -2345,7 +2470,7 @@ mod tests {
         let now = Instant::now();
         let mut n1 = with_peer(now);
         let token = join(&mut n1, "Ann");
-        n1.publish(now, 7, &token, "hello", 0, "p1");
+        n1.publish(now, 7, &token, "hello", 0, P1);
         n1.take_outputs();
         // The peer keeps its heartbeats coming but never acknowledges.
         let timeout = n1.timing().request_timeout();
@@ -2432,7 +2557,7 @@ mod tests {
             out.iter().any(|o| matches!(o, Output::Opened(_))),
             "answered at once"
         );
-        n1.publish(now, 2, "tok-Ann", "retry", 6, "p1");
+        n1.publish(now, 2, "tok-Ann", "retry", 6, P1);
         let out = n1.take_outputs();
         assert!(
             !out.iter().any(|o| matches!(o, Output::Relay { item: PeerItem::Event(e, _), .. } if e.text == "retry")),
@@ -2483,7 +2608,7 @@ mod tests {
         };
         n1.resume(now, 1, resume, 5);
         n1.take_outputs();
-        n1.publish(now, 2, "no-such-token", "hi", 6, "p1");
+        n1.publish(now, 2, "no-such-token", "hi", 6, P1);
         let out = n1.take_outputs();
         assert!(
             matches!(
@@ -2521,7 +2646,7 @@ mod tests {
         let now = Instant::now();
         let mut n1 = with_peer(now);
         let token = join(&mut n1, "Ann");
-        n1.publish(now, 7, &token, "hello", 0, "p1");
+        n1.publish(now, 7, &token, "hello", 0, P1);
         n1.stop_sessions();
         n1.flush(now, 8);
         assert!(replies(&n1.take_outputs()).is_empty());
@@ -2553,7 +2678,7 @@ mod tests {
             answered.iter().any(|r| matches!(r, (8, Reply::Flushed))),
             "{answered:?}"
         );
-        n1.publish(now, 9, &token, "more", 0, "p2");
+        n1.publish(now, 9, &token, "more", 0, P2);
         let out = n1.take_outputs();
         assert!(matches!(
             replies(&out)[..],

@@ -8,8 +8,97 @@ pub const MAX_MESSAGE_CHARS: usize = 128;
 /// Longest valid participant name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
 
-/// A valid message is 1 to [`MAX_MESSAGE_CHARS`] characters of UTF-8. Protobuf
-/// `string` fields are already guaranteed to be UTF-8 when they reach us.
+/// How far ahead of a node's clock a request's Lamport clock may be. A
+/// participant's clock is legitimately ahead after it saw events of a node
+/// whose clock is ahead (it then moves here); nothing honest is ahead by
+/// this much.
+pub const MAX_LAMPORT_LEAD: u64 = 1 << 40;
+/// The highest Lamport clock a request may carry, whatever the node's
+/// clock: the clock then has room for 2^62 more ticks before the top.
+pub const MAX_REQUEST_LAMPORT: u64 = 1 << 62;
+/// The highest Lamport time a relayed event may carry. Nodes accept no
+/// request clock above [`MAX_REQUEST_LAMPORT`], so an honest node would
+/// need 2^62 events to stamp one above this: a peer that sends one is
+/// broken or hostile, and the event is dropped.
+pub const MAX_EVENT_LAMPORT: u64 = 1 << 63;
+
+/// A request's Lamport clock, against the node's clock `now`: at most
+/// [`MAX_LAMPORT_LEAD`] ahead and at most [`MAX_REQUEST_LAMPORT`].
+pub fn request_lamport(lamport: u64, now: u64) -> Result<()> {
+    if lamport > MAX_REQUEST_LAMPORT || lamport - now.min(lamport) > MAX_LAMPORT_LEAD {
+        return Err(Error::InvalidRequest(format!(
+            "lamport {lamport} is far ahead of this node's clock ({now}): a request's clock \
+             may be at most 2^40 ahead of it and never above 2^62"
+        )));
+    }
+    Ok(())
+}
+
+/// Longest session token or participant id accepted, in bytes. Nodes hand
+/// out 32 (a token: a UUID's hex digits) and 36 (an id: a hyphenated UUID).
+pub const MAX_TOKEN_BYTES: usize = 64;
+/// Most marks a `seen` vector may hold: one per origin (node incarnation)
+/// the participant saw events of.
+pub const MAX_SEEN_MARKS: usize = 1024;
+/// Most nodes `unanswered_at` may name.
+pub const MAX_UNANSWERED_AT: usize = 64;
+
+/// A session token or participant id (`field` names it): at most
+/// [`MAX_TOKEN_BYTES`]. An unknown one of that size is for the caller to
+/// refuse as unauthenticated.
+pub fn token(field: &str, value: &str) -> Result<()> {
+    if value.len() > MAX_TOKEN_BYTES {
+        return Err(Error::InvalidRequest(format!(
+            "{field} is {} bytes long; the limit is {MAX_TOKEN_BYTES}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A publish id: empty (the node picks one) or a UUID in its canonical
+/// form, 36 characters of lower-case hex digits and hyphens (what the
+/// clients send: `uuid::Uuid::new_v4().to_string()`).
+pub fn publish_id(id: &str) -> Result<()> {
+    let canonical = id.len() == 36
+        && id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        });
+    if !id.is_empty() && !canonical {
+        return Err(Error::InvalidRequest(format!(
+            "publish_id must be empty or a UUID in canonical form \
+             (36 characters, lower-case hex and hyphens); got {} bytes",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The repeated fields of a resume or rejoin: at most [`MAX_SEEN_MARKS`]
+/// marks in `seen` and [`MAX_UNANSWERED_AT`] nodes in `unanswered_at`.
+pub fn seen_and_unanswered(seen: usize, unanswered_at: usize) -> Result<()> {
+    if seen > MAX_SEEN_MARKS {
+        return Err(Error::InvalidRequest(format!(
+            "seen holds {seen} marks; the limit is {MAX_SEEN_MARKS}"
+        )));
+    }
+    if unanswered_at > MAX_UNANSWERED_AT {
+        return Err(Error::InvalidRequest(format!(
+            "unanswered_at names {unanswered_at} nodes; the limit is {MAX_UNANSWERED_AT}"
+        )));
+    }
+    Ok(())
+}
+
+/// A valid message is one line of 1 to [`MAX_MESSAGE_CHARS`] characters
+/// (protobuf `string` fields are already guaranteed to be UTF-8 when they
+/// reach us), not all white space, with no control character (C0, which
+/// includes tab and line feed, DEL, C1), no line or paragraph separator and
+/// no invisible format character (zero-width spaces, direction overrides):
+/// what a terminal would act on rather than show, so that a message cannot
+/// move others' cursors, rewrite their lines or fake a line from someone
+/// else.
 pub fn message(text: &str) -> Result<()> {
     let chars = text.chars().count();
     if chars == 0 {
@@ -20,7 +109,46 @@ pub fn message(text: &str) -> Result<()> {
             "message is {chars} characters long; the limit is {MAX_MESSAGE_CHARS}"
         )));
     }
+    if let Some(c) = text.chars().find(|&c| !shows_as_itself(c)) {
+        return Err(Error::InvalidMessage(format!(
+            "message contains the control or invisible character {c:?}; \
+             a message is one line of printable text"
+        )));
+    }
+    if text.trim().is_empty() {
+        return Err(Error::InvalidMessage("message is only white space".into()));
+    }
     Ok(())
+}
+
+/// `text` as it may be printed on a terminal: every character that does
+/// not show as itself (see [`message`]) written as a visible escape,
+/// `\x1b` for ESC, `\u{202e}` for a direction override. For what is shown
+/// of events, whose text and names come from other nodes (older versions
+/// accepted anything).
+pub fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    use std::fmt::Write;
+    if text.chars().all(shows_as_itself) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if shows_as_itself(c) {
+            out.push(c);
+        } else if (c as u32) < 0x100 {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        } else {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+    }
+    out.into()
+}
+
+/// Whether a terminal shows `c` as a character of the line: not a control
+/// character, not a line or paragraph separator, not an invisible format
+/// character.
+fn shows_as_itself(c: char) -> bool {
+    !(c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_format(c))
 }
 
 /// A valid name is 1 to [`MAX_NAME_CHARS`] printable characters with no
@@ -58,8 +186,12 @@ fn printable(c: char) -> bool {
     if c.is_control() || c.is_whitespace() {
         return false;
     }
-    // Unicode general category Cf (format), the invisible characters.
-    !matches!(c,
+    !is_format(c)
+}
+
+/// Unicode general category Cf (format), the invisible characters.
+fn is_format(c: char) -> bool {
+    matches!(c,
         '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}'
         | '\u{0890}'..='\u{0891}' | '\u{08E2}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
         | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
@@ -84,7 +216,99 @@ mod tests {
             Err(Error::InvalidMessage(_))
         ));
         assert!(matches!(message(""), Err(Error::InvalidMessage(_))));
-        assert!(message(" ").is_ok(), "white space is a character");
+        assert!(message("a b").is_ok());
+    }
+
+    #[test]
+    fn messages_are_one_printable_line() {
+        for bad in [
+            " ",
+            "   ",
+            "\u{3000}",
+            "two\nlines",
+            "back\rwards",
+            "tab\t",
+            "\u{1b}[2J\u{1b}[Hcleared",
+            "bs\u{8}\u{8}",
+            "bell\u{7}",
+            "del\u{7f}",
+            "nel\u{85}",
+            "csi\u{9b}2J",
+            "\u{202e}desrever",
+            "zero\u{200b}width",
+            "line\u{2028}separator",
+        ] {
+            assert!(
+                matches!(message(bad), Err(Error::InvalidMessage(_))),
+                "{bad:?}"
+            );
+        }
+        // ZERO WIDTH JOINER is a format character, as in names: refused,
+        // emoji sequences joined by it too.
+        assert!(message("👩\u{200d}👩").is_err());
+        for good in ["hello", " padded ", "Zoë 🦀", "日本語", "a\u{301}", "\\x1b"] {
+            assert!(message(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn escaped_text_cannot_move_the_cursor_or_fake_a_line() {
+        assert_eq!(escaped("plain Zoë 🦀"), "plain Zoë 🦀");
+        assert!(matches!(escaped("plain"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(escaped("\u{1b}[2Jgone"), "\\x1b[2Jgone");
+        assert_eq!(escaped("ok\r\nBob: fake"), "ok\\x0d\\x0aBob: fake");
+        assert_eq!(escaped("\u{202e}abc"), "\\u{202e}abc");
+        assert_eq!(escaped("a\u{9b}b\u{7f}"), "a\\x9bb\\x7f");
+        assert_eq!(escaped("x\u{2028}y"), "x\\u{2028}y");
+        for c in (0..0x110000u32).filter_map(char::from_u32) {
+            let shown = escaped(&c.to_string()).into_owned();
+            assert!(
+                shown.chars().all(|s| !s.is_control() && s != '\u{1b}'),
+                "{c:?} -> {shown:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_clocks_may_lead_but_not_absurdly() {
+        assert!(request_lamport(0, 0).is_ok());
+        assert!(request_lamport(5, 1_000).is_ok(), "behind is fine");
+        assert!(request_lamport(MAX_LAMPORT_LEAD, 0).is_ok());
+        assert!(request_lamport(MAX_LAMPORT_LEAD + 1, 0).is_err());
+        assert!(request_lamport(MAX_LAMPORT_LEAD + 10, 10).is_ok());
+        assert!(request_lamport(MAX_REQUEST_LAMPORT, MAX_REQUEST_LAMPORT - 1).is_ok());
+        assert!(request_lamport(MAX_REQUEST_LAMPORT + 1, MAX_REQUEST_LAMPORT).is_err());
+        assert!(request_lamport(u64::MAX, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn publish_ids_are_empty_or_canonical_uuids() {
+        assert!(publish_id("").is_ok());
+        assert!(publish_id(&uuid::Uuid::new_v4().to_string()).is_ok());
+        assert!(publish_id("67e55044-10b1-426f-9247-bb680e5fe0c8").is_ok());
+        for bad in [
+            "67E55044-10B1-426F-9247-BB680E5FE0C8".to_string(),
+            "67e5504410b1426f9247bb680e5fe0c8".into(),
+            "urn:uuid:67e55044-10b1-426f-9247-bb680e5fe0c8".into(),
+            "67e55044-10b1-426f-9247-bb680e5fe0c".into(),
+            "67e55044+10b1-426f-9247-bb680e5fe0c8".into(),
+            "x".repeat(1 << 20),
+        ] {
+            assert!(
+                matches!(publish_id(&bad), Err(Error::InvalidRequest(m)) if m.contains("publish_id")),
+                "{bad:.40}"
+            );
+        }
+    }
+
+    #[test]
+    fn tokens_and_repeated_fields_are_bounded() {
+        assert!(token("session_token", &"t".repeat(64)).is_ok());
+        assert!(token("session_token", "").is_ok());
+        assert!(token("session_token", &"t".repeat(65)).is_err());
+        assert!(seen_and_unanswered(MAX_SEEN_MARKS, MAX_UNANSWERED_AT).is_ok());
+        assert!(seen_and_unanswered(MAX_SEEN_MARKS + 1, 0).is_err());
+        assert!(seen_and_unanswered(0, MAX_UNANSWERED_AT + 1).is_err());
     }
 
     #[test]

@@ -301,7 +301,9 @@ impl Sim {
         }
         let number = part.published.len() as u64;
         let text = format!("{} #{number}", part.name);
-        let publish_id = format!("{}-{}-{number}", self.seed, p);
+        // A UUID, as nodes require: unique per seed, participant and number.
+        let publish_id =
+            uuid::Uuid::from_u64_pair(self.seed, ((p as u64) << 32) | number).to_string();
         part.published.push(PublishRecord {
             identity: part.current(),
             text,
