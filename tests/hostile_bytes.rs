@@ -42,6 +42,16 @@ fn mark(id: &str, seq: u64) -> SeqMark {
     }
 }
 
+/// A participant joining as `name`, with id and token derived from it.
+fn joiner(name: &str) -> Joiner<'_> {
+    Joiner {
+        name,
+        participant_id: format!("id-{name}"),
+        token: format!("tok-{name}"),
+        rejoin: None,
+    }
+}
+
 /// A node `n1` with a live peer `n2`, and participant Ann on it.
 fn serving(now: Instant) -> NodeCore {
     let mut core = NodeCore::new(
@@ -55,13 +65,7 @@ fn serving(now: Instant) -> NodeCore {
     core.never_reuse_ids();
     core.merge_members(now, &[member(node("n2"), "n2:1", MemberState::Alive, 1)]);
     core.link_up(now, &node("n2"), Vec::new());
-    let ann = Joiner {
-        name: "Ann",
-        participant_id: "id-Ann".into(),
-        token: "tok-Ann".into(),
-        rejoin: None,
-    };
-    core.join(now, 1, ann, 1);
+    core.join(now, 1, joiner("Ann"), 1);
     core.take_outputs();
     core
 }
@@ -337,13 +341,7 @@ fn run(seed: u64) -> Result<(), String> {
         core.take_outputs();
     }
     // Still serving: a new participant joins and is welcomed.
-    let probe = Joiner {
-        name: "Probe",
-        participant_id: "id-Probe".into(),
-        token: "tok-Probe".into(),
-        rejoin: None,
-    };
-    core.join(now, 1000, probe, 1);
+    core.join(now, 1000, joiner("Probe"), 1);
     let outputs = core.take_outputs();
     let opened = outputs
         .iter()

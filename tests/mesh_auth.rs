@@ -11,9 +11,9 @@ use common::{ChildGuard, Lines, spawn_server, test_command};
 
 const SECRET: &str = "a-cluster-secret-for-tests";
 
-/// Runs `chitty server ARGS...` to its end (it is expected to refuse to
-/// start): its exit code and standard error.
-fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+/// Runs `chitty server ARGS...` (with `env`) to its end: its exit code,
+/// standard output and standard error.
+fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Vec<String>, String) {
     let mut cmd = test_command(Command::new(common::CHITTY));
     cmd.arg("server").args(args).envs(env.iter().copied());
     let mut child = cmd
@@ -26,12 +26,22 @@ fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let stderr = Lines::collect(child.stderr.take().expect("piped"));
     let mut child = ChildGuard::new(child, "chitty server");
     let status = child.wait_exit();
-    let out = stdout.wait_closed("stdout");
+    (
+        status.code(),
+        stdout.wait_closed("stdout"),
+        stderr.wait_closed("stderr").join("\n"),
+    )
+}
+
+/// Runs `chitty server ARGS...`, which is expected to refuse to start: its
+/// exit code and standard error.
+fn refused_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let (code, out, stderr) = run_to_exit(args, env);
     assert!(
         out.iter().all(|l| !l.contains("listening on")),
         "a refused node must not serve: {out:?}"
     );
-    (status.code(), stderr.wait_closed("stderr").join("\n"))
+    (code, stderr)
 }
 
 #[test]
@@ -109,19 +119,8 @@ fn refused_join(boot: &str, secret: Option<&str>) -> (Option<i32>, String) {
     if let Some(secret) = secret {
         args.extend(["--cluster-secret", secret]);
     }
-    let mut cmd = test_command(Command::new(common::CHITTY));
-    cmd.arg("server").args(&args);
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the joiner");
-    let _stdout = Lines::collect(child.stdout.take().expect("piped"));
-    let stderr = Lines::collect(child.stderr.take().expect("piped"));
-    let mut child = ChildGuard::new(child, "joiner");
-    let status = child.wait_exit();
-    (status.code(), stderr.wait_closed("stderr").join("\n"))
+    let (code, _, stderr) = run_to_exit(&args, &[]);
+    (code, stderr)
 }
 
 #[test]
