@@ -11,6 +11,15 @@ use common::{ChildGuard, Lines, spawn_server, test_command};
 
 const SECRET: &str = "a-cluster-secret-for-tests";
 
+/// A mesh request carrying the cluster secret, as a member's would.
+fn with_secret<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert(chitty::mesh::SECRET_HEADER, SECRET.parse().expect("ascii"));
+    request
+}
+
 /// Runs `chitty server ARGS...` (with `env`) to its end: its exit code,
 /// standard output and standard error.
 fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Vec<String>, String) {
@@ -178,7 +187,7 @@ async fn a_peer_never_receives_a_usable_session_token() {
     let mut mesh = ServerMeshClient::connect(format!("http://{}", server.addr))
         .await
         .expect("connect to the mesh");
-    let mut request = tonic::Request::new(ServerJoinRequest {
+    let request = with_secret(ServerJoinRequest {
         member: Some(Member {
             node: Some(NodeId {
                 id: "curious".into(),
@@ -189,9 +198,6 @@ async fn a_peer_never_receives_a_usable_session_token() {
             version: 1,
         }),
     });
-    request
-        .metadata_mut()
-        .insert("x-chitty-cluster-secret", SECRET.parse().expect("ascii"));
     let reply = mesh
         .server_join(request)
         .await
@@ -252,7 +258,7 @@ async fn a_peer_cannot_declare_a_live_node_dead() {
         .await
         .expect("connect to the mesh");
     for version in [1u64 << 62, 1_000] {
-        let mut request = tonic::Request::new(UpdateServersRequest {
+        let request = with_secret(UpdateServersRequest {
             members: vec![Member {
                 node: Some(me.clone()),
                 addr: server.addr.clone(),
@@ -260,9 +266,6 @@ async fn a_peer_cannot_declare_a_live_node_dead() {
                 version,
             }],
         });
-        request
-            .metadata_mut()
-            .insert("x-chitty-cluster-secret", SECRET.parse().expect("ascii"));
         let view = mesh
             .update_servers(request)
             .await

@@ -155,10 +155,8 @@ pub struct ChatCore {
     /// What was delivered when this node joined the cluster (its history
     /// holds nothing from before).
     joined_at: Vec<SeqMark>,
-    /// Events were skipped (lost): a participant's "joined" may be among
-    /// them.
-    skipped: bool,
-    /// Per origin, the first sequence number ever skipped.
+    /// Per origin, the first sequence number ever skipped (lost): a
+    /// participant's "joined" may be among them.
     skipped_from: FastMap<OriginKey, u64>,
     limits: CoreLimits,
 }
@@ -180,7 +178,6 @@ impl ChatCore {
             hidden: FastMap::default(),
             hidden_order: VecDeque::new(),
             joined_at: Vec::new(),
-            skipped: false,
             skipped_from: FastMap::default(),
             join_marks: FastMap::default(),
             limits,
@@ -528,10 +525,10 @@ impl ChatCore {
         let text = format!("Participant {name} joined Chitty-Chat at Lamport time {time}");
         let event = self.stamp(time, EventKind::Joined, participant_id, name, text, "");
         self.departed.remove(participant_id);
-        self.grant(SessionGrant {
-            participant_id: participant_id.to_string(),
-            token_digest: digest.to_vec(),
-        });
+        self.grant(crate::core::tokens::grant_of_digest(
+            participant_id,
+            &digest,
+        ));
         event
     }
 
@@ -551,7 +548,6 @@ impl ChatCore {
     /// Treats events up to `marks` as delivered without having them (a gap
     /// reported by a peer).
     pub fn skip_to(&mut self, marks: &[SeqMark]) -> Vec<Arc<Event>> {
-        self.skipped = true;
         for mark in marks {
             let Some(origin) = mark.origin.as_ref() else {
                 continue;
@@ -678,7 +674,7 @@ impl ChatCore {
                         member.detached = None;
                     }
                 } else if let Some(origin) = origin
-                    && self.skipped
+                    && !self.skipped_from.is_empty()
                     && !self.departed.contains_key(pid)
                 {
                     // This node skipped lost events (with a node that

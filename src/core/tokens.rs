@@ -25,9 +25,14 @@ pub fn digest(token: &str) -> TokenDigest {
 
 /// The grant of `participant_id`'s token: its digest, never the token.
 pub fn grant_of(participant_id: &str, token: &str) -> SessionGrant {
+    grant_of_digest(participant_id, &digest(token))
+}
+
+/// The grant of `participant_id`'s token, from its digest.
+pub fn grant_of_digest(participant_id: &str, digest: &TokenDigest) -> SessionGrant {
     SessionGrant {
         participant_id: participant_id.to_string(),
-        token_digest: digest(token).to_vec(),
+        token_digest: digest.to_vec(),
     }
 }
 
@@ -79,10 +84,8 @@ impl SessionTokens {
             .into_iter()
             .filter(|e| e.kind() == EventKind::Joined)
             .filter_map(|e| {
-                Some(SessionGrant {
-                    participant_id: e.participant_id.clone(),
-                    token_digest: self.digest_of.get(&e.participant_id)?.to_vec(),
-                })
+                let digest = self.digest_of.get(&e.participant_id)?;
+                Some(grant_of_digest(&e.participant_id, digest))
             })
             .collect()
     }
@@ -91,10 +94,7 @@ impl SessionTokens {
     pub fn grants(&self) -> Vec<SessionGrant> {
         self.digest_of
             .iter()
-            .map(|(pid, digest)| SessionGrant {
-                participant_id: pid.clone(),
-                token_digest: digest.to_vec(),
-            })
+            .map(|(pid, digest)| grant_of_digest(pid, digest))
             .collect()
     }
 }
