@@ -172,6 +172,7 @@ pub async fn start(
         identity: None,
         current: String::new(),
         current_node: None,
+        known_nodes: Vec::new(),
         client: None,
         stream: None,
         updates,
@@ -227,6 +228,9 @@ struct Driver {
     current: String,
     /// The node id of `current`, from its Welcome.
     current_node: Option<NodeId>,
+    /// The nodes of the last server list, reachable or not: a resume names
+    /// them (`Resume.known_nodes`).
+    known_nodes: Vec<NodeId>,
     client: Option<ChittyChatClient<Channel>>,
     stream: Option<Streaming<JoinFrame>>,
     updates: mpsc::Sender<Update>,
@@ -289,6 +293,7 @@ impl Driver {
                 session_token: id.token.clone(),
                 seen: self.seen_marks(),
                 unanswered_at: self.unanswered_at(),
+                known_nodes: self.known_nodes.clone(),
             }),
             _ => None,
         };
@@ -297,6 +302,7 @@ impl Driver {
         let rejoin = (resume.is_none() && self.identity.is_some()).then(|| Rejoin {
             seen: self.seen_marks(),
             unanswered_at: self.unanswered_at(),
+            known_nodes: self.known_nodes.clone(),
         });
         let request = JoinRequest {
             name: self.options.name.clone(),
@@ -347,6 +353,13 @@ impl Driver {
             }
         }
         self.servers = servers;
+        self.known_nodes = list
+            .servers
+            .iter()
+            .chain(&list.unreachable)
+            .filter_map(|s| s.node.clone())
+            .take(crate::core::validate::MAX_KNOWN_NODES)
+            .collect();
     }
 
     /// Whether `event` repeats a message already delivered under another id:

@@ -221,6 +221,7 @@ mod tests {
                 })
                 .collect(),
             unanswered_at: (0..64).map(node_id).collect(),
+            known_nodes: (64..128).map(node_id).collect(),
         };
         let join = crate::proto::JoinRequest {
             name: "😀".repeat(32),

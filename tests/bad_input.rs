@@ -810,14 +810,19 @@ async fn resume_and_rejoin_vectors_beyond_their_limits_are_refused() {
     let (_server, mut observer, mut grpc) = setup().await;
     let token = token(&observer);
     let pid = observer.session.participant_id().to_string();
-    let resume = |seen: usize, unanswered: usize| Resume {
+    let resume = |seen: usize, unanswered: usize, known: usize| Resume {
         participant_id: pid.clone(),
         session_token: token.clone(),
         seen: marks(seen),
         unanswered_at: nodes(unanswered),
+        known_nodes: nodes(known),
     };
-    for (seen, unanswered, field) in [(1025, 0, "seen"), (0, 65, "unanswered_at")] {
-        let status = raw_resume(&mut grpc, resume(seen, unanswered))
+    for (seen, unanswered, known, field) in [
+        (1025, 0, 0, "seen"),
+        (0, 65, 0, "unanswered_at"),
+        (0, 0, 65, "known_nodes"),
+    ] {
+        let status = raw_resume(&mut grpc, resume(seen, unanswered, known))
             .await
             .expect_err("refused");
         assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
@@ -831,6 +836,7 @@ async fn resume_and_rejoin_vectors_beyond_their_limits_are_refused() {
                 rejoin: Some(Rejoin {
                     seen: marks(seen),
                     unanswered_at: nodes(unanswered),
+                    known_nodes: nodes(known),
                 }),
             }),
         )
@@ -871,6 +877,7 @@ async fn a_resume_whose_seen_claims_events_never_stamped_is_refused_at_once() {
         session_token: resumer.session.welcome().session_token.clone(),
         seen,
         unanswered_at: Vec::new(),
+        known_nodes: Vec::new(),
     };
     let mark = |origin: &NodeId, seq: u64| SeqMark {
         origin: Some(origin.clone()),
@@ -911,6 +918,7 @@ async fn a_resume_whose_seen_claims_events_never_stamped_is_refused_at_once() {
                 rejoin: Some(Rejoin {
                     seen,
                     unanswered_at: Vec::new(),
+                    known_nodes: Vec::new(),
                 }),
             }),
         )

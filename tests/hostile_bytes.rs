@@ -100,10 +100,12 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                     session_token: "tok-Ann".into(),
                     seen: vec![mark("n1", 1), mark("n2", 3)],
                     unanswered_at: vec![node("n2")],
+                    known_nodes: vec![node("n2"), node("n3")],
                 }),
                 rejoin: Some(Rejoin {
                     seen: vec![mark("n2", 2)],
                     unanswered_at: vec![node("n2")],
+                    known_nodes: vec![node("n3")],
                 }),
             }
             .encode_to_vec(),

@@ -213,6 +213,16 @@ impl Membership {
             .is_some_and(|e| is_alive_entry(e) && e.node.as_ref() == Some(node))
     }
 
+    /// Whether this view has heard of `node`: an entry for its id, of its
+    /// incarnation or a newer one (alive or not).
+    pub fn has_heard_of(&self, node: &NodeId) -> bool {
+        self.entries.get(&node.id).is_some_and(|e| {
+            e.node
+                .as_ref()
+                .is_some_and(|n| n.generation >= node.generation)
+        })
+    }
+
     /// Every alive node, ourselves included, sorted by node id.
     pub fn alive(&self) -> Vec<Member> {
         self.sorted(is_alive_entry)

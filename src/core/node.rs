@@ -104,6 +104,14 @@ impl Timing {
         self.failure_timeout * 2
     }
 
+    /// How long a resumed participant's publishes wait for this node to hear
+    /// of a node the participant knew of and it does not (see
+    /// `Resume.known_nodes`): long enough for that node to dial this one
+    /// (members retry every 2 s at most) or be gossiped about.
+    pub fn unheard_node_wait(&self) -> Duration {
+        self.failure_timeout * 8
+    }
+
     /// How long a peer may lack events of a third node that this node has
     /// before this node forwards them (the peer's own path to that node is
     /// cut or stalled).
@@ -449,6 +457,14 @@ struct Handoff {
     queued: VecDeque<Queued>,
     /// This node lacked some of what the participant saw when it resumed.
     lacked: bool,
+    /// Nodes the participant knew of (`Resume.known_nodes`) that this node
+    /// has not heard of: one may be the only holder of events the
+    /// participant saw (it joined the cluster while this node was cut off,
+    /// and the node that told the participant stopped since). While one is
+    /// unheard of and this node lacks some of what the participant saw,
+    /// the publishes wait, until `unheard_until` at most.
+    unheard: Vec<NodeId>,
+    unheard_until: Instant,
 }
 
 /// A request of a resumed participant waiting for its handoff, in order.
@@ -684,7 +700,7 @@ impl NodeCore {
         }
         if let Err(e) = validate::request_lamport(lamport, self.chat.lamport()).and_then(|()| {
             rejoin.as_ref().map_or(Ok(()), |r| {
-                validate::seen_and_unanswered(r.seen.len(), r.unanswered_at.len())
+                validate::seen_and_nodes(r.seen.len(), r.unanswered_at.len(), r.known_nodes.len())
                     .and_then(|()| self.plausible_seen(&r.seen))
             })
         }) {
@@ -718,6 +734,7 @@ impl NodeCore {
             let mut unanswered_at = rejoin.unanswered_at;
             unanswered_at.retain(|n| *n != self.me);
             unanswered_at.truncate(MAX_UNANSWERED_AT);
+            let unheard = self.unheard_of(&rejoin.known_nodes);
             self.handoffs.insert(
                 joined.participant_id.clone(),
                 Handoff {
@@ -728,6 +745,8 @@ impl NodeCore {
                     deadline: now + self.timing.request_timeout(),
                     queued: VecDeque::new(),
                     lacked: false,
+                    unheard,
+                    unheard_until: now + self.timing.unheard_node_wait(),
                 },
             );
         }
@@ -760,7 +779,11 @@ impl NodeCore {
             .and_then(|()| validate::token("Resume.participant_id", &resume.participant_id))
             .and_then(|()| validate::token("Resume.session_token", &resume.session_token))
             .and_then(|()| {
-                validate::seen_and_unanswered(resume.seen.len(), resume.unanswered_at.len())
+                validate::seen_and_nodes(
+                    resume.seen.len(),
+                    resume.unanswered_at.len(),
+                    resume.known_nodes.len(),
+                )
             })
             .and_then(|()| self.plausible_seen(&resume.seen))
         {
@@ -824,6 +847,7 @@ impl NodeCore {
             Err(e) => return self.refuse(request, e),
         };
         let lacked = !self.chat.covers(&resume.seen);
+        let unheard = self.unheard_of(&resume.known_nodes);
         if self.reachable_peers().next().is_some() || lacked || !unanswered_at.is_empty() {
             let moved_seq = resumed
                 .events
@@ -845,6 +869,8 @@ impl NodeCore {
                     deadline: now + self.timing.request_timeout(),
                     queued,
                     lacked,
+                    unheard,
+                    unheard_until: now + self.timing.unheard_node_wait(),
                 },
             );
         }
@@ -995,6 +1021,18 @@ impl NodeCore {
     /// nodes stamped, which a node that joined the cluster since does not
     /// (it starts from a snapshot, without them). While a node that was
     /// there before it is reachable, the participant goes there instead.
+    /// The nodes of `known` (a participant's last server list) that this
+    /// node has not heard of, itself left out.
+    fn unheard_of(&self, known: &[NodeId]) -> Vec<NodeId> {
+        let mut unheard: Vec<NodeId> = known
+            .iter()
+            .filter(|n| n.id != self.me.id && !self.membership.has_heard_of(n))
+            .cloned()
+            .collect();
+        unheard.truncate(validate::MAX_KNOWN_NODES);
+        unheard
+    }
+
     fn fresh_for_a_retry(&self, unanswered_at: &[NodeId]) -> Result<(), Error> {
         if unanswered_at.iter().any(|n| self.elders.contains(n))
             && self.elders.iter().any(|elder| self.is_reachable(elder))
@@ -2064,7 +2102,19 @@ impl NodeCore {
         let mut done = Vec::new();
         let mut refused = Vec::new();
         for (pid, h) in &mut self.handoffs {
-            let mut complete = holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen);
+            // A node the participant knew of and this one did not may be the
+            // only holder of events it saw, or of its unanswered publish.
+            let membership = &self.membership;
+            h.unheard.retain(|n| !membership.has_heard_of(n));
+            if !h.unheard.is_empty() && now >= h.unheard_until {
+                warn!(participant = %pid, nodes = ?h.unheard.iter().map(|n| &n.id).collect::<Vec<_>>(), "a resumed participant knew of nodes this node never heard of; no longer waiting for them");
+                h.unheard.clear();
+            }
+            let waits_for_unheard = !h.unheard.is_empty()
+                && (!self.chat.covers(&h.seen)
+                    || h.unanswered_at.iter().any(|n| h.unheard.contains(n)));
+            let mut complete = !waits_for_unheard
+                && holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen);
             for p in self.peers.values().filter(|p| p.reachable) {
                 let stale = h
                     .until
@@ -2119,7 +2169,10 @@ impl NodeCore {
             if complete {
                 done.push(pid.clone());
             } else if now >= h.deadline {
-                if holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen) && handed_over {
+                if !waits_for_unheard
+                    && holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen)
+                    && handed_over
+                {
                     warn!(participant = %pid, "a resumed participant's publishes waited past the deadline for peers to hand it over; publishing anyway");
                     done.push(pid.clone());
                 } else {
@@ -2550,6 +2603,7 @@ mod tests {
             session_token: "tok-Ann".into(),
             seen: n1.chat().delivered(),
             unanswered_at: Vec::new(),
+            known_nodes: Vec::new(),
         };
         n1.resume(now, 1, resume, 5);
         let out = n1.take_outputs();
@@ -2605,6 +2659,7 @@ mod tests {
             session_token: "tok-Ann".into(),
             seen: n1.chat().delivered(),
             unanswered_at: Vec::new(),
+            known_nodes: Vec::new(),
         };
         n1.resume(now, 1, resume, 5);
         n1.take_outputs();
@@ -2629,6 +2684,7 @@ mod tests {
             session_token: "tok-Bob".into(),
             seen: Vec::new(),
             unanswered_at: Vec::new(),
+            known_nodes: Vec::new(),
         };
         n1.resume(now, 1, resume, 5);
         assert!(replies(&n1.take_outputs()).is_empty(), "refused at once");
@@ -2639,6 +2695,89 @@ mod tests {
             replies(&out)[..],
             [(1, Reply::Refused(Error::UnknownSession))]
         ));
+    }
+
+    /// A node cut off while another joined the cluster has not heard of it;
+    /// a participant that moves here from a node that had (and then
+    /// stopped) may have seen events only that newcomer holds. Its
+    /// publishes wait until this node hears of the newcomer, bounded.
+    #[test]
+    fn a_resumed_participants_publish_waits_for_a_node_it_knew_of_and_this_one_did_not() {
+        let stamped = |out: &[Output], text: &str| {
+            out.iter()
+                .any(|o| matches!(o, Output::Deliver { event, .. } if event.text == text))
+        };
+        let now = Instant::now();
+        let mut n1 = core("n1", now);
+        join(&mut n1, "Ann");
+        // Ann saw events of n0 that n1 never got; she knew of n0 and n3.
+        let resume = |known_nodes| Resume {
+            participant_id: "id-Ann".into(),
+            session_token: "tok-Ann".into(),
+            seen: vec![SeqMark {
+                origin: Some(node("n0")),
+                seq: 5,
+            }],
+            unanswered_at: Vec::new(),
+            known_nodes,
+        };
+        n1.resume(now, 1, resume(vec![node("n0"), node("n3")]), 5);
+        assert!(
+            n1.take_outputs()
+                .iter()
+                .any(|o| matches!(o, Output::Opened(_)))
+        );
+        n1.publish(now, 2, "tok-Ann", "after n0's", 6, P1);
+        let mut t = now;
+        let step = n1.timing().tick_interval();
+        while t < now + n1.timing().failure_timeout {
+            t += step;
+            n1.tick(t);
+        }
+        assert!(
+            !stamped(&n1.take_outputs(), "after n0's"),
+            "stamped while nodes that may hold what Ann saw are unheard of"
+        );
+        // n1 hears that n0 and n3 have left: nobody can bring those events.
+        n1.merge_members(
+            t,
+            &[
+                member(node("n0"), "n0:1", MemberState::Left, 9),
+                member(node("n3"), "n3:1", MemberState::Left, 9),
+            ],
+        );
+        t += step;
+        n1.tick(t);
+        assert!(stamped(&n1.take_outputs(), "after n0's"));
+
+        // Knowing of a node this one never hears of delays the publishes
+        // for at most `unheard_node_wait`.
+        let mut n1 = core("n1", now);
+        join(&mut n1, "Ann");
+        n1.resume(now, 1, resume(vec![node("n9")]), 5);
+        n1.publish(now, 2, "tok-Ann", "after n0's", 6, P1);
+        let wait = n1.timing().unheard_node_wait();
+        let (mut t, mut out) = (now, Vec::new());
+        while t < now + wait - step {
+            t += step;
+            n1.tick(t);
+            out.extend(n1.take_outputs());
+        }
+        assert!(
+            !stamped(&out, "after n0's"),
+            "stamped before the wait was over"
+        );
+        assert!(
+            matches!(
+                replies(&out)[..],
+                [(2, Reply::Refused(Error::Unavailable(_)))]
+            ),
+            "refused, to be retried"
+        );
+        t += step * 2;
+        n1.tick(t);
+        n1.publish(t, 3, "tok-Ann", "after n0's", 7, P1);
+        assert!(stamped(&n1.take_outputs(), "after n0's"));
     }
 
     #[test]

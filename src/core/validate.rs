@@ -42,6 +42,8 @@ pub const MAX_TOKEN_BYTES: usize = 64;
 pub const MAX_SEEN_MARKS: usize = 1024;
 /// Most nodes `unanswered_at` may name.
 pub const MAX_UNANSWERED_AT: usize = 64;
+/// Most nodes `known_nodes` may name.
+pub const MAX_KNOWN_NODES: usize = 64;
 
 /// A session token or participant id (`field` names it): at most
 /// [`MAX_TOKEN_BYTES`]. An unknown one of that size is for the caller to
@@ -76,8 +78,9 @@ pub fn publish_id(id: &str) -> Result<()> {
 }
 
 /// The repeated fields of a resume or rejoin: at most [`MAX_SEEN_MARKS`]
-/// marks in `seen` and [`MAX_UNANSWERED_AT`] nodes in `unanswered_at`.
-pub fn seen_and_unanswered(seen: usize, unanswered_at: usize) -> Result<()> {
+/// marks in `seen`, [`MAX_UNANSWERED_AT`] nodes in `unanswered_at` and
+/// [`MAX_KNOWN_NODES`] in `known_nodes`.
+pub fn seen_and_nodes(seen: usize, unanswered_at: usize, known_nodes: usize) -> Result<()> {
     if seen > MAX_SEEN_MARKS {
         return Err(Error::InvalidRequest(format!(
             "seen holds {seen} marks; the limit is {MAX_SEEN_MARKS}"
@@ -86,6 +89,11 @@ pub fn seen_and_unanswered(seen: usize, unanswered_at: usize) -> Result<()> {
     if unanswered_at > MAX_UNANSWERED_AT {
         return Err(Error::InvalidRequest(format!(
             "unanswered_at names {unanswered_at} nodes; the limit is {MAX_UNANSWERED_AT}"
+        )));
+    }
+    if known_nodes > MAX_KNOWN_NODES {
+        return Err(Error::InvalidRequest(format!(
+            "known_nodes names {known_nodes} nodes; the limit is {MAX_KNOWN_NODES}"
         )));
     }
     Ok(())
@@ -306,9 +314,10 @@ mod tests {
         assert!(token("session_token", &"t".repeat(64)).is_ok());
         assert!(token("session_token", "").is_ok());
         assert!(token("session_token", &"t".repeat(65)).is_err());
-        assert!(seen_and_unanswered(MAX_SEEN_MARKS, MAX_UNANSWERED_AT).is_ok());
-        assert!(seen_and_unanswered(MAX_SEEN_MARKS + 1, 0).is_err());
-        assert!(seen_and_unanswered(0, MAX_UNANSWERED_AT + 1).is_err());
+        assert!(seen_and_nodes(MAX_SEEN_MARKS, MAX_UNANSWERED_AT, MAX_KNOWN_NODES).is_ok());
+        assert!(seen_and_nodes(MAX_SEEN_MARKS + 1, 0, 0).is_err());
+        assert!(seen_and_nodes(0, MAX_UNANSWERED_AT + 1, 0).is_err());
+        assert!(seen_and_nodes(0, 0, MAX_KNOWN_NODES + 1).is_err());
     }
 
     #[test]

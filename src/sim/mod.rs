@@ -1247,7 +1247,12 @@ impl Sim {
                     self.participant_session_ended(p, i, reason);
                 }
             }
-            Output::Servers(_) => {}
+            Output::Servers(list) => {
+                let to: Vec<usize> = self.nodes[i].sinks.values().map(|&(_, _, p)| p).collect();
+                for p in to {
+                    self.participants[p].learn_servers(&list);
+                }
+            }
             Output::Room {
                 participant_id,
                 participants,

@@ -178,6 +178,8 @@ pub struct Participant {
     in_flight: Option<(usize, u64, RequestId)>,
     /// The nodes the oldest unanswered publish was sent to, for a resume.
     unanswered_at: Vec<crate::proto::NodeId>,
+    /// The nodes of the last server list it received, for a resume.
+    known_nodes: Vec<crate::proto::NodeId>,
     leave_requested: bool,
     leaving: Option<RequestId>,
     /// Whether the next attempt resumes (false: joins as new).
@@ -234,6 +236,17 @@ impl Participant {
         }
     }
 
+    /// Takes the nodes of a server list its node sent, as the client does.
+    pub(crate) fn learn_servers(&mut self, list: &crate::proto::ServerList) {
+        self.known_nodes = list
+            .servers
+            .iter()
+            .chain(&list.unreachable)
+            .filter_map(|s| s.node.clone())
+            .take(crate::core::validate::MAX_KNOWN_NODES)
+            .collect();
+    }
+
     fn current(&self) -> usize {
         self.identities.len().saturating_sub(1)
     }
@@ -275,6 +288,7 @@ impl Sim {
             queue: VecDeque::new(),
             in_flight: None,
             unanswered_at: Vec::new(),
+            known_nodes: Vec::new(),
             leave_requested: false,
             leaving: None,
             resume: false,
@@ -431,6 +445,7 @@ impl Sim {
                     session_token: part.token.clone(),
                     seen,
                     unanswered_at: part.unanswered_at.clone(),
+                    known_nodes: part.known_nodes.clone(),
                 },
                 lamport,
             }
@@ -439,6 +454,7 @@ impl Sim {
             let rejoin = (!part.identities.is_empty()).then(|| crate::proto::Rejoin {
                 seen,
                 unanswered_at: part.unanswered_at.clone(),
+                known_nodes: part.known_nodes.clone(),
             });
             Request::Join {
                 rejoin,
@@ -669,6 +685,9 @@ impl Sim {
                     .or_default();
                 *seen = (*seen).max(mark.seq);
             }
+        }
+        if let Some(list) = &welcome.servers {
+            part.learn_servers(list);
         }
         part.token = welcome.session_token;
         part.session_last.clear();
