@@ -472,3 +472,22 @@ fn a_connection_that_never_completes_its_tls_handshake_is_closed_after_the_timeo
     alice.close_stdin();
     alice.child.wait_exit();
 }
+
+#[test]
+fn with_mutual_tls_a_node_may_listen_beyond_loopback_without_a_secret() {
+    let ca = Ca::new("ca");
+    let flags = ca.node("node1");
+    let mut args = vec!["--listen", "0.0.0.0:0"];
+    args.extend(strs(&flags));
+    let mut cmd = test_command(Command::new(common::CHITTY));
+    cmd.arg("server").args(&args);
+    let node = common::start_server_process(cmd, "chitty server on 0.0.0.0 with TLS");
+    assert!(node.addr.starts_with("0.0.0.0:"), "{}", node.addr);
+    // Without TLS (and without a secret) the same node is refused.
+    let (code, _, stderr) = run_chitty(&["server", "--listen", "0.0.0.0:0"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--tls-cert, --tls-key, --tls-ca"),
+        "{stderr}"
+    );
+}
