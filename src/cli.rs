@@ -162,8 +162,9 @@ pub struct ServerArgs {
     /// Recent events kept for replay, by total encoded size in bytes.
     #[arg(long, env = "CHITTY_HISTORY_BYTES", default_value_t = CoreLimits::default().history_bytes)]
     pub history_bytes: usize,
-    /// A new connection that has not sent the HTTP/2 preface and SETTINGS
-    /// within this many milliseconds is closed.
+    /// A new connection that has not completed its TLS handshake (on a TLS
+    /// node) and sent the HTTP/2 preface and SETTINGS within this many
+    /// milliseconds is closed.
     #[arg(long, env = "CHITTY_HANDSHAKE_TIMEOUT_MS", default_value_t = connections::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64)]
     pub handshake_timeout_ms: u64,
     /// Connections (participants' and peers') open at once; one more is

@@ -51,7 +51,8 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// A node's connection limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Time a new connection has to send the HTTP/2 preface and SETTINGS.
+    /// Time a new connection has to complete its TLS handshake (on a TLS
+    /// node) and send the HTTP/2 preface and SETTINGS.
     pub handshake_timeout: Duration,
     /// Connections open at once, in all.
     pub max_connections: usize,
