@@ -4,6 +4,7 @@
 #   cluster/run.sh            # 3 nodes on 127.0.0.1:50051..50053
 #   cluster/run.sh 5          # 5 nodes
 #   BASE_PORT=6000 cluster/run.sh
+#   CHITTY_TLS=1 cluster/run.sh   # with TLS: a development CA in target/tls
 #
 # Builds once, starts node 1 as the boot node and joins each next node
 # through the previous one. Every log line is prefixed with its node's name.
@@ -26,6 +27,22 @@ unset CHITTY_CLUSTER_SECRET
 
 cargo build --release --quiet
 bin=target/release/chitty
+
+# With CHITTY_TLS=1: a development CA and one certificate per node in
+# target/tls (made once, kept), and every node and client on TLS.
+tls_dir=$PWD/target/tls
+tls_node_args() { :; }
+client_tls=""
+if [ "${CHITTY_TLS:-0}" = 1 ]; then
+    [ -s "$tls_dir/ca.pem" ] || "$bin" cert ca --out "$tls_dir" >&2
+    for i in $(seq 1 "$nodes"); do
+        [ -s "$tls_dir/node$i.pem" ] || "$bin" cert node --ca "$tls_dir" --name "node$i" >&2
+    done
+    tls_node_args() {
+        args+=(--tls-cert "$tls_dir/node$1.pem" --tls-key "$tls_dir/node$1-key.pem" --tls-ca "$tls_dir/ca.pem")
+    }
+    client_tls=" --tls-ca $tls_dir/ca.pem"
+fi
 
 pids=()
 stop() {
@@ -51,6 +68,7 @@ for i in $(seq 1 "$nodes"); do
     port=$((base + i - 1))
     args=(server --listen "127.0.0.1:$port")
     [ -n "$prev" ] && args+=(--boot "$prev")
+    tls_node_args "$i"
     # Prefix each line with the node's name; the subshell keeps the pid of
     # the node itself in $!.
     "$bin" "${args[@]}" > >(sed -u "s/^/[node$i] /") 2> >(sed -u "s/^/[node$i] /" >&2) &
@@ -62,11 +80,18 @@ done
 cat >&2 <<MSG
 cluster: $nodes nodes running on 127.0.0.1:$base..$((base + nodes - 1))
 cluster: connect clients from other terminals, for example:
-  $bin client --name Alice --server 127.0.0.1:$base
-  $bin client --name Bob   --server 127.0.0.1:$((base + nodes - 1))
+  $bin client --name Alice --server 127.0.0.1:$base$client_tls
+  $bin client --name Bob   --server 127.0.0.1:$((base + nodes - 1))$client_tls
 cluster: kill a node to watch failover: kill -9 <pid> (pids: ${pids[*]})
 cluster: the cluster secret is in $secret_file; add a node with
   $bin server --listen 127.0.0.1:$((base + nodes)) --boot 127.0.0.1:$base --cluster-secret-file $secret_file
 cluster: Ctrl-C stops every node
 MSG
+if [ -n "$client_tls" ]; then
+    cat >&2 <<MSG
+cluster: TLS is on: the CA and node certificates are in $tls_dir; a node you add needs its own,
+  $bin cert node --ca $tls_dir --name node$((nodes + 1))
+  and --tls-cert $tls_dir/node$((nodes + 1)).pem --tls-key $tls_dir/node$((nodes + 1))-key.pem --tls-ca $tls_dir/ca.pem
+MSG
+fi
 wait

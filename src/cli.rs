@@ -20,6 +20,7 @@ use crate::node::{
     NodeConfig,
 };
 use crate::rate::{self, RateLimit};
+use crate::tls::TlsSettings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +49,43 @@ pub enum Command {
     /// Measure fan-out: start a local cluster (or use running nodes), join
     /// participants, publish, and report throughput, latency and cost.
     Bench(BenchArgs),
+    /// Make a development CA and node certificates for TLS.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Make a CA: DIR/ca.pem (give it to clients and nodes as --tls-ca) and
+    /// DIR/ca-key.pem (keep it to sign node certificates).
+    Ca {
+        /// Directory to write to (created if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make a node certificate signed by the CA: OUT/NAME.pem and
+    /// OUT/NAME-key.pem (--tls-cert and --tls-key of the node).
+    Node {
+        /// Directory of the CA (ca.pem and ca-key.pem).
+        #[arg(long)]
+        ca: std::path::PathBuf,
+        /// The node's name (names the files).
+        #[arg(long)]
+        name: String,
+        /// An address or DNS name clients and peers dial the node at; repeat
+        /// for several. Default: 127.0.0.1 and localhost.
+        #[arg(long)]
+        san: Vec<String>,
+        /// Directory to write to (created if missing). Default: the CA's.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +117,18 @@ pub struct ServerArgs {
         conflicts_with = "cluster_secret"
     )]
     pub cluster_secret_file: Option<std::path::PathBuf>,
+    /// This node's TLS certificate (PEM, signed by the CA in --tls-ca). With
+    /// --tls-key and --tls-ca, the node serves only TLS and the mesh is
+    /// mutual TLS: peers must present a certificate from that CA.
+    #[arg(long, env = "CHITTY_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "CHITTY_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The cluster's CA certificate (PEM): every node's certificate must be
+    /// signed by it.
+    #[arg(long, env = "CHITTY_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Interval between heartbeats to each peer, in milliseconds.
     #[arg(long, env = "CHITTY_HEARTBEAT_MS", default_value_t = DEFAULT_HEARTBEAT.as_millis() as u64)]
     pub heartbeat_ms: u64,
@@ -112,8 +162,9 @@ pub struct ServerArgs {
     /// Recent events kept for replay, by total encoded size in bytes.
     #[arg(long, env = "CHITTY_HISTORY_BYTES", default_value_t = CoreLimits::default().history_bytes)]
     pub history_bytes: usize,
-    /// A new connection that has not sent the HTTP/2 preface and SETTINGS
-    /// within this many milliseconds is closed.
+    /// A new connection that has not completed its TLS handshake (on a TLS
+    /// node) and sent the HTTP/2 preface and SETTINGS within this many
+    /// milliseconds is closed.
     #[arg(long, env = "CHITTY_HANDSHAKE_TIMEOUT_MS", default_value_t = connections::DEFAULT_HANDSHAKE_TIMEOUT.as_millis() as u64)]
     pub handshake_timeout_ms: u64,
     /// Connections (participants' and peers') open at once; one more is
@@ -155,6 +206,10 @@ pub struct ClientArgs {
     /// Lamport time) to this file.
     #[arg(long, env = "CHITTY_LOG")]
     pub log: Option<std::path::PathBuf>,
+    /// Connect with TLS, accepting only nodes whose certificate this CA
+    /// (PEM) signed, on the first node and every node the client moves to.
+    #[arg(long, env = "CHITTY_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -323,6 +378,36 @@ pub async fn run_bench(args: BenchArgs) -> ExitCode {
     }
 }
 
+/// Runs `chitty cert ca` or `chitty cert node`.
+pub fn run_cert(command: CertCommand) -> ExitCode {
+    let made = match command {
+        CertCommand::Ca { out, force } => crate::cert::make_ca(&out, force),
+        CertCommand::Node {
+            ca,
+            name,
+            mut san,
+            out,
+            force,
+        } => {
+            if san.is_empty() {
+                san = vec!["127.0.0.1".into(), "localhost".into()];
+            }
+            let out = out.unwrap_or_else(|| ca.clone());
+            crate::cert::make_node(&ca, &name, &san, &out, force)
+        }
+    };
+    match made {
+        Ok((cert, key)) => {
+            println!("wrote {} and {} (private)", cert.display(), key.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Runs `chitty server` until Ctrl-C or SIGTERM.
 pub async fn run_server(args: ServerArgs) -> ExitCode {
     let listener = match TcpListener::bind(&args.listen).await {
@@ -346,13 +431,25 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => match TlsSettings::node(cert, key, ca) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     let advertise = args.advertise.unwrap_or_else(|| bound.to_string());
-    if secret.is_none() {
+    // Mutual TLS closes the mesh as the secret does: only holders of a
+    // certificate from the cluster's CA can call it.
+    if secret.is_none() && tls.is_none() {
         let mut open = vec![bound.to_string(), advertise.clone()];
         open.extend(args.boot.clone());
         if let Some(addr) = open.iter().find(|a| !is_loopback(a)) {
             eprintln!(
-                "error: {addr} is not a loopback address, and without a cluster secret anyone who reaches it could join the mesh, read every participant and write as anyone. Give every node of the cluster the same secret: --cluster-secret-file FILE (or CHITTY_CLUSTER_SECRET), for example a file made with `head -c 32 /dev/urandom | base64 > FILE`; or listen on 127.0.0.1 only."
+                "error: {addr} is not a loopback address, and without a cluster secret or TLS anyone who reaches it could join the mesh, read every participant and write as anyone. Give every node of the cluster the same secret: --cluster-secret-file FILE (or CHITTY_CLUSTER_SECRET), for example a file made with `head -c 32 /dev/urandom | base64 > FILE`; or TLS certificates from one CA (--tls-cert, --tls-key, --tls-ca; see `chitty cert`); or listen on 127.0.0.1 only."
             );
             return ExitCode::from(2);
         }
@@ -363,6 +460,7 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
     config.boot = args.boot;
     config.fault_link_delay = args.fault_link_delay;
     config.cluster_secret = secret;
+    config.tls = tls;
     config.heartbeat = std::time::Duration::from_millis(args.heartbeat_ms.max(10));
     config.failure_timeout = std::time::Duration::from_millis(args.failure_timeout_ms.max(1));
     if config.failure_timeout <= config.heartbeat * 2 {
@@ -574,7 +672,16 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    let options = ClientOptions::new(args.server.clone(), name.clone());
+    let mut options = ClientOptions::new(args.server.clone(), name.clone());
+    if let Some(ca) = &args.tls_ca {
+        match TlsSettings::client(ca) {
+            Ok(tls) => options.tls = Some(tls),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let (chat, mut updates, driver) = match failover::start(options).await {
         Ok(started) => started,
         Err(e) => {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::core::LamportClock;
 use crate::error::{Error, Result};
@@ -27,6 +27,7 @@ use crate::proto::{
     Event, EventKind, Gap, JoinFrame, JoinRequest, LeaveRequest, PublishOutcome, PublishReply,
     PublishRequest, ServerList, Welcome, join_frame,
 };
+use crate::tls::TlsSettings;
 
 /// How long to wait for a TCP connection to a node.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,9 +37,18 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Connects to a node at `addr` (`host:port` or a URL).
+/// Connects to a node at `addr` (`host:port` or a URL), without TLS.
 pub async fn connect(addr: &str) -> Result<ChittyChatClient<Channel>> {
-    connect_channel(addr).await.map(|channel| {
+    connect_with(addr, None).await
+}
+
+/// Connects to a node at `addr`, over TLS with `tls`: the node's
+/// certificate must be signed by its CA and valid for `addr`.
+pub async fn connect_with(
+    addr: &str,
+    tls: Option<&TlsSettings>,
+) -> Result<ChittyChatClient<Channel>> {
+    connect_channel_with(addr, tls).await.map(|channel| {
         // Requests are checked against the node's limit before they are
         // sent (`limits::check_request`), with a clearer error than tonic's.
         ChittyChatClient::new(channel).max_decoding_message_size(crate::limits::CLIENT_MAX_RESPONSE)
@@ -48,15 +58,16 @@ pub async fn connect(addr: &str) -> Result<ChittyChatClient<Channel>> {
 /// The connection [`connect`] makes, for callers that issue calls their own
 /// way (the benchmark's readers).
 pub async fn connect_channel(addr: &str) -> Result<Channel> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let endpoint = Endpoint::from_shared(url).map_err(|e| Error::Connect {
+    connect_channel_with(addr, None).await
+}
+
+/// The connection [`connect_with`] makes.
+pub async fn connect_channel_with(addr: &str, tls: Option<&TlsSettings>) -> Result<Channel> {
+    let connect_err = |reason: String| Error::Connect {
         addr: addr.to_string(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let endpoint = crate::tls::endpoint(addr, tls).map_err(connect_err)?;
     // No whole-request timeout here: it would also cut the endless Join
     // stream. Unary calls are bounded one by one instead. HTTP/2 keepalive
     // notices a node that stopped answering (hung or unplugged) within
@@ -72,22 +83,8 @@ pub async fn connect_channel(addr: &str) -> Result<Channel> {
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| Error::Connect {
-            addr: addr.to_string(),
-            reason: source_chain(&e),
-        })?;
+        .map_err(|e| connect_err(crate::tls::explain_dial_error(addr, tls, &e)))?;
     Ok(channel)
-}
-
-fn source_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The first frame of a Join stream, which must be the `Welcome`.

@@ -4,23 +4,35 @@
 //! A connection beyond a cap is closed as soon as it is accepted, so it
 //! holds a file descriptor for no longer than that; the connections already
 //! admitted (participants, peers) are served as before. A connection that
-//! does not send the HTTP/2 client preface and its first SETTINGS frame
-//! within the handshake timeout is closed. Once the handshake is done,
-//! HTTP/2 keepalive pings find a peer that went silent.
+//! does not complete its handshake within the handshake timeout is closed:
+//! the TLS handshake on a TLS node, then the HTTP/2 client preface and its
+//! first SETTINGS frame, all within the one deadline. Once the handshake is
+//! done, HTTP/2 keepalive pings find a peer that went silent.
+//!
+//! [`Incoming`] does the handshakes of new connections side by side, each
+//! in a task of its own, so a slow one holds up no other; it yields a
+//! connection once its TLS handshake is done (at once on a node without
+//! TLS), and [`Admitted`] times the HTTP/2 preface until the same deadline.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 use tonic::transport::server::Connected;
-use tracing::warn;
+use tracing::{debug, warn};
+
+use crate::server::Gathering;
 
 /// Default of `--handshake-timeout-ms`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -39,7 +51,8 @@ const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// A node's connection limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Time a new connection has to send the HTTP/2 preface and SETTINGS.
+    /// Time a new connection has to complete its TLS handshake (on a TLS
+    /// node) and send the HTTP/2 preface and SETTINGS.
     pub handshake_timeout: Duration,
     /// Connections open at once, in all.
     pub max_connections: usize,
@@ -138,6 +151,15 @@ impl Admission {
                 inner: self.inner.clone(),
             });
         };
+        drop(counts);
+        self.refused(ip, &refusal);
+        None
+    }
+
+    /// Logs that a connection from `ip` was refused, and why, at most once
+    /// per [`WARN_INTERVAL`] (with a count of the refusals not logged).
+    pub fn refused(&self, ip: IpAddr, refusal: &str) {
+        let mut counts = lock(&self.inner);
         let now = Instant::now();
         if counts
             .last_warning
@@ -152,7 +174,6 @@ impl Admission {
         } else {
             counts.unreported += 1;
         }
-        None
     }
 
     /// Connections open now, in all.
@@ -226,8 +247,7 @@ struct Handshake {
 
 impl Handshake {
     /// Takes note of `bytes`, read next; whether the handshake is complete
-    /// (or is not HTTP/2 in clear text, which is not ours to time: a TLS
-    /// layer above times its own handshake, and h2 refuses anything else).
+    /// (or is not HTTP/2 at all, which h2 refuses at once).
     fn read(&mut self, bytes: &[u8]) -> bool {
         let mut rest = bytes;
         if self.got < self.head.len() {
@@ -251,11 +271,12 @@ impl Handshake {
 }
 
 impl<IO> Admitted<IO> {
-    pub fn new(io: IO, permit: Permit, handshake_timeout: Duration) -> Self {
+    /// `io`, which must complete the HTTP/2 handshake by `deadline`.
+    pub fn new(io: IO, permit: Permit, deadline: Instant) -> Self {
         Self {
             io,
             handshake: Some(Handshake {
-                deadline: Box::pin(tokio::time::sleep(handshake_timeout)),
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
                 head: [0; PREFACE.len() + FRAME_HEADER],
                 got: 0,
                 need: None,
@@ -330,6 +351,239 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Admitted<IO> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The first byte of a TLS handshake record (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// What the services learn of the connection a call came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: Option<SocketAddr>,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The client certificate chain presented in the TLS handshake, already
+    /// verified against the cluster's CA.
+    pub peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+}
+
+/// A connection after its TLS handshake, or without TLS.
+pub enum Link {
+    Plain(Gathering),
+    Tls(Box<tokio_rustls::server::TlsStream<Gathering>>),
+}
+
+impl Connected for Link {
+    type ConnectInfo = ConnInfo;
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            Link::Plain(io) => ConnInfo {
+                remote: io.connect_info().remote_addr(),
+                tls: false,
+                peer_certs: None,
+            },
+            Link::Tls(stream) => {
+                let (io, session) = stream.get_ref();
+                ConnInfo {
+                    remote: io.connect_info().remote_addr(),
+                    tls: true,
+                    peer_certs: session
+                        .peer_certificates()
+                        .filter(|certs| !certs.is_empty())
+                        .map(|certs| Arc::new(certs.to_vec())),
+                }
+            }
+        }
+    }
+}
+
+impl AsyncRead for Link {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Link::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Link {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Link::Plain(io) => Pin::new(io).poll_write(cx, data),
+            Link::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Link::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Link::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Link::Plain(io) => io.is_write_vectored(),
+            Link::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(io) => Pin::new(io).poll_flush(cx),
+            Link::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Link::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Link::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The connections a node serves: accepted, admitted within the caps, and
+/// handshaken (TLS with `tls`) each in a task of its own, owned by this
+/// stream (dropping it ends them).
+pub struct Incoming {
+    listener: TcpListener,
+    admission: Admission,
+    tls: Option<TlsAcceptor>,
+    handshakes: JoinSet<Option<Admitted<Link>>>,
+}
+
+impl Incoming {
+    pub fn new(
+        listener: TcpListener,
+        admission: Admission,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> Self {
+        Self {
+            listener,
+            admission,
+            tls: tls.map(TlsAcceptor::from),
+            handshakes: JoinSet::new(),
+        }
+    }
+
+    fn accepted(&mut self, stream: TcpStream, remote: SocketAddr) {
+        // Small frames (an event, a publish reply) must leave at once, not
+        // wait for a delayed ACK: Nagle off on every connection.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        // A connection over a cap is dropped here, which closes it.
+        let Some(permit) = self.admission.admit(remote.ip()) else {
+            return;
+        };
+        let deadline = Instant::now() + self.admission.limits().handshake_timeout;
+        self.handshakes.spawn(handshake(
+            stream,
+            remote,
+            permit,
+            deadline,
+            self.tls.clone(),
+            self.admission.clone(),
+        ));
+    }
+}
+
+/// A new connection's TLS handshake (on a TLS node) by `deadline`; `None`
+/// if it fails, which closes the connection.
+async fn handshake(
+    stream: TcpStream,
+    remote: SocketAddr,
+    permit: Permit,
+    deadline: Instant,
+    tls: Option<TlsAcceptor>,
+    admission: Admission,
+) -> Option<Admitted<Link>> {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
+    if !matches!(peeked, Ok(Ok(1))) {
+        debug!(%remote, "connection closed or silent before its handshake");
+        return None;
+    }
+    let speaks_tls = first[0] == TLS_HANDSHAKE_RECORD;
+    let link = match (tls, speaks_tls) {
+        (Some(acceptor), true) => {
+            let accepted =
+                tokio::time::timeout_at(deadline, acceptor.accept(Gathering::new(stream))).await;
+            match accepted {
+                Ok(Ok(stream)) => Link::Tls(Box::new(stream)),
+                Ok(Err(e)) => {
+                    match crate::tls::explain_accept_error(&e) {
+                        Some(why) => admission.refused(remote.ip(), &format!("{remote}: {why}")),
+                        None => debug!(%remote, error = %e, "TLS handshake failed"),
+                    }
+                    return None;
+                }
+                Err(_) => {
+                    debug!(%remote, "no TLS handshake within the handshake timeout");
+                    return None;
+                }
+            }
+        }
+        (Some(_), false) => {
+            // Served only to refuse each call with a status that says what
+            // to pass (see `tls::plaintext_refusal`).
+            admission.refused(
+                remote.ip(),
+                &format!("{remote} does not speak TLS (its calls are refused)"),
+            );
+            Link::Plain(Gathering::new(stream))
+        }
+        (None, true) => {
+            admission.refused(
+                remote.ip(),
+                &format!(
+                    "{remote} began a TLS handshake and this node has no --tls-cert: give every \
+                     node and client of the cluster the same TLS settings"
+                ),
+            );
+            return None;
+        }
+        (None, false) => Link::Plain(Gathering::new(stream)),
+    };
+    Some(Admitted::new(link, permit, deadline))
+}
+
+impl tokio_stream::Stream for Incoming {
+    type Item = io::Result<Admitted<Link>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.listener.poll_accept(cx) {
+                Poll::Ready(Ok((stream, remote))) => this.accepted(stream, remote),
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e))),
+                Poll::Pending => break,
+            }
+        }
+        loop {
+            match this.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
+                // Failed (closed) or, if it panicked, dropped.
+                Poll::Ready(Some(_)) => continue,
+                // The listener's waker is registered: a new connection
+                // wakes this stream, which then polls its handshake.
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
-use crate::client::{CALL_TIMEOUT, Received, SharedClock, connect, expect_welcome};
+use crate::client::{CALL_TIMEOUT, Received, SharedClock, connect_with, expect_welcome};
 use crate::core::causal::OriginKey;
 use crate::error::{Error, Result};
 use crate::proto::chitty_chat_client::ChittyChatClient;
@@ -34,6 +34,7 @@ use crate::proto::{
     JoinFrame, JoinRequest, LeaveRequest, NodeId, PublishReply, PublishRequest, Rejoin, Resume,
     SeqMark, join_frame,
 };
+use crate::tls::TlsSettings;
 
 /// Settings of a failover client.
 #[derive(Debug, Clone)]
@@ -45,6 +46,9 @@ pub struct ClientOptions {
     pub max_backoff: Duration,
     /// How long a publish is retried before it is given up.
     pub publish_timeout: Duration,
+    /// TLS with the cluster's CA, for every node the client connects to;
+    /// `None`: plaintext.
+    pub tls: Option<TlsSettings>,
 }
 
 impl ClientOptions {
@@ -54,6 +58,7 @@ impl ClientOptions {
             name: name.into(),
             max_backoff: Duration::from_secs(2),
             publish_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -286,7 +291,7 @@ impl Driver {
 
     /// Connects to `addr` and joins (or, with `resume`, resumes).
     async fn open(&mut self, addr: &str, resume: bool) -> Result<()> {
-        let mut client = connect(addr).await?;
+        let mut client = connect_with(addr, self.options.tls.as_ref()).await?;
         let resume = match (&self.identity, resume) {
             (Some(id), true) => Some(Resume {
                 participant_id: id.participant_id.clone(),

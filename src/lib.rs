@@ -16,13 +16,15 @@
 //!   decodes their requests.
 //! * [`server`] — `serve(listener, config, shutdown)`, shared by the binary
 //!   and the tests; [`connections`] caps and times the connections it
-//!   admits.
+//!   admits; [`tls`] is TLS for participants and the mesh, [`cert`] makes
+//!   a development CA and node certificates.
 //! * [`client`] — the client library: join, publish, leave, receive events.
 //! * [`cli`] — the `chitty` command line.
 //! * [`bench`] — `chitty bench`, the fan-out benchmark.
 //! * [`limits`] — how large a gRPC message may be, on either side.
 
 pub mod bench;
+pub mod cert;
 pub mod cli;
 pub mod client;
 pub mod codec;
@@ -39,6 +41,7 @@ pub mod rate;
 pub mod server;
 pub mod service;
 pub mod sim;
+pub mod tls;
 pub mod wire;
 
 pub use error::Error;

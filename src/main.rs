@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let threads = match &cli.command {
         Command::Server(args) => args.threads,
-        Command::Client(_) | Command::Bench(_) => 0,
+        Command::Client(_) | Command::Bench(_) | Command::Cert(_) => 0,
     };
     let mut builder = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -64,6 +64,7 @@ async fn run(cli: Cli) -> ExitCode {
             init_logging("warn", None);
             chitty::cli::run_bench(args).await
         }
+        Command::Cert(command) => chitty::cli::run_cert(command),
     }
 }
 

@@ -43,10 +43,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use tracing::{debug, info, warn};
 
+use crate::connections::ConnInfo;
 use crate::core::node::{Replay, Reply};
 use crate::error::{Error, Result, mesh_status};
 use crate::node::{Answer, LinkHandle, LinkItem, Node};
@@ -55,6 +56,7 @@ use crate::proto::{
     Member, NodeId, RelayAck, RelayFrame, ServerJoinReply, ServerJoinRequest, UpdateServersRequest,
     relay_frame,
 };
+use crate::tls::TlsSettings;
 use crate::wire::RelayOut;
 
 /// The metadata entry that carries the cluster secret.
@@ -80,14 +82,26 @@ impl Interceptor for AddSecret {
     }
 }
 
-/// Refuses mesh calls that do not carry the cluster secret.
+/// Refuses mesh calls that do not carry the cluster secret, and, on a TLS
+/// node, those on a connection that presented no client certificate from
+/// the cluster's CA (the handshake already refused one from another CA).
 #[derive(Clone, Debug)]
-pub struct CheckSecret(pub Option<Arc<str>>);
+pub struct CheckMeshCaller {
+    pub secret: Option<Arc<str>>,
+    pub require_certificate: bool,
+}
 
-impl Interceptor for CheckSecret {
+impl Interceptor for CheckMeshCaller {
     fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let conn = req.extensions().get::<ConnInfo>();
+        let remote = conn.and_then(|c| c.remote);
+        if self.require_certificate && conn.is_none_or(|c| c.peer_certs.is_none()) {
+            let refusal = "this node requires a client certificate from the cluster's CA for mesh calls: start the calling node with --tls-cert, --tls-key and --tls-ca";
+            warn!(?remote, reason = refusal, "refused a mesh call");
+            return Err(Status::unauthenticated(refusal));
+        }
         let given = req.metadata().get(SECRET_HEADER);
-        let refusal = match (&self.0, given) {
+        let refusal = match (&self.secret, given) {
             (None, None) => return Ok(req),
             (Some(secret), Some(given))
                 if constant_time_eq(given.as_bytes(), secret.as_bytes()) =>
@@ -106,7 +120,7 @@ impl Interceptor for CheckSecret {
                 "wrong cluster secret: every node of the cluster needs the same one"
             }
         };
-        warn!(remote = ?req.remote_addr(), reason = refusal, "refused a mesh call");
+        warn!(?remote, reason = refusal, "refused a mesh call");
         Err(Status::unauthenticated(refusal))
     }
 }
@@ -137,24 +151,32 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 pub type MeshClient = ServerMeshClient<InterceptedService<Channel, AddSecret>>;
 
-/// A mesh client for the node at `addr`, carrying `secret`.
-pub async fn mesh_client(addr: &str, secret: Option<&str>) -> Result<MeshClient> {
-    Ok(ServerMeshClient::new(mesh_service(addr, secret).await?)
-        .max_decoding_message_size(crate::limits::MESH_MAX_MESSAGE)
-        .max_encoding_message_size(crate::limits::MESH_MAX_MESSAGE))
+/// A mesh client for the node at `addr`, carrying `secret`, over TLS with
+/// `tls` (a node's settings: its certificate is its client certificate).
+pub async fn mesh_client(
+    addr: &str,
+    secret: Option<&str>,
+    tls: Option<&TlsSettings>,
+) -> Result<MeshClient> {
+    Ok(
+        ServerMeshClient::new(mesh_service(addr, secret, tls).await?)
+            .max_decoding_message_size(crate::limits::MESH_MAX_MESSAGE)
+            .max_encoding_message_size(crate::limits::MESH_MAX_MESSAGE),
+    )
 }
 
 /// A connection to the node at `addr` whose calls carry `secret`.
 async fn mesh_service(
     addr: &str,
     secret: Option<&str>,
+    tls: Option<&TlsSettings>,
 ) -> Result<InterceptedService<Channel, AddSecret>> {
     let connect_err = |reason: String| Error::Connect {
         addr: addr.to_string(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| connect_err(e.to_string()))?
+    let endpoint = crate::tls::endpoint(addr, tls)
+        .map_err(connect_err)?
         .connect_timeout(MESH_CALL_TIMEOUT)
         .initial_stream_window_size(crate::http2::STREAM_WINDOW)
         .initial_connection_window_size(crate::http2::CONNECTION_WINDOW)
@@ -163,7 +185,7 @@ async fn mesh_service(
         if is_refused(&e) {
             connect_err(format!("{REFUSED} ({e})"))
         } else {
-            connect_err(e.to_string())
+            connect_err(crate::tls::explain_dial_error(addr, tls, &e))
         }
     })?;
     let secret = match secret {
@@ -181,9 +203,13 @@ impl Node {
         self.config().cluster_secret.as_deref()
     }
 
+    fn tls(&self) -> Option<&TlsSettings> {
+        self.config().tls.as_ref()
+    }
+
     /// Joins the cluster through the member at `boot`.
     pub async fn join_cluster(&self, boot: &str) -> Result<()> {
-        let mut client = mesh_client(boot, self.secret()).await?;
+        let mut client = mesh_client(boot, self.secret(), self.tls()).await?;
         let member = self.lock().core.own_member();
         let reply = tokio::time::timeout(
             MESH_CALL_TIMEOUT,
@@ -197,7 +223,13 @@ impl Node {
             tonic::Code::Unauthenticated => {
                 Error::Protocol(format!("{boot} refused this node: {}", status.message()))
             }
-            _ => Error::from(status),
+            _ => match crate::tls::explain_call_error(boot, self.tls(), &status) {
+                Some(reason) => Error::Connect {
+                    addr: boot.to_string(),
+                    reason,
+                },
+                None => Error::from(status),
+            },
         })?
         .into_inner();
         info!(boot, "joined the cluster through its boot member");
@@ -320,9 +352,12 @@ pub(crate) async fn push_members(node: Node, members: Vec<Member>, peers: Vec<Me
     for peer in peers {
         let members = members.clone();
         let secret = node.secret().map(str::to_string);
+        let tls = node.tls().cloned();
         calls.spawn(async move {
             let call = async {
-                let mut client = mesh_client(&peer.addr, secret.as_deref()).await.ok()?;
+                let mut client = mesh_client(&peer.addr, secret.as_deref(), tls.as_ref())
+                    .await
+                    .ok()?;
                 let reply = client
                     .update_servers(UpdateServersRequest { members })
                     .await
@@ -432,7 +467,7 @@ impl Link {
         let node = self.node.clone();
         self.restart.store(false, Ordering::Release);
         let mut client = crate::proto::peer::server_mesh_client::ServerMeshClient::new(
-            mesh_service(&self.peer.addr, node.secret())
+            mesh_service(&self.peer.addr, node.secret(), node.tls())
                 .await
                 .map_err(Status::from)?,
         )

@@ -80,6 +80,9 @@ pub struct NodeConfig {
     pub boot: Option<String>,
     /// Shared secret every mesh call must carry; `None` leaves the mesh open.
     pub cluster_secret: Option<String>,
+    /// TLS for participants and the mesh (the node's certificate and key,
+    /// and the cluster's CA); `None`: plaintext.
+    pub tls: Option<crate::tls::TlsSettings>,
     /// Interval between heartbeats on peer links.
     pub heartbeat: Duration,
     /// Silence after which a peer is declared failed.
@@ -112,6 +115,7 @@ impl NodeConfig {
             peer_queue: DEFAULT_PEER_QUEUE,
             boot: None,
             cluster_secret: None,
+            tls: None,
             heartbeat: DEFAULT_HEARTBEAT,
             failure_timeout: DEFAULT_FAILURE_TIMEOUT,
             limits: CoreLimits::default(),

@@ -12,19 +12,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
-use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tracing::{info, warn};
 
-use crate::connections::{Admission, Admitted, ConnectionLimits, fit_open_files};
+use crate::connections::{Admission, ConnectionLimits, Incoming, fit_open_files};
 use crate::edge::ChatEdge;
 use crate::error::{Error, Result};
 use crate::http2::{CONNECTION_WINDOW, STREAM_WINDOW};
 use crate::limits::{MESH_MAX_MESSAGE, OversizeLayer};
-use crate::mesh::CheckSecret;
+use crate::mesh::CheckMeshCaller;
 use crate::node::{Node, NodeConfig};
 use crate::proto::server::chitty_chat_server::ChittyChatServer;
 use crate::proto::server::server_mesh_server::ServerMeshServer;
 use crate::service::{ChatService, MeshService};
+use crate::tls::RequireTlsLayer;
 
 /// How often the server pings an idle HTTP/2 connection, and how long it waits
 /// for the answer before dropping it. This is what detects a client whose
@@ -76,12 +77,17 @@ pub async fn serve_node(
     let reflection_v1alpha = reflection_builder()
         .build_v1alpha()
         .map_err(reflection_error)?;
-    if node.config().cluster_secret.is_none() {
+    if node.config().cluster_secret.is_none() && node.config().tls.is_none() {
         // `chitty server` refuses to start so unless every address is
         // loopback: then only programs on this machine can join.
         warn!("no cluster secret set: any program on this machine can join the mesh");
     }
-    let secret = CheckSecret(node.config().cluster_secret.as_deref().map(Arc::from));
+    let caller_check = CheckMeshCaller {
+        secret: node.config().cluster_secret.as_deref().map(Arc::from),
+        // With TLS, the CA closes the mesh: a mesh call must come on a
+        // connection that presented a certificate from it.
+        require_certificate: node.config().tls.is_some(),
+    };
 
     let mesh_tasks = node.start_mesh();
     let fatal = Arc::new(std::sync::OnceLock::new());
@@ -120,20 +126,11 @@ pub async fn serve_node(
         max_connections: fit_open_files(limits.max_connections),
         ..limits
     });
-    // Small frames (an event, a publish reply) must leave at once, not wait
-    // for a delayed ACK: Nagle off on every connection. A connection over a
-    // cap is dropped here, which closes it.
-    let incoming = tokio_stream::StreamExt::filter_map(
-        TcpIncoming::from(listener).with_nodelay(Some(true)),
-        move |accepted| match accepted {
-            Ok(io) => {
-                let permit = admission.admit(io.peer_addr().ok()?.ip())?;
-                let timeout = admission.limits().handshake_timeout;
-                Some(Ok(Admitted::new(Gathering::new(io), permit, timeout)))
-            }
-            Err(e) => Some(Err(e)),
-        },
-    );
+    let tls = match &node.config().tls {
+        Some(tls) => Some(tls.server_config().map_err(Error::Protocol)?),
+        None => None,
+    };
+    let incoming = Incoming::new(listener, admission, tls.clone());
     let serving = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -142,6 +139,8 @@ pub async fn serve_node(
         .initial_stream_window_size(Some(STREAM_WINDOW))
         .initial_connection_window_size(Some(CONNECTION_WINDOW))
         .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        // On a TLS node, a connection without TLS gets only a refusal.
+        .layer(RequireTlsLayer(tls.is_some()))
         // A request over its size limit is RESOURCE_EXHAUSTED, not tonic's
         // OUT_OF_RANGE (see `crate::limits`).
         .layer(OversizeLayer)
@@ -153,7 +152,7 @@ pub async fn serve_node(
             ServerMeshServer::new(MeshService::new(node.clone()))
                 .max_decoding_message_size(MESH_MAX_MESSAGE)
                 .max_encoding_message_size(MESH_MAX_MESSAGE),
-            secret,
+            caller_check,
         ))
         .serve_with_incoming_shutdown(incoming, shutdown);
     let served = tokio::select! {
@@ -197,7 +196,7 @@ pub struct Gathering {
 const GATHER: usize = 16 * 1024;
 
 impl Gathering {
-    fn new(io: TcpStream) -> Self {
+    pub(crate) fn new(io: TcpStream) -> Self {
         Self {
             io,
             pending: Vec::new(),

@@ -201,7 +201,7 @@ impl ChittyChat for ChatService {
 }
 
 /// The peer-facing `ServerMesh` service. The cluster secret is checked by
-/// [`crate::mesh::CheckSecret`] before any of these run.
+/// [`crate::mesh::CheckMeshCaller`] before any of these run.
 #[derive(Debug, Clone)]
 pub struct MeshService {
     node: Node,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use chitty::proto::chitty_chat_client::ChittyChatClient;
 use chitty::proto::{ListParticipantsRequest, ListServersRequest};
+use chitty::tls::TlsSettings;
 
 use super::{
     ChildGuard, ClientProcess, DEADLINE, EventLine, ServerProcess, spawn_client, spawn_server,
@@ -50,10 +51,13 @@ pub fn block_on<F: Future>(fut: F) -> F::Output {
         .block_on(fut)
 }
 
-async fn chat_client(addr: &str) -> Result<ChittyChatClient<tonic::transport::Channel>, String> {
-    let connect = ChittyChatClient::connect(format!("http://{addr}"));
-    match tokio::time::timeout(QUERY_TIMEOUT, connect).await {
-        Ok(Ok(client)) => Ok(client),
+async fn chat_client(
+    addr: &str,
+    tls: Option<&TlsSettings>,
+) -> Result<ChittyChatClient<tonic::transport::Channel>, String> {
+    let endpoint = chitty::tls::endpoint(addr, tls)?;
+    match tokio::time::timeout(QUERY_TIMEOUT, endpoint.connect()).await {
+        Ok(Ok(channel)) => Ok(ChittyChatClient::new(channel)),
         Ok(Err(e)) => Err(format!("cannot connect to {addr}: {e}")),
         Err(_) => Err(format!("{addr} did not accept a connection in time")),
     }
@@ -61,7 +65,12 @@ async fn chat_client(addr: &str) -> Result<ChittyChatClient<tonic::transport::Ch
 
 /// The addresses of the live nodes the node at `addr` knows, sorted.
 pub async fn servers_of(addr: &str) -> Result<Vec<String>, String> {
-    let mut client = chat_client(addr).await?;
+    servers_of_with(addr, None).await
+}
+
+/// Like [`servers_of`], asking over TLS with `tls`.
+pub async fn servers_of_with(addr: &str, tls: Option<&TlsSettings>) -> Result<Vec<String>, String> {
+    let mut client = chat_client(addr, tls).await?;
     let reply = tokio::time::timeout(QUERY_TIMEOUT, client.list_servers(ListServersRequest {}))
         .await
         .map_err(|_| format!("{addr} did not answer ListServers in time"))?
@@ -81,7 +90,7 @@ pub async fn servers_of(addr: &str) -> Result<Vec<String>, String> {
 /// The names of the live participants the node at `addr` knows, sorted
 /// (duplicates kept, so that a doubled participant shows).
 pub async fn participants_of(addr: &str) -> Result<Vec<String>, String> {
-    let mut client = chat_client(addr).await?;
+    let mut client = chat_client(addr, None).await?;
     let reply = tokio::time::timeout(
         QUERY_TIMEOUT,
         client.list_participants(ListParticipantsRequest {}),
@@ -124,11 +133,16 @@ pub fn sorted(addrs: &[&str]) -> Vec<String> {
 /// Waits until every node in `asked` lists exactly the nodes `expected` as
 /// the live members of the cluster.
 pub fn wait_members(asked: &[&str], expected: &[&str]) {
+    wait_members_with(asked, expected, None)
+}
+
+/// Like [`wait_members`], asking over TLS with `tls`.
+pub fn wait_members_with(asked: &[&str], expected: &[&str], tls: Option<&TlsSettings>) {
     let expected = sorted(expected);
     for addr in asked {
         poll(
             &format!("{addr} to list exactly {expected:?}"),
-            || match block_on(servers_of(addr)) {
+            || match block_on(servers_of_with(addr, tls)) {
                 Ok(list) if list == expected => Ok(()),
                 Ok(list) => Err(format!("it lists {list:?}")),
                 Err(e) => Err(e),
