@@ -1304,17 +1304,12 @@ impl NodeCore {
         let mut result = Ok(());
         match frame.frame {
             Some(relay_frame::Frame::Batch(mut batch)) => {
-                batch.events.retain(|event| {
-                    let absurd = event.lamport > validate::MAX_EVENT_LAMPORT;
-                    if absurd {
-                        warn!(
-                            peer = %peer.id,
-                            lamport = event.lamport,
-                            "dropping a relayed event stamped with an absurd Lamport time \
-                             (no honest node stamps above 2^63)"
-                        );
+                batch.events.retain(|event| match validate::relayed_event(event) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        warn!(peer = %peer.id, lamport = event.lamport, %why, "dropping a relayed event no honest node stamps");
+                        false
                     }
-                    !absurd
                 });
                 for grant in batch.grants {
                     self.chat.grant(grant);
@@ -2487,6 +2482,82 @@ mod tests {
         n1.on_relay(now, &node("n2"), batch(event(1, 1 << 40)))
             .unwrap();
         assert_eq!(n1.lamport(), (1 << 40) + 1);
+    }
+
+    /// A member cannot get through other nodes what no participant could
+    /// publish: each of these is dropped, and the honest event with the
+    /// same id that follows is delivered.
+    #[test]
+    fn relayed_events_no_honest_node_stamps_are_dropped() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        join(&mut n1, "Ann");
+        let bob = |change: &dyn Fn(&mut Event)| {
+            let mut e = Event {
+                id: Some(crate::proto::EventId {
+                    origin: Some(node("n2")),
+                    seq: 1,
+                }),
+                lamport: 3,
+                kind: EventKind::Joined as i32,
+                participant_name: "Bob".into(),
+                participant_id: "id-bob".into(),
+                text: "Participant Bob joined Chitty-Chat at Lamport time 3".into(),
+                ..Default::default()
+            };
+            change(&mut e);
+            RelayFrame {
+                frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
+                    events: vec![e],
+                    ..Default::default()
+                })),
+            }
+        };
+        let message = |text: &str| {
+            let text = text.to_string();
+            move |e: &mut Event| {
+                e.kind = EventKind::Message as i32;
+                e.text = text.clone();
+            }
+        };
+        type Change = Box<dyn Fn(&mut Event)>;
+        let hostile: Vec<(&str, Change)> = vec![
+            ("escape sequence", Box::new(message("\x1b[2Jfake"))),
+            ("129 characters", Box::new(message(&"x".repeat(129)))),
+            ("blank", Box::new(message("   "))),
+            (
+                "control in a name",
+                Box::new(|e: &mut Event| e.participant_name = "Al\rice".into()),
+            ),
+            (
+                "empty name",
+                Box::new(|e: &mut Event| e.participant_name.clear()),
+            ),
+            (
+                "1 MiB publish id",
+                Box::new(|e: &mut Event| e.publish_id = "a".repeat(1 << 20)),
+            ),
+            (
+                "long participant id",
+                Box::new(|e: &mut Event| e.participant_id = "i".repeat(65)),
+            ),
+            ("unknown kind", Box::new(|e: &mut Event| e.kind = 99)),
+            (
+                "two-line notice",
+                Box::new(|e: &mut Event| e.text = "Participant Bob joined\nAlice: hi".into()),
+            ),
+        ];
+        for (what, change) in &hostile {
+            n1.on_relay(now, &node("n2"), bob(change.as_ref())).unwrap();
+            let out = n1.take_outputs();
+            assert!(
+                !out.iter().any(|o| matches!(o, Output::Deliver { .. })),
+                "{what}: delivered"
+            );
+        }
+        assert!(n1.participants().iter().all(|p| p.name != "Bob"));
+        n1.on_relay(now, &node("n2"), bob(&|_| {})).unwrap();
+        assert!(n1.participants().iter().any(|p| p.name == "Bob"));
     }
 
     #[test]

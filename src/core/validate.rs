@@ -99,6 +99,45 @@ pub fn seen_and_nodes(seen: usize, unanswered_at: usize, known_nodes: usize) -> 
     Ok(())
 }
 
+/// Longest text of an event a node writes itself ("Participant X joined
+/// Chitty-Chat at Lamport time L" with the longest name and clock).
+const MAX_NOTICE_CHARS: usize = 128;
+
+/// An event relayed by a peer, against what an honest node stamps: a known
+/// kind, a Lamport time of at most [`MAX_EVENT_LAMPORT`], a valid name and
+/// publish id, a bounded participant id and `deps`, and a text that follows
+/// the message rules (for a message) or is one printable line (a node's
+/// own notice). Peers are members, but a broken or hostile one must not get
+/// through other nodes what no participant could publish. Returns why not.
+pub fn relayed_event(event: &crate::proto::Event) -> std::result::Result<(), String> {
+    use crate::proto::EventKind;
+    if event.lamport > MAX_EVENT_LAMPORT {
+        return Err(format!(
+            "Lamport time {} is absurd (no honest node stamps above 2^63)",
+            event.lamport
+        ));
+    }
+    let kind = EventKind::try_from(event.kind)
+        .ok()
+        .filter(|k| *k != EventKind::Unspecified)
+        .ok_or_else(|| format!("unknown event kind {}", event.kind))?;
+    token("participant_id", &event.participant_id).map_err(|e| e.to_string())?;
+    name(&event.participant_name).map_err(|e| e.to_string())?;
+    publish_id(&event.publish_id).map_err(|e| e.to_string())?;
+    if event.deps.len() > MAX_SEEN_MARKS {
+        return Err(format!("{} causal dependencies", event.deps.len()));
+    }
+    match kind {
+        EventKind::Message => message(&event.text).map_err(|e| e.to_string()),
+        _ if event.text.chars().count() > MAX_NOTICE_CHARS
+            || !event.text.chars().all(shows_as_itself) =>
+        {
+            Err("a notice that is not one printable line".into())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A valid message is one line of 1 to [`MAX_MESSAGE_CHARS`] characters
 /// (protobuf `string` fields are already guaranteed to be UTF-8 when they
 /// reach us), not all white space, with no control character (C0, which
