@@ -144,6 +144,19 @@ impl HoldBack {
         Some(event)
     }
 
+    /// A held message published with `publish_id`: a retry of it must not
+    /// be stamped again (its original reached this node but waits for its
+    /// dependencies). Only looks when something is held.
+    pub fn held_publish(&self, publish_id: &str) -> Option<&Arc<Event>> {
+        if self.held == 0 {
+            return None;
+        }
+        self.pending
+            .values()
+            .flat_map(|queue| queue.values())
+            .find(|e| e.kind() == crate::proto::EventKind::Message && e.publish_id == publish_id)
+    }
+
     /// This node stamped its own event `seq`: it is delivered here by
     /// definition.
     pub fn record_own(&mut self, origin: &NodeId, seq: u64) {

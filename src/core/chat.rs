@@ -258,6 +258,17 @@ impl ChatCore {
         publish_id: &str,
     ) -> Result<Published> {
         let pid = self.local_owner(token)?;
+        // Its original reached this node from another and waits for events
+        // it depends on: stamping the retry would make one message two
+        // events, and answering with the original would let the sender's
+        // next messages overtake it here. It is answered once delivered.
+        if !publish_id.is_empty() && self.holdback.held_publish(publish_id).is_some() {
+            return Err(Error::Unavailable(
+                "this message reached this node through another node and waits here for \
+                 events it depends on (a network split?); retry"
+                    .into(),
+            ));
+        }
         if !publish_id.is_empty()
             && let Some(original) = self.dedupe.original(publish_id)
         {
@@ -938,6 +949,74 @@ mod tests {
         assert!(again.events.is_empty());
         assert_eq!(again.event.lamport, first.event.lamport);
         assert_eq!(again.event.id, first.event.id);
+    }
+
+    /// A participant's publish reached another node, which crashed before
+    /// answering; the original reached this node too but waits for what it
+    /// depends on. The retry here is refused until it is delivered, then
+    /// answered with it: never a second event.
+    #[test]
+    fn a_retry_whose_original_is_held_back_is_not_stamped_again() {
+        let mut c = core();
+        join(&mut c, "E", 1);
+        let n2 = NodeId {
+            id: "n2".into(),
+            generation: 1,
+        };
+        let original = Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(n2.clone()),
+                seq: 1,
+            }),
+            lamport: 9,
+            kind: EventKind::Message as i32,
+            participant_name: "E".into(),
+            participant_id: "id-E".into(),
+            text: "once".into(),
+            publish_id: "p1".into(),
+            // It depends on an event of n3 that this node lacks.
+            deps: vec![SeqMark {
+                origin: Some(NodeId {
+                    id: "n3".into(),
+                    generation: 1,
+                }),
+                seq: 4,
+            }],
+        };
+        let received = c.receive(vec![original]);
+        assert!(received.events.is_empty(), "held back");
+        let before = c.history().len();
+        // Refused while it waits: answering with it would let the sender's
+        // next messages overtake it here.
+        assert!(matches!(
+            c.publish("tok-E", "once", 10, "p1"),
+            Err(Error::Unavailable(_))
+        ));
+        assert_eq!(c.history().len(), before, "nothing stamped");
+        // Once its dependency arrives, the retry is the original.
+        let dependency = |seq| Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(NodeId {
+                    id: "n3".into(),
+                    generation: 1,
+                }),
+                seq,
+            }),
+            lamport: 5,
+            kind: EventKind::Message as i32,
+            participant_name: "F".into(),
+            participant_id: "id-F".into(),
+            text: "before".into(),
+            ..Default::default()
+        };
+        c.receive((1..=4).map(dependency).collect());
+        let retry = c.publish("tok-E", "once", 10, "p1").unwrap();
+        assert!(retry.duplicate);
+        assert_eq!(
+            retry.event.id.as_ref().and_then(|id| id.origin.as_ref()),
+            Some(&n2)
+        );
+        assert_eq!(retry.event.lamport, 9);
     }
 
     #[test]
