@@ -54,8 +54,15 @@ impl<U: Message + Default> TonicDecoder for Decoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        U::decode(buf).map(Some).map_err(|e| invalid(&e))
+        decode(buf).map(Some)
     }
+}
+
+/// Decodes one request message of type `U` from `buf` as the servers do:
+/// a malformed message is `INVALID_ARGUMENT` ([`invalid`]). Also what the
+/// fuzz targets (`fuzz/`) feed arbitrary bytes to.
+pub fn decode<U: Message + Default>(buf: impl prost::bytes::Buf) -> Result<U, Status> {
+    U::decode(buf).map_err(|e| invalid(&e))
 }
 
 /// The status for a request prost could not decode.

@@ -120,6 +120,13 @@ async fn read_request(req: http::Request<Body>) -> Result<JoinRequest, Status> {
             bytes.extend_from_slice(&data);
         }
     }
+    join_request(&bytes)
+}
+
+/// The body of a Join call, read whole: exactly one uncompressed gRPC
+/// message (a 5-byte prefix, then the `JoinRequest`), decoded as
+/// [`crate::codec::decode`] does.
+pub fn join_request(bytes: &[u8]) -> Result<JoinRequest, Status> {
     if bytes.len() < PREFIX {
         return Err(Status::invalid_argument(
             "Join needs exactly one request message",
@@ -136,7 +143,7 @@ async fn read_request(req: http::Request<Body>) -> Result<JoinRequest, Status> {
             "Join needs exactly one request message",
         ));
     }
-    JoinRequest::decode(&bytes[PREFIX..]).map_err(|e| crate::codec::invalid(&e))
+    crate::codec::decode(&bytes[PREFIX..])
 }
 
 /// A Join response body: what the session has queued, in as few chunks as
