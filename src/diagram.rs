@@ -314,6 +314,25 @@ pub fn debug_enabled() -> bool {
     tracing::enabled!(target: TARGET, tracing::Level::DEBUG)
 }
 
+/// Logs an event this node stamped (whatever caused it: a request, whose
+/// `rpc` record has the clock, or the node itself, announcing a participant
+/// as left).
+pub fn stamp(node: &NodeId, addr: &str, event: &Event) {
+    tracing::info!(
+        target: TARGET,
+        role = "node",
+        node = node.id.as_str(),
+        generation = node.generation,
+        node_addr = addr,
+        participant = event.participant_name.as_str(),
+        participant_id = event.participant_id.as_str(),
+        event = %EventRef(event),
+        kind = kind(event),
+        event_lamport = event.lamport,
+        "stamp"
+    );
+}
+
 /// Logs a node's start: its id, address and the boot member it joins
 /// through (none for the first node).
 pub fn start(node: &NodeId, addr: &str, boot: Option<&str>) {

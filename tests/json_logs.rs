@@ -115,6 +115,16 @@ fn check_common_fields(who: &str, records: &[Value]) {
                 str_of(r, "node_addr");
                 num(r, "generation");
             }
+            "stamp" => {
+                assert_eq!(r["role"], "node", "{who}: {r}");
+                str_of(r, "node");
+                str_of(r, "participant_id");
+                num(r, "event_lamport");
+                assert!(
+                    str_of(r, "event").starts_with(str_of(r, "node")),
+                    "{who}: {r}"
+                );
+            }
             "rpc" | "event" => {
                 let role = str_of(r, "role");
                 let call = str_of(r, "call");
@@ -358,6 +368,17 @@ fn check_message(
     assert_eq!(
         stamp,
         num(received, "lamport_before").max(num(received, "lamport_carried")) + 1
+    );
+
+    // Stamped once, at the home node only.
+    let stamped = one(home_name, home, "stamp", |r| {
+        r["message"] == "stamp" && r["event"] == event.as_str()
+    });
+    assert_eq!(num(stamped, "event_lamport"), stamp);
+    assert!(
+        !away
+            .iter()
+            .any(|r| r["message"] == "stamp" && r["event"] == event.as_str())
     );
 
     // The request as the author sent it.

@@ -2093,6 +2093,9 @@ impl NodeCore {
         }
         for event in events {
             let own = own_seq(&event, &self.me).is_some();
+            if own {
+                diagram::stamp(&self.me, &self.addr, &event);
+            }
             info!(
                 kind = event.kind().as_str_name(),
                 participant = %event.participant_name,
