@@ -188,6 +188,20 @@ pub struct ServerArgs {
     /// (the size of its token bucket, which refills at --publish-rate).
     #[arg(long, env = "CHITTY_PUBLISH_BURST", default_value_t = rate::DEFAULT_PUBLISH_BURST)]
     pub publish_burst: u32,
+    /// How log lines are written: text for people, or json, one object per
+    /// line, with the records a Lamport diagram is drawn from
+    /// (docs/logs.md).
+    #[arg(long, env = "CHITTY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people (the default).
+    Text,
+    /// One JSON object per line, with the diagram records of docs/logs.md.
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +220,11 @@ pub struct ClientArgs {
     /// Lamport time) to this file.
     #[arg(long, env = "CHITTY_LOG")]
     pub log: Option<std::path::PathBuf>,
+    /// How log lines are written (to --log, or to stderr): text for people,
+    /// or json, one object per line, with the records a Lamport diagram is
+    /// drawn from (docs/logs.md).
+    #[arg(long, env = "CHITTY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Connect with TLS, accepting only nodes whose certificate this CA
     /// (PEM) signed, on the first node and every node the client moves to.
     #[arg(long, env = "CHITTY_TLS_CA")]

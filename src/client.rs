@@ -21,11 +21,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 use crate::core::LamportClock;
+use crate::diagram::{self, Call, Dir, Record, Who};
 use crate::error::{Error, Result};
 use crate::proto::chitty_chat_client::ChittyChatClient;
 use crate::proto::{
-    Event, EventKind, Gap, JoinFrame, JoinRequest, LeaveRequest, PublishOutcome, PublishReply,
-    PublishRequest, ServerList, Welcome, join_frame,
+    Event, EventKind, Gap, JoinFrame, JoinRequest, LeaveRequest, NodeId, PublishOutcome,
+    PublishReply, PublishRequest, ServerList, Welcome, join_frame,
 };
 use crate::tls::TlsSettings;
 
@@ -108,28 +109,92 @@ async fn bounded<T>(
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("call timed out")))
 }
 
-/// The participant's Lamport clock, shared by the sending and receiving halves.
+/// The participant's Lamport clock, shared by the sending and receiving
+/// halves, with who the participant is, for the log's diagram records.
 #[derive(Debug, Clone, Default)]
-pub struct SharedClock(Arc<Mutex<LamportClock>>);
+pub struct SharedClock(Arc<Mutex<ClockState>>);
+
+#[derive(Debug, Default)]
+struct ClockState {
+    clock: LamportClock,
+    name: String,
+    /// Empty until a Welcome told it.
+    participant_id: String,
+    /// The node the participant talks to, once a Welcome named it.
+    node: Option<NodeId>,
+    node_addr: String,
+}
+
+impl ClockState {
+    fn who(&self) -> Who<'_> {
+        Who::Participant {
+            name: &self.name,
+            id: &self.participant_id,
+            node: self.node.as_ref(),
+            node_addr: &self.node_addr,
+        }
+    }
+}
 
 impl SharedClock {
+    fn state(&self) -> std::sync::MutexGuard<'_, ClockState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn tick(&self) -> u64 {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).tick()
+        self.state().clock.tick()
     }
     pub fn observe(&self, remote: u64) -> u64 {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .observe(remote)
+        self.state().clock.observe(remote)
     }
     pub fn now(&self) -> u64 {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).now()
+        self.state().clock.now()
+    }
+
+    /// Ticks for a request sent by `call` to the node at `node_addr`, and
+    /// logs it (see [`crate::diagram`]); returns the time to send.
+    pub fn send(&self, call: Call, name: &str, node_addr: &str) -> u64 {
+        let mut state = self.state();
+        if state.name != name {
+            state.name = name.to_string();
+        }
+        if state.node_addr != node_addr {
+            state.node_addr = node_addr.to_string();
+            state.node = None;
+        }
+        let before = state.clock.now();
+        let after = state.clock.tick();
+        diagram::rpc(
+            state.who(),
+            Record::new(call, Dir::Sent)
+                .carried(after)
+                .clock(before, after),
+        );
+        after
+    }
+
+    /// The session a Welcome opened: the participant's id and its node.
+    pub fn welcomed(&self, welcome: &Welcome) {
+        let mut state = self.state();
+        state.participant_id.clone_from(&welcome.participant_id);
+        state.node.clone_from(&welcome.node);
     }
 
     /// Applies the receive rule to `event` and writes it to the log with the
     /// participant's new time (R4).
     pub fn receive(&self, event: Event) -> Received {
-        let local = self.observe(event.lamport);
+        let local = {
+            let mut state = self.state();
+            let before = state.clock.now();
+            let local = state.clock.observe(event.lamport);
+            diagram::event(
+                state.who(),
+                Record::new(Call::Deliver, Dir::Received)
+                    .event(&event)
+                    .clock(before, local),
+            );
+            local
+        };
         tracing::info!(
             lamport = event.lamport,
             local,
@@ -163,7 +228,7 @@ pub async fn join_with(
     name: &str,
 ) -> Result<(Session, EventStream)> {
     let clock = SharedClock::default();
-    let lamport = clock.tick();
+    let lamport = clock.send(Call::Join, name, "");
     let mut stream = client
         .join(JoinRequest {
             name: name.to_string(),
@@ -174,6 +239,7 @@ pub async fn join_with(
         .await?
         .into_inner();
     let welcome = expect_welcome(stream.message().await?)?;
+    clock.welcomed(&welcome);
     let session = Session::from_welcome(client, welcome, name, clock.clone());
     let events = EventStream {
         inner: stream,
@@ -220,7 +286,7 @@ impl Session {
     /// Publishes a message. Returns the server's reply and the Lamport time
     /// the request was sent at.
     pub async fn publish(&self, text: &str) -> Result<(PublishReply, u64)> {
-        let lamport = self.clock.tick();
+        let lamport = self.clock.send(Call::Publish, &self.name, "");
         tracing::info!(lamport, "sending Publish");
         let mut client = self.client.clone();
         let request = PublishRequest {
@@ -256,7 +322,7 @@ impl Session {
 
     /// Leaves the chat. Returns the timestamp of the "left" event.
     pub async fn leave(&self) -> Result<u64> {
-        let lamport = self.clock.tick();
+        let lamport = self.clock.send(Call::Leave, &self.name, "");
         tracing::info!(lamport, "sending Leave");
         let mut client = self.client.clone();
         let call = client.leave(LeaveRequest {

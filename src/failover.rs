@@ -28,6 +28,7 @@ use tonic::{Code, Status, Streaming};
 
 use crate::client::{CALL_TIMEOUT, Received, SharedClock, connect_with, expect_welcome};
 use crate::core::causal::OriginKey;
+use crate::diagram::Call as Rpc;
 use crate::error::{Error, Result};
 use crate::proto::chitty_chat_client::ChittyChatClient;
 use crate::proto::{
@@ -311,7 +312,7 @@ impl Driver {
         });
         let request = JoinRequest {
             name: self.options.name.clone(),
-            lamport: self.clock.tick(),
+            lamport: self.clock.send(Rpc::Join, &self.options.name, addr),
             resume,
             rejoin,
         };
@@ -323,6 +324,7 @@ impl Driver {
         .await
         .map_err(|_| Error::Unavailable(format!("{addr} did not answer Join")))??;
         let welcome = expect_welcome(stream.1.take())?;
+        self.clock.welcomed(&welcome);
         if let Some(list) = &welcome.servers {
             self.learn_servers(list);
         }
@@ -534,7 +536,9 @@ impl Driver {
             let request = PublishRequest {
                 session_token: id.token.clone(),
                 text: front.text.clone(),
-                lamport: self.clock.tick(),
+                lamport: self
+                    .clock
+                    .send(Rpc::Publish, &self.options.name, &self.current),
                 publish_id: front.publish_id.clone(),
             };
             if let Err(status) = crate::limits::check_request(&request) {
@@ -738,7 +742,9 @@ impl Driver {
             };
             let request = LeaveRequest {
                 session_token: id.token.clone(),
-                lamport: self.clock.tick(),
+                lamport: self
+                    .clock
+                    .send(Rpc::Leave, &self.options.name, &self.current),
             };
             tracing::info!(lamport = request.lamport, "sending Leave");
             let mut client = client.clone();

@@ -30,6 +30,7 @@ pub mod client;
 pub mod codec;
 pub mod connections;
 pub mod core;
+pub mod diagram;
 pub mod edge;
 pub mod error;
 pub mod failover;

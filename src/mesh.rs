@@ -49,12 +49,13 @@ use tracing::{debug, info, warn};
 
 use crate::connections::ConnInfo;
 use crate::core::node::{Replay, Reply};
+use crate::diagram::{self, Call, Dir, Record, Who};
 use crate::error::{Error, Result, mesh_status};
 use crate::node::{Answer, LinkHandle, LinkItem, Node};
 use crate::proto::server_mesh_client::ServerMeshClient;
 use crate::proto::{
-    Member, NodeId, RelayAck, RelayFrame, ServerJoinReply, ServerJoinRequest, UpdateServersRequest,
-    relay_frame,
+    Event, Member, NodeId, RelayAck, RelayFrame, ServerJoinReply, ServerJoinRequest,
+    UpdateServersRequest, relay_frame,
 };
 use crate::tls::TlsSettings;
 use crate::wire::RelayOut;
@@ -207,10 +208,43 @@ impl Node {
         self.config().tls.as_ref()
     }
 
+    /// This node, as the diagram records name it.
+    pub(crate) fn who(&self) -> Who<'_> {
+        Who::Node {
+            node: self.id(),
+            addr: &self.config().advertise,
+        }
+    }
+
+    /// Logs the diagram record of a mesh call (membership calls at debug:
+    /// they repeat on every change).
+    pub(crate) fn log_mesh_call(
+        &self,
+        call: Call,
+        dir: Dir,
+        peer: Option<&NodeId>,
+        peer_addr: Option<&str>,
+    ) {
+        let record = Record::new(call, dir).peer(peer, peer_addr);
+        match call {
+            Call::UpdateServers => diagram::rpc_debug(self.who(), record),
+            _ => diagram::rpc(self.who(), record),
+        }
+    }
+
     /// Joins the cluster through the member at `boot`.
     pub async fn join_cluster(&self, boot: &str) -> Result<()> {
         let mut client = mesh_client(boot, self.secret(), self.tls()).await?;
-        let member = self.lock().core.own_member();
+        let (member, clock) = {
+            let state = self.lock();
+            (state.core.own_member(), state.core.lamport())
+        };
+        diagram::rpc(
+            self.who(),
+            Record::new(Call::ServerJoin, Dir::Sent)
+                .peer(None, Some(boot))
+                .clock(clock, clock),
+        );
         let reply = tokio::time::timeout(
             MESH_CALL_TIMEOUT,
             client.server_join(ServerJoinRequest {
@@ -233,7 +267,19 @@ impl Node {
         })?
         .into_inner();
         info!(boot, "joined the cluster through its boot member");
-        self.step(|core, now| core.joined_cluster(now, reply));
+        let boot_clock = reply.lamport;
+        let (before, after) = self.step(|core, now| {
+            let before = core.lamport();
+            core.joined_cluster(now, reply);
+            (before, core.lamport())
+        });
+        diagram::rpc(
+            self.who(),
+            Record::new(Call::ServerJoinReply, Dir::Received)
+                .peer(None, Some(boot))
+                .carried(boot_clock)
+                .clock(before, after),
+        );
         Ok(())
     }
 
@@ -353,11 +399,18 @@ pub(crate) async fn push_members(node: Node, members: Vec<Member>, peers: Vec<Me
         let members = members.clone();
         let secret = node.secret().map(str::to_string);
         let tls = node.tls().cloned();
+        let node = node.clone();
         calls.spawn(async move {
             let call = async {
                 let mut client = mesh_client(&peer.addr, secret.as_deref(), tls.as_ref())
                     .await
                     .ok()?;
+                node.log_mesh_call(
+                    Call::UpdateServers,
+                    Dir::Sent,
+                    peer.node.as_ref(),
+                    Some(&peer.addr),
+                );
                 let reply = client
                     .update_servers(UpdateServersRequest { members })
                     .await
@@ -502,6 +555,15 @@ impl Link {
                 _ = shutdown.changed() => return Ok(()),
                 ack = acks.message() => match ack? {
                     Some(ack) => {
+                        if diagram::debug_enabled() {
+                            let marks = diagram::marks(&ack.held);
+                            diagram::rpc_debug(
+                                node.who(),
+                                Record::new(Call::RelayAck, Dir::Received)
+                                    .peer(Some(&self.id), Some(&self.peer.addr))
+                                    .held(&marks),
+                            );
+                        }
                         let id = &self.id;
                         node.step(|core, now| core.on_ack(now, id, ack.held));
                     }
@@ -561,6 +623,7 @@ impl Link {
         }
         let mut grants = replay.grants;
         for chunk in replay.events.chunks(MAX_RELAY_BATCH) {
+            self.log_sent(chunk.iter().map(|e| &**e));
             let frame = RelayOut::Batch {
                 events: chunk.iter().map(|e| crate::wire::event_field(e)).collect(),
                 grants: std::mem::take(&mut grants),
@@ -579,6 +642,19 @@ impl Link {
         Ok(())
     }
 
+    /// Logs the diagram record of each event relayed to this peer.
+    fn log_sent<'e>(&self, events: impl Iterator<Item = &'e Event>) {
+        for event in events {
+            diagram::rpc(
+                self.node.who(),
+                Record::new(Call::RelayBatch, Dir::Sent)
+                    .peer(Some(&self.id), Some(&self.peer.addr))
+                    .participant(&event.participant_name, &event.participant_id)
+                    .event(event),
+            );
+        }
+    }
+
     /// Sends queued items in order: runs of events as one batch each,
     /// heartbeats as their own frames.
     async fn send_items(
@@ -589,6 +665,12 @@ impl Link {
         let closed = |_| Status::unavailable("link closed");
         let mut events = Vec::new();
         let mut grants = Vec::new();
+        if diagram::info_enabled() {
+            self.log_sent(items.iter().filter_map(|item| match item {
+                LinkItem::Event(wired, _) => Some(&*wired.event),
+                _ => None,
+            }));
+        }
         for item in items.drain(..) {
             match item {
                 LinkItem::Event(wired, grant) => {

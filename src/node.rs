@@ -43,6 +43,7 @@ use crate::core::FastMap;
 use crate::core::chat::CoreLimits;
 pub use crate::core::node::{DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT};
 use crate::core::node::{EndReason, NodeCore, Opened, Output, PeerItem, Reply, RequestId, Timing};
+use crate::diagram::{self, Call, Dir, Record};
 use crate::error::{Error, Result, end_status};
 use crate::proto::{
     Event, Gap, JoinFrame, NodeId, Participant, PublishReply, RelayAck, Resume, ServerList,
@@ -385,6 +386,19 @@ impl Node {
         lamport: u64,
         publish_id: &str,
     ) -> impl Future<Output = Result<PublishReply>> + Send + use<> {
+        self.publish_by(Call::Publish, token, text, lamport, publish_id)
+    }
+
+    /// [`Node::publish`] for a message that came by `call` (a Publish or a
+    /// message of a PublishStream), which the node's log records name.
+    pub fn publish_by(
+        &self,
+        call: Call,
+        token: &str,
+        text: &str,
+        lamport: u64,
+        publish_id: &str,
+    ) -> impl Future<Output = Result<PublishReply>> + Send + use<> {
         let mut state = self.lock();
         let now = Instant::now();
         // Over the rate limit: refused before the core sees it (the clock
@@ -402,7 +416,7 @@ impl Node {
                 let (id, rx) = state.request();
                 state
                     .core
-                    .publish(now, id, token, text, lamport, publish_id);
+                    .publish_by(call, now, id, token, text, lamport, publish_id);
                 self.carry_out(&mut state);
                 Ok(rx)
             }
@@ -587,6 +601,15 @@ impl Node {
                         ));
                     }
                     Output::Ack { link, held } => {
+                        if diagram::debug_enabled() {
+                            let marks = diagram::marks(&held);
+                            diagram::rpc_debug(
+                                state.core.who(),
+                                Record::new(Call::RelayAck, Dir::Sent)
+                                    .peer(state.core.inbound_peer(link), None)
+                                    .held(&marks),
+                            );
+                        }
                         if let Some(acks) = state.ack_watches.get(&link) {
                             let _ = acks.send_replace(Ok(RelayAck { held }));
                         }
@@ -743,7 +766,15 @@ fn deliver(state: &State, gate: u64, event: &Event, overflowed: &mut Vec<String>
             continue; // cut off: it must not see later events past a hole
         }
         match sink.tx.try_send(Outbound::Event(field.clone())) {
-            Ok(()) => debug!(to = %pid, lamport = event.lamport, "deliver"),
+            Ok(()) => {
+                debug!(to = %pid, lamport = event.lamport, "deliver");
+                diagram::event_debug(
+                    state.core.who(),
+                    Record::new(Call::Deliver, Dir::Sent)
+                        .participant_id(pid)
+                        .event(event),
+                );
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !overflowed.contains(pid) {
                     overflowed.push(pid.clone());

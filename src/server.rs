@@ -49,6 +49,7 @@ pub async fn serve(
 ) -> Result<()> {
     let boot = config.boot.clone();
     let node = Node::new(config);
+    crate::diagram::start(node.id(), &node.config().advertise, boot.as_deref());
     if let Some(boot) = boot {
         node.join_cluster(&boot).await?;
     }

@@ -6,6 +6,7 @@ use tokio_stream::wrappers::{ReceiverStream, WatchStream};
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, instrument, warn};
 
+use crate::diagram::Call;
 use crate::node::{Node, SessionStream};
 use crate::proto::server::chitty_chat_server::ChittyChat;
 use crate::proto::server::server_mesh_server::ServerMesh;
@@ -100,7 +101,13 @@ async fn serve_publish_stream(
                     return;
                 }
             };
-            let outcome = node.publish(&req.session_token, &req.text, req.lamport, &req.publish_id);
+            let outcome = node.publish_by(
+                Call::PublishStream,
+                &req.session_token,
+                &req.text,
+                req.lamport,
+                &req.publish_id,
+            );
             if waiting_tx.send(Pending::Publish(outcome)).await.is_err() {
                 return;
             }
@@ -239,6 +246,12 @@ impl ServerMesh for MeshService {
     ) -> Result<Response<UpdateServersReply>, Status> {
         let members = self.node.merge_members(&req.into_inner().members);
         debug!(members = members.len(), "UpdateServers");
+        self.node.log_mesh_call(
+            Call::UpdateServers,
+            crate::diagram::Dir::Received,
+            None,
+            None,
+        );
         Ok(Response::new(UpdateServersReply { members }))
     }
 

@@ -107,6 +107,10 @@ pub struct Received {
     /// (a split or a race with a resume): announced back with a new
     /// "joined" event, which is among `events`.
     pub back: Vec<String>,
+    /// Each relayed event released here, with this node's clock before and
+    /// after its receive rule (gathered only when the diagram records are
+    /// logged: see [`crate::diagram`]).
+    pub clocked: Vec<(Arc<Event>, u64, u64)>,
 }
 
 /// What a joining node needs to serve at once.
@@ -435,8 +439,13 @@ impl ChatCore {
                 out.refused += 1;
             }
         }
+        let record = crate::diagram::info_enabled();
         while let Some(event) = self.holdback.pop_ready() {
-            self.clock.observe(event.lamport);
+            let before = self.clock.now();
+            let after = self.clock.observe(event.lamport);
+            if record {
+                out.clocked.push((event.clone(), before, after));
+            }
             if self.dedupe.is_retry_of_delivered(&event) {
                 // The same publish, stamped again by another node after a
                 // failover: delivered once already, so not again.

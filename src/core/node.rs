@@ -46,6 +46,7 @@ use crate::core::error::Error;
 use crate::core::history::Audience;
 use crate::core::membership::{Change, Membership, member};
 use crate::core::validate;
+use crate::diagram::{self, Call, Dir, Record, Who};
 use crate::proto::{
     Event, EventKind, Gap, GapRange, Heartbeat, Member, MemberState, NodeId, Participant,
     PublishReply, RelayFrame, Resume, SeqMark, ServerInfo, ServerJoinReply, ServerList,
@@ -471,6 +472,7 @@ struct Handoff {
 #[derive(Debug)]
 enum Queued {
     Publish {
+        call: Call,
         request: RequestId,
         token: String,
         text: String,
@@ -617,6 +619,19 @@ impl NodeCore {
         self.chat.lamport()
     }
 
+    /// This node, as the diagram records name it.
+    pub fn who(&self) -> Who<'_> {
+        Who::Node {
+            node: &self.me,
+            addr: &self.addr,
+        }
+    }
+
+    /// The peer whose inbound relay link is `link`.
+    pub fn inbound_peer(&self, link: u64) -> Option<&NodeId> {
+        self.inbound.get(&link)
+    }
+
     pub fn chat(&self) -> &ChatCore {
         &self.chat
     }
@@ -718,11 +733,20 @@ impl NodeCore {
         }
         let mut before = self.chat.delivered();
         before.retain(|mark| mark.origin.as_ref() != Some(&self.me));
+        let clock_before = self.chat.lamport();
         let joined = match self.chat.join(name, lamport, participant_id, token.clone()) {
             Ok(joined) => joined,
             Err(e) => return self.refuse(request, e),
         };
         info!(participant = %name, id = %joined.participant_id, lamport = joined.events[0].lamport, rejoin = rejoin.is_some(), "Join");
+        diagram::rpc(
+            self.who(),
+            Record::new(Call::Join, Dir::Received)
+                .participant(name, &joined.participant_id)
+                .event(&joined.events[0])
+                .carried(lamport)
+                .clock(clock_before, self.chat.lamport()),
+        );
         if let Some(rejoin) = rejoin {
             // Joining again as new after its old session was announced as
             // left: its publishes wait as a resumed participant's do.
@@ -842,6 +866,7 @@ impl NodeCore {
         if let Err(e) = self.fresh_for_a_retry(&unanswered_at) {
             return self.refuse(request, e);
         }
+        let clock_before = self.chat.lamport();
         let resumed = match self.chat.resume(&pid, &resume.session_token, lamport) {
             Ok(resumed) => resumed,
             Err(e) => return self.refuse(request, e),
@@ -893,6 +918,14 @@ impl NodeCore {
         // that as seen (it may never have seen the join itself).
         let before_join: Vec<SeqMark> = self.chat.since_join(&pid, &[]);
         info!(participant = %resumed.name, id = %pid, replayed = replay.len(), lamport = resumed.events[0].lamport, "Resume");
+        diagram::rpc(
+            self.who(),
+            Record::new(Call::Join, Dir::Received)
+                .participant(&resumed.name, &pid)
+                .event(&resumed.events[0])
+                .carried(lamport)
+                .clock(clock_before, self.chat.lamport()),
+        );
         self.open(
             request,
             pid,
@@ -951,6 +984,30 @@ impl NodeCore {
         lamport: u64,
         publish_id: &str,
     ) {
+        self.publish_by(
+            Call::Publish,
+            now,
+            request,
+            token,
+            text,
+            lamport,
+            publish_id,
+        );
+    }
+
+    /// A Publish that came by `call` (a Publish or a message of a
+    /// PublishStream), as [`NodeCore::publish`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_by(
+        &mut self,
+        call: Call,
+        now: Instant,
+        request: RequestId,
+        token: &str,
+        text: &str,
+        lamport: u64,
+        publish_id: &str,
+    ) {
         self.catch_up_time(now);
         if let Err(e) = self.serving() {
             return self.refuse(request, e);
@@ -963,6 +1020,7 @@ impl NodeCore {
         }
         if self.catch_up.is_some() || !self.handoffs.is_empty() {
             let queued = Queued::Publish {
+                call,
                 request,
                 token: token.to_string(),
                 text: text.to_string(),
@@ -973,6 +1031,7 @@ impl NodeCore {
                 return;
             }
         }
+        let clock_before = self.chat.lamport();
         let published = match self.chat.publish(token, text, lamport, publish_id) {
             Ok(published) => published,
             Err(e) => return self.refuse(request, e),
@@ -984,6 +1043,14 @@ impl NodeCore {
             request_lamport = lamport,
             duplicate = published.duplicate,
             "Publish"
+        );
+        diagram::rpc(
+            self.who(),
+            Record::new(call, Dir::Received)
+                .participant(&event.participant_name, &event.participant_id)
+                .event(event)
+                .carried(lamport)
+                .clock(clock_before, self.chat.lamport()),
         );
         let reply = PublishReply {
             lamport: event.lamport,
@@ -1131,11 +1198,20 @@ impl NodeCore {
                 return;
             }
         }
+        let clock_before = self.chat.lamport();
         let (pid, event) = match self.chat.leave(token, lamport) {
             Ok(left) => left,
             Err(e) => return self.refuse(request, e),
         };
         info!(participant = %event.participant_name, lamport = event.lamport, request_lamport = lamport, "Leave");
+        diagram::rpc(
+            self.who(),
+            Record::new(Call::Leave, Dir::Received)
+                .participant(&event.participant_name, &pid)
+                .event(&event)
+                .carried(lamport)
+                .clock(clock_before, self.chat.lamport()),
+        );
         self.outputs.push(Output::EndSession {
             participant_id: pid,
             reason: EndReason::Left,
@@ -1190,6 +1266,13 @@ impl NodeCore {
             return Err(MeshRefusal::Removed);
         }
         info!(node = %node.id, generation = node.generation, addr = %joiner.addr, "ServerJoin");
+        let clock = self.chat.lamport();
+        diagram::rpc(
+            self.who(),
+            Record::new(Call::ServerJoin, Dir::Received)
+                .peer(Some(&node), Some(&joiner.addr))
+                .clock(clock, clock),
+        );
         self.apply_change(now, change);
         let snapshot = self.chat.snapshot();
         Ok(ServerJoinReply {
@@ -1221,6 +1304,7 @@ impl NodeCore {
             members = self.membership.alive().len(),
             "joined the cluster"
         );
+
         self.apply_change(now, change);
         self.check_resumes(now);
     }
@@ -1333,6 +1417,16 @@ impl NodeCore {
                     }
                 }
                 let received = self.chat.receive(batch.events);
+                for (event, before, after) in &received.clocked {
+                    diagram::rpc(
+                        self.who(),
+                        Record::new(Call::RelayBatch, Dir::Received)
+                            .peer(Some(peer), None)
+                            .participant(&event.participant_name, &event.participant_id)
+                            .event(event)
+                            .clock(*before, *after),
+                    );
+                }
                 for pid in &received.back {
                     info!(participant = %pid, "announced as left elsewhere while still here: announcing it back");
                 }
@@ -1860,12 +1954,13 @@ impl NodeCore {
     fn run_queued(&mut self, now: Instant, queued: Queued) {
         match queued {
             Queued::Publish {
+                call,
                 request,
                 token,
                 text,
                 lamport,
                 publish_id,
-            } => self.publish(now, request, &token, &text, lamport, &publish_id),
+            } => self.publish_by(call, now, request, &token, &text, lamport, &publish_id),
             Queued::Leave {
                 request,
                 token,
@@ -1998,6 +2093,9 @@ impl NodeCore {
         }
         for event in events {
             let own = own_seq(&event, &self.me).is_some();
+            if own {
+                diagram::stamp(&self.me, &self.addr, &event);
+            }
             info!(
                 kind = event.kind().as_str_name(),
                 participant = %event.participant_name,
