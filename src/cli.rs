@@ -33,7 +33,7 @@ use crate::tls::TlsSettings;
         chitty client --name Alice\n  \
         chitty client --name Bob\n\n\
         Type a line to publish it to everyone; /quit, end of input or Ctrl-C leaves.\n\
-        Logging is controlled by RUST_LOG (for example RUST_LOG=debug)."
+        Logging is controlled by RUST_LOG (for example RUST_LOG=chitty=debug)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -490,7 +490,8 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "server stopped");
-            eprintln!("error: {e}");
+            // Not `eprintln!`: it panics when stderr is closed.
+            let _ = writeln!(std::io::stderr(), "error: {e}");
             ExitCode::from(3)
         }
     }

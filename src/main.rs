@@ -68,10 +68,30 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Libraries whose debug lines are about HTTP/2 frames and TLS records, not
+/// about the chat: they stay at `warn` unless `RUST_LOG` names them.
+const QUIET_LIBRARIES: &str =
+    "h2=warn,hyper=warn,hyper_util=warn,tower=warn,tonic=warn,rustls=warn,tokio_rustls=warn";
+
 /// Logs to stderr, or to `file`, at `RUST_LOG` or else `default` level.
+/// `RUST_LOG=debug` shows Chitty's debug lines; `RUST_LOG=h2=debug` (or any
+/// directive naming a library) brings that library's back.
 fn init_logging(default: &str, file: Option<std::fs::File>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let wanted = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .filter(|v| EnvFilter::try_new(v).is_ok())
+        .unwrap_or_else(|| default.to_string());
+    // Later directives for the same target win, so RUST_LOG overrides these.
+    let filter = EnvFilter::try_new(format!("{QUIET_LIBRARIES},{wanted}"))
+        .unwrap_or_else(|_| EnvFilter::new(default));
+    // A log line that cannot be written (stderr closed: the terminal or the
+    // pipe reading it went away) is dropped. By default the subscriber
+    // reports the failure with `eprintln!`, which panics on a closed stderr
+    // and would take the node down instead of letting it leave gracefully.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .log_internal_errors(false);
     match file {
         Some(file) => builder
             .with_ansi(false)
