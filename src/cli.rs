@@ -16,8 +16,8 @@ use crate::core::chat::CoreLimits;
 use crate::core::validate::escaped;
 use crate::failover::{self, ClientOptions, Update};
 use crate::node::{
-    DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE,
-    NodeConfig,
+    DEFAULT_BOOT_TIMEOUT, DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PEER_QUEUE,
+    DEFAULT_SESSION_QUEUE, NodeConfig,
 };
 use crate::rate::{self, RateLimit};
 use crate::tls::TlsSettings;
@@ -99,10 +99,19 @@ pub struct ServerArgs {
     /// listen address.
     #[arg(long, env = "CHITTY_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Join the cluster through this member (host:port of any running node).
-    /// Without it, this node starts a new cluster.
-    #[arg(long, env = "CHITTY_BOOT")]
-    pub boot: Option<String>,
+    /// Join the cluster through this member (host:port of any running node;
+    /// a host name such as a compose service is resolved). Give several
+    /// (comma-separated or repeated) to have fallbacks: they are tried in
+    /// turn until one admits this node. Without it, this node starts a new
+    /// cluster.
+    #[arg(long, env = "CHITTY_BOOT", value_delimiter = ',')]
+    pub boot: Vec<String>,
+    /// How long (milliseconds) to keep trying the --boot members, with a
+    /// growing pause (up to 2 s) between rounds, before giving up: nodes
+    /// started together come up in any order. A refusal (wrong secret or
+    /// certificate) is not retried.
+    #[arg(long, env = "CHITTY_BOOT_TIMEOUT_MS", default_value_t = DEFAULT_BOOT_TIMEOUT.as_millis() as u64)]
+    pub boot_timeout_ms: u64,
     /// Secret shared by all nodes of the cluster (at least 16 characters);
     /// mesh calls without it are refused. Required unless every address
     /// (listen, advertise, boot) is loopback. On the command line it is
@@ -457,7 +466,8 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
     let mut config = NodeConfig::new(advertise);
     config.session_queue = args.session_queue.max(1);
     config.peer_queue = args.peer_queue.max(1);
-    config.boot = args.boot;
+    config.boot = args.boot.into_iter().filter(|b| !b.is_empty()).collect();
+    config.boot_timeout = std::time::Duration::from_millis(args.boot_timeout_ms);
     config.fault_link_delay = args.fault_link_delay;
     config.cluster_secret = secret;
     config.tls = tls;

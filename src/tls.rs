@@ -293,6 +293,18 @@ pub fn explain_dial_error(
     format!("{what} ({detail})")
 }
 
+/// Whether dialling with `tls` failed in the TLS handshake (a setup error
+/// that trying again does not fix), not in reaching the address.
+pub fn is_handshake_failure(
+    tls: Option<&TlsSettings>,
+    err: &(dyn std::error::Error + 'static),
+) -> bool {
+    tls.is_some()
+        && (rustls_error(err).is_some()
+            || closed_by_peer(err)
+            || chain(err).contains("HTTP/2 was not"))
+}
+
 /// Why a call to `addr` over a connection made with a node's `tls`
 /// settings failed, when TLS is the likely cause; `None` otherwise.
 ///
