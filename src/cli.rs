@@ -450,11 +450,11 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         },
         _ => None,
     };
-    let advertise = args.advertise.unwrap_or_else(|| bound.to_string());
     // Mutual TLS closes the mesh as the secret does: only holders of a
     // certificate from the cluster's CA can call it.
     if secret.is_none() && tls.is_none() {
-        let mut open = vec![bound.to_string(), advertise.clone()];
+        let mut open = vec![bound.to_string()];
+        open.extend(args.advertise.clone());
         open.extend(args.boot.clone());
         if let Some(addr) = open.iter().find(|a| !is_loopback(a)) {
             eprintln!(
@@ -463,6 +463,13 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let advertise = match advertised(args.advertise, bound) {
+        Ok(advertise) => advertise,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut config = NodeConfig::new(advertise);
     config.session_queue = args.session_queue.max(1);
     config.peer_queue = args.peer_queue.max(1);
@@ -504,6 +511,35 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
             let _ = writeln!(std::io::stderr(), "error: {e}");
             ExitCode::from(3)
         }
+    }
+}
+
+/// The address clients and peers are told to reach this node at: `given`
+/// (--advertise), or else the bound address. A wildcard (0.0.0.0, [::]) is
+/// no address anyone can dial, and which of the machine's addresses others
+/// reach depends on their network (NAT, containers, several interfaces),
+/// so then the operator must say.
+fn advertised(given: Option<String>, bound: std::net::SocketAddr) -> Result<String, String> {
+    let wildcard = |addr: &str| {
+        addr.parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified())
+    };
+    match given {
+        Some(addr) if wildcard(&addr) => Err(format!(
+            "--advertise {addr} is not an address clients and peers can dial: give the \
+             address or host name they reach this node at, for example \
+             --advertise chat.example.com:{port}",
+            port = bound.port()
+        )),
+        Some(addr) => Ok(addr),
+        None if bound.ip().is_unspecified() => Err(format!(
+            "listening on {bound} (every interface), this node cannot tell which address \
+             clients and peers reach it at: give it with --advertise HOST:PORT (for example \
+             --advertise node1:{port} in compose, or this machine's address), or listen on \
+             one address",
+            port = bound.port()
+        )),
+        None => Ok(bound.to_string()),
     }
 }
 
@@ -905,6 +941,22 @@ impl TerminalState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wildcard_listen_address_is_never_advertised() {
+        let any: std::net::SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let err = advertised(None, any).expect_err("0.0.0.0 is refused");
+        assert!(err.contains("--advertise HOST:PORT"), "{err}");
+        let any6: std::net::SocketAddr = "[::]:50051".parse().unwrap();
+        assert!(advertised(None, any6).is_err());
+        assert_eq!(
+            advertised(Some("node1:50051".into()), any).as_deref(),
+            Ok("node1:50051")
+        );
+        assert!(advertised(Some("0.0.0.0:50051".into()), any).is_err());
+        let one: std::net::SocketAddr = "10.0.0.1:50051".parse().unwrap();
+        assert_eq!(advertised(None, one).as_deref(), Ok("10.0.0.1:50051"));
+    }
 
     #[test]
     fn loopback_addresses_are_told_from_the_others() {
