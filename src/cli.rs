@@ -885,22 +885,23 @@ fn ask_name() -> Option<String> {
 /// pipe blocks and cannot be cancelled, so the thread is left to end with the
 /// process rather than holding up the runtime's shutdown.
 fn spawn_input_reader(interactive: bool, tx: mpsc::Sender<Input>) -> Output {
-    if interactive && let Ok(mut editor) = rustyline::DefaultEditor::new() {
-        if let Ok(printer) = editor.create_external_printer() {
-            std::thread::spawn(move || {
-                loop {
-                    let input = match editor.readline("> ") {
-                        Ok(line) => Input::Line(line),
-                        Err(_) => Input::Quit, // Ctrl-C, Ctrl-D or a terminal error
-                    };
-                    let quit = matches!(input, Input::Quit);
-                    if tx.blocking_send(input).is_err() || quit {
-                        return;
-                    }
+    if interactive
+        && let Ok(mut editor) = rustyline::DefaultEditor::new()
+        && let Ok(printer) = editor.create_external_printer()
+    {
+        std::thread::spawn(move || {
+            loop {
+                let input = match editor.readline("> ") {
+                    Ok(line) => Input::Line(line),
+                    Err(_) => Input::Quit, // Ctrl-C, Ctrl-D or a terminal error
+                };
+                let quit = matches!(input, Input::Quit);
+                if tx.blocking_send(input).is_err() || quit {
+                    return;
                 }
-            });
-            return Output::Prompt(Box::new(printer));
-        }
+            }
+        });
+        return Output::Prompt(Box::new(printer));
     }
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
