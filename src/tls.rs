@@ -321,7 +321,10 @@ pub fn explain_call_error(
     if rustls_error(status).is_some() {
         return Some(explain_dial_error(addr, Some(tls), status));
     }
-    (closed_by_peer(status) && tls.has_identity()).then(|| {
+    // The closed connection shows as a reset or end of stream, or, when
+    // it closed before the request was sent, as a cancelled call.
+    let closed = closed_by_peer(status) || status.code() == tonic::Code::Cancelled;
+    (closed && tls.has_identity()).then(|| {
         format!(
             "{addr} closed the connection after the TLS handshake: it most likely refused this \
              node's certificate as not signed by the cluster's CA (its log says why)"
