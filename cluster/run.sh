@@ -6,9 +6,10 @@
 #   BASE_PORT=6000 cluster/run.sh
 #   CHITTY_TLS=1 cluster/run.sh   # with TLS: a development CA in target/tls
 #
-# Builds once, starts node 1 as the boot node and joins each next node
-# through the previous one. Every log line is prefixed with its node's name.
-# Ctrl-C stops all nodes (each leaves the cluster gracefully).
+# Checks that the ports are free, builds once, starts node 1 as the boot
+# node and joins each next node through the previous one. Every log line is
+# prefixed with its node's name. Ctrl-C stops all nodes (each leaves the
+# cluster gracefully).
 set -euo pipefail
 
 nodes=${1:-3}
@@ -25,7 +26,18 @@ fi
 export CHITTY_CLUSTER_SECRET_FILE=$secret_file
 unset CHITTY_CLUSTER_SECRET
 
-cargo build --release --quiet
+# Nothing may already listen on the ports (a cluster from an earlier run,
+# say): a node that cannot listen would fail while this script went on.
+for i in $(seq 1 "$nodes"); do
+    port=$((base + i - 1))
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "cluster: port $port is in use (is a cluster already running?); stop it or pick other ports: BASE_PORT=6000 $0 $nodes" >&2
+        exit 1
+    fi
+done
+
+echo "cluster: building (cargo build --release)" >&2
+cargo build --release
 bin=target/release/chitty
 
 # With CHITTY_TLS=1: a development CA and one certificate per node in
@@ -47,9 +59,10 @@ fi
 pids=()
 stop() {
     trap - INT TERM EXIT
-    echo "cluster: stopping ${#pids[@]} nodes" >&2
+    echo "cluster: stopping ${#pids[@]} nodes (each leaves the cluster)" >&2
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    echo "cluster: stopped" >&2
 }
 trap stop INT TERM EXIT
 
@@ -69,13 +82,22 @@ for i in $(seq 1 "$nodes"); do
     args=(server --listen "127.0.0.1:$port")
     [ -n "$prev" ] && args+=(--boot "$prev")
     tls_node_args "$i"
-    # Prefix each line with the node's name; the subshell keeps the pid of
-    # the node itself in $!.
-    "$bin" "${args[@]}" > >(sed -u "s/^/[node$i] /") 2> >(sed -u "s/^/[node$i] /" >&2) &
+    # Prefix each line with the node's name; $! is the pid of the node
+    # itself. The prefixers ignore Ctrl-C (which the terminal sends to every
+    # process of the script): they must outlive the nodes to show them
+    # leaving, and they end when the nodes close their output.
+    "$bin" "${args[@]}" > >(trap '' INT; exec sed -u "s/^/[node$i] /") \
+        2> >(trap '' INT; exec sed -u "s/^/[node$i] /" >&2) &
     pids+=($!)
     wait_port "$port"
+    if ! kill -0 "${pids[-1]}" 2>/dev/null; then
+        echo "cluster: node$i exited; see its lines above" >&2
+        exit 1
+    fi
     prev="127.0.0.1:$port"
 done
+all=$(for i in $(seq 1 "$nodes"); do printf '127.0.0.1:%s,' $((base + i - 1)); done)
+all=${all%,}
 
 cat >&2 <<MSG
 cluster: $nodes nodes running on 127.0.0.1:$base..$((base + nodes - 1))
@@ -84,7 +106,7 @@ cluster: connect clients from other terminals, for example:
   $bin client --name Bob   --server 127.0.0.1:$((base + nodes - 1))$client_tls
 cluster: kill a node to watch failover: kill -9 <pid> (pids: ${pids[*]})
 cluster: the cluster secret is in $secret_file; add a node with
-  $bin server --listen 127.0.0.1:$((base + nodes)) --boot 127.0.0.1:$base --cluster-secret-file $secret_file
+  $bin server --listen 127.0.0.1:$((base + nodes)) --boot $all --cluster-secret-file $secret_file
 cluster: Ctrl-C stops every node
 MSG
 if [ -n "$client_tls" ]; then

@@ -16,8 +16,8 @@ use crate::core::chat::CoreLimits;
 use crate::core::validate::escaped;
 use crate::failover::{self, ClientOptions, Update};
 use crate::node::{
-    DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE,
-    NodeConfig,
+    DEFAULT_BOOT_TIMEOUT, DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PEER_QUEUE,
+    DEFAULT_SESSION_QUEUE, NodeConfig,
 };
 use crate::rate::{self, RateLimit};
 use crate::tls::TlsSettings;
@@ -33,7 +33,7 @@ use crate::tls::TlsSettings;
         chitty client --name Alice\n  \
         chitty client --name Bob\n\n\
         Type a line to publish it to everyone; /quit, end of input or Ctrl-C leaves.\n\
-        Logging is controlled by RUST_LOG (for example RUST_LOG=debug)."
+        Logging is controlled by RUST_LOG (for example RUST_LOG=chitty=debug)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -99,10 +99,19 @@ pub struct ServerArgs {
     /// listen address.
     #[arg(long, env = "CHITTY_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Join the cluster through this member (host:port of any running node).
-    /// Without it, this node starts a new cluster.
-    #[arg(long, env = "CHITTY_BOOT")]
-    pub boot: Option<String>,
+    /// Join the cluster through this member (host:port of any running node;
+    /// a host name such as a compose service is resolved). Give several
+    /// (comma-separated or repeated) to have fallbacks: they are tried in
+    /// turn until one admits this node. Without it, this node starts a new
+    /// cluster.
+    #[arg(long, env = "CHITTY_BOOT", value_delimiter = ',')]
+    pub boot: Vec<String>,
+    /// How long (milliseconds) to keep trying the --boot members, with a
+    /// growing pause (up to 2 s) between rounds, before giving up: nodes
+    /// started together come up in any order. A refusal (wrong secret or
+    /// certificate) is not retried.
+    #[arg(long, env = "CHITTY_BOOT_TIMEOUT_MS", default_value_t = DEFAULT_BOOT_TIMEOUT.as_millis() as u64)]
+    pub boot_timeout_ms: u64,
     /// Secret shared by all nodes of the cluster (at least 16 characters);
     /// mesh calls without it are refused. Required unless every address
     /// (listen, advertise, boot) is loopback. On the command line it is
@@ -460,11 +469,11 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         },
         _ => None,
     };
-    let advertise = args.advertise.unwrap_or_else(|| bound.to_string());
     // Mutual TLS closes the mesh as the secret does: only holders of a
     // certificate from the cluster's CA can call it.
     if secret.is_none() && tls.is_none() {
-        let mut open = vec![bound.to_string(), advertise.clone()];
+        let mut open = vec![bound.to_string()];
+        open.extend(args.advertise.clone());
         open.extend(args.boot.clone());
         if let Some(addr) = open.iter().find(|a| !is_loopback(a)) {
             eprintln!(
@@ -473,10 +482,18 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    let advertise = match advertised(args.advertise, bound) {
+        Ok(advertise) => advertise,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let mut config = NodeConfig::new(advertise);
     config.session_queue = args.session_queue.max(1);
     config.peer_queue = args.peer_queue.max(1);
-    config.boot = args.boot;
+    config.boot = args.boot.into_iter().filter(|b| !b.is_empty()).collect();
+    config.boot_timeout = std::time::Duration::from_millis(args.boot_timeout_ms);
     config.fault_link_delay = args.fault_link_delay;
     config.cluster_secret = secret;
     config.tls = tls;
@@ -509,9 +526,39 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "server stopped");
-            eprintln!("error: {e}");
+            // Not `eprintln!`: it panics when stderr is closed.
+            let _ = writeln!(std::io::stderr(), "error: {e}");
             ExitCode::from(3)
         }
+    }
+}
+
+/// The address clients and peers are told to reach this node at: `given`
+/// (--advertise), or else the bound address. A wildcard (0.0.0.0, [::]) is
+/// no address anyone can dial, and which of the machine's addresses others
+/// reach depends on their network (NAT, containers, several interfaces),
+/// so then the operator must say.
+fn advertised(given: Option<String>, bound: std::net::SocketAddr) -> Result<String, String> {
+    let wildcard = |addr: &str| {
+        addr.parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified())
+    };
+    match given {
+        Some(addr) if wildcard(&addr) => Err(format!(
+            "--advertise {addr} is not an address clients and peers can dial: give the \
+             address or host name they reach this node at, for example \
+             --advertise chat.example.com:{port}",
+            port = bound.port()
+        )),
+        Some(addr) => Ok(addr),
+        None if bound.ip().is_unspecified() => Err(format!(
+            "listening on {bound} (every interface), this node cannot tell which address \
+             clients and peers reach it at: give it with --advertise HOST:PORT (for example \
+             --advertise node1:{port} in compose, or this machine's address), or listen on \
+             one address",
+            port = bound.port()
+        )),
+        None => Ok(bound.to_string()),
     }
 }
 
@@ -857,22 +904,23 @@ fn ask_name() -> Option<String> {
 /// pipe blocks and cannot be cancelled, so the thread is left to end with the
 /// process rather than holding up the runtime's shutdown.
 fn spawn_input_reader(interactive: bool, tx: mpsc::Sender<Input>) -> Output {
-    if interactive && let Ok(mut editor) = rustyline::DefaultEditor::new() {
-        if let Ok(printer) = editor.create_external_printer() {
-            std::thread::spawn(move || {
-                loop {
-                    let input = match editor.readline("> ") {
-                        Ok(line) => Input::Line(line),
-                        Err(_) => Input::Quit, // Ctrl-C, Ctrl-D or a terminal error
-                    };
-                    let quit = matches!(input, Input::Quit);
-                    if tx.blocking_send(input).is_err() || quit {
-                        return;
-                    }
+    if interactive
+        && let Ok(mut editor) = rustyline::DefaultEditor::new()
+        && let Ok(printer) = editor.create_external_printer()
+    {
+        std::thread::spawn(move || {
+            loop {
+                let input = match editor.readline("> ") {
+                    Ok(line) => Input::Line(line),
+                    Err(_) => Input::Quit, // Ctrl-C, Ctrl-D or a terminal error
+                };
+                let quit = matches!(input, Input::Quit);
+                if tx.blocking_send(input).is_err() || quit {
+                    return;
                 }
-            });
-            return Output::Prompt(Box::new(printer));
-        }
+            }
+        });
+        return Output::Prompt(Box::new(printer));
     }
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
@@ -913,6 +961,22 @@ impl TerminalState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wildcard_listen_address_is_never_advertised() {
+        let any: std::net::SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let err = advertised(None, any).expect_err("0.0.0.0 is refused");
+        assert!(err.contains("--advertise HOST:PORT"), "{err}");
+        let any6: std::net::SocketAddr = "[::]:50051".parse().unwrap();
+        assert!(advertised(None, any6).is_err());
+        assert_eq!(
+            advertised(Some("node1:50051".into()), any).as_deref(),
+            Ok("node1:50051")
+        );
+        assert!(advertised(Some("0.0.0.0:50051".into()), any).is_err());
+        let one: std::net::SocketAddr = "10.0.0.1:50051".parse().unwrap();
+        assert_eq!(advertised(None, one).as_deref(), Ok("10.0.0.1:50051"));
+    }
 
     #[test]
     fn loopback_addresses_are_told_from_the_others() {

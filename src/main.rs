@@ -70,17 +70,36 @@ async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Libraries whose debug lines are about HTTP/2 frames and TLS records, not
+/// about the chat: they stay at `warn` unless `RUST_LOG` names them.
+const QUIET_LIBRARIES: &str =
+    "h2=warn,hyper=warn,hyper_util=warn,tower=warn,tonic=warn,rustls=warn,tokio_rustls=warn";
+
 /// Logs to stderr, or to `file`, at `RUST_LOG` or else `default` level, in
-/// `format`.
+/// `format`. `RUST_LOG=debug` shows Chitty's debug lines; `RUST_LOG=h2=debug`
+/// (or any directive naming a library) brings that library's back.
 fn init_logging(default: &str, format: LogFormat, file: Option<std::fs::File>) {
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let wanted = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .filter(|v| EnvFilter::try_new(v).is_ok())
+        .unwrap_or_else(|| default.to_string());
+    // Later directives for the same target win, so RUST_LOG overrides these.
+    let mut filter = EnvFilter::try_new(format!("{QUIET_LIBRARIES},{wanted}"))
+        .unwrap_or_else(|_| EnvFilter::new(default));
     if format == LogFormat::Text {
         // The diagram records are for programs: the text lines for people
         // stay as they were.
         let off = format!("{}=off", chitty::diagram::TARGET);
         filter = filter.add_directive(off.parse().expect("a valid directive"));
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A log line that cannot be written (stderr closed: the terminal or the
+    // pipe reading it went away) is dropped. By default the subscriber
+    // reports the failure with `eprintln!`, which panics on a closed stderr
+    // and would take the node down instead of letting it leave gracefully.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .log_internal_errors(false);
     let ansi = file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let writer = match file {
         Some(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),

@@ -172,23 +172,15 @@ async fn mesh_service(
     secret: Option<&str>,
     tls: Option<&TlsSettings>,
 ) -> Result<InterceptedService<Channel, AddSecret>> {
-    let connect_err = |reason: String| Error::Connect {
-        addr: addr.to_string(),
-        reason,
-    };
-    let endpoint = crate::tls::endpoint(addr, tls)
-        .map_err(connect_err)?
-        .connect_timeout(MESH_CALL_TIMEOUT)
-        .initial_stream_window_size(crate::http2::STREAM_WINDOW)
-        .initial_connection_window_size(crate::http2::CONNECTION_WINDOW)
-        .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| {
-        if is_refused(&e) {
-            connect_err(format!("{REFUSED} ({e})"))
-        } else {
-            connect_err(crate::tls::explain_dial_error(addr, tls, &e))
-        }
-    })?;
+    let channel = dial(addr, tls).await.map_err(|failed| failed.error)?;
+    with_secret(channel, secret)
+}
+
+/// `channel` with an interceptor that adds `secret` to every call.
+fn with_secret(
+    channel: Channel,
+    secret: Option<&str>,
+) -> Result<InterceptedService<Channel, AddSecret>> {
     let secret = match secret {
         Some(s) => Some(
             s.parse()
@@ -197,6 +189,45 @@ async fn mesh_service(
         None => None,
     };
     Ok(InterceptedService::new(channel, AddSecret(secret)))
+}
+
+/// Why a dial or a join failed, and whether trying again may help.
+struct Failed {
+    error: Error,
+    /// Nothing answered yet (refused, no route, the name does not resolve
+    /// yet, a timeout): the node may still be starting. A refusal or a TLS
+    /// mismatch is a setup error that waiting does not fix.
+    may_pass_later: bool,
+}
+
+/// Connects to the node at `addr`.
+async fn dial(addr: &str, tls: Option<&TlsSettings>) -> Result<Channel, Failed> {
+    let connect_err = |reason: String| Error::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let endpoint = crate::tls::endpoint(addr, tls)
+        .map_err(|reason| Failed {
+            error: connect_err(reason),
+            may_pass_later: false,
+        })?
+        .connect_timeout(MESH_CALL_TIMEOUT)
+        .initial_stream_window_size(crate::http2::STREAM_WINDOW)
+        .initial_connection_window_size(crate::http2::CONNECTION_WINDOW)
+        .tcp_nodelay(true);
+    endpoint.connect().await.map_err(|e| {
+        if is_refused(&e) {
+            Failed {
+                error: connect_err(format!("{REFUSED} ({e})")),
+                may_pass_later: true,
+            }
+        } else {
+            Failed {
+                error: connect_err(crate::tls::explain_dial_error(addr, tls, &e)),
+                may_pass_later: !crate::tls::is_handshake_failure(tls, &e),
+            }
+        }
+    })
 }
 
 impl Node {
@@ -232,9 +263,62 @@ impl Node {
         }
     }
 
-    /// Joins the cluster through the member at `boot`.
-    pub async fn join_cluster(&self, boot: &str) -> Result<()> {
-        let mut client = mesh_client(boot, self.secret(), self.tls()).await?;
+    /// Joins the cluster through any of the members at `boot`, trying them
+    /// in turn with a growing pause (at most [`BACKOFF_MAX`]) until one
+    /// admits this node or `timeout` has passed: nodes started together
+    /// (compose, systemd) come up in any order. A refusal (wrong secret or
+    /// certificate) ends the attempts at once. The error names every address
+    /// with its last failure.
+    pub async fn join_cluster(&self, boot: &[String], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last: Vec<Option<Error>> = boot.iter().map(|_| None).collect();
+        let mut pause = BACKOFF_MIN;
+        'attempts: loop {
+            for (addr, last) in boot.iter().zip(&mut last) {
+                match self.join_through(addr).await {
+                    Ok(()) => return Ok(()),
+                    Err(failed) if !failed.may_pass_later => return Err(failed.error),
+                    Err(failed) => {
+                        debug!(boot = %addr, error = %failed.error, "boot member not reachable; trying again");
+                        *last = Some(failed.error);
+                    }
+                }
+                if Instant::now() >= deadline {
+                    break 'attempts;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(BACKOFF_MAX);
+        }
+        let causes: Vec<String> = boot
+            .iter()
+            .zip(&last)
+            .map(|(addr, error)| match error {
+                Some(error) => error.to_string(),
+                None => format!("{addr}: not tried"),
+            })
+            .collect();
+        Err(Error::Unavailable(format!(
+            "could not join the cluster within {} ms (--boot-timeout-ms): {}",
+            timeout.as_millis(),
+            causes.join("; ")
+        )))
+    }
+
+    /// One attempt to join through the member at `boot`.
+    async fn join_through(&self, boot: &str) -> Result<(), Failed> {
+        let channel = dial(boot, self.tls()).await?;
+        let fatal = |error| Failed {
+            error,
+            may_pass_later: false,
+        };
+        let mut client = ServerMeshClient::new(with_secret(channel, self.secret()).map_err(fatal)?)
+            .max_decoding_message_size(crate::limits::MESH_MAX_MESSAGE)
+            .max_encoding_message_size(crate::limits::MESH_MAX_MESSAGE);
         let (member, clock) = {
             let state = self.lock();
             (state.core.own_member(), state.core.lamport())
@@ -252,17 +336,30 @@ impl Node {
             }),
         )
         .await
-        .map_err(|_| Error::Unavailable(format!("{boot} did not answer ServerJoin")))?
+        .map_err(|_| Failed {
+            error: Error::Unavailable(format!("{boot} did not answer ServerJoin")),
+            may_pass_later: true,
+        })?
         .map_err(|status| match status.code() {
-            tonic::Code::Unauthenticated => {
-                Error::Protocol(format!("{boot} refused this node: {}", status.message()))
-            }
-            _ => match crate::tls::explain_call_error(boot, self.tls(), &status) {
-                Some(reason) => Error::Connect {
+            tonic::Code::Unauthenticated => fatal(Error::Protocol(format!(
+                "{boot} refused this node: {}",
+                status.message()
+            ))),
+            code => match crate::tls::explain_call_error(boot, self.tls(), &status) {
+                Some(reason) => fatal(Error::Connect {
                     addr: boot.to_string(),
                     reason,
+                }),
+                // A node that is stopping, or lost its connection while
+                // answering: another member, or this one later, may admit.
+                None if code == Code::Unavailable => Failed {
+                    error: Error::Connect {
+                        addr: boot.to_string(),
+                        reason: status.message().to_string(),
+                    },
+                    may_pass_later: true,
                 },
-                None => Error::from(status),
+                None => fatal(Error::from(status)),
             },
         })?
         .into_inner();

@@ -54,6 +54,9 @@ use crate::wire::{self, EncodedFrame, Wired};
 
 /// Default capacity of one session's outgoing queue, in events.
 pub const DEFAULT_SESSION_QUEUE: usize = 8192;
+/// How long a joining node keeps trying its boot members by default: nodes
+/// started together (compose, systemd) have that long to come up.
+pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default capacity of one peer link's outgoing queue, in events.
 pub const DEFAULT_PEER_QUEUE: usize = 65_536;
 /// Event bytes a node copies out of its sessions' queues for writing, at
@@ -77,8 +80,11 @@ pub struct NodeConfig {
     pub session_queue: usize,
     /// Capacity of each peer link's outgoing queue (events).
     pub peer_queue: usize,
-    /// A member to join the cluster through; `None` starts a new cluster.
-    pub boot: Option<String>,
+    /// Members to join the cluster through (any one will do); none starts
+    /// a new cluster.
+    pub boot: Vec<String>,
+    /// How long to keep trying the boot members before giving up.
+    pub boot_timeout: Duration,
     /// Shared secret every mesh call must carry; `None` leaves the mesh open.
     pub cluster_secret: Option<String>,
     /// TLS for participants and the mesh (the node's certificate and key,
@@ -114,7 +120,8 @@ impl NodeConfig {
             advertise: advertise.into(),
             session_queue: DEFAULT_SESSION_QUEUE,
             peer_queue: DEFAULT_PEER_QUEUE,
-            boot: None,
+            boot: Vec::new(),
+            boot_timeout: DEFAULT_BOOT_TIMEOUT,
             cluster_secret: None,
             tls: None,
             heartbeat: DEFAULT_HEARTBEAT,

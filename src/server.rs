@@ -36,7 +36,8 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Serves a node on `listener` until `shutdown` completes. With
-/// `config.boot`, the node first joins the cluster through that member.
+/// `config.boot`, the node first joins the cluster through one of those
+/// members (see [`Node::join_cluster`]).
 ///
 /// On shutdown the node flushes its events to its peers and tells them it
 /// leaves, ends every Join stream with `UNAVAILABLE`, stops its mesh tasks,
@@ -47,11 +48,16 @@ pub async fn serve(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let boot = config.boot.clone();
+    let (boot, boot_timeout) = (config.boot.clone(), config.boot_timeout);
     let node = Node::new(config);
-    crate::diagram::start(node.id(), &node.config().advertise, boot.as_deref());
-    if let Some(boot) = boot {
-        node.join_cluster(&boot).await?;
+    let boot_list = boot.join(",");
+    crate::diagram::start(
+        node.id(),
+        &node.config().advertise,
+        (!boot.is_empty()).then_some(boot_list.as_str()),
+    );
+    if !boot.is_empty() {
+        node.join_cluster(&boot, boot_timeout).await?;
     }
     serve_node(listener, node, shutdown).await
 }

@@ -293,6 +293,18 @@ pub fn explain_dial_error(
     format!("{what} ({detail})")
 }
 
+/// Whether dialling with `tls` failed in the TLS handshake (a setup error
+/// that trying again does not fix), not in reaching the address.
+pub fn is_handshake_failure(
+    tls: Option<&TlsSettings>,
+    err: &(dyn std::error::Error + 'static),
+) -> bool {
+    tls.is_some()
+        && (rustls_error(err).is_some()
+            || closed_by_peer(err)
+            || chain(err).contains("HTTP/2 was not"))
+}
+
 /// Why a call to `addr` over a connection made with a node's `tls`
 /// settings failed, when TLS is the likely cause; `None` otherwise.
 ///
@@ -309,7 +321,10 @@ pub fn explain_call_error(
     if rustls_error(status).is_some() {
         return Some(explain_dial_error(addr, Some(tls), status));
     }
-    (closed_by_peer(status) && tls.has_identity()).then(|| {
+    // The closed connection shows as a reset or end of stream, or, when
+    // it closed before the request was sent, as a cancelled call.
+    let closed = closed_by_peer(status) || status.code() == tonic::Code::Cancelled;
+    (closed && tls.has_identity()).then(|| {
         format!(
             "{addr} closed the connection after the TLS handshake: it most likely refused this \
              node's certificate as not signed by the cluster's CA (its log says why)"

@@ -487,3 +487,102 @@ fn the_mesh_refuses_callers_without_the_cluster_secret() {
         assert_eq!(listed, sorted(&members), "members known to {addr}");
     }
 }
+
+/// A port nothing listens on right now (bound, read and released: another
+/// program could take it in between, which a test accepts).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("reserve a port")
+        .port()
+}
+
+#[test]
+fn a_node_started_before_its_boot_node_keeps_trying_and_the_cluster_forms() {
+    let port = free_port();
+    let boot_addr = format!("127.0.0.1:{port}");
+    let mut cmd = test_command(std::process::Command::new(CHITTY));
+    cmd.args(["server", "--listen", "127.0.0.1:0", "--boot", &boot_addr])
+        .env("RUST_LOG", "chitty=debug");
+    let joiner = start_server_process(cmd, "joiner");
+    joiner
+        .stderr
+        .wait_for_line("a failed attempt to join", |l| {
+            l.contains("boot member not reachable") && l.contains("connection refused")
+        });
+    let started = Instant::now();
+    let mut cmd = test_command(std::process::Command::new(CHITTY));
+    cmd.args(["server", "--listen", &boot_addr]);
+    let boot = start_server_process(cmd, "boot node");
+    wait_members(&[&boot.addr, &joiner.addr], &[&boot.addr, &joiner.addr]);
+    // The pause between attempts is at most 2 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn boot_takes_several_addresses_and_host_names() {
+    let boot = spawn_server(&[]);
+    let port = boot.addr.rsplit_once(':').expect("host:port").1;
+    // The first address is dead; the second names the boot node by host
+    // name.
+    let list = format!("127.0.0.1:{},localhost:{port}", free_port());
+    let joiner = spawn_server(&["--boot", &list]);
+    wait_members(&[&boot.addr, &joiner.addr], &[&boot.addr, &joiner.addr]);
+    // Repeated flags work as well.
+    let dead = format!("127.0.0.1:{}", free_port());
+    let third = spawn_server(&["--boot", &dead, "--boot", &joiner.addr]);
+    let all = [boot.addr.as_str(), &joiner.addr, &third.addr];
+    wait_members(&all, &all);
+}
+
+#[test]
+fn a_node_whose_boot_members_never_answer_gives_up_naming_each_cause() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let mut cmd = test_command(std::process::Command::new(CHITTY));
+    let mut child = cmd
+        .args([
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--boot",
+            &format!("{dead},no-such-host.invalid:50051"),
+            "--boot-timeout-ms",
+            "1500",
+        ])
+        // A host name that is not loopback needs a secret.
+        .env("CHITTY_CLUSTER_SECRET", "a-cluster-secret-for-tests")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start chitty server");
+    let stderr = Lines::collect(child.stderr.take().expect("piped"));
+    let _stdout = Lines::collect(child.stdout.take().expect("piped"));
+    let started = Instant::now();
+    let mut child = ChildGuard::new(child, "joiner");
+    let status = child.wait_exit();
+    let stderr = stderr.wait_closed("stderr").join("\n");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1400),
+        "it kept trying until the deadline: {:?}",
+        started.elapsed()
+    );
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line: {stderr}"));
+    assert!(
+        error.contains("could not join the cluster within 1500 ms"),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!("cannot connect to {dead}: connection refused")),
+        "{error}"
+    );
+    assert!(
+        error.contains("cannot connect to no-such-host.invalid:50051")
+            && error.contains("dns error"),
+        "{error}"
+    );
+}

@@ -595,7 +595,7 @@ async fn a_retried_publish_is_applied_once() {
     let boot = first.addr.clone();
     let second = start_server_with(|c| {
         fast(c);
-        c.boot = Some(boot);
+        c.boot = vec![boot];
     })
     .await;
     let both = [first.addr.as_str(), second.addr.as_str()];

@@ -74,11 +74,18 @@ fn without_a_secret_a_node_refuses_to_listen_beyond_loopback() {
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("192.168.7.7:50051"), "{stderr}");
-    // With a secret, from the environment, the same node starts.
+    // With a secret, from the environment, the same node starts (told the
+    // address others reach it at: 0.0.0.0 is none).
     let node = {
         let mut cmd = test_command(Command::new(common::CHITTY));
-        cmd.args(["server", "--listen", "0.0.0.0:0"])
-            .env("CHITTY_CLUSTER_SECRET", SECRET);
+        cmd.args([
+            "server",
+            "--listen",
+            "0.0.0.0:0",
+            "--advertise",
+            "chat.example:50051",
+        ])
+        .env("CHITTY_CLUSTER_SECRET", SECRET);
         common::start_server_process(cmd, "chitty server on 0.0.0.0")
     };
     assert!(node.addr.starts_with("0.0.0.0:"), "{}", node.addr);
@@ -291,4 +298,18 @@ async fn a_peer_cannot_declare_a_live_node_dead() {
         .await;
     let listed = servers_of(&server.addr).await.expect("ListServers");
     assert_eq!(listed, vec![server.addr.clone()]);
+}
+
+#[test]
+fn a_node_listening_on_every_interface_needs_an_advertised_address() {
+    let (code, stderr) = refused_start(
+        &["--listen", "0.0.0.0:0"],
+        &[("CHITTY_CLUSTER_SECRET", SECRET)],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot tell which address clients and peers reach it at")
+            && stderr.contains("--advertise HOST:PORT"),
+        "{stderr}"
+    );
 }

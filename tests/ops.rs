@@ -320,3 +320,47 @@ fn a_server_process_stopped_with_sigterm_exits_cleanly_and_its_clients_can_still
         "the client could not leave, so it exits with failure ({exit}); stderr:\n{stderr}"
     );
 }
+
+/// A node whose stderr reader went away (Ctrl-C on `cluster/run.sh` kills
+/// the processes prefixing its log lines) keeps serving, and still leaves
+/// gracefully on SIGTERM: writing a log line must not panic it (exit 101).
+#[test]
+fn a_server_process_whose_stderr_is_closed_keeps_serving_and_stops_cleanly() {
+    let mut cmd = test_command(std::process::Command::new(CHITTY));
+    let mut child = cmd
+        .args(["server", "--listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start chitty server");
+    let stdout = Lines::collect(child.stdout.take().expect("stdout is piped"));
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let mut child = ChildGuard::new(child, "chitty server");
+    let first = stdout.wait_for_line("the server's first line", |_| true);
+    let addr = first
+        .strip_prefix("chitty server listening on ")
+        .expect("the listening line")
+        .to_string();
+    // Closes the only read end: every later write to stderr fails (EPIPE).
+    drop(stderr);
+
+    // Joining and leaving logs on the node.
+    let mut alice = spawn_client(&addr, "Alice");
+    alice.wait_joined();
+    alice.close_stdin();
+    assert!(alice.child.wait_exit().success(), "Alice left normally");
+    let bob = spawn_client(&addr, "Bob");
+    bob.wait_joined();
+
+    let status = std::process::Command::new("kill")
+        .args(["-s", "TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let exit = child.wait_exit();
+    assert!(
+        exit.success(),
+        "the node stops cleanly on SIGTERM with its stderr closed: {exit}"
+    );
+}

@@ -154,7 +154,10 @@ fn a_client_process_that_joins_late_sees_its_own_join_first_and_then_the_chat() 
 
 #[test]
 fn a_client_process_that_reaches_end_of_input_is_announced_as_left_exactly_once() {
-    let server = spawn_server(&[]);
+    let mut cmd = test_command(std::process::Command::new(CHITTY));
+    cmd.args(["server", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "chitty=debug");
+    let server = start_server_process(cmd, "chitty server");
     let mut clients = spawn_clients(&server.addr, &["Alice", "Bob", "Carol"]);
     let mut bob = clients.remove(1);
     bob.say("bye");
@@ -170,6 +173,13 @@ fn a_client_process_that_reaches_end_of_input_is_announced_as_left_exactly_once(
     for client in &clients {
         client.wait_for_message("Bob", "bye");
     }
+    // The node logs the Leave, and not also a session that ended without one.
+    let log = server.stderr.snapshot();
+    assert!(
+        log.iter().any(|l| l.contains("Leave") && l.contains("Bob")),
+        "{log:#?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("without Leave")), "{log:#?}");
 }
 
 #[test]

@@ -477,7 +477,12 @@ fn a_connection_that_never_completes_its_tls_handshake_is_closed_after_the_timeo
 fn with_mutual_tls_a_node_may_listen_beyond_loopback_without_a_secret() {
     let ca = Ca::new("ca");
     let flags = ca.node("node1");
-    let mut args = vec!["--listen", "0.0.0.0:0"];
+    let mut args = vec![
+        "--listen",
+        "0.0.0.0:0",
+        "--advertise",
+        "node1.example:50051",
+    ];
     args.extend(strs(&flags));
     let mut cmd = test_command(Command::new(common::CHITTY));
     cmd.arg("server").args(&args);

@@ -312,6 +312,14 @@ impl ChatCore {
         Ok((pid, event))
     }
 
+    /// Whether `session` is the current local session of `participant_id`
+    /// (not ended by a Leave, a takeover or a disconnect).
+    pub fn is_current_session(&self, participant_id: &str, session: u64) -> bool {
+        self.roster
+            .get(participant_id)
+            .is_some_and(|m| m.session == Some(session))
+    }
+
     /// The local session `session` of `participant_id` ended without a Leave
     /// (its stream broke, or it was disconnected for reading too slowly).
     /// Returns the "left" event, or `None` if that session was already gone.

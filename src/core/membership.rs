@@ -206,6 +206,28 @@ impl Membership {
         }
     }
 
+    /// The address this view has for node id `id` ("?" if none): log lines
+    /// name a peer by it as well as by its id.
+    pub fn addr_of(&self, id: &str) -> &str {
+        self.entries.get(id).map_or("?", |e| e.addr.as_str())
+    }
+
+    /// How `node` left this view: `left` (it stopped gracefully), `failed`
+    /// (declared dead), `replaced` (a newer process took its id over).
+    pub fn departure(&self, node: &NodeId) -> &'static str {
+        match self.entries.get(&node.id) {
+            Some(e)
+                if e.node
+                    .as_ref()
+                    .is_some_and(|n| n.generation > node.generation) =>
+            {
+                "replaced"
+            }
+            Some(e) if e.state == MemberState::Dead as i32 => "failed",
+            _ => "left",
+        }
+    }
+
     /// Whether this exact incarnation is alive in this view.
     pub fn is_alive(&self, node: &NodeId) -> bool {
         self.entries

@@ -1229,6 +1229,11 @@ impl NodeCore {
             // The node is leaving; its peers announce its participants.
             return;
         }
+        if !self.chat.is_current_session(participant_id, session) {
+            // Every stream ends so, also after a Leave or a takeover: then
+            // there is nothing to do and nothing to say.
+            return;
+        }
         match self.chat.session_lost(participant_id, session, now) {
             Some(left) => {
                 info!(participant = %left.participant_name, lamport = left.lamport, "session ended without Leave: participant left");
@@ -1362,7 +1367,7 @@ impl NodeCore {
         }
         self.apply_change(now, change);
         self.heard(now, &node);
-        info!(peer = %node.id, generation = node.generation, "Relay link opened");
+        info!(peer = %node.id, addr = %self.membership.addr_of(&node.id), generation = node.generation, "Relay link opened");
         let link = self.next_inbound;
         self.next_inbound += 1;
         self.inbound.insert(link, node.clone());
@@ -1391,7 +1396,7 @@ impl NodeCore {
                 batch.events.retain(|event| match validate::relayed_event(event) {
                     Ok(()) => true,
                     Err(why) => {
-                        warn!(peer = %peer.id, lamport = event.lamport, %why, "dropping a relayed event no honest node stamps");
+                        warn!(peer = %peer.id, addr = %self.membership.addr_of(&peer.id), lamport = event.lamport, %why, "dropping a relayed event no honest node stamps");
                         false
                     }
                 });
@@ -1450,7 +1455,7 @@ impl NodeCore {
                 if received.refused > 0 {
                     // Ending the link makes the peer reconnect and re-send
                     // from what we acknowledge, once the queue has room.
-                    warn!(peer = %peer.id, refused = received.refused, "hold-back queue full: resetting the link");
+                    warn!(peer = %peer.id, addr = %self.membership.addr_of(&peer.id), refused = received.refused, "hold-back queue full: resetting the link");
                     result = Err(MeshRefusal::HoldBackFull);
                 }
             }
@@ -1459,7 +1464,7 @@ impl NodeCore {
                 self.apply_change(now, change);
             }
             Some(relay_frame::Frame::Skip(gap)) => {
-                warn!(peer = %peer.id, reason = %gap.reason, "peer reports events it can no longer provide");
+                warn!(peer = %peer.id, addr = %self.membership.addr_of(&peer.id), reason = %gap.reason, "peer reports events it can no longer provide");
                 let marks: Vec<SeqMark> = gap
                     .ranges
                     .iter()
@@ -1537,7 +1542,7 @@ impl NodeCore {
         p.next_heartbeat = now;
         p.last_ack = now;
         p.lagging.clear();
-        info!(peer = %peer.id, "peer link up");
+        info!(peer = %peer.id, addr = %self.membership.addr_of(&peer.id), "peer link up");
         self.replay_for(peer)
     }
 
@@ -1581,7 +1586,7 @@ impl NodeCore {
         if let Some(p) = self.peers.get_mut(&peer.id).filter(|p| &p.node == peer)
             && !p.gone
         {
-            debug!(peer = %peer.id, "connection refused: the peer is not running");
+            debug!(peer = %peer.id, addr = %self.membership.addr_of(&peer.id), "connection refused: the peer is not running");
             p.gone = true;
             self.check_handoffs(now);
         }
@@ -1688,7 +1693,7 @@ impl NodeCore {
             if p.up && now.saturating_duration_since(p.last_ack) > timeout {
                 // A cut network leaves the connection silent, not closed:
                 // drop it and dial again, which works once the network does.
-                info!(peer = %p.node.id, "peer link silent: reconnecting");
+                info!(peer = %p.node.id, addr = %self.membership.addr_of(&p.node.id), "peer link silent: reconnecting");
                 p.up = false;
                 self.outputs.push(Output::Reconnect(p.node.clone()));
             }
@@ -1822,7 +1827,7 @@ impl NodeCore {
             if events.is_empty() && gaps.is_empty() {
                 continue;
             }
-            debug!(peer = %peer.id, origin = %origin.id, events = events.len(), "forwarding events the peer lacks");
+            debug!(peer = %peer.id, addr = %self.membership.addr_of(&peer.id), origin = %origin.id, events = events.len(), "forwarding events the peer lacks");
             let skip = (!gaps.is_empty()).then(|| Gap {
                 reason: "events older than this node's history were lost".into(),
                 ranges: gaps,
@@ -1856,7 +1861,7 @@ impl NodeCore {
             return;
         }
         p.reachable = true;
-        info!(peer = %node.id, generation = node.generation, "peer reachable again");
+        info!(peer = %node.id, addr = %self.membership.addr_of(&node.id), generation = node.generation, "peer reachable again");
         self.departed.remove(&(node.id.clone(), node.generation));
         // Until the new connection says how far the peer got, whatever of
         // it arrives was on its way across the split.
@@ -1876,7 +1881,7 @@ impl NodeCore {
         let Some(p) = self.peers.get_mut(&node.id).filter(|p| &p.node == node) else {
             return;
         };
-        warn!(peer = %node.id, generation = node.generation, "peer unreachable: no sign of it, directly or through others, for the failure timeout");
+        warn!(peer = %node.id, addr = %self.membership.addr_of(&node.id), generation = node.generation, "peer unreachable: no sign of it, directly or through others, for the failure timeout");
         p.reachable = false;
         p.missed = true;
         self.departed
@@ -2046,7 +2051,7 @@ impl NodeCore {
         }
         for gone in &change.removed {
             let Some(node) = &gone.node else { continue };
-            info!(node = %node.id, generation = node.generation, state = ?gone.state(), "peer left the cluster");
+            info!(peer = %node.id, addr = %gone.addr, generation = node.generation, how = self.membership.departure(node), "peer left the cluster");
             if self.peers.get(&node.id).is_some_and(|p| &p.node == node) {
                 self.peers.remove(&node.id);
                 self.outputs.push(Output::Disconnect(node.clone()));
@@ -2056,7 +2061,7 @@ impl NodeCore {
         }
         for added in &change.added {
             let Some(node) = &added.node else { continue };
-            info!(node = %node.id, generation = node.generation, addr = %added.addr, "peer joined the cluster");
+            info!(peer = %node.id, addr = %added.addr, generation = node.generation, "peer joined the cluster");
             self.departed.remove(&(node.id.clone(), node.generation));
             self.peers
                 .insert(node.id.clone(), Peer::new(node.clone(), now));

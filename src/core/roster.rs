@@ -120,10 +120,10 @@ impl Roster {
 
     /// Removes a participant announced as left, and frees its name.
     pub fn left(&mut self, participant_id: &str) {
-        if let Some(member) = self.members.remove(participant_id) {
-            if self.by_name.get(&member.name).map(String::as_str) == Some(participant_id) {
-                self.by_name.remove(&member.name);
-            }
+        if let Some(member) = self.members.remove(participant_id)
+            && self.by_name.get(&member.name).map(String::as_str) == Some(participant_id)
+        {
+            self.by_name.remove(&member.name);
         }
     }
 
