@@ -360,13 +360,7 @@ impl Driver {
             }
         }
         self.servers = servers;
-        self.known_nodes = list
-            .servers
-            .iter()
-            .chain(&list.unreachable)
-            .filter_map(|s| s.node.clone())
-            .take(crate::core::validate::MAX_KNOWN_NODES)
-            .collect();
+        self.known_nodes = crate::core::membership::nodes_of(list);
     }
 
     /// Whether `event` repeats a message already delivered under another id:

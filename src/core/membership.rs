@@ -69,6 +69,18 @@ pub struct Change {
     pub self_removed: bool,
 }
 
+/// The nodes a server list names, reachable or not, at most
+/// [`crate::core::validate::MAX_KNOWN_NODES`]: what a participant names in
+/// `Resume.known_nodes`.
+pub fn nodes_of(list: &crate::proto::ServerList) -> Vec<NodeId> {
+    list.servers
+        .iter()
+        .chain(&list.unreachable)
+        .filter_map(|s| s.node.clone())
+        .take(crate::core::validate::MAX_KNOWN_NODES)
+        .collect()
+}
+
 /// One node's view of the cluster.
 #[derive(Debug, Clone)]
 pub struct Membership {

@@ -238,13 +238,7 @@ impl Participant {
 
     /// Takes the nodes of a server list its node sent, as the client does.
     pub(crate) fn learn_servers(&mut self, list: &crate::proto::ServerList) {
-        self.known_nodes = list
-            .servers
-            .iter()
-            .chain(&list.unreachable)
-            .filter_map(|s| s.node.clone())
-            .take(crate::core::validate::MAX_KNOWN_NODES)
-            .collect();
+        self.known_nodes = crate::core::membership::nodes_of(list);
     }
 
     fn current(&self) -> usize {
