@@ -145,8 +145,11 @@ pub struct ChatCore {
     dedupe: PublishDedupe,
     /// Participants announced as left, most recent last (bounded like the
     /// dedupe ids): a resume of one of them is refused at once, while one
-    /// never heard of may simply not have arrived yet.
-    departed: FastMap<String, ()>,
+    /// never heard of may simply not have arrived yet. With the mark of its
+    /// "joined" event, if this node knew it: a participant announced back
+    /// (the other side of a split gave up on it) is still the participant
+    /// that joined then, not one that joined when it was announced back.
+    departed: FastMap<String, Option<SeqMark>>,
     departed_order: VecDeque<String>,
     /// "Left" events delivered for a participant that had already left (two
     /// sides of a split each announced it): kept for peers, shown to
@@ -479,6 +482,7 @@ impl ChatCore {
                 out.events.push(event.clone());
                 let rejoined = self.rejoin(pid, &event.participant_name, digest);
                 let loser = self.apply(&rejoined);
+                self.departed.remove(pid);
                 if let Some(member) = self.roster.get_mut(pid) {
                     member.session = Some(session);
                 }
@@ -552,7 +556,6 @@ impl ChatCore {
         let time = self.clock.tick();
         let text = format!("Participant {name} joined Chitty-Chat at Lamport time {time}");
         let event = self.stamp(time, EventKind::Joined, participant_id, name, text, "");
-        self.departed.remove(participant_id);
         self.grant(crate::core::tokens::grant_of_digest(
             participant_id,
             &digest,
@@ -573,9 +576,65 @@ impl ChatCore {
         self.history.after(&seen, audience)
     }
 
+    /// Drops from `replay`, what a resuming session that has seen `seen` is
+    /// about to be replayed, every "left" it already saw answered: history
+    /// holds, delivered after that "left", a "joined" of the same
+    /// participant (announced back) that the session has seen. The node it
+    /// was on showed it that "joined" but not the "left" (a second
+    /// announcement of one departure, shown to nobody there); shown now, it
+    /// would be the last news of a participant that is still here.
+    pub fn drop_answered_lefts(&self, replay: &mut Vec<Arc<Event>>, seen: &[SeqMark]) {
+        let lefts: std::collections::HashSet<(String, u64, u64)> = replay
+            .iter()
+            .filter(|e| e.kind() == EventKind::Left)
+            .map(|e| event_key(e))
+            .collect();
+        if lefts.is_empty() {
+            return;
+        }
+        let seen: HashMap<OriginKey, u64> = seen
+            .iter()
+            .filter_map(|m| Some((OriginKey::from(m.origin.as_ref()?), m.seq)))
+            .collect();
+        let covered = |event: &Event| {
+            event.id.as_ref().is_some_and(|id| {
+                id.origin.as_ref().is_some_and(|origin| {
+                    seen.get(&OriginKey::from(origin))
+                        .is_some_and(|&upto| id.seq <= upto)
+                })
+            })
+        };
+        let mut pending: HashMap<&str, Vec<(String, u64, u64)>> = HashMap::new();
+        let mut answered = std::collections::HashSet::new();
+        for event in self.history.iter() {
+            match event.kind() {
+                EventKind::Left => {
+                    let key = event_key(event);
+                    if lefts.contains(&key) {
+                        pending
+                            .entry(event.participant_id.as_str())
+                            .or_default()
+                            .push(key);
+                    }
+                }
+                EventKind::Joined if covered(event) => {
+                    if let Some(keys) = pending.remove(event.participant_id.as_str()) {
+                        answered.extend(keys);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !answered.is_empty() {
+            replay.retain(|e| e.kind() != EventKind::Left || !answered.contains(&event_key(e)));
+        }
+    }
+
     /// Treats events up to `marks` as delivered without having them (a gap
     /// reported by a peer).
-    pub fn skip_to(&mut self, marks: &[SeqMark]) -> Vec<Arc<Event>> {
+    /// What the events it releases cause is returned as for relayed ones
+    /// (a released "joined" may win a name clash against a local session).
+    pub fn skip_to(&mut self, marks: &[SeqMark]) -> Received {
         for mark in marks {
             let Some(origin) = mark.origin.as_ref() else {
                 continue;
@@ -588,7 +647,7 @@ impl ChatCore {
             }
         }
         self.holdback.set_delivered(marks);
-        self.receive(Vec::new()).events
+        self.receive(Vec::new())
     }
 
     /// Where the run of `origin`'s events that held-back events wait for
@@ -599,7 +658,7 @@ impl ChatCore {
 
     /// Releases events held back for events of the departed node `gone` that
     /// no survivor could provide: skips them and reports the gap.
-    pub fn release_gone(&mut self, gone: &NodeId) -> Option<(GapRange, Vec<Arc<Event>>)> {
+    pub fn release_gone(&mut self, gone: &NodeId) -> Option<(GapRange, Received)> {
         let key = OriginKey::from(gone);
         let need = self.holdback.gap_end(&key)?;
         let gap = GapRange {
@@ -607,11 +666,11 @@ impl ChatCore {
             from_seq: self.holdback.delivered_of(&key) + 1,
             to_seq: need + 1,
         };
-        let events = self.skip_to(&[SeqMark {
+        let received = self.skip_to(&[SeqMark {
             origin: Some(gone.clone()),
             seq: need,
         }]);
-        Some((gap, events))
+        Some((gap, received))
     }
 
     /// State for a node joining the cluster through this one.
@@ -659,26 +718,40 @@ impl ChatCore {
                     .and_then(|i| i.origin.clone())
                     .unwrap_or_default();
                 let seq = event.id.as_ref().map_or(0, |i| i.seq);
-                self.join_marks.insert(
-                    pid.clone(),
-                    SeqMark {
+                // Announced back after a "left": its session went on, so
+                // what it may be replayed still starts at its first join (a
+                // resume must not skip what came between the two).
+                let mark = self
+                    .departed
+                    .get(pid)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_else(|| SeqMark {
                         origin: Some(origin.clone()),
                         seq,
-                    },
-                );
+                    });
+                self.join_marks.insert(pid.clone(), mark);
                 self.roster
                     .joined(pid, &event.participant_name, origin, event.lamport)
             }
             EventKind::Left => {
                 self.roster.left(pid);
-                self.join_marks.remove(pid);
+                let mark = self.join_marks.remove(pid);
                 self.tokens.forget(pid);
-                if self.departed.insert(pid.clone(), ()).is_none() {
-                    self.departed_order.push_back(pid.clone());
-                    if self.departed_order.len() > self.limits.dedupe_ids
-                        && let Some(old) = self.departed_order.pop_front()
-                    {
-                        self.departed.remove(&old);
+                match self.departed.get_mut(pid) {
+                    Some(kept) => {
+                        if mark.is_some() {
+                            *kept = mark;
+                        }
+                    }
+                    None => {
+                        self.departed.insert(pid.clone(), mark);
+                        self.departed_order.push_back(pid.clone());
+                        if self.departed_order.len() > self.limits.dedupe_ids
+                            && let Some(old) = self.departed_order.pop_front()
+                        {
+                            self.departed.remove(&old);
+                        }
                     }
                 }
                 None
@@ -1156,5 +1229,124 @@ mod tests {
         };
         assert_eq!(names(&a), ["pa"]);
         assert_eq!(names(&b), ["pa"]);
+    }
+
+    fn node_core(id: &str) -> ChatCore {
+        ChatCore::new(
+            NodeId {
+                id: id.into(),
+                generation: 1,
+            },
+            CoreLimits::default(),
+        )
+    }
+
+    fn copies(events: &[Arc<Event>]) -> Vec<Event> {
+        events.iter().map(|e| Event::clone(e)).collect()
+    }
+
+    fn mark_of(marks: &[SeqMark], origin: &str) -> Option<u64> {
+        marks
+            .iter()
+            .find(|m| m.origin.as_ref().is_some_and(|o| o.id == origin))
+            .map(|m| m.seq)
+    }
+
+    #[test]
+    fn a_participant_announced_back_is_replayed_from_its_first_join() {
+        // n1: Ann joins (n1:1), Bob joins (n1:2). n2, cut off, announces Ann
+        // as left; n1 announces her back (n1:3). What a resume of Ann may
+        // skip still ends before her first join: Bob's join is not skipped.
+        let mut n1 = core();
+        let ann = join(&mut n1, "Ann", 1);
+        let bob = join(&mut n1, "Bob", 1);
+        let mut n2 = node_core("n2");
+        n2.grant(crate::core::tokens::grant_of(
+            &ann.participant_id,
+            "tok-Ann",
+        ));
+        n2.receive(copies(&ann.events));
+        n2.receive(copies(&bob.events));
+        let left = n2.announce_left(&ann.participant_id).unwrap();
+        let back = n1.receive(vec![Event::clone(&left)]);
+        assert_eq!(back.back, vec![ann.participant_id.clone()]);
+        assert_eq!(
+            mark_of(&n1.since_join(&ann.participant_id, &[]), "n1"),
+            Some(0),
+            "her join is n1:1, not the announcement back"
+        );
+        n2.receive(copies(&back.events[1..]));
+        assert_eq!(
+            mark_of(&n2.since_join(&ann.participant_id, &[]), "n1"),
+            Some(0),
+            "the same on a node that saw her announced as left"
+        );
+    }
+
+    #[test]
+    fn a_left_the_session_saw_answered_is_not_replayed() {
+        // Ann is on n1; n2 announces her as left (n2:1), n1 announces her
+        // back (n1:2). n3 delivers all three. A session that saw n1:2 (its
+        // node hid n2:1 from it) is not replayed n2:1 by n3; one that did
+        // not see n1:2 is replayed both, in order.
+        let mut n1 = core();
+        let ann = join(&mut n1, "Ann", 1);
+        let mut n2 = node_core("n2");
+        n2.grant(crate::core::tokens::grant_of(
+            &ann.participant_id,
+            "tok-Ann",
+        ));
+        n2.receive(copies(&ann.events));
+        let left = n2.announce_left(&ann.participant_id).unwrap();
+        let back = n1.receive(vec![Event::clone(&left)]);
+        let mut n3 = node_core("n3");
+        n3.receive(copies(&ann.events));
+        n3.receive(vec![Event::clone(&left)]);
+        n3.receive(copies(&back.events[1..]));
+        let seen = |seq| {
+            vec![SeqMark {
+                origin: Some(NodeId {
+                    id: "n1".into(),
+                    generation: 1,
+                }),
+                seq,
+            }]
+        };
+        let (mut replay, _) = n3.replay_after(&seen(2), Audience::Participant);
+        assert_eq!(replay.len(), 1, "n2's left");
+        n3.drop_answered_lefts(&mut replay, &seen(2));
+        assert!(replay.is_empty(), "it saw her announced back after that");
+        let (mut replay, _) = n3.replay_after(&seen(1), Audience::Participant);
+        n3.drop_answered_lefts(&mut replay, &seen(1));
+        let kinds: Vec<_> = replay.iter().map(|e| e.kind()).collect();
+        assert_eq!(kinds, [EventKind::Left, EventKind::Joined]);
+    }
+
+    #[test]
+    fn a_join_released_past_lost_events_still_decides_a_name_clash() {
+        // n2's Sam joined (Lamport 3) after n0:1, which n1 never gets (n0 is
+        // gone); n1's own Sam joined later (Lamport 6). When n1 gives up on
+        // n0:1 and delivers n2's join, its own Sam lost the name: its
+        // session must be ended, as for a join relayed normally.
+        let mut n0 = node_core("n0");
+        let zed = join(&mut n0, "Zed", 1);
+        let mut n2 = node_core("n2");
+        n2.receive(copies(&zed.events));
+        let sam_a = n2.join("Sam", 1, "pa".into(), "ta".into()).unwrap();
+        let mut n1 = core();
+        let sam_b = n1.join("Sam", 5, "pb".into(), "tb".into()).unwrap();
+        let held = n1.receive(copies(&sam_a.events));
+        assert!(held.events.is_empty(), "waits for n0:1");
+        let gone = NodeId {
+            id: "n0".into(),
+            generation: 1,
+        };
+        let (_, released) = n1.release_gone(&gone).unwrap();
+        assert_eq!(released.kicked, vec![("pb".to_string(), sam_b.session)]);
+        let last = released.events.last().unwrap();
+        assert_eq!(
+            (last.kind(), last.participant_id.as_str()),
+            (EventKind::Left, "pb")
+        );
     }
 }

@@ -41,7 +41,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::core::chat::{ChatCore, CoreLimits, Snapshot};
+use crate::core::chat::{ChatCore, CoreLimits, Received, Snapshot};
 use crate::core::error::Error;
 use crate::core::history::Audience;
 use crate::core::membership::{Change, Membership, member};
@@ -912,6 +912,7 @@ impl NodeCore {
         let gated: std::collections::HashSet<*const Event> =
             self.gate.iter().map(|g| Arc::as_ptr(&g.event)).collect();
         replay.retain(|e| self.chat.shown(e) && !gated.contains(&Arc::as_ptr(e)));
+        self.chat.drop_answered_lefts(&mut replay, &resume.seen);
         let from_gate = self.gate.front().map_or(self.next_gate, |g| g.index);
         // What came before its own join, even behind the gate, is not for
         // it: the Welcome says where its join starts, so the client counts
@@ -1432,30 +1433,11 @@ impl NodeCore {
                             .clock(*before, *after),
                     );
                 }
-                for pid in &received.back {
-                    info!(participant = %pid, "announced as left elsewhere while still here: announcing it back");
-                }
-                for (pid, kind) in received.ended {
-                    let reason = match kind {
-                        EventKind::Moved => EndReason::ResumedElsewhere,
-                        _ => EndReason::AnnouncedLeft,
-                    };
-                    self.outputs.push(Output::EndSession {
-                        participant_id: pid,
-                        reason,
-                    });
-                }
-                for (pid, _) in received.kicked {
-                    self.outputs.push(Output::EndSession {
-                        participant_id: pid,
-                        reason: EndReason::NameClash,
-                    });
-                }
-                self.dispatch(received.events);
-                if received.refused > 0 {
+                let refused = self.take_in(received);
+                if refused > 0 {
                     // Ending the link makes the peer reconnect and re-send
                     // from what we acknowledge, once the queue has room.
-                    warn!(peer = %peer.id, addr = %self.membership.addr_of(&peer.id), refused = received.refused, "hold-back queue full: resetting the link");
+                    warn!(peer = %peer.id, addr = %self.membership.addr_of(&peer.id), refused, "hold-back queue full: resetting the link");
                     result = Err(MeshRefusal::HoldBackFull);
                 }
             }
@@ -1473,10 +1455,10 @@ impl NodeCore {
                         seq: r.to_seq.saturating_sub(1),
                     })
                     .collect();
-                let events = self.chat.skip_to(&marks);
+                let received = self.chat.skip_to(&marks);
                 warn!(reason = %gap.reason, "telling participants about lost events");
                 self.outputs.push(Output::Gap(gap));
-                self.dispatch(events);
+                self.take_in(received);
             }
             Some(relay_frame::Frame::NeverHeld(never_held)) => {
                 if let Some(p) = self.peers.get_mut(&peer.id).filter(|p| p.node == *peer) {
@@ -1736,7 +1718,7 @@ impl NodeCore {
             {
                 continue;
             }
-            if let Some((range, events)) = self.chat.release_gone(&gone) {
+            if let Some((range, received)) = self.chat.release_gone(&gone) {
                 let gap = Gap {
                     reason: format!(
                         "events {}..{} of departed node {} were lost with it",
@@ -1748,7 +1730,7 @@ impl NodeCore {
                 };
                 warn!(reason = %gap.reason, "telling participants about lost events");
                 self.outputs.push(Output::Gap(gap));
-                self.dispatch(events);
+                self.take_in(received);
             }
         }
 
@@ -2154,6 +2136,35 @@ impl NodeCore {
             self.late_upto.remove(&key);
         }
         id.seq <= upto
+    }
+
+    /// Carries out what delivered events caused, wherever they were
+    /// released (relayed, or let through by a gap that will never fill):
+    /// local sessions that moved, were announced as left elsewhere or lost a
+    /// name clash end, and the events go to the sessions. Returns how many
+    /// relayed events the hold-back queue refused.
+    fn take_in(&mut self, received: Received) -> usize {
+        for pid in &received.back {
+            info!(participant = %pid, "announced as left elsewhere while still here: announcing it back");
+        }
+        for (pid, kind) in received.ended {
+            let reason = match kind {
+                EventKind::Moved => EndReason::ResumedElsewhere,
+                _ => EndReason::AnnouncedLeft,
+            };
+            self.outputs.push(Output::EndSession {
+                participant_id: pid,
+                reason,
+            });
+        }
+        for (pid, _) in received.kicked {
+            self.outputs.push(Output::EndSession {
+                participant_id: pid,
+                reason: EndReason::NameClash,
+            });
+        }
+        self.dispatch(received.events);
+        received.refused
     }
 
     /// Lets through the gate what may be shown: an event of this node

@@ -768,7 +768,10 @@ impl Sim {
         part.clock.observe(event.lamport);
         let identity = part.current();
         if self.config.trace {
-            let line = format!("P{p} shows {}:{} {:?}", origin.id, id.seq, event.text);
+            let line = format!(
+                "P{p} shows {}:{} {:?} [{}]",
+                origin.id, id.seq, event.text, event.participant_id
+            );
             self.trace
                 .push(format!("{:>8.3}   {line}", now.as_secs_f64()));
         }
