@@ -159,11 +159,14 @@ pub async fn mesh_client(
     secret: Option<&str>,
     tls: Option<&TlsSettings>,
 ) -> Result<MeshClient> {
-    Ok(
-        ServerMeshClient::new(mesh_service(addr, secret, tls).await?)
-            .max_decoding_message_size(crate::limits::MESH_MAX_MESSAGE)
-            .max_encoding_message_size(crate::limits::MESH_MAX_MESSAGE),
-    )
+    Ok(sized(mesh_service(addr, secret, tls).await?))
+}
+
+/// A mesh client over `service`, within the mesh's message size limit.
+fn sized(service: InterceptedService<Channel, AddSecret>) -> MeshClient {
+    ServerMeshClient::new(service)
+        .max_decoding_message_size(crate::limits::MESH_MAX_MESSAGE)
+        .max_encoding_message_size(crate::limits::MESH_MAX_MESSAGE)
 }
 
 /// A connection to the node at `addr` whose calls carry `secret`.
@@ -316,9 +319,7 @@ impl Node {
             error,
             may_pass_later: false,
         };
-        let mut client = ServerMeshClient::new(with_secret(channel, self.secret()).map_err(fatal)?)
-            .max_decoding_message_size(crate::limits::MESH_MAX_MESSAGE)
-            .max_encoding_message_size(crate::limits::MESH_MAX_MESSAGE);
+        let mut client = sized(with_secret(channel, self.secret()).map_err(fatal)?);
         let (member, clock) = {
             let state = self.lock();
             (state.core.own_member(), state.core.lamport())

@@ -71,6 +71,24 @@ fn read(path: &Path, flag: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
 }
 
+/// The PEM file given with `flag` and the certificates in it, at least one.
+fn read_certificates(
+    path: &Path,
+    flag: &str,
+) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), String> {
+    let pem = read(path, flag)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{flag} {}: not a PEM certificate: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{flag} {}: no certificate in the file",
+            path.display()
+        ));
+    }
+    Ok((pem, certs))
+}
+
 /// The crypto this crate uses everywhere.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
@@ -79,16 +97,7 @@ fn provider() -> Arc<CryptoProvider> {
 impl TlsSettings {
     /// A client's settings: the CA that signs the nodes' certificates.
     pub fn client(ca: &Path) -> Result<Self, String> {
-        let ca_pem = read(ca, "--tls-ca")?;
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&ca_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("--tls-ca {}: not a PEM certificate: {e}", ca.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "--tls-ca {}: no certificate in the file",
-                ca.display()
-            ));
-        }
+        let (ca_pem, certs) = read_certificates(ca, "--tls-ca")?;
         let mut roots = RootCertStore::empty();
         for cert in certs {
             roots.add(cert).map_err(|e| {
@@ -112,17 +121,8 @@ impl TlsSettings {
     /// CA, which signs every node's certificate.
     pub fn node(cert: &Path, key: &Path, ca: &Path) -> Result<Self, String> {
         let mut settings = Self::client(ca)?;
-        let cert_pem = read(cert, "--tls-cert")?;
+        let (cert_pem, chain) = read_certificates(cert, "--tls-cert")?;
         let key_pem = read(key, "--tls-key")?;
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("--tls-cert {}: not a PEM certificate: {e}", cert.display()))?;
-        if chain.is_empty() {
-            return Err(format!(
-                "--tls-cert {}: no certificate in the file",
-                cert.display()
-            ));
-        }
         let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
             .map_err(|e| format!("--tls-key {}: not a PEM private key: {e}", key.display()))?;
         let identity = NodeIdentity {

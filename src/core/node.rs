@@ -1089,16 +1089,15 @@ impl NodeCore {
     /// nodes stamped, which a node that joined the cluster since does not
     /// (it starts from a snapshot, without them). While a node that was
     /// there before it is reachable, the participant goes there instead.
-    /// The nodes of `known` (a participant's last server list) that this
-    /// node has not heard of, itself left out.
+    /// The nodes of `known` (a participant's last server list, already
+    /// bounded by validation) that this node has not heard of, itself left
+    /// out.
     fn unheard_of(&self, known: &[NodeId]) -> Vec<NodeId> {
-        let mut unheard: Vec<NodeId> = known
+        known
             .iter()
             .filter(|n| n.id != self.me.id && !self.membership.has_heard_of(n))
             .cloned()
-            .collect();
-        unheard.truncate(validate::MAX_KNOWN_NODES);
-        unheard
+            .collect()
     }
 
     fn fresh_for_a_retry(&self, unanswered_at: &[NodeId]) -> Result<(), Error> {
