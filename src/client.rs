@@ -100,13 +100,29 @@ pub(crate) fn expect_welcome(first: Option<JoinFrame>) -> Result<Welcome> {
     }
 }
 
-/// Runs a unary call with [`CALL_TIMEOUT`].
+/// Runs a unary call with [`CALL_TIMEOUT`]. A call whose connection broke
+/// under it fails with UNAVAILABLE, as one that found no connection does.
 async fn bounded<T>(
     call: impl std::future::Future<Output = Result<T, tonic::Status>>,
 ) -> Result<T, tonic::Status> {
     tokio::time::timeout(CALL_TIMEOUT, call)
         .await
         .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("call timed out")))
+        .map_err(unavailable_if_transport_failed)
+}
+
+/// Tonic reports a connection that closed while a request was on it as
+/// UNKNOWN "transport error"; for the caller that is the server being
+/// unreachable, which is UNAVAILABLE.
+pub(crate) fn unavailable_if_transport_failed(status: tonic::Status) -> tonic::Status {
+    let from_transport = status.code() == tonic::Code::Unknown
+        && std::error::Error::source(&status)
+            .is_some_and(|source| source.is::<tonic::transport::Error>());
+    if from_transport {
+        tonic::Status::unavailable(format!("connection to the server lost: {status}"))
+    } else {
+        status
+    }
 }
 
 /// The participant's Lamport clock, shared by the sending and receiving
