@@ -530,6 +530,10 @@ pub struct NodeCore {
     /// one is acknowledged, so none waits in vain.
     inbound: BTreeMap<u64, NodeId>,
     next_inbound: u64,
+    /// When a frame last came on an inbound link straight from each node:
+    /// while that is recent, only that node's own link may carry its events
+    /// (see [`NodeCore::relayed_by_another`]).
+    direct: BTreeMap<(String, u64), Instant>,
     /// Departed nodes and when they were seen to go: their participants are
     /// announced once reconciliation had time to finish.
     departed: BTreeMap<(String, u64), (NodeId, Instant)>,
@@ -578,6 +582,7 @@ impl NodeCore {
             peers: BTreeMap::new(),
             inbound: BTreeMap::new(),
             next_inbound: 1,
+            direct: BTreeMap::new(),
             departed: BTreeMap::new(),
             gate: VecDeque::new(),
             next_gate: 0,
@@ -1367,6 +1372,7 @@ impl NodeCore {
         }
         self.apply_change(now, change);
         self.heard(now, &node);
+        self.direct.insert((node.id.clone(), node.generation), now);
         info!(peer = %node.id, addr = %self.membership.addr_of(&node.id), generation = node.generation, "Relay link opened");
         let link = self.next_inbound;
         self.next_inbound += 1;
@@ -1376,7 +1382,33 @@ impl NodeCore {
 
     /// Inbound relay link `link` closed.
     pub fn inbound_closed(&mut self, link: u64) {
-        self.inbound.remove(&link);
+        let Some(node) = self.inbound.remove(&link) else {
+            return;
+        };
+        if !self.inbound.values().any(|n| *n == node) {
+            self.direct.remove(&(node.id, node.generation));
+        }
+    }
+
+    /// Whether an event (or a gap) of `origin` that came on `peer`'s link
+    /// must be refused because `origin` is heard straight from its own link:
+    /// a node's events travel on its own link, and another member's copy is
+    /// accepted only while that link is missing or silent (a cut, a crash),
+    /// when forwarding and reconciliation need it. So no member can put
+    /// words in the mouth of a node this one hears, nor declare its events
+    /// lost. While it is heard, every event of it arrives on that link:
+    /// links are FIFO and replay what the receiver lacks when they connect.
+    fn relayed_by_another(&self, now: Instant, peer: &NodeId, origin: Option<&NodeId>) -> bool {
+        let Some(origin) = origin else {
+            return false;
+        };
+        origin != peer
+            && self
+                .direct
+                .get(&(origin.id.clone(), origin.generation))
+                .is_some_and(|&last| {
+                    now.saturating_duration_since(last) < self.timing.forward_after()
+                })
     }
 
     /// One frame on the inbound relay link of `peer`. An error ends the link.
@@ -1390,6 +1422,7 @@ impl NodeCore {
             return Err(MeshRefusal::Removed);
         }
         self.heard(now, peer);
+        self.direct.insert((peer.id.clone(), peer.generation), now);
         let mut result = Ok(());
         match frame.frame {
             Some(relay_frame::Frame::Batch(mut batch)) => {
@@ -1399,6 +1432,14 @@ impl NodeCore {
                         warn!(peer = %peer.id, addr = %self.membership.addr_of(&peer.id), lamport = event.lamport, %why, "dropping a relayed event no honest node stamps");
                         false
                     }
+                });
+                batch.events.retain(|event| {
+                    let origin = event.id.as_ref().and_then(|id| id.origin.as_ref());
+                    let refused = self.relayed_by_another(now, peer, origin);
+                    if refused {
+                        debug!(peer = %peer.id, origin = ?origin.map(|o| &o.id), "dropping another node's event: its own link carries it");
+                    }
+                    !refused
                 });
                 for grant in batch.grants {
                     self.chat.grant(grant);
@@ -1444,20 +1485,26 @@ impl NodeCore {
                 let change = self.membership.merge(&hb.members);
                 self.apply_change(now, change);
             }
-            Some(relay_frame::Frame::Skip(gap)) => {
+            Some(relay_frame::Frame::Skip(mut gap)) => {
                 warn!(peer = %peer.id, addr = %self.membership.addr_of(&peer.id), reason = %gap.reason, "peer reports events it can no longer provide");
-                let marks: Vec<SeqMark> = gap
-                    .ranges
-                    .iter()
-                    .map(|r| SeqMark {
-                        origin: r.origin.clone(),
-                        seq: r.to_seq.saturating_sub(1),
-                    })
-                    .collect();
-                let received = self.chat.skip_to(&marks);
-                warn!(reason = %gap.reason, "telling participants about lost events");
-                self.outputs.push(Output::Gap(gap));
-                self.take_in(received);
+                // Another node's events are declared lost only by that node
+                // while it is heard (see `relayed_by_another`).
+                gap.ranges
+                    .retain(|r| !self.relayed_by_another(now, peer, r.origin.as_ref()));
+                if !gap.ranges.is_empty() {
+                    let marks: Vec<SeqMark> = gap
+                        .ranges
+                        .iter()
+                        .map(|r| SeqMark {
+                            origin: r.origin.clone(),
+                            seq: r.to_seq.saturating_sub(1),
+                        })
+                        .collect();
+                    let received = self.chat.skip_to(&marks);
+                    warn!(reason = %gap.reason, "telling participants about lost events");
+                    self.outputs.push(Output::Gap(gap));
+                    self.take_in(received);
+                }
             }
             Some(relay_frame::Frame::NeverHeld(never_held)) => {
                 if let Some(p) = self.peers.get_mut(&peer.id).filter(|p| p.node == *peer) {
@@ -2671,6 +2718,115 @@ mod tests {
         assert!(n1.participants().iter().all(|p| p.name != "Bob"));
         n1.on_relay(now, &node("n2"), bob(&|_| {})).unwrap();
         assert!(n1.participants().iter().any(|p| p.name == "Bob"));
+    }
+
+    /// A member cannot put words in the mouth of a node this one hears
+    /// straight from its own link, nor declare its events lost; once that
+    /// node's link is silent (cut, crashed), another member's copy is taken,
+    /// as forwarding and reconciliation need.
+    #[test]
+    fn another_nodes_events_are_taken_from_a_member_only_while_its_own_link_is_silent() {
+        let now = Instant::now();
+        let mut n1 = core("n1", now);
+        n1.merge_members(
+            now,
+            &[
+                member(node("n2"), "n2:1", MemberState::Alive, 1),
+                member(node("n3"), "n3:1", MemberState::Alive, 1),
+            ],
+        );
+        join(&mut n1, "Ann");
+        n1.on_hello(now, member(node("n2"), "n2:1", MemberState::Alive, 1))
+            .unwrap();
+        n1.on_hello(now, member(node("n3"), "n3:1", MemberState::Alive, 1))
+            .unwrap();
+        // n2 holds Ann's "joined", so what follows it may be shown.
+        let ann_joined = SeqMark {
+            origin: Some(node("n1")),
+            seq: 1,
+        };
+        n1.link_up(now, &node("n2"), vec![ann_joined]);
+        n1.link_up(now, &node("n3"), Vec::new());
+        n1.take_outputs();
+        // n3's events: Cy joins, then says something.
+        let from_n3 = |seq: u64, text: &str| Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(node("n3")),
+                seq,
+            }),
+            lamport: 3 + seq,
+            kind: if seq == 1 {
+                EventKind::Joined
+            } else {
+                EventKind::Message
+            } as i32,
+            participant_name: "Cy".into(),
+            participant_id: "id-cy".into(),
+            text: if seq == 1 {
+                "Participant Cy joined Chitty-Chat at Lamport time 4".into()
+            } else {
+                text.into()
+            },
+            ..Default::default()
+        };
+        let batch = |events: Vec<Event>| RelayFrame {
+            frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
+                events,
+                ..Default::default()
+            })),
+        };
+        let delivered = |out: &[Output]| -> Vec<String> {
+            out.iter()
+                .filter_map(|o| match o {
+                    Output::Deliver { event, .. } => Some(event.text.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+
+        // n2 claims n3 said something, and that n3's first events are lost.
+        n1.on_relay(
+            now,
+            &node("n2"),
+            batch(vec![from_n3(1, ""), from_n3(2, "forged")]),
+        )
+        .unwrap();
+        let gap = RelayFrame {
+            frame: Some(relay_frame::Frame::Skip(Gap {
+                reason: "lost".into(),
+                ranges: vec![crate::proto::GapRange {
+                    origin: Some(node("n3")),
+                    from_seq: 1,
+                    to_seq: 4,
+                }],
+            })),
+        };
+        n1.on_relay(now, &node("n2"), gap).unwrap();
+        let out = n1.take_outputs();
+        assert!(delivered(&out).is_empty(), "{:?}", delivered(&out));
+        assert!(!out.iter().any(|o| matches!(o, Output::Gap(_))));
+        assert_eq!(n1.chat().delivered_of(&node("n3")), 0);
+
+        // n3's own link carries its events.
+        n1.on_relay(
+            now,
+            &node("n3"),
+            batch(vec![from_n3(1, ""), from_n3(2, "real")]),
+        )
+        .unwrap();
+        assert_eq!(
+            delivered(&n1.take_outputs()),
+            [
+                "Participant Cy joined Chitty-Chat at Lamport time 4",
+                "real"
+            ]
+        );
+
+        // n3 falls silent (its link cut): n2's copy of what n1 lacks is taken.
+        let later = now + n1.timing.forward_after();
+        n1.on_relay(later, &node("n2"), batch(vec![from_n3(3, "forwarded")]))
+            .unwrap();
+        assert_eq!(delivered(&n1.take_outputs()), ["forwarded"]);
     }
 
     #[test]
