@@ -52,6 +52,9 @@ pub enum Command {
     /// Make a development CA and node certificates for TLS.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Ask a node whether it serves (gRPC health check); exit code 0 if it
+    /// does. The container image's health check.
+    Health(crate::health::HealthArgs),
 }
 
 #[derive(Debug, Subcommand)]

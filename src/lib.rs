@@ -34,6 +34,7 @@ pub mod diagram;
 pub mod edge;
 pub mod error;
 pub mod failover;
+pub mod health;
 pub mod http2;
 pub mod limits;
 pub mod mesh;

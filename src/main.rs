@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let threads = match &cli.command {
         Command::Server(args) => args.threads,
-        Command::Client(_) | Command::Bench(_) | Command::Cert(_) => 0,
+        Command::Client(_) | Command::Bench(_) | Command::Cert(_) | Command::Health(_) => 0,
     };
     let mut builder = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -67,6 +67,10 @@ async fn run(cli: Cli) -> ExitCode {
             chitty::cli::run_bench(args).await
         }
         Command::Cert(command) => chitty::cli::run_cert(command),
+        Command::Health(args) => {
+            init_logging("warn", LogFormat::Text, None);
+            chitty::health::run_health(args).await
+        }
     }
 }
 

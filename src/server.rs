@@ -26,6 +26,7 @@ use crate::proto::server::chitty_chat_server::ChittyChatServer;
 use crate::proto::server::server_mesh_server::ServerMeshServer;
 use crate::service::{ChatService, MeshService};
 use crate::tls::RequireTlsLayer;
+use tonic_health::ServingStatus;
 
 /// How often the server pings an idle HTTP/2 connection, and how long it waits
 /// for the answer before dropping it. This is what detects a client whose
@@ -101,9 +102,15 @@ pub async fn serve_node(
     let stopping = node.clone();
     let fatal_reason = fatal.clone();
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let reporter = health.clone();
     let shutdown = async move {
         tokio::select! {
             _ = shutdown => {
+                // Load balancers and orchestrators stop sending newcomers
+                // while the node hands its participants over.
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                reporter.set_not_serving::<ChittyChatServer<ChatService>>().await;
+                reporter.set_not_serving::<ServerMeshServer<MeshService>>().await;
                 info!("shutting down: leaving the cluster");
                 stopping.leave_cluster().await;
             }

@@ -67,6 +67,51 @@ fn the_server_process_answers_health_checks() {
     assert_eq!(status, ServingStatus::Serving);
 }
 
+/// `chitty health`, the container image's health check, says whether a node
+/// serves in its exit code, and why not on stderr.
+#[test]
+fn the_health_subcommand_exits_zero_only_for_a_serving_node() {
+    let server = spawn_server(&[]);
+    let run = |args: &[&str]| {
+        std::process::Command::new(CHITTY)
+            .arg("health")
+            .args(args)
+            .output()
+            .expect("run chitty health")
+    };
+    let serving = run(&["--server", &server.addr]);
+    assert!(serving.status.success(), "{serving:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&serving.stdout).trim(),
+        format!("{}: SERVING", server.addr)
+    );
+    let mesh = run(&[
+        "--server",
+        &server.addr,
+        "--service",
+        "chittychat.v1.ServerMesh",
+    ]);
+    assert!(mesh.status.success(), "{mesh:?}");
+
+    let unknown = run(&["--server", &server.addr, "--service", "no.such.Service"]);
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("serves no service \"no.such.Service\""),
+        "{stderr}"
+    );
+
+    // Nothing listens on a port just freed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string();
+    let down = run(&["--server", &closed, "--timeout-ms", "5000"]);
+    assert!(!down.status.success());
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(stderr.starts_with(&format!("error: {closed}")), "{stderr}");
+}
+
 /// Asks the reflection service one question and returns its answer.
 async fn reflect(addr: &str, request: MessageRequest) -> MessageResponse {
     let mut client = ServerReflectionClient::new(channel(addr).await);
