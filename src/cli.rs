@@ -115,6 +115,15 @@ pub struct ServerArgs {
     /// certificate) is not retried.
     #[arg(long, env = "CHITTY_BOOT_TIMEOUT_MS", default_value_t = DEFAULT_BOOT_TIMEOUT.as_millis() as u64)]
     pub boot_timeout_ms: u64,
+    /// If no --boot member admits this node within --boot-timeout-ms (none
+    /// is up yet), start a new cluster instead of exiting. For the one node
+    /// of a fixed set (compose, a StatefulSet, systemd units) that may come
+    /// up first: every node lists the others in --boot, so whichever
+    /// restarts later rejoins the cluster. Give it to one node only: two
+    /// nodes that each start alone make two clusters that never merge, and
+    /// so does this node if it restarts while cut off from every other.
+    #[arg(long, env = "CHITTY_BOOTSTRAP")]
+    pub bootstrap: bool,
     /// Secret shared by all nodes of the cluster (at least 16 characters);
     /// mesh calls without it are refused. Required unless every address
     /// (listen, advertise, boot) is loopback. On the command line it is
@@ -497,6 +506,7 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
     config.peer_queue = args.peer_queue.max(1);
     config.boot = args.boot.into_iter().filter(|b| !b.is_empty()).collect();
     config.boot_timeout = std::time::Duration::from_millis(args.boot_timeout_ms);
+    config.bootstrap = args.bootstrap;
     config.fault_link_delay = args.fault_link_delay;
     config.cluster_secret = secret;
     config.tls = tls;

@@ -85,6 +85,9 @@ pub struct NodeConfig {
     pub boot: Vec<String>,
     /// How long to keep trying the boot members before giving up.
     pub boot_timeout: Duration,
+    /// When no boot member admits this node in time, start a new cluster
+    /// instead of giving up (`--bootstrap`).
+    pub bootstrap: bool,
     /// Shared secret every mesh call must carry; `None` leaves the mesh open.
     pub cluster_secret: Option<String>,
     /// TLS for participants and the mesh (the node's certificate and key,
@@ -122,6 +125,7 @@ impl NodeConfig {
             peer_queue: DEFAULT_PEER_QUEUE,
             boot: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
+            bootstrap: false,
             cluster_secret: None,
             tls: None,
             heartbeat: DEFAULT_HEARTBEAT,

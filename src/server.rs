@@ -49,7 +49,8 @@ pub async fn serve(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (boot, boot_timeout) = (config.boot.clone(), config.boot_timeout);
+    let (boot, boot_timeout, bootstrap) =
+        (config.boot.clone(), config.boot_timeout, config.bootstrap);
     let node = Node::new(config);
     let boot_list = boot.join(",");
     crate::diagram::start(
@@ -58,7 +59,15 @@ pub async fn serve(
         (!boot.is_empty()).then_some(boot_list.as_str()),
     );
     if !boot.is_empty() {
-        node.join_cluster(&boot, boot_timeout).await?;
+        match node.join_cluster(&boot, boot_timeout).await {
+            Ok(()) => {}
+            // Nobody answered in time (a refusal is never bootstrapped past):
+            // this node is the first one up.
+            Err(Error::Unavailable(why)) if bootstrap => {
+                warn!(%why, "no --boot member admitted this node: starting a new cluster as its first member (--bootstrap)");
+            }
+            Err(e) => return Err(e),
+        }
     }
     serve_node(listener, node, shutdown).await
 }

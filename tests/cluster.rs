@@ -586,3 +586,36 @@ fn a_node_whose_boot_members_never_answer_gives_up_naming_each_cause() {
         "{error}"
     );
 }
+
+/// `--bootstrap`: the node of a fixed set that may come up first starts the
+/// cluster when no other answers, and a restarted one joins the running
+/// cluster instead of starting its own.
+#[test]
+fn a_bootstrap_node_starts_alone_only_when_no_boot_member_answers() {
+    let dead = format!("127.0.0.1:{}", free_port());
+    let first = spawn_server(&["--boot", &dead, "--bootstrap", "--boot-timeout-ms", "500"]);
+    first.stderr.wait_for_line("the bootstrap warning", |l| {
+        l.contains("starting a new cluster as its first member")
+    });
+    let second = spawn_server(&["--boot", &first.addr]);
+    wait_members(&[&first.addr, &second.addr], &[&first.addr, &second.addr]);
+
+    // A third node with --bootstrap whose boot members are up joins them.
+    let third = spawn_server(&[
+        "--boot",
+        &format!("{dead},{}", second.addr),
+        "--bootstrap",
+        "--boot-timeout-ms",
+        "20000",
+    ]);
+    let all = [first.addr.as_str(), &second.addr, &third.addr];
+    wait_members(&all, &all);
+    assert!(
+        !third
+            .stderr
+            .snapshot()
+            .iter()
+            .any(|l| l.contains("starting a new cluster")),
+        "it started alone although a member answered"
+    );
+}
