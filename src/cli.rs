@@ -115,6 +115,14 @@ pub struct ServerArgs {
     /// certificate) is not retried.
     #[arg(long, env = "CHITTY_BOOT_TIMEOUT_MS", default_value_t = DEFAULT_BOOT_TIMEOUT.as_millis() as u64)]
     pub boot_timeout_ms: u64,
+    /// A fixed id for this node (1 to 32 of a-z, 0-9, '-' and '_'), for
+    /// nodes that are restarted in place (compose services, StatefulSet
+    /// pods, systemd units). A process started with the id of a member
+    /// replaces that member's earlier process in the cluster, instead of
+    /// leaving it listed as unreachable. Two running nodes must never share
+    /// one: the older exits. Default: a random id for every process.
+    #[arg(long, env = "CHITTY_NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
     /// If no --boot member admits this node within --boot-timeout-ms (none
     /// is up yet), start a new cluster instead of exiting. For the one node
     /// of a fixed set (compose, a StatefulSet, systemd units) that may come
@@ -502,6 +510,9 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         }
     };
     let mut config = NodeConfig::new(advertise);
+    if let Some(id) = args.node_id {
+        config.node.id = id;
+    }
     config.session_queue = args.session_queue.max(1);
     config.peer_queue = args.peer_queue.max(1);
     config.boot = args.boot.into_iter().filter(|b| !b.is_empty()).collect();
@@ -543,6 +554,20 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
             let _ = writeln!(std::io::stderr(), "error: {e}");
             ExitCode::from(3)
         }
+    }
+}
+
+/// A `--node-id`: short, and only characters that read the same in logs,
+/// event ids (`origin:generation:seq`) and file names.
+fn parse_node_id(id: &str) -> Result<String, String> {
+    let fits = (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if fits {
+        Ok(id.to_string())
+    } else {
+        Err("a node id is 1 to 32 of a-z, 0-9, '-' and '_'".to_string())
     }
 }
 
@@ -974,6 +999,14 @@ impl TerminalState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_id_is_short_and_plain() {
+        assert_eq!(parse_node_id("node-1_a").as_deref(), Ok("node-1_a"));
+        for bad in ["", "Node1", "node 1", "node:1", "é", &"n".repeat(33)] {
+            assert!(parse_node_id(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn a_wildcard_listen_address_is_never_advertised() {

@@ -619,3 +619,34 @@ fn a_bootstrap_node_starts_alone_only_when_no_boot_member_answers() {
         "it started alone although a member answered"
     );
 }
+
+/// A node restarted in place with its `--node-id` replaces its earlier
+/// process: the others list it once, and nothing as unreachable. (With a
+/// random id per process, the killed process would stay listed as an
+/// unreachable member.)
+#[test]
+fn a_node_restarted_with_its_node_id_replaces_its_earlier_process() {
+    let mut cluster = Cluster::new(&FAST_DETECTION);
+    cluster.spawn_node(None, &["--node-id", "first"]);
+    let boot = cluster.addr(0);
+    cluster.spawn_node(Some(&boot), &["--node-id", "second"]);
+    let addrs = cluster.addrs();
+    wait_members(&[&addrs[0], &addrs[1]], &[&addrs[0], &addrs[1]]);
+
+    cluster.nodes[1].child.kill();
+    poll(
+        "the first node to see the second unreachable",
+        || match block_on(unreachable_of(&boot))? {
+            list if list == [addrs[1].clone()] => Ok(()),
+            list => Err(format!("unreachable: {list:?}")),
+        },
+    );
+    cluster.restart_node_with(1, &boot, &["--node-id", "second"]);
+    wait_members(&[&addrs[0], &addrs[1]], &[&addrs[0], &addrs[1]]);
+    poll("nothing listed as unreachable", || {
+        match block_on(unreachable_of(&boot))? {
+            list if list.is_empty() => Ok(()),
+            list => Err(format!("unreachable: {list:?}")),
+        }
+    });
+}

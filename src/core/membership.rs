@@ -108,9 +108,11 @@ impl Membership {
         }
     }
 
-    /// Every node draws a fresh id per process, so a known id never gets a
-    /// new generation: an entry that says otherwise is ignored (a peer
-    /// cannot make a node step aside for an invented newer process of it).
+    /// A node draws a fresh id per process unless it was given one
+    /// (`--node-id`), so a known id gets a new generation only from the new
+    /// process itself ([`Membership::merge_direct`]): an entry in another
+    /// member's view that says so is ignored (a peer cannot make a node step
+    /// aside for an invented newer process of it by gossip).
     pub fn fix_generations(&mut self) {
         self.fixed_generations = true;
     }
@@ -121,6 +123,17 @@ impl Membership {
 
     /// Merges a remote view (whole or partial) into this one.
     pub fn merge(&mut self, remote: &[Member]) -> Change {
+        self.merge_from(remote, false)
+    }
+
+    /// Merges the entry of the process that sent it (its ServerJoin, or the
+    /// hello of its relay link): a newer process of a known id, restarted
+    /// in place with the same `--node-id`, replaces the earlier one.
+    pub fn merge_direct(&mut self, own_entry: Member) -> Change {
+        self.merge_from(std::slice::from_ref(&own_entry), true)
+    }
+
+    fn merge_from(&mut self, remote: &[Member], direct: bool) -> Change {
         // What each touched id held before this merge: the change is reported
         // between before and after, so a remote list naming one id twice (or
         // an incarnation that is replaced within the same list) is reported
@@ -134,7 +147,7 @@ impl Membership {
             if current.is_some_and(|c| order_key(c) >= order_key(entry)) {
                 continue;
             }
-            if self.fixed_generations && current.is_some_and(|c| c.node != entry.node) {
+            if self.fixed_generations && !direct && current.is_some_and(|c| c.node != entry.node) {
                 tracing::warn!(
                     id,
                     "ignoring a membership entry for another process of a known node id (ids are never reused)"
@@ -432,6 +445,11 @@ mod tests {
         assert!(!change.self_removed, "a does not step aside");
         assert!(change.removed.is_empty(), "b stays: {change:?}");
         assert!(a.is_alive(&node("a", 1000)) && a.is_alive(&node("b", 1001)));
+        // The newer process itself (a node restarted with its --node-id)
+        // replaces the old one when it calls.
+        let change = a.merge_direct(member(node("b", 1002), "b:2", MemberState::Alive, 1));
+        assert_eq!(change.removed.len(), 1, "{change:?}");
+        assert!(a.is_alive(&node("b", 1002)) && !a.is_alive(&node("b", 1001)));
         // Without it (the simulator restarts nodes under their id), a newer
         // process replaces the old one.
         let mut c = start("c", 1000);

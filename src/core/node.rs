@@ -1271,7 +1271,7 @@ impl NodeCore {
             .node
             .clone()
             .ok_or(MeshRefusal::Malformed("member without a node id"))?;
-        let change = self.membership.merge(std::slice::from_ref(&joiner));
+        let change = self.membership.merge_direct(joiner.clone());
         if !self.membership.is_alive(&node) {
             return Err(MeshRefusal::Removed);
         }
@@ -1366,7 +1366,7 @@ impl NodeCore {
             .node
             .clone()
             .ok_or(MeshRefusal::Malformed("relay hello without a node id"))?;
-        let change = self.membership.merge(&[hello]);
+        let change = self.membership.merge_direct(hello);
         if !self.membership.is_alive(&node) {
             return Err(MeshRefusal::Removed);
         }

@@ -87,6 +87,26 @@ pub async fn servers_of_with(addr: &str, tls: Option<&TlsSettings>) -> Result<Ve
     Ok(addrs)
 }
 
+/// The addresses of the members the node at `addr` cannot reach now,
+/// sorted.
+pub async fn unreachable_of(addr: &str) -> Result<Vec<String>, String> {
+    let mut client = chat_client(addr, None).await?;
+    let reply = tokio::time::timeout(QUERY_TIMEOUT, client.list_servers(ListServersRequest {}))
+        .await
+        .map_err(|_| format!("{addr} did not answer ListServers in time"))?
+        .map_err(|s| format!("ListServers on {addr} failed: {s}"))?;
+    let mut addrs: Vec<String> = reply
+        .into_inner()
+        .servers
+        .unwrap_or_default()
+        .unreachable
+        .into_iter()
+        .map(|s| s.addr)
+        .collect();
+    addrs.sort();
+    Ok(addrs)
+}
+
 /// The names of the live participants the node at `addr` knows, sorted
 /// (duplicates kept, so that a doubled participant shows).
 pub async fn participants_of(addr: &str) -> Result<Vec<String>, String> {
@@ -200,10 +220,16 @@ impl Cluster {
     /// same address, joining through `boot`: a new incarnation (new id and
     /// generation) where clients already look for a node.
     pub fn restart_node(&mut self, i: usize, boot: &str) {
+        self.restart_node_with(i, boot, &[]);
+    }
+
+    /// [`Cluster::restart_node`] with `extra` flags besides the cluster's.
+    pub fn restart_node_with(&mut self, i: usize, boot: &str, extra: &[&str]) {
         let addr = self.addr(i);
         let mut child = super::chitty_command()
             .args(["server", "--listen", &addr, "--cluster-secret", SECRET])
             .args(&self.flags)
+            .args(extra)
             .args(["--boot", boot])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
