@@ -132,6 +132,10 @@ pub struct ServerArgs {
     /// so does this node if it restarts while cut off from every other.
     #[arg(long, env = "CHITTY_BOOTSTRAP")]
     pub bootstrap: bool,
+    /// --bootstrap for the node whose --node-id is this one only, so that
+    /// one configuration serves every node of a set (a StatefulSet's pods).
+    #[arg(long, env = "CHITTY_BOOTSTRAP_NODE_ID")]
+    pub bootstrap_node_id: Option<String>,
     /// Secret shared by all nodes of the cluster (at least 16 characters);
     /// mesh calls without it are refused. Required unless every address
     /// (listen, advertise, boot) is loopback. On the command line it is
@@ -510,14 +514,21 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         }
     };
     let mut config = NodeConfig::new(advertise);
-    if let Some(id) = args.node_id {
-        config.node.id = id;
+    if let Some(id) = &args.node_id {
+        config.node.id = id.clone();
     }
     config.session_queue = args.session_queue.max(1);
     config.peer_queue = args.peer_queue.max(1);
-    config.boot = args.boot.into_iter().filter(|b| !b.is_empty()).collect();
+    // One list for every node of a set may name this node too: it does not
+    // try to join through itself.
+    config.boot = args
+        .boot
+        .into_iter()
+        .filter(|b| !b.is_empty() && *b != config.advertise)
+        .collect();
     config.boot_timeout = std::time::Duration::from_millis(args.boot_timeout_ms);
-    config.bootstrap = args.bootstrap;
+    config.bootstrap = args.bootstrap
+        || (args.bootstrap_node_id.is_some() && args.bootstrap_node_id == args.node_id);
     config.fault_link_delay = args.fault_link_delay;
     config.cluster_secret = secret;
     config.tls = tls;

@@ -650,3 +650,30 @@ fn a_node_restarted_with_its_node_id_replaces_its_earlier_process() {
         }
     });
 }
+
+/// One configuration for every node of a set: the boot list names this node
+/// too (it does not join through itself), and `--bootstrap-node-id` makes
+/// only the named node bootstrap.
+#[test]
+fn a_shared_configuration_bootstraps_only_the_named_node() {
+    let own = format!("127.0.0.1:{}", free_port());
+    let dead = format!("127.0.0.1:{}", free_port());
+    let shared = |id: &'static str, listen: &str| {
+        let mut cmd = test_command(std::process::Command::new(CHITTY));
+        cmd.args(["server", "--listen", listen, "--node-id", id])
+            .args(["--boot", &format!("{own},{dead}")])
+            .args(["--bootstrap-node-id", "first", "--boot-timeout-ms", "500"]);
+        cmd
+    };
+    let first = start_server_process(shared("first", &own), "first");
+    let started = first.stderr.wait_for_line("the bootstrap warning", |l| {
+        l.contains("starting a new cluster as its first member")
+    });
+    assert!(
+        !started.contains(&own),
+        "it tried to join through itself: {started}"
+    );
+    // Another node of the set does not bootstrap: it joins the first.
+    let second = start_server_process(shared("second", "127.0.0.1:0"), "second");
+    wait_members(&[&own, &second.addr], &[&own, &second.addr]);
+}
