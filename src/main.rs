@@ -10,9 +10,14 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Reading logs needs no runtime.
+    let cli = match cli.command {
+        Command::Trace(args) => return chitty::cli::run_trace(args),
+        command => Cli { command },
+    };
     let threads = match &cli.command {
         Command::Server(args) => args.threads,
-        Command::Client(_) | Command::Bench(_) | Command::Cert(_) => 0,
+        Command::Client(_) | Command::Bench(_) | Command::Cert(_) | Command::Trace(_) => 0,
     };
     let mut builder = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -67,6 +72,7 @@ async fn run(cli: Cli) -> ExitCode {
             chitty::cli::run_bench(args).await
         }
         Command::Cert(command) => chitty::cli::run_cert(command),
+        Command::Trace(args) => chitty::cli::run_trace(args),
     }
 }
 
