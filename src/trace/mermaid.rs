@@ -42,8 +42,13 @@ pub fn render(d: &Diagram) -> String {
                 let arrow = if *dashed { "-->>" } else { "->>" };
                 let _ = writeln!(out, "    L{from}{arrow}L{to}: {}", text(label));
             }
-            Item::Broadcast { from, label } => {
-                let _ = writeln!(out, "    Note right of L{from}: {}", text(label));
+            Item::Broadcast { from, to, label } => {
+                let over = if from == to {
+                    format!("L{from}")
+                } else {
+                    format!("L{from},L{to}")
+                };
+                let _ = writeln!(out, "    Note over {over}: {}", text(label));
             }
         }
     }
@@ -124,6 +129,7 @@ mod tests {
                 },
                 Item::Broadcast {
                     from: 1,
+                    to: 1,
                     label: "Broadcast".into(),
                 },
             ],
@@ -131,7 +137,7 @@ mod tests {
         };
         assert_eq!(
             render(&d),
-            "sequenceDiagram\n    participant L0 as X\n    participant L1 as node 1 (127.0.0.1:1)\n    Note over L0,L1: 2 of 5 arrows left out\n    L0->>L1: Join [L=1 → L=2]\n    L1-->>L0: Deliver X joined [L=2 → L=3]\n    Note right of L1: Broadcast\n"
+            "sequenceDiagram\n    participant L0 as X\n    participant L1 as node 1 (127.0.0.1:1)\n    Note over L0,L1: 2 of 5 arrows left out\n    L0->>L1: Join [L=1 → L=2]\n    L1-->>L0: Deliver X joined [L=2 → L=3]\n    Note over L1: Broadcast\n"
         );
     }
 }

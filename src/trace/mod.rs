@@ -47,8 +47,13 @@ pub enum Item {
         label: String,
         dashed: bool,
     },
-    /// The deliveries of one event by one node, collapsed.
-    Broadcast { from: usize, label: String },
+    /// The deliveries of one event, collapsed into a note over the
+    /// lifelines `from..=to` (the nodes that delivered it).
+    Broadcast {
+        from: usize,
+        to: usize,
+        label: String,
+    },
 }
 
 /// What to draw.
@@ -64,8 +69,8 @@ pub struct Options {
     /// in nanoseconds since 1970.
     pub since: Option<i128>,
     pub until: Option<i128>,
-    /// The deliveries of one event by one node to more participants than
-    /// this are drawn as one "Broadcast" item.
+    /// The deliveries of one event to more participants than this are
+    /// drawn as one "Broadcast" note.
     pub collapse_above: usize,
     /// Collapse every fan-out of two deliveries or more.
     pub collapse: bool,

@@ -823,13 +823,14 @@ fn finish(
         }
     }
 
-    // Fan-out: the deliveries of one event by one node, as one item.
-    let mut groups: HashMap<(&str, &Key), Vec<usize>> = HashMap::new();
+    // Fan-out: the deliveries of one event, as one item over the nodes
+    // that delivered it.
+    let mut groups: HashMap<&str, Vec<usize>> = HashMap::new();
     for (i, a) in kept.iter().enumerate() {
         if a.call == "Deliver"
             && let Some(e) = &a.event
         {
-            groups.entry((e.as_str(), &a.from)).or_default().push(i);
+            groups.entry(e.as_str()).or_default().push(i);
         }
     }
     let mut collapsed_at: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -849,7 +850,7 @@ fn finish(
     // Lifelines: the ones something drawn touches.
     enum Draw<'a> {
         Arrow(&'a Arrow),
-        Broadcast(&'a Key, String),
+        Broadcast(Vec<&'a Key>, String),
     }
     let mut draws: Vec<Draw> = Vec::new();
     for (i, a) in kept.iter().enumerate() {
@@ -861,8 +862,14 @@ fn finish(
                 _ => String::new(),
             };
             let what = a.detail.as_deref().map(shorten).unwrap_or_default();
+            let mut senders: Vec<&Key> = Vec::new();
+            for &m in members {
+                if !senders.contains(&&kept[m].from) {
+                    senders.push(&kept[m].from);
+                }
+            }
             draws.push(Draw::Broadcast(
-                &a.from,
+                senders,
                 format!(
                     "Broadcast {what} L={} to {} participants{range}",
                     lamport(a.send_l),
@@ -877,7 +884,7 @@ fn finish(
     for d in &draws {
         let keys = match d {
             Draw::Arrow(a) => vec![&a.from, &a.to],
-            Draw::Broadcast(k, _) => vec![*k],
+            Draw::Broadcast(ks, _) => ks.clone(),
         };
         for k in keys {
             if !used.contains(&k) {
@@ -989,8 +996,9 @@ fn finish(
                     dashed: a.dashed,
                 }
             }
-            Draw::Broadcast(k, label) => Item::Broadcast {
-                from: index[k],
+            Draw::Broadcast(ks, label) => Item::Broadcast {
+                from: ks.iter().map(|k| index[k]).min().unwrap_or(0),
+                to: ks.iter().map(|k| index[k]).max().unwrap_or(0),
                 label,
             },
         })

@@ -182,13 +182,24 @@ pub fn layout(d: &Diagram) -> Layout {
                     h: TEXT_H,
                 }
             }
-            // A note, or an arrow to itself: beside the lifeline.
-            Item::Arrow { from, label, .. } | Item::Broadcast { from, label } => Rect {
+            // An arrow to itself: beside the lifeline.
+            Item::Arrow { from, label, .. } => Rect {
                 x: xs[*from] + 12.0 + PAD,
                 y: line_y - 4.0 - TEXT_H,
                 w: text_width(label),
                 h: TEXT_H,
             },
+            // A note: over the lifelines it spans.
+            Item::Broadcast { from, to, label } => {
+                let w = text_width(label);
+                let mid = (xs[*from] + xs[*to]) / 2.0;
+                Rect {
+                    x: (mid - w / 2.0).max(MARGIN + PAD),
+                    y: line_y - 4.0 - TEXT_H,
+                    w,
+                    h: TEXT_H,
+                }
+            }
         };
         rows.push((line_y, label));
         y += ROW;
