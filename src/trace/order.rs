@@ -694,30 +694,20 @@ fn happens_before_order(arrows: &[Arrow]) -> Vec<usize> {
     order
 }
 
-/// Sorts arrows among those free to go: Lamport time first (a send before
-/// a receive at the same time), then what identifies them, so that the
-/// result depends on the logs only, not on the order they were given in.
-type Prio = (u64, Key, usize, Key, usize, String);
+/// Sorts arrows among those free to go: by the Lamport time at the
+/// receiver (the clock after the rule; the sender's time + 1 when the
+/// receive is not logged), then at the sender, then what identifies them,
+/// so that the result depends on the logs only, not on the order they were
+/// given in.
+type Prio = (u64, u64, Key, usize, Key, usize, String);
 
 fn priority_of(a: &Arrow) -> Prio {
-    let mut key = u64::MAX;
-    let send = a
-        .send
-        .as_ref()
-        .and_then(|p| p.clock)
-        .or(a.send_l)
-        .map(|l| l.saturating_mul(2));
-    let recv = a
-        .recv
-        .as_ref()
-        .and_then(|p| p.clock)
-        .or(a.recv_l)
-        .map(|l| l.saturating_mul(2).saturating_sub(1));
-    for k in [send, recv].into_iter().flatten() {
-        key = key.min(k);
-    }
+    let send = a.send.as_ref().and_then(|p| p.clock).or(a.send_l);
+    let recv = a.recv.as_ref().and_then(|p| p.clock).or(a.recv_l);
     (
-        key,
+        recv.or(send.map(|s| s.saturating_add(1)))
+            .unwrap_or(u64::MAX),
+        send.unwrap_or(u64::MAX),
         a.from.clone(),
         a.send.as_ref().map_or(0, |p| p.pos.1),
         a.to.clone(),
