@@ -1029,3 +1029,161 @@ fn finish(
         notes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::trace::{Item, Options, trace};
+
+    fn line(fields: &str) -> String {
+        format!(
+            r#"{{"timestamp":"2026-12-03T10:00:00Z","level":"INFO",{fields},"target":"chitty::diagram"}}"#
+        )
+    }
+
+    fn node(id: &str, addr: &str, fields: &str) -> String {
+        line(&format!(
+            r#""role":"node","node":"{id}","generation":1,"node_addr":"{addr}",{fields}"#
+        ))
+    }
+
+    /// Two nodes that each stamp an event and relay it to the other at the
+    /// same time: each logs its send before the other's receive, a cycle
+    /// when every arrow is one row.
+    fn crossing() -> Vec<(String, String)> {
+        let a = [
+            node("a", "127.0.0.1:1", r#""message":"start""#),
+            node(
+                "a",
+                "127.0.0.1:1",
+                r#""message":"rpc","call":"ServerJoin","dir":"received","peer":"b","lamport_before":0,"lamport_after":0"#,
+            ),
+            node(
+                "a",
+                "127.0.0.1:1",
+                r#""message":"stamp","participant":"P","participant_id":"p","event":"a:1:1","kind":"message","event_lamport":1"#,
+            ),
+            node(
+                "a",
+                "127.0.0.1:1",
+                r#""message":"rpc","call":"RelayBatch","dir":"sent","peer":"b","participant":"P","participant_id":"p","event":"a:1:1","kind":"message","event_lamport":1"#,
+            ),
+            // Sent again after a reconnection: drawn once.
+            node(
+                "a",
+                "127.0.0.1:1",
+                r#""message":"rpc","call":"RelayBatch","dir":"sent","peer":"b","participant":"P","participant_id":"p","event":"a:1:1","kind":"message","event_lamport":1"#,
+            ),
+            node(
+                "a",
+                "127.0.0.1:1",
+                r#""message":"rpc","call":"RelayBatch","dir":"received","peer":"b","participant":"Q","participant_id":"q","event":"b:1:1","kind":"message","event_lamport":2,"lamport_before":1,"lamport_after":3"#,
+            ),
+        ];
+        let b = [
+            node(
+                "b",
+                "127.0.0.1:2",
+                r#""message":"start","boot":"127.0.0.1:1""#,
+            ),
+            node(
+                "b",
+                "127.0.0.1:2",
+                r#""message":"stamp","participant":"Q","participant_id":"q","event":"b:1:1","kind":"message","event_lamport":2"#,
+            ),
+            node(
+                "b",
+                "127.0.0.1:2",
+                r#""message":"rpc","call":"RelayBatch","dir":"sent","peer":"a","participant":"Q","participant_id":"q","event":"b:1:1","kind":"message","event_lamport":2"#,
+            ),
+            node(
+                "b",
+                "127.0.0.1:2",
+                r#""message":"rpc","call":"RelayBatch","dir":"received","peer":"a","participant":"P","participant_id":"p","event":"a:1:1","kind":"message","event_lamport":1,"lamport_before":2,"lamport_after":3"#,
+            ),
+            // Never received: the log of its receiver ends before.
+            node(
+                "b",
+                "127.0.0.1:2",
+                r#""message":"rpc","call":"RelayBatch","dir":"sent","peer":"a","participant":"Q","participant_id":"q","event":"b:1:2","kind":"left","event_lamport":4"#,
+            ),
+        ];
+        vec![
+            ("a.jsonl".into(), a.join("\n")),
+            ("b.jsonl".into(), b.join("\n")),
+        ]
+    }
+
+    fn labels(logs: &[(String, String)]) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let d = trace(logs, &Options::default(), &mut warnings).expect("a diagram");
+        d.items
+            .iter()
+            .map(|i| match i {
+                Item::Arrow {
+                    from, to, label, ..
+                } => format!(
+                    "{} -> {}: {label}",
+                    d.lifelines[*from].label, d.lifelines[*to].label
+                ),
+                Item::Broadcast { label, .. } => label.clone(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn crossing_relays_are_both_drawn_once_in_any_file_order() {
+        let logs = crossing();
+        let drawn = labels(&logs);
+        let a = "node 1 (127.0.0.1:1)";
+        let b = "node 2 (127.0.0.1:2)";
+        let mut sorted = drawn.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                format!("{a} -> {b}: RelayBatch P message [L=1 → L=3]"),
+                format!("{b} -> {a}: RelayBatch Q left [L=4 → L=?]"),
+                format!("{b} -> {a}: RelayBatch Q message [L=2 → L=3]"),
+                // B's log has no ServerJoin sent: drawn from B all the same.
+                format!("{b} -> {a}: ServerJoin [L=? → L=0]"),
+            ]
+        );
+        let mut reversed = logs.clone();
+        reversed.reverse();
+        assert_eq!(labels(&reversed), drawn);
+        assert_eq!(
+            drawn.last().unwrap(),
+            &format!("{b} -> {a}: RelayBatch Q left [L=4 → L=?]")
+        );
+    }
+
+    #[test]
+    fn the_same_log_twice_is_read_once() {
+        let mut logs = crossing();
+        logs.push(("a-copy.jsonl".into(), logs[0].1.clone()));
+        let mut warnings = Vec::new();
+        let d = trace(&logs, &Options::default(), &mut warnings).unwrap();
+        assert_eq!(d.items.len(), 4);
+        assert_eq!(
+            warnings,
+            ["a-copy.jsonl: the log of the same node a as a.jsonl; ignored"]
+        );
+    }
+
+    #[test]
+    fn logs_of_unrelated_nodes_are_refused() {
+        let logs = vec![
+            (
+                "a.jsonl".to_string(),
+                node("a", "127.0.0.1:1", r#""message":"start""#),
+            ),
+            (
+                "c.jsonl".to_string(),
+                node("c", "127.0.0.1:3", r#""message":"start""#),
+            ),
+        ];
+        let err = trace(&logs, &Options::default(), &mut Vec::new()).unwrap_err();
+        assert!(err.contains("2 different runs"), "{err}");
+        assert!(err.contains("run 1: a.jsonl:1; run 2: c.jsonl:1"), "{err}");
+    }
+}
