@@ -82,6 +82,8 @@ pids+=($!)
 x_pid=$!
 exec 3> "$logs/x.in"
 wait_for "$logs/x.out" 'Participant X joined' "X to join"
+# Y joins once node 2 has X's join (else node 2 would deliver it to Y too).
+wait_for "$logs/node2.jsonl" '"call":"RelayBatch","dir":"received".*"kind":"joined"' "X's join to reach node 2"
 
 "$bin" client --name Y --server "$node2" --log "$logs/y.jsonl" --log-format json \
     < "$logs/y.in" > "$logs/y.out" 2> "$logs/y.err" 3>&- &

@@ -93,6 +93,13 @@ fn run_scenario() -> Run {
     let b = json_server(&["--boot", &a.addr], "node 2");
     let mut x = json_client(&a.addr, "X");
     x.wait_joined();
+    // Y joins after node 2 has X's join, so that it is not delivered to Y.
+    b.stderr.wait_until("X's join relayed to node 2", |lines| {
+        has_record(lines, |r| {
+            r["call"] == "RelayBatch" && r["dir"] == "received" && r["kind"] == "joined"
+        })
+        .then_some(())
+    });
     let mut y = json_client(&b.addr, "Y");
     y.wait_joined();
     x.wait_for_event("Y's join", |e| e.joined().is_some_and(|(n, _)| n == "Y"));
