@@ -69,9 +69,10 @@ pub struct TraceArgs {
     /// --log), in any order. Lines that are not diagram records are skipped.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<std::path::PathBuf>,
-    /// Output format: a Mermaid sequenceDiagram, or an SVG picture.
-    #[arg(long, value_enum, default_value_t = crate::trace::Format::Mermaid)]
-    pub format: crate::trace::Format,
+    /// Output format: a Mermaid sequenceDiagram, or an SVG picture. Default:
+    /// svg when -o names a .svg file, else mermaid.
+    #[arg(long, value_enum)]
+    pub format: Option<crate::trace::Format>,
     /// Write the diagram to this file instead of standard output.
     #[arg(long, short = 'o', value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
@@ -119,7 +120,17 @@ pub fn run_trace(args: TraceArgs) -> ExitCode {
         collapse_above: args.collapse_above,
         collapse: args.collapse,
     };
-    match crate::trace::run(&args.files, args.format, args.output.as_deref(), &opts) {
+    let svg_file = args
+        .output
+        .as_deref()
+        .and_then(|p| p.extension())
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    let format = args.format.unwrap_or(if svg_file {
+        crate::trace::Format::Svg
+    } else {
+        crate::trace::Format::Mermaid
+    });
+    match crate::trace::run(&args.files, format, args.output.as_deref(), &opts) {
         Ok(warnings) => {
             for w in warnings {
                 eprintln!("warning: {w}");

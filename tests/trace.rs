@@ -674,6 +674,52 @@ fn a_receive_without_its_send_comes_from_an_unknown_sender() {
 }
 
 #[test]
+fn node_logs_without_their_debug_records_give_the_same_arrows() {
+    let run = run();
+    // At the default level a node does not log its deliveries: each is
+    // drawn from the node its participant names, after the node got it.
+    let info: Vec<PathBuf> = run
+        .all()
+        .iter()
+        .map(|p| {
+            let to = run
+                .dir
+                .join(format!("info-{}", p.file_name().unwrap().to_string_lossy()));
+            let text = std::fs::read_to_string(p).unwrap();
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.contains("\"level\":\"DEBUG\""))
+                .collect();
+            std::fs::write(&to, kept.join("\n")).unwrap();
+            to
+        })
+        .collect();
+    let (_, mut with_debug) = parse_mermaid(&diagram(&[], &run.all()));
+    let text = diagram(&[], &info);
+    let (_, mut without) = parse_mermaid(&text);
+    let key = |a: &Drawn| format!("{a:?}");
+    with_debug.sort_by_key(key);
+    without.sort_by_key(key);
+    assert_eq!(without, with_debug, "{text}");
+}
+
+#[test]
+fn an_svg_file_gets_an_svg() {
+    let run = run();
+    let out = run.dir.join("picked.svg");
+    diagram(&["-o", out.to_str().unwrap()], &run.all());
+    let svg = std::fs::read_to_string(&out).unwrap();
+    assert!(svg.starts_with("<?xml"), "{svg}");
+    let out = run.dir.join("picked.mmd");
+    diagram(&["-o", out.to_str().unwrap()], &run.all());
+    assert!(
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .starts_with("sequenceDiagram\n")
+    );
+}
+
+#[test]
 fn filters_keep_what_was_asked_and_say_what_was_left_out() {
     let run = run();
     let text = diagram(&["--participant", "Y"], &run.all());
