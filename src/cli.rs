@@ -1,6 +1,7 @@
 //! The `chitty` command line: `chitty server` runs a node, `chitty client`
-//! joins the chat, `chitty bench` measures a cluster. Every flag can also be set with a `CHITTY_...` environment
-//! variable.
+//! joins the chat, `chitty bench` measures a cluster, `chitty trace` draws
+//! the Lamport sequence diagram of a run from its logs. Every flag of the
+//! first three can also be set with a `CHITTY_...` environment variable.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -60,7 +61,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[command(
     after_help = "Example, a diagram of the whole run and one of what involved Alice:\n  \
-        chitty trace node1.jsonl node2.jsonl alice.jsonl bob.jsonl -o run.svg --format svg\n  \
+        chitty trace node1.jsonl node2.jsonl alice.jsonl bob.jsonl -o run.svg\n  \
         chitty trace *.jsonl --participant Alice > alice.mmd\n\n\
         Arrows are ordered by happens-before and Lamport time, never by wall clock."
 )]
@@ -94,12 +95,12 @@ pub struct TraceArgs {
     /// Only arrows logged at this wall-clock time or earlier (RFC 3339).
     #[arg(long, value_name = "TIME", value_parser = parse_rfc3339)]
     pub until: Option<i128>,
-    /// Draw the deliveries of one event by one node to more participants
-    /// than this as one "Broadcast" note.
+    /// Draw the deliveries of one event to more participants than this as
+    /// one "Broadcast" note over the nodes that delivered it.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pub collapse_above: usize,
-    /// Draw every fan-out (two deliveries of one event by one node or more)
-    /// as one "Broadcast" note.
+    /// Draw every fan-out (one event delivered to two participants or
+    /// more) as one "Broadcast" note.
     #[arg(long)]
     pub collapse: bool,
 }
