@@ -1,6 +1,7 @@
 //! The `chitty` command line: `chitty server` runs a node, `chitty client`
-//! joins the chat, `chitty bench` measures a cluster. Every flag can also be set with a `CHITTY_...` environment
-//! variable.
+//! joins the chat, `chitty bench` measures a cluster, `chitty trace` draws
+//! the Lamport sequence diagram of a run from its logs. Every flag of the
+//! first three can also be set with a `CHITTY_...` environment variable.
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -55,6 +56,96 @@ pub enum Command {
     /// Ask a node whether it serves (gRPC health check); exit code 0 if it
     /// does. The container image's health check.
     Health(crate::health::HealthArgs),
+    /// Draw the Lamport sequence diagram of a run from the JSON logs of its
+    /// nodes and clients (--log-format json; docs/logs.md).
+    Trace(TraceArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example, a diagram of the whole run and one of what involved Alice:\n  \
+        chitty trace node1.jsonl node2.jsonl alice.jsonl bob.jsonl -o run.svg\n  \
+        chitty trace *.jsonl --participant Alice > alice.mmd\n\n\
+        Arrows are ordered by happens-before and Lamport time, never by wall clock."
+)]
+pub struct TraceArgs {
+    /// The JSON logs of a run's nodes (their stderr) and clients (their
+    /// --log), in any order. Lines that are not diagram records are skipped.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<std::path::PathBuf>,
+    /// Output format: a Mermaid sequenceDiagram, or an SVG picture. Default:
+    /// svg when -o names a .svg file, else mermaid.
+    #[arg(long, value_enum)]
+    pub format: Option<crate::trace::Format>,
+    /// Write the diagram to this file instead of standard output.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Only what involves this participant: its calls and deliveries, and
+    /// the relays and deliveries of its events. Repeat for several.
+    #[arg(long, value_name = "NAME")]
+    pub participant: Vec<String>,
+    /// Only arrows at this Lamport time or later (the sender's time, or the
+    /// receiver's when the sender's is not known).
+    #[arg(long, value_name = "L")]
+    pub from_lamport: Option<u64>,
+    /// Only arrows at this Lamport time or earlier.
+    #[arg(long, value_name = "L")]
+    pub to_lamport: Option<u64>,
+    /// Only arrows logged at this wall-clock time or later (RFC 3339, e.g.
+    /// 2026-12-03T10:56:52Z). Selects, never orders.
+    #[arg(long, value_name = "TIME", value_parser = parse_rfc3339)]
+    pub since: Option<i128>,
+    /// Only arrows logged at this wall-clock time or earlier (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_rfc3339)]
+    pub until: Option<i128>,
+    /// Draw the deliveries of one event to more participants than this as
+    /// one "Broadcast" note over the nodes that delivered it.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pub collapse_above: usize,
+    /// Draw every fan-out (one event delivered to two participants or
+    /// more) as one "Broadcast" note.
+    #[arg(long)]
+    pub collapse: bool,
+}
+
+fn parse_rfc3339(s: &str) -> Result<i128, String> {
+    crate::trace::parse::parse_time(s)
+        .ok_or_else(|| "not an RFC 3339 time such as 2026-12-03T10:56:52Z".to_string())
+}
+
+/// Runs `chitty trace`.
+pub fn run_trace(args: TraceArgs) -> ExitCode {
+    let opts = crate::trace::Options {
+        participants: args.participant,
+        from_lamport: args.from_lamport,
+        to_lamport: args.to_lamport,
+        since: args.since,
+        until: args.until,
+        collapse_above: args.collapse_above,
+        collapse: args.collapse,
+    };
+    let svg_file = args
+        .output
+        .as_deref()
+        .and_then(|p| p.extension())
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    let format = args.format.unwrap_or(if svg_file {
+        crate::trace::Format::Svg
+    } else {
+        crate::trace::Format::Mermaid
+    });
+    match crate::trace::run(&args.files, format, args.output.as_deref(), &opts) {
+        Ok(warnings) => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -21,6 +21,8 @@
 //! * [`client`] — the client library: join, publish, leave, receive events.
 //! * [`cli`] — the `chitty` command line.
 //! * [`bench`] — `chitty bench`, the fan-out benchmark.
+//! * [`trace`] — `chitty trace`, the Lamport sequence diagram of a run,
+//!   drawn from its JSON logs ([`diagram`] writes the records).
 //! * [`limits`] — how large a gRPC message may be, on either side.
 
 pub mod bench;
@@ -44,6 +46,7 @@ pub mod server;
 pub mod service;
 pub mod sim;
 pub mod tls;
+pub mod trace;
 pub mod wire;
 
 pub use error::Error;

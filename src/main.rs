@@ -10,9 +10,18 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Reading logs needs no runtime.
+    let cli = match cli.command {
+        Command::Trace(args) => return chitty::cli::run_trace(args),
+        command => Cli { command },
+    };
     let threads = match &cli.command {
         Command::Server(args) => args.threads,
-        Command::Client(_) | Command::Bench(_) | Command::Cert(_) | Command::Health(_) => 0,
+        Command::Client(_)
+        | Command::Bench(_)
+        | Command::Cert(_)
+        | Command::Health(_)
+        | Command::Trace(_) => 0,
     };
     let mut builder = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -71,6 +80,7 @@ async fn run(cli: Cli) -> ExitCode {
             init_logging("warn", LogFormat::Text, None);
             chitty::health::run_health(args).await
         }
+        Command::Trace(args) => chitty::cli::run_trace(args),
     }
 }
 
