@@ -66,6 +66,9 @@ pub const SECRET_HEADER: &str = "x-chitty-cluster-secret";
 const MAX_RELAY_BATCH: usize = 512;
 /// Longest wait for one mesh call (join, membership push).
 const MESH_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bounds of one attempt to join through a boot member (dial and call).
+const BOOT_ATTEMPT_MIN: Duration = Duration::from_millis(200);
+const BOOT_ATTEMPT_MAX: Duration = Duration::from_secs(6);
 /// Reconnect backoff bounds for peer links.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -278,7 +281,25 @@ impl Node {
         let mut pause = BACKOFF_MIN;
         'attempts: loop {
             for (addr, last) in boot.iter().zip(&mut last) {
-                match self.join_through(addr).await {
+                // A member that is itself still starting has its port open
+                // but does not answer yet: over TLS the handshake would wait
+                // for it forever. Every attempt is bounded, by the deadline
+                // too.
+                let budget = deadline
+                    .saturating_duration_since(Instant::now())
+                    .clamp(BOOT_ATTEMPT_MIN, BOOT_ATTEMPT_MAX);
+                let attempt = tokio::time::timeout(budget, self.join_through(addr))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Failed {
+                            error: Error::Connect {
+                                addr: addr.clone(),
+                                reason: format!("no answer within {} ms", budget.as_millis()),
+                            },
+                            may_pass_later: true,
+                        })
+                    });
+                match attempt {
                     Ok(()) => return Ok(()),
                     Err(failed) if !failed.may_pass_later => return Err(failed.error),
                     Err(failed) => {

@@ -54,6 +54,8 @@ fn docker(args: &[&str]) -> Output {
 /// containers (the participants' too, by label) and its network.
 struct ComposeCluster {
     project: String,
+    /// Over TLS (compose.tls.yml): the directory of the CA and certificates.
+    tls: Option<PathBuf>,
     /// Host ports published for node1..3.
     ports: Vec<u16>,
     secret_file: PathBuf,
@@ -61,7 +63,25 @@ struct ComposeCluster {
 
 impl ComposeCluster {
     fn up() -> Self {
-        let project = format!("chittytest{}", std::process::id());
+        Self::up_with(None)
+    }
+
+    /// The cluster over TLS, with certificates `make-certs.sh` makes.
+    fn up_tls() -> Self {
+        let dir = temp_path("compose-tls");
+        let _ = std::fs::remove_dir_all(&dir);
+        run(Command::new(root().join("cluster/docker/make-certs.sh"))
+            .arg(&dir)
+            .env("CHITTY_IMAGE", IMAGE));
+        Self::up_with(Some(dir))
+    }
+
+    fn up_with(tls: Option<PathBuf>) -> Self {
+        let project = format!(
+            "chittytest{}{}",
+            std::process::id(),
+            if tls.is_some() { "tls" } else { "" }
+        );
         let secret_file = temp_path("compose-secret");
         std::fs::write(&secret_file, "a-compose-cluster-secret-for-tests\n").expect("secret");
         use std::os::unix::fs::PermissionsExt;
@@ -70,6 +90,7 @@ impl ComposeCluster {
         let ports = (0..3).map(|_| free_port()).collect();
         let cluster = Self {
             project,
+            tls,
             ports,
             secret_file,
         };
@@ -78,10 +99,22 @@ impl ComposeCluster {
     }
 
     fn compose(&self, args: &[&str]) -> Output {
+        run(&mut self.compose_command(args))
+    }
+
+    fn compose_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker-compose");
-        cmd.current_dir(root().join("cluster/docker"))
-            .args(["--project-name", &self.project, "--file", "compose.yml"])
-            .args(args)
+        cmd.current_dir(root().join("cluster/docker")).args([
+            "--project-name",
+            &self.project,
+            "--file",
+            "compose.yml",
+        ]);
+        if let Some(dir) = &self.tls {
+            cmd.args(["--file", "compose.tls.yml"])
+                .env("CHITTY_TLS_DIR", dir);
+        }
+        cmd.args(args)
             .env("CHITTY_IMAGE", IMAGE)
             .env("CHITTY_SECRET_FILE", &self.secret_file)
             .env(
@@ -92,7 +125,7 @@ impl ComposeCluster {
         for (i, port) in self.ports.iter().enumerate() {
             cmd.env(format!("CHITTY_PORT{}", i + 1), port.to_string());
         }
-        run(&mut cmd)
+        cmd
     }
 
     fn network(&self) -> String {
@@ -112,6 +145,12 @@ impl ComposeCluster {
     /// starting on `node`. It runs as this user, to write its `--log` file
     /// into the test's directory, mounted at the same path.
     fn participant(&self, node: &str, name: &str) -> ClientProcess {
+        self.participant_trusting(node, name, true)
+    }
+
+    /// A participant, over TLS when the cluster is, with the cluster's CA if
+    /// `with_ca`.
+    fn participant_trusting(&self, node: &str, name: &str, with_ca: bool) -> ClientProcess {
         let logs = temp_path(name)
             .parent()
             .expect("a log directory")
@@ -129,8 +168,19 @@ impl ComposeCluster {
                 }),
             ])
             .arg("-v")
-            .arg(format!("{0}:{0}", logs.display()))
-            .arg(IMAGE);
+            .arg(format!("{0}:{0}", logs.display()));
+        if let Some(dir) = &self.tls {
+            let ca = if with_ca {
+                dir.join("ca.pem")
+            } else {
+                // A CA of its own: it cannot verify the nodes.
+                dir.join("other-ca.pem")
+            };
+            cmd.arg("-v")
+                .arg(format!("{}:/tls/ca.pem:ro", ca.display()))
+                .args(["--env", "CHITTY_TLS_CA=/tls/ca.pem"]);
+        }
+        cmd.arg(IMAGE);
         start_client_process(cmd, &format!("{node}:50051"), name)
     }
 
@@ -181,14 +231,13 @@ impl Drop for ComposeCluster {
                 let _ = Command::new("docker").args(["rm", "-f", id]).output();
             }
         }
-        let _ = Command::new("docker-compose")
-            .current_dir(root().join("cluster/docker"))
-            .args(["--project-name", &self.project, "--file", "compose.yml"])
-            .args(["down", "--volumes", "--remove-orphans", "--timeout", "5"])
-            .env("CHITTY_IMAGE", IMAGE)
-            .env("CHITTY_SECRET_FILE", &self.secret_file)
+        let _ = self
+            .compose_command(&["down", "--volumes", "--remove-orphans", "--timeout", "5"])
             .output();
         let _ = std::fs::remove_file(&self.secret_file);
+        if let Some(dir) = &self.tls {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -380,4 +429,45 @@ fn a_compose_cluster_survives_a_kill_a_network_cut_and_a_rolling_restart() {
     assert_everyone_saw_everything_once(&talkers);
     leave_all(&mut talkers);
     println!("whole run: {:?}", started.elapsed());
+}
+
+/// The compose cluster over TLS (compose.tls.yml, certificates from
+/// make-certs.sh): the nodes form the cluster over mutual TLS and report
+/// healthy (their health check speaks TLS too), participants on two nodes
+/// chat, and a participant that does not trust the cluster's CA is refused.
+#[test]
+#[ignore = "needs the Docker daemon and docker-compose; .ci/run runs it"]
+fn a_compose_cluster_over_tls_chats_and_refuses_a_client_without_its_ca() {
+    let started = Instant::now();
+    build_image();
+    let cluster = ComposeCluster::up_tls();
+    for node in NODES {
+        cluster.wait_healthy(node);
+    }
+    let dir = cluster.tls.clone().expect("a TLS cluster");
+    let alice = cluster.participant("node1", "Alice");
+    alice.wait_for_event("Alice's own join", |e| {
+        e.joined().is_some_and(|(n, _)| n == "Alice")
+    });
+    let mut carol = cluster.participant("node3", "Carol");
+    alice.wait_for_event("Carol joined, on node3", |e| {
+        e.joined().is_some_and(|(n, _)| n == "Carol")
+    });
+    carol.say("over TLS across nodes");
+    alice.wait_for_message("Carol", "over TLS across nodes");
+
+    // Another CA's certificate as the client's trust: refused, saying why.
+    let other = temp_path("compose-other-ca");
+    let _ = std::fs::remove_dir_all(&other);
+    run(Command::new(CHITTY)
+        .args(["cert", "ca", "--out"])
+        .arg(&other));
+    std::fs::copy(other.join("ca.pem"), dir.join("other-ca.pem")).expect("copy the other CA");
+    let _ = std::fs::remove_dir_all(&other);
+    let mut stranger = cluster.participant_trusting("node2", "Mallory", false);
+    let status = stranger.child.wait_exit();
+    assert!(!status.success());
+    let stderr = stranger.stderr.wait_closed("Mallory's stderr").join("\n");
+    assert!(stderr.contains("certificate"), "{stderr}");
+    println!("TLS run: {:?}", started.elapsed());
 }

@@ -496,3 +496,47 @@ fn with_mutual_tls_a_node_may_listen_beyond_loopback_without_a_secret() {
         "{stderr}"
     );
 }
+
+/// A boot member that is itself still starting has its port open but does
+/// not answer: the TLS handshake with it must not hold the joining node past
+/// its --boot-timeout-ms (nodes of a compose cluster start together).
+#[test]
+fn a_boot_member_that_accepts_but_never_answers_does_not_hold_a_tls_node_past_its_boot_timeout() {
+    let ca = Ca::new("ca");
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_addr = silent.local_addr().expect("addr").to_string();
+    let flags = ca.node("node1");
+    let mut args = vec![
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--boot",
+        &silent_addr,
+        "--boot-timeout-ms",
+        "1500",
+    ];
+    args.extend(strs(&flags));
+    let started = Instant::now();
+    let (code, _, stderr) = run_chitty(&args);
+    let took = started.elapsed();
+    drop(silent);
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(
+        stderr.contains("could not join the cluster within 1500 ms")
+            && stderr.contains(&format!(
+                "cannot connect to {silent_addr}: no answer within"
+            )),
+        "{stderr}"
+    );
+    println!("gave up after {took:?}");
+
+    // With --bootstrap it starts the cluster instead.
+    let node = tls_node(
+        &flags,
+        Some(&silent_addr),
+        &["--bootstrap", "--boot-timeout-ms", "1500"],
+    );
+    node.stderr.wait_for_line("the bootstrap warning", |l| {
+        l.contains("starting a new cluster as its first member")
+    });
+}
