@@ -2,7 +2,7 @@
 //! joins the chat, `chitty bench` measures a cluster. Every flag can also be set with a `CHITTY_...` environment
 //! variable.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -12,6 +12,7 @@ use tracing::error;
 
 use crate::client::{self, Received};
 use crate::connections::{self, ConnectionLimits};
+use crate::console::{self, Action};
 use crate::core::chat::CoreLimits;
 use crate::core::validate::escaped;
 use crate::failover::{self, ClientOptions, Update};
@@ -648,34 +649,21 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A line from the user, or the wish to leave.
-enum Input {
-    Line(String),
-    Quit,
-}
-
-/// Where received lines go: plain stdout, or above the prompt of the line
-/// editor so that what the user is typing stays readable.
-enum Output {
-    Plain,
-    Prompt(Box<dyn rustyline::ExternalPrinter + Send>),
-}
-
-impl Output {
-    fn line(&mut self, text: String) {
-        match self {
-            Output::Plain => {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{text}");
-                let _ = out.flush();
+/// Completes on Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal was
+/// closed): a client leaves on each.
+pub async fn client_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = hangup.recv() => {}
             }
-            Output::Prompt(printer) => {
-                if printer.print(format!("{text}\n")).is_err() {
-                    println!("{text}");
-                }
-            }
+            return;
         }
     }
+    shutdown_signal().await;
 }
 
 /// What the client last heard of which nodes its node cannot reach, to
@@ -719,10 +707,11 @@ impl Reachability {
     }
 }
 
-/// Runs `chitty client`: joins, prints every event, publishes every line.
+/// Runs `chitty client`: joins, prints every event, publishes every line,
+/// answers the `/commands` (see [`crate::console`]).
 pub async fn run_client(args: ClientArgs) -> ExitCode {
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    let name = match args.name.clone().or_else(|| std::env::var("USER").ok()) {
+    let mut name = match args.name.clone().or_else(|| std::env::var("USER").ok()) {
         Some(n) => n,
         None if interactive => match ask_name() {
             Some(n) => n,
@@ -733,93 +722,140 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = crate::core::validate::name(&name) {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
-    }
-
-    let mut options = ClientOptions::new(args.server.clone(), name.clone());
-    if let Some(ca) = &args.tls_ca {
-        match TlsSettings::client(ca) {
-            Ok(tls) => options.tls = Some(tls),
+    let tls = match &args.tls_ca {
+        Some(ca) => match TlsSettings::client(ca) {
+            Ok(tls) => Some(tls),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
-        }
-    }
-    let (chat, mut updates, driver) = match failover::start(options).await {
-        Ok(started) => started,
-        Err(e) => {
-            eprintln!(
-                "error: could not join Chitty-Chat at {}: {e}",
-                args.server.join(", ")
-            );
+        },
+        None => None,
+    };
+    // A refused name is asked for again in a terminal.
+    let (chat, mut updates, driver) = loop {
+        if let Err(e) = crate::core::validate::name(&name) {
+            eprintln!("error: {e}");
+            if interactive && let Some(again) = ask_name() {
+                name = again;
+                continue;
+            }
             return ExitCode::FAILURE;
+        }
+        let mut options = ClientOptions::new(args.server.clone(), name.clone());
+        options.tls = tls.clone();
+        match failover::start(options).await {
+            Ok(started) => break started,
+            Err(crate::Error::Rpc(status))
+                if interactive && status.code() == tonic::Code::AlreadyExists =>
+            {
+                eprintln!("error: {}", status.message());
+                match ask_name() {
+                    Some(again) => name = again,
+                    None => return ExitCode::FAILURE,
+                }
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: could not join Chitty-Chat at {}: {e}",
+                    args.server.join(", ")
+                );
+                return ExitCode::FAILURE;
+            }
         }
     };
 
     let terminal = interactive.then(TerminalState::save).flatten();
-    let (input_tx, mut input_rx) = mpsc::channel::<Input>(64);
-    let output = spawn_input_reader(interactive, input_tx);
+    let (input_tx, mut input_rx) = mpsc::channel::<Action>(64);
+    let screen = console::spawn_input_reader(interactive, input_tx);
 
     // Printing runs on its own task so that a slow publish never holds up
     // what is being received.
-    let printer = tokio::spawn(async move {
-        let mut output = output;
-        let mut reach = Reachability::default();
-        while let Some(update) = updates.recv().await {
-            match update {
-                Update::Received(
-                    item @ (Received::Event { .. }
-                    | Received::Late(_)
-                    | Received::Room(_)
-                    | Received::StillHere(_)),
-                ) => output.line(item.to_string()),
-                Update::Received(Received::Gap(gap)) => {
-                    eprintln!("warning: some events were lost: {}", escaped(&gap.reason))
-                }
-                Update::Received(Received::Servers(list)) => {
-                    tracing::info!(servers = ?list.servers.iter().map(|s| &s.addr).collect::<Vec<_>>(), "cluster nodes");
-                    for line in reach.update(&list) {
-                        output.line(line);
+    let printer = {
+        let screen = screen.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            let mut reach = Reachability::default();
+            // Whether the client said that no node answers (and so says
+            // when one does again).
+            let mut cut_off = false;
+            while let Some(update) = updates.recv().await {
+                match update {
+                    Update::Received(
+                        item @ (Received::Event { .. }
+                        | Received::Late(_)
+                        | Received::Room(_)
+                        | Received::StillHere(_)),
+                    ) => screen.line(&item.to_string()),
+                    Update::Received(Received::Gap(gap)) => screen.notice(&format!(
+                        "warning: some events were lost: {}",
+                        escaped(&gap.reason)
+                    )),
+                    Update::Received(Received::Servers(list)) => {
+                        tracing::info!(servers = ?list.servers.iter().map(|s| &s.addr).collect::<Vec<_>>(), "cluster nodes");
+                        for line in reach.update(&list) {
+                            screen.line(&line);
+                        }
                     }
-                }
-                Update::Joined { server, .. } => eprintln!(
-                    "joined Chitty-Chat at {} as {name}; type a message and press Enter, /quit to leave",
-                    escaped(&server)
-                ),
-                Update::Moved { from, to } => eprintln!(
-                    "moved from {} to {}: session resumed, nothing missed",
-                    escaped(&from),
-                    escaped(&to)
-                ),
-                Update::Rejoined { server } => eprintln!(
-                    "the old session had expired: joined again at {} as a new participant",
-                    escaped(&server)
-                ),
-                Update::Reconnecting { reason } => {
-                    tracing::info!(%reason, "connection lost; reconnecting")
-                }
-                Update::PublishGaveUp {
-                    text,
-                    maybe_delivered,
-                } => eprintln!(
-                    "error: gave up sending {text:?}: {}",
-                    if maybe_delivered {
-                        "it may or may not have been delivered"
-                    } else {
-                        "it was not delivered"
+                    Update::Joined { server, .. } => screen.notice(&format!(
+                        "joined Chitty-Chat at {} as {name}; type a message and press Enter, /help for the commands, /quit to leave",
+                        escaped(&server)
+                    )),
+                    Update::Moved { from, to } => {
+                        if std::mem::take(&mut cut_off) {
+                            screen.notice(&format!(
+                                "[connection] back: session resumed at {}, nothing missed",
+                                escaped(&to)
+                            ));
+                        } else {
+                            screen.notice(&format!(
+                                "moved from {} to {}: session resumed, nothing missed",
+                                escaped(&from),
+                                escaped(&to)
+                            ));
+                        }
                     }
-                ),
-                Update::Ended(result) => return result,
+                    Update::Rejoined { server } => {
+                        let back = if std::mem::take(&mut cut_off) {
+                            "[connection] back: "
+                        } else {
+                            ""
+                        };
+                        screen.notice(&format!(
+                            "{back}the old session had expired: joined again at {} as a new participant",
+                            escaped(&server)
+                        ));
+                    }
+                    Update::Reconnecting { reason } => {
+                        tracing::info!(%reason, "connection lost; reconnecting")
+                    }
+                    Update::NoNodeAnswers { reason } => {
+                        cut_off = true;
+                        screen.notice(&format!(
+                            "[connection] no node answers ({}); still trying, messages you type wait until one does",
+                            escaped(&reason)
+                        ));
+                    }
+                    Update::PublishGaveUp {
+                        text,
+                        maybe_delivered,
+                    } => screen.notice(&format!(
+                        "error: gave up sending {text:?}: {}",
+                        if maybe_delivered {
+                            "it may or may not have been delivered"
+                        } else {
+                            "it was not delivered"
+                        }
+                    )),
+                    Update::Ended(result) => return result,
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        })
+    };
     tokio::pin!(printer);
 
-    let shutdown = shutdown_signal();
+    let shutdown = client_shutdown_signal();
     tokio::pin!(shutdown);
     let mut code = ExitCode::SUCCESS;
     let mut leave = true;
@@ -827,35 +863,55 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
     loop {
         tokio::select! {
             input = input_rx.recv() => match input {
-                Some(Input::Line(line)) if line.trim() == "/quit" => break,
-                Some(Input::Line(line)) => match chat.submit(&line).await {
+                Some(Action::Publish(text)) => match chat.submit(&text).await {
                     // Queued in order; the outcome is reported when it comes,
                     // so that Ctrl-C and /quit are never stuck behind it.
                     Ok(outcome) => {
                         while outcomes.try_join_next().is_some() {}
+                        let screen = screen.clone();
                         outcomes.spawn(async move {
                             match outcome.await {
                                 Ok(Ok(_)) => {}
-                                Ok(Err(e)) => eprintln!("error: message not sent: {e}"),
-                                Err(_) => eprintln!("error: message not sent: the session ended"),
+                                // Reported once, by `PublishGaveUp`, which
+                                // names the message.
+                                Ok(Err(crate::Error::Unavailable(reason)))
+                                    if reason.starts_with("gave up") => {}
+                                Ok(Err(e)) => screen.notice(&format!(
+                                    "error: message not sent: {e}"
+                                )),
+                                Err(_) => screen
+                                    .notice("error: message not sent: the session ended"),
                             }
                         });
                     }
-                    Err(e) => eprintln!("error: message not sent: {e}"),
+                    Err(e) => screen.notice(&format!("error: message not sent: {e}")),
                 },
-                Some(Input::Quit) | None => break,
+                Some(Action::Who) => {
+                    let chat = chat.clone();
+                    let screen = screen.clone();
+                    outcomes.spawn(async move {
+                        match chat.participants().await {
+                            Ok(list) => screen.notice(&console::who_line(&list)),
+                            Err(e) => screen.notice(&format!("error: /who: {e}")),
+                        }
+                    });
+                }
+                Some(Action::Help) => screen.notice(console::HELP),
+                Some(Action::Unknown(word)) => screen.notice(&console::unknown_command(&word)),
+                Some(Action::Nothing) => {}
+                Some(Action::Quit) | None => break,
             },
             _ = &mut shutdown => break,
             ended = &mut printer => {
                 leave = false;
                 match ended {
-                    Ok(Ok(())) => eprintln!("the session ended"),
+                    Ok(Ok(())) => screen.notice("the session ended"),
                     Ok(Err(e)) => {
-                        eprintln!("error: the session ended: {e}");
+                        screen.notice(&format!("error: the session ended: {e}"));
                         code = ExitCode::FAILURE;
                     }
                     Err(e) => {
-                        eprintln!("error: {e}");
+                        screen.notice(&format!("error: {e}"));
                         code = ExitCode::FAILURE;
                     }
                 }
@@ -865,9 +921,9 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
     }
     if leave {
         match chat.leave().await {
-            Ok(lamport) => eprintln!("left Chitty-Chat at Lamport time {lamport}"),
+            Ok(lamport) => screen.notice(&format!("left Chitty-Chat at Lamport time {lamport}")),
             Err(e) => {
-                eprintln!("error: leave failed: {e}");
+                screen.notice(&format!("error: leave failed: {e}"));
                 code = ExitCode::FAILURE;
             }
         }
@@ -898,40 +954,6 @@ fn ask_name() -> Option<String> {
             None
         }
     }
-}
-
-/// Reads standard input on a dedicated OS thread: reading a terminal or a
-/// pipe blocks and cannot be cancelled, so the thread is left to end with the
-/// process rather than holding up the runtime's shutdown.
-fn spawn_input_reader(interactive: bool, tx: mpsc::Sender<Input>) -> Output {
-    if interactive
-        && let Ok(mut editor) = rustyline::DefaultEditor::new()
-        && let Ok(printer) = editor.create_external_printer()
-    {
-        std::thread::spawn(move || {
-            loop {
-                let input = match editor.readline("> ") {
-                    Ok(line) => Input::Line(line),
-                    Err(_) => Input::Quit, // Ctrl-C, Ctrl-D or a terminal error
-                };
-                let quit = matches!(input, Input::Quit);
-                if tx.blocking_send(input).is_err() || quit {
-                    return;
-                }
-            }
-        });
-        return Output::Prompt(Box::new(printer));
-    }
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.blocking_send(Input::Line(line)).is_err() {
-                return;
-            }
-        }
-        let _ = tx.blocking_send(Input::Quit);
-    });
-    Output::Plain
 }
 
 /// The terminal settings at start, restored at exit: the line editor may

@@ -81,6 +81,10 @@ pub enum Update {
     Rejoined { server: String },
     /// The connection broke; reconnecting.
     Reconnecting { reason: String },
+    /// A reconnection attempt failed too: the client keeps trying (with
+    /// backoff) until a node answers, then reports `Moved` or `Rejoined`.
+    /// Sent once per reconnection.
+    NoNodeAnswers { reason: String },
     /// A publish was abandoned.
     PublishGaveUp { text: String, maybe_delivered: bool },
     /// The session is over (after a Leave, or a fatal refusal).
@@ -94,6 +98,9 @@ enum Command {
     },
     Leave {
         done: oneshot::Sender<Result<u64>>,
+    },
+    Participants {
+        done: oneshot::Sender<Result<Vec<crate::proto::Participant>>>,
     },
 }
 
@@ -142,6 +149,18 @@ impl Chat {
             .await
             .map_err(|_| Error::Unavailable("the session has ended".into()))?;
         Ok(rx)
+    }
+
+    /// The live participants, cluster-wide, as the node the session is on
+    /// knows them (`ListParticipants`). Fails at once while no node answers.
+    pub async fn participants(&self) -> Result<Vec<crate::proto::Participant>> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Participants { done })
+            .await
+            .map_err(|_| Error::Unavailable("the session has ended".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the session has ended".into()))?
     }
 
     /// Leaves once every queued publish was handled. Returns the Lamport
@@ -459,6 +478,7 @@ impl Driver {
                 cmd = commands.recv(), if self.leaving.is_none() => match cmd {
                     Some(Command::Publish { text, done }) => self.queue_publish(text, done),
                     Some(Command::Leave { done }) => self.leaving = Some(done),
+                    Some(Command::Participants { done }) => self.list_participants(done),
                     // Every sender is gone: nobody can publish or leave any
                     // more, so leave now.
                     None => {
@@ -472,6 +492,27 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Answers a `Participants` command from the current node, on a task of
+    /// its own so that events keep flowing meanwhile.
+    fn list_participants(&self, done: oneshot::Sender<Result<Vec<crate::proto::Participant>>>) {
+        let Some(client) = &self.client else {
+            let _ = done.send(Err(Error::Unavailable("not connected".into())));
+            return;
+        };
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(
+                CALL_TIMEOUT,
+                client.list_participants(crate::proto::ListParticipantsRequest {}),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("ListParticipants timed out")))
+            .map(|reply| reply.into_inner().participants)
+            .map_err(Error::Rpc);
+            let _ = done.send(result);
+        });
     }
 
     fn queue_publish(&mut self, text: String, done: oneshot::Sender<Result<PublishReply>>) {
@@ -499,6 +540,12 @@ impl Driver {
             Some(Command::Leave { done }) => {
                 let _ = done.send(Err(Error::Unavailable(CANNOT_LEAVE.into())));
                 Err(Error::Unavailable(CANNOT_LEAVE.into()))
+            }
+            Some(Command::Participants { done }) => {
+                let _ = done.send(Err(Error::Unavailable(
+                    "not connected to any node now".into(),
+                )));
+                Ok(())
             }
             None => Err(Error::Unavailable(CANNOT_LEAVE.into())),
         }
@@ -641,6 +688,8 @@ impl Driver {
         self.emit(Update::Reconnecting { reason }).await;
         let mut backoff = Duration::from_millis(50);
         let mut resume = true;
+        // Whether `NoNodeAnswers` was reported for this reconnection.
+        let mut told = false;
         loop {
             // Try the others first: the node we lost is the least likely to
             // answer.
@@ -688,7 +737,16 @@ impl Driver {
                     {
                         return Err(Error::Rpc(s));
                     }
-                    Err(e) => tracing::debug!(addr, error = %e, "reconnect attempt failed"),
+                    Err(e) => {
+                        tracing::debug!(addr, error = %e, "reconnect attempt failed");
+                        if !told {
+                            told = true;
+                            self.emit(Update::NoNodeAnswers {
+                                reason: e.to_string(),
+                            })
+                            .await;
+                        }
+                    }
                 }
             }
             let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 100);

@@ -19,7 +19,8 @@
 //!   admits; [`tls`] is TLS for participants and the mesh, [`cert`] makes
 //!   a development CA and node certificates.
 //! * [`client`] — the client library: join, publish, leave, receive events.
-//! * [`cli`] — the `chitty` command line.
+//! * [`cli`] — the `chitty` command line; [`console`] is the interactive
+//!   client's screen, line editor and `/commands`.
 //! * [`bench`] — `chitty bench`, the fan-out benchmark.
 //! * [`limits`] — how large a gRPC message may be, on either side.
 
@@ -29,6 +30,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod connections;
+pub mod console;
 pub mod core;
 pub mod diagram;
 pub mod edge;

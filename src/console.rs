@@ -1,0 +1,308 @@
+//! The interactive side of `chitty client`: what a typed line asks for
+//! (a message or a `/command`), the line editor that reads it, and the screen
+//! that events and the client's own notices are written to.
+//!
+//! In a terminal, everything is printed through the line editor
+//! (rustyline's external printer), above the prompt, so that what the user
+//! is typing stays readable; a line the user sends as a message is erased
+//! once entered, because the cluster's echo of it shows it (with its
+//! timestamps) a moment later. Piped, events go to standard output and
+//! notices to standard error, as plain lines.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+/// What one line of input asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Publish this text.
+    Publish(String),
+    /// `/who`: list the room.
+    Who,
+    /// `/help`: list the commands.
+    Help,
+    /// `/quit` (or `/exit`), end of input, Ctrl-C or Ctrl-D: leave.
+    Quit,
+    /// A `/command` the client does not know (the word after the slash).
+    Unknown(String),
+    /// An empty line: nothing to do.
+    Nothing,
+}
+
+/// The commands, as `/help` prints them.
+pub const HELP: &str = "commands:\n  \
+    /who      who is in the room\n  \
+    /help     this list\n  \
+    /quit     leave (also /exit, Ctrl-D, Ctrl-C)\n  \
+    //text    send a message that starts with a slash (\"/text\")\n\
+    Any other line is sent as a message. Up and Down go through the lines typed before.";
+
+/// Reads one line of input. A line whose first non-blank character is `/`
+/// is a command and is never published: an unknown one is an error. To
+/// publish a line that starts with a slash, double it: `//shrug` publishes
+/// `/shrug`. Blank lines are ignored.
+pub fn parse_line(line: &str) -> Action {
+    let trimmed = line.trim();
+    if trimmed.is_empty() {
+        return Action::Nothing;
+    }
+    if let Some(rest) = line.trim_start().strip_prefix("//") {
+        return Action::Publish(format!("/{rest}"));
+    }
+    let Some(command) = trimmed.strip_prefix('/') else {
+        return Action::Publish(line.to_string());
+    };
+    let word = command.split_whitespace().next().unwrap_or("");
+    match word {
+        "quit" | "exit" => Action::Quit,
+        "who" => Action::Who,
+        "help" | "?" => Action::Help,
+        other => Action::Unknown(other.to_string()),
+    }
+}
+
+/// The answer to `/unknown`.
+pub fn unknown_command(word: &str) -> String {
+    format!(
+        "error: unknown command /{}: nothing was sent (/help lists the commands; \
+         start a message with // to send a line that begins with /)",
+        crate::core::validate::escaped(word)
+    )
+}
+
+/// Where the client writes: events, and its own notices (joined, moved,
+/// errors, connection state). Cheap to clone; lines from several tasks never
+/// interleave.
+#[derive(Clone)]
+pub struct Screen {
+    out: Arc<Mutex<Output>>,
+}
+
+enum Output {
+    /// Events to stdout, notices to stderr.
+    Plain,
+    /// Both above the line editor's prompt.
+    Prompt(Box<dyn rustyline::ExternalPrinter + Send>),
+}
+
+impl Screen {
+    /// Plain lines: events on stdout, notices on stderr.
+    pub fn plain() -> Self {
+        Self {
+            out: Arc::new(Mutex::new(Output::Plain)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Output> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether lines go above a prompt (the client runs in a terminal).
+    pub fn is_prompt(&self) -> bool {
+        matches!(*self.lock(), Output::Prompt(_))
+    }
+
+    /// Prints an event line (or any line of the chat itself). A write that
+    /// fails (the terminal was closed) is dropped: the client is leaving.
+    pub fn line(&self, text: &str) {
+        let mut out = self.lock();
+        match &mut *out {
+            Output::Plain => {
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(stdout, "{text}");
+                let _ = stdout.flush();
+            }
+            Output::Prompt(printer) => {
+                if printer.print(format!("{text}\n")).is_err() {
+                    let mut stdout = std::io::stdout().lock();
+                    let _ = writeln!(stdout, "{text}");
+                    let _ = stdout.flush();
+                }
+            }
+        }
+    }
+
+    /// Prints one of the client's own notices: above the prompt in a
+    /// terminal, else on stderr (so that stdout holds only the chat).
+    pub fn notice(&self, text: &str) {
+        let plain = matches!(*self.lock(), Output::Plain);
+        if plain {
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "{text}");
+            let _ = stderr.flush();
+        } else {
+            self.line(text);
+        }
+    }
+
+    /// Erases the `rows` terminal rows above the cursor: the line the user
+    /// just entered, which the editor leaves on the screen.
+    fn erase_rows_above(&self, rows: usize) {
+        let _out = self.lock();
+        let mut stdout = std::io::stdout().lock();
+        let _ = write!(stdout, "\r\x1b[{rows}A\x1b[J");
+        let _ = stdout.flush();
+    }
+}
+
+/// The prompt of the line editor.
+pub const PROMPT: &str = "> ";
+
+/// Reads standard input on a dedicated OS thread (reading a terminal or a
+/// pipe blocks and cannot be cancelled, so the thread is left to end with
+/// the process), sending what each line asks for. In a terminal the line
+/// editor keeps a history (Up arrow); a message the node would refuse (too
+/// long, a control character) is reported and offered again for editing,
+/// not sent. Returns the screen to print to.
+pub fn spawn_input_reader(interactive: bool, tx: mpsc::Sender<Action>) -> Screen {
+    if interactive
+        && let Ok(mut editor) = rustyline::DefaultEditor::new()
+        && let Ok(printer) = editor.create_external_printer()
+    {
+        let screen = Screen {
+            out: Arc::new(Mutex::new(Output::Prompt(Box::new(printer)))),
+        };
+        let reader_screen = screen.clone();
+        std::thread::spawn(move || {
+            let screen = reader_screen;
+            let mut initial = String::new();
+            loop {
+                let read = editor.readline_with_initial(PROMPT, (initial.as_str(), ""));
+                initial.clear();
+                let line = match read {
+                    Ok(line) => line,
+                    Err(_) => {
+                        // Ctrl-C, Ctrl-D or a terminal error (it was closed).
+                        let _ = tx.blocking_send(Action::Quit);
+                        return;
+                    }
+                };
+                let action = parse_line(&line);
+                if action != Action::Nothing {
+                    let _ = editor.add_history_entry(line.as_str());
+                }
+                if let Action::Publish(text) = &action {
+                    // Shown once: the echo from the cluster replaces it.
+                    screen.erase_rows_above(typed_rows(&line));
+                    if let Err(e) = crate::core::validate::message(text) {
+                        screen.notice(&format!(
+                            "error: message not sent: {e}; it is back on the prompt for editing"
+                        ));
+                        initial = line;
+                        continue;
+                    }
+                }
+                let quit = action == Action::Quit;
+                if tx.blocking_send(action).is_err() || quit {
+                    return;
+                }
+            }
+        });
+        return screen;
+    }
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(parse_line(&line)).is_err() {
+                return;
+            }
+        }
+        let _ = tx.blocking_send(Action::Quit);
+    });
+    Screen::plain()
+}
+
+/// The terminal rows that the prompt and `line` took once entered.
+fn typed_rows(line: &str) -> usize {
+    let columns = terminal_columns().max(1);
+    let width = PROMPT.len() + line.chars().map(char_width).sum::<usize>();
+    width.div_ceil(columns).max(1)
+}
+
+/// Columns of a character on a terminal: 2 for the wide East Asian ranges,
+/// 0 for combining marks, else 1 (close enough to size the rows to erase).
+fn char_width(c: char) -> usize {
+    match c as u32 {
+        0x0300..=0x036f | 0x200b..=0x200f => 0,
+        0x1100..=0x115f
+        | 0x2e80..=0xa4cf
+        | 0xac00..=0xd7a3
+        | 0xf900..=0xfaff
+        | 0xfe30..=0xfe4f
+        | 0xff00..=0xff60
+        | 0xffe0..=0xffe6
+        | 0x1f300..=0x1faff
+        | 0x20000..=0x3fffd => 2,
+        _ => 1,
+    }
+}
+
+/// The width of the terminal on stdout, 80 when it cannot be read.
+fn terminal_columns() -> usize {
+    // SAFETY: TIOCGWINSZ writes one `winsize` into the struct passed.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) == 0 && size.ws_col > 0 {
+            usize::from(size.ws_col)
+        } else {
+            80
+        }
+    }
+}
+
+/// The line `/who` prints for the participants a node lists.
+pub fn who_line(participants: &[crate::proto::Participant]) -> String {
+    let mut names: Vec<String> = participants
+        .iter()
+        .map(|p| crate::core::validate::escaped(&p.name).into_owned())
+        .collect();
+    names.sort_by_key(|n| n.to_lowercase());
+    match names.len() {
+        0 => "[who] nobody is here".to_string(),
+        1 => format!("[who] 1 here: {}", names[0]),
+        n => format!("[who] {n} here: {}", names.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_a_message_a_command_or_nothing() {
+        assert_eq!(parse_line("hello"), Action::Publish("hello".into()));
+        assert_eq!(
+            parse_line("  hi there "),
+            Action::Publish("  hi there ".into())
+        );
+        assert_eq!(parse_line("/who"), Action::Who);
+        assert_eq!(parse_line(" /who  "), Action::Who);
+        assert_eq!(parse_line("/help"), Action::Help);
+        assert_eq!(parse_line("/quit"), Action::Quit);
+        assert_eq!(parse_line("/exit"), Action::Quit);
+        assert_eq!(parse_line("/nick Bob"), Action::Unknown("nick".into()));
+        assert_eq!(parse_line("/"), Action::Unknown(String::new()));
+        assert_eq!(parse_line("//shrug"), Action::Publish("/shrug".into()));
+        assert_eq!(parse_line("//"), Action::Publish("/".into()));
+        assert_eq!(parse_line("a /who"), Action::Publish("a /who".into()));
+        assert_eq!(parse_line(""), Action::Nothing);
+        assert_eq!(parse_line("   "), Action::Nothing);
+    }
+
+    #[test]
+    fn who_lists_the_names_sorted() {
+        let p = |name: &str| crate::proto::Participant {
+            name: name.into(),
+            ..Default::default()
+        };
+        assert_eq!(who_line(&[]), "[who] nobody is here");
+        assert_eq!(who_line(&[p("bob")]), "[who] 1 here: bob");
+        assert_eq!(
+            who_line(&[p("carol"), p("Alice"), p("bob")]),
+            "[who] 3 here: Alice, bob, carol"
+        );
+    }
+}
