@@ -239,6 +239,11 @@ pub struct ClientArgs {
     /// (PEM) signed, on the first node and every node the client moves to.
     #[arg(long, env = "CHITTY_TLS_CA")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// On joining, show who is already there and up to this many of the
+    /// latest messages the node holds (at most 100), marked [earlier].
+    /// 0: neither.
+    #[arg(long, env = "CHITTY_RECENT", default_value_t = 20)]
+    pub recent: u32,
 }
 
 #[derive(Debug, Args)]
@@ -744,6 +749,7 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
         }
         let mut options = ClientOptions::new(args.server.clone(), name.clone());
         options.tls = tls.clone();
+        options.recent = args.recent;
         match failover::start(options).await {
             Ok(started) => break started,
             Err(crate::Error::Rpc(status))
@@ -774,6 +780,7 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
     let printer = {
         let screen = screen.clone();
         let name = name.clone();
+        let recent = args.recent;
         tokio::spawn(async move {
             let mut reach = Reachability::default();
             // Whether the client said that no node answers (and so says
@@ -797,10 +804,23 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
                             screen.line(&line);
                         }
                     }
-                    Update::Joined { server, .. } => screen.notice(&format!(
-                        "joined Chitty-Chat at {} as {name}; type a message and press Enter, /help for the commands, /quit to leave",
-                        escaped(&server)
-                    )),
+                    Update::Joined {
+                        server,
+                        here,
+                        earlier,
+                        ..
+                    } => {
+                        screen.notice(&format!(
+                            "joined Chitty-Chat at {} as {name}; type a message and press Enter, /help for the commands, /quit to leave",
+                            escaped(&server)
+                        ));
+                        if recent > 0 {
+                            screen.line(&console::here_line(&here));
+                        }
+                        for item in earlier {
+                            screen.line(&format!("{} {item}", console::EARLIER));
+                        }
+                    }
                     Update::Moved { from, to } => {
                         if std::mem::take(&mut cut_off) {
                             screen.notice(&format!(

@@ -253,19 +253,38 @@ fn terminal_columns() -> usize {
     }
 }
 
-/// The line `/who` prints for the participants a node lists.
-pub fn who_line(participants: &[crate::proto::Participant]) -> String {
+/// The names of `participants`, escaped, sorted without regard to case.
+fn sorted_names(participants: &[crate::proto::Participant]) -> Vec<String> {
     let mut names: Vec<String> = participants
         .iter()
         .map(|p| crate::core::validate::escaped(&p.name).into_owned())
         .collect();
     names.sort_by_key(|n| n.to_lowercase());
+    names
+}
+
+/// The line `/who` prints for the participants a node lists.
+pub fn who_line(participants: &[crate::proto::Participant]) -> String {
+    let names = sorted_names(participants);
     match names.len() {
         0 => "[who] nobody is here".to_string(),
         1 => format!("[who] 1 here: {}", names[0]),
         n => format!("[who] {n} here: {}", names.join(", ")),
     }
 }
+
+/// The line printed on joining: who else was already there.
+pub fn here_line(others: &[crate::proto::Participant]) -> String {
+    let names = sorted_names(others);
+    match names.len() {
+        0 => "[here] nobody else yet".to_string(),
+        1 => format!("[here] 1 other: {}", names[0]),
+        n => format!("[here] {n} others: {}", names.join(", ")),
+    }
+}
+
+/// How an earlier message (from before the join) is marked.
+pub const EARLIER: &str = "[earlier]";
 
 #[cfg(test)]
 mod tests {

@@ -50,6 +50,10 @@ pub struct ClientOptions {
     /// TLS with the cluster's CA, for every node the client connects to;
     /// `None`: plaintext.
     pub tls: Option<TlsSettings>,
+    /// On the first join, how many of the latest messages the node holds to
+    /// ask for (`JoinRequest.recent`), reported in [`Update::Joined`] with
+    /// who was already there. 0: neither is asked for.
+    pub recent: u32,
 }
 
 impl ClientOptions {
@@ -60,6 +64,7 @@ impl ClientOptions {
             max_backoff: Duration::from_secs(2),
             publish_timeout: Duration::from_secs(60),
             tls: None,
+            recent: 0,
         }
     }
 }
@@ -73,6 +78,12 @@ pub enum Update {
     Joined {
         server: String,
         participant_id: String,
+        /// Who was already there (the others), when
+        /// [`ClientOptions::recent`] asked for a summary.
+        here: Vec<crate::proto::Participant>,
+        /// The latest messages from before the join, oldest first, with
+        /// the receive rule applied (`Welcome.earlier`).
+        earlier: Vec<Received>,
     },
     /// The session moved to another node (or reconnected to the same one).
     Moved { from: String, to: String },
@@ -195,6 +206,7 @@ pub async fn start(
         departed: HashSet::new(),
         departed_order: VecDeque::new(),
         identity: None,
+        earlier: Vec::new(),
         current: String::new(),
         current_node: None,
         known_nodes: Vec::new(),
@@ -250,6 +262,8 @@ struct Driver {
     departed: HashSet<String>,
     departed_order: VecDeque<String>,
     identity: Option<Identity>,
+    /// The earlier messages of the last Welcome, until reported.
+    earlier: Vec<crate::proto::Event>,
     current: String,
     /// The node id of `current`, from its Welcome.
     current_node: Option<NodeId>,
@@ -275,9 +289,20 @@ impl Driver {
                         .as_ref()
                         .map(|i| i.participant_id.clone())
                         .unwrap_or_default();
+                    let earlier = std::mem::take(&mut self.earlier)
+                        .into_iter()
+                        .map(|event| self.clock.receive(event))
+                        .collect();
+                    let here = if self.options.recent > 0 {
+                        self.others_here(&participant_id).await
+                    } else {
+                        Vec::new()
+                    };
                     self.emit(Update::Joined {
                         server: addr,
                         participant_id,
+                        here,
+                        earlier,
                     })
                     .await;
                     return Ok(());
@@ -288,6 +313,28 @@ impl Driver {
             }
         }
         Err(last)
+    }
+
+    /// The other participants the node lists; none if it cannot say (the
+    /// summary is a courtesy, not worth failing the join for).
+    async fn others_here(&self, me: &str) -> Vec<crate::proto::Participant> {
+        let Some(client) = &self.client else {
+            return Vec::new();
+        };
+        let mut client = client.clone();
+        match tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.list_participants(crate::proto::ListParticipantsRequest {}),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => {
+                let mut here = reply.into_inner().participants;
+                here.retain(|p| p.id != me);
+                here
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// What the participant has seen, per origin, as marks.
@@ -332,6 +379,13 @@ impl Driver {
         let request = JoinRequest {
             name: self.options.name.clone(),
             lamport: self.clock.send(Rpc::Join, &self.options.name, addr),
+            // Earlier messages only for the first session: after a failover
+            // the participant has seen them.
+            recent: if self.identity.is_none() {
+                self.options.recent
+            } else {
+                0
+            },
             resume,
             rejoin,
         };
@@ -356,6 +410,7 @@ impl Driver {
                 *seen = (*seen).max(mark.seq);
             }
         }
+        self.earlier = welcome.earlier;
         self.identity = Some(Identity {
             participant_id: welcome.participant_id,
             token: welcome.session_token,

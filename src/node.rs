@@ -359,6 +359,7 @@ impl Node {
         name: &str,
         lamport: u64,
         rejoin: Option<crate::proto::Rejoin>,
+        recent: usize,
     ) -> Result<SessionStream> {
         let participant_id = uuid::Uuid::new_v4().to_string();
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -367,6 +368,7 @@ impl Node {
             participant_id,
             token,
             rejoin,
+            recent,
         };
         let mut rx = self.ask_now(|core, now, id| core.join(now, id, joiner, lamport));
         session_answer(rx.try_recv().ok())
@@ -942,7 +944,7 @@ mod tests {
 
     /// Joins `name` and reads its Welcome.
     async fn join(node: &Node, name: &str) -> (SessionStream, Welcome) {
-        let mut stream = node.join(name, 0, None).unwrap();
+        let mut stream = node.join(name, 0, None, 0).unwrap();
         let Poll::Ready(Some(Ok(first))) = poll_once(&mut stream).await else {
             panic!("no Welcome");
         };

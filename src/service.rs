@@ -35,7 +35,9 @@ impl ChatService {
     pub async fn open(&self, req: JoinRequest) -> Result<SessionStream, Status> {
         let opened = match req.resume {
             Some(resume) => self.node.resume(resume, req.lamport).await,
-            None => self.node.join(&req.name, req.lamport, req.rejoin),
+            None => self
+                .node
+                .join(&req.name, req.lamport, req.rejoin, req.recent as usize),
         };
         opened.map_err(|e| refuse("Join", e))
     }

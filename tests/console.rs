@@ -173,3 +173,68 @@ fn a_taken_name_is_asked_for_again() {
         e.joined().is_some_and(|(n, _)| n == "Bobby")
     });
 }
+
+#[test]
+fn joining_shows_who_is_there_and_the_latest_messages_as_earlier() {
+    let server = spawn_server(&[]);
+    let mut bob = spawn_client(&server.addr, "Bob");
+    bob.wait_joined();
+    for text in ["one", "two", "three"] {
+        bob.say(text);
+        bob.wait_for_message("Bob", text);
+    }
+    let alice = spawn_on_pty(
+        &[
+            "client",
+            "--server",
+            &server.addr,
+            "--name",
+            "Alice",
+            "--recent",
+            "2",
+        ],
+        &[],
+    );
+    let screen = alice.wait_for("Participant Alice joined");
+    let lines: Vec<&str> = screen.lines().collect();
+    let at = |text: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(text))
+            .unwrap_or_else(|| panic!("{text:?} is not on the screen:\n{screen}"))
+    };
+    assert!(screen.contains("[here] 1 other: Bob"), "{screen}");
+    assert!(
+        !screen.contains("Bob: one"),
+        "only the latest two:\n{screen}"
+    );
+    let two = at("Bob: two");
+    let three = at("Bob: three");
+    let joined = at("Participant Alice joined");
+    assert!(two < three && three < joined, "{screen}");
+    // Marked as earlier, with the receive rule applied: the local clock
+    // passes each message's timestamp and the own join's comes after.
+    let mut clock = 0;
+    for line in [lines[two], lines[three]] {
+        let event = line
+            .strip_prefix("[earlier] ")
+            .and_then(EventLine::parse)
+            .unwrap_or_else(|| panic!("not an earlier event line: {line:?}"));
+        assert!(event.local > event.lamport && event.local > clock, "{line}");
+        clock = event.local;
+    }
+    let own = EventLine::parse(lines[joined]).expect("the join line");
+    assert!(own.local > clock, "{screen}");
+
+    // Without --recent, piped: the same summary on stdout, the default
+    // number of messages.
+    let carol = spawn_client(&server.addr, "Carol");
+    carol.wait_joined();
+    let out = carol.stdout.snapshot();
+    assert!(
+        out.iter().any(|l| l == "[here] 2 others: Alice, Bob"),
+        "{out:?}"
+    );
+    let earlier: Vec<&String> = out.iter().filter(|l| l.starts_with("[earlier] ")).collect();
+    assert_eq!(earlier.len(), 3, "{out:?}");
+}
