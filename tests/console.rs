@@ -238,3 +238,50 @@ fn joining_shows_who_is_there_and_the_latest_messages_as_earlier() {
     let earlier: Vec<&String> = out.iter().filter(|l| l.starts_with("[earlier] ")).collect();
     assert_eq!(earlier.len(), 3, "{out:?}");
 }
+
+#[test]
+fn a_name_held_by_a_dropped_session_says_when_it_frees() {
+    let server = spawn_server(&[]);
+    let mut alice = terminal_client(&server.addr, "Alice");
+    alice.child.kill();
+    // Until the node notices the broken connection, the name is simply
+    // taken; then it is held for the grace period (10 s by default).
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let said = loop {
+        let mut again = spawn_client(&server.addr, "Alice");
+        let status = again.child.wait_exit();
+        let err = again.stderr.wait_closed("the refusal").join("\n");
+        assert!(!status.success(), "the name is not free yet: {err}");
+        if err.contains("held by a session that lost its connection") {
+            break err;
+        }
+        assert!(err.contains("already taken"), "{err}");
+        assert!(std::time::Instant::now() < deadline, "{err}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        said.contains("your own, if your client was just cut off"),
+        "{said}"
+    );
+    let secs: u64 = said
+        .split("it is freed in ")
+        .nth(1)
+        .and_then(|rest| rest.split(" s").next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {said:?}"));
+    assert!((1..=10).contains(&secs), "{said}");
+
+    // In a terminal the client asks for another name.
+    let mut retry = spawn_on_pty(
+        &["client", "--server", &server.addr, "--name", "Alice"],
+        &[],
+    );
+    retry.wait_for("held by a session that lost its connection");
+    retry.wait_screen("the question", |s| {
+        s.lines()
+            .last()
+            .is_some_and(|l| l.trim_end() == "Your name:")
+    });
+    retry.type_keys("Alice2\r");
+    retry.wait_for("Participant Alice2 joined");
+}

@@ -747,6 +747,18 @@ impl NodeCore {
         let clock_before = self.chat.lamport();
         let joined = match self.chat.join(name, lamport, participant_id, token.clone()) {
             Ok(joined) => joined,
+            Err(Error::NameTaken(name)) => {
+                // Held by a session that lost its connection here: freed once
+                // its grace period ends, unless it resumes. Say when.
+                let e = match self.chat.name_frees_in(&name, now) {
+                    Some(left) => Error::NameHeld {
+                        name,
+                        secs: (left.as_millis().div_ceil(1000) as u64).max(1),
+                    },
+                    None => Error::NameTaken(name),
+                };
+                return self.refuse(request, e);
+            }
             Err(e) => return self.refuse(request, e),
         };
         info!(participant = %name, id = %joined.participant_id, lamport = joined.events[0].lamport, rejoin = rejoin.is_some(), "Join");
