@@ -244,6 +244,13 @@ pub struct ClientArgs {
     /// 0: neither.
     #[arg(long, env = "CHITTY_RECENT", default_value_t = 20)]
     pub recent: u32,
+    /// How event lines show time: `both` (local wall-clock time, then the
+    /// Lamport times), `lamport` (only the Lamport times) or `wall` (only
+    /// the wall-clock time). Default: `both` when stdout is a terminal,
+    /// `lamport` otherwise. Names are coloured on a terminal unless
+    /// NO_COLOR is set.
+    #[arg(long, env = "CHITTY_LAYOUT", value_enum)]
+    pub layout: Option<console::Layout>,
 }
 
 #[derive(Debug, Args)]
@@ -781,6 +788,7 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
         let screen = screen.clone();
         let name = name.clone();
         let recent = args.recent;
+        let style = console::Style::detect(args.layout, std::io::stdout().is_terminal());
         tokio::spawn(async move {
             let mut reach = Reachability::default();
             // Whether the client said that no node answers (and so says
@@ -793,7 +801,7 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
                         | Received::Late(_)
                         | Received::Room(_)
                         | Received::StillHere(_)),
-                    ) => screen.line(&item.to_string()),
+                    ) => screen.line(&style.render(&item)),
                     Update::Received(Received::Gap(gap)) => screen.notice(&format!(
                         "warning: some events were lost: {}",
                         escaped(&gap.reason)
@@ -818,7 +826,7 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
                             screen.line(&console::here_line(&here));
                         }
                         for item in earlier {
-                            screen.line(&format!("{} {item}", console::EARLIER));
+                            screen.line(&format!("{} {}", console::EARLIER, style.render(&item)));
                         }
                     }
                     Update::Moved { from, to } => {

@@ -147,6 +147,104 @@ impl Screen {
     }
 }
 
+/// How an event line shows time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Layout {
+    /// `[lamport L | local C] Name: text`: the event's and the client's
+    /// Lamport times (the default when stdout is not a terminal).
+    Lamport,
+    /// `HH:MM:SS [lamport L | local C] Name: text`: the local wall-clock
+    /// time of receipt first (the default in a terminal).
+    Both,
+    /// `HH:MM:SS Name: text`: wall-clock time only.
+    Wall,
+}
+
+/// How events are printed: the layout, and whether names are coloured.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub layout: Layout,
+    pub color: bool,
+}
+
+impl Style {
+    /// The style for this process: `layout` if given, else by whether
+    /// stdout is a terminal; colour only on a terminal, unless `NO_COLOR`
+    /// is set (to anything but the empty string) or `TERM` is `dumb`.
+    pub fn detect(layout: Option<Layout>, terminal: bool) -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty())
+            || std::env::var("TERM").is_ok_and(|t| t == "dumb");
+        Self {
+            layout: layout.unwrap_or(if terminal {
+                Layout::Both
+            } else {
+                Layout::Lamport
+            }),
+            color: terminal && !no_color,
+        }
+    }
+
+    /// One received item as a line.
+    pub fn render(&self, item: &crate::client::Received) -> String {
+        use crate::core::validate::escaped;
+        let crate::client::Received::Event { event, local } = item else {
+            return item.to_string();
+        };
+        let mut line = String::new();
+        if self.layout != Layout::Lamport {
+            line.push_str(&wall_clock());
+            line.push(' ');
+        }
+        if self.layout != Layout::Wall {
+            line.push_str(&format!("[lamport {} | local {local}] ", event.lamport));
+        }
+        let name = escaped(&event.participant_name);
+        if event.kind() == crate::proto::EventKind::Message {
+            if self.color {
+                line.push_str(&format!(
+                    "\x1b[{}m{name}\x1b[0m: ",
+                    name_color(&event.participant_name)
+                ));
+            } else {
+                line.push_str(&format!("{name}: "));
+            }
+            line.push_str(&escaped(&event.text));
+        } else if self.color {
+            // Joins and leaves, dimmed.
+            line.push_str(&format!("\x1b[2m{}\x1b[0m", escaped(&event.text)));
+        } else {
+            line.push_str(&escaped(&event.text));
+        }
+        line
+    }
+}
+
+/// The ANSI colour (SGR code) of a name: the same name, the same colour,
+/// in every client.
+pub fn name_color(name: &str) -> u8 {
+    const COLORS: [u8; 10] = [31, 32, 33, 34, 35, 36, 91, 92, 93, 95];
+    // FNV-1a: stable across runs and platforms.
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in name.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    COLORS[hash as usize % COLORS.len()]
+}
+
+/// The local wall-clock time now, `HH:MM:SS`.
+fn wall_clock() -> String {
+    // SAFETY: time and localtime_r write only into the values passed.
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return "--:--:--".to_string();
+        }
+        format!("{:02}:{:02}:{:02}", tm.tm_hour, tm.tm_min, tm.tm_sec)
+    }
+}
+
 /// The prompt of the line editor.
 pub const PROMPT: &str = "> ";
 
@@ -309,6 +407,54 @@ mod tests {
         assert_eq!(parse_line("a /who"), Action::Publish("a /who".into()));
         assert_eq!(parse_line(""), Action::Nothing);
         assert_eq!(parse_line("   "), Action::Nothing);
+    }
+
+    #[test]
+    fn an_event_line_follows_the_layout_and_colours_only_when_asked() {
+        use crate::client::Received;
+        let event = crate::proto::Event {
+            kind: crate::proto::EventKind::Message as i32,
+            lamport: 7,
+            participant_name: "Bob".into(),
+            text: "hi".into(),
+            ..Default::default()
+        };
+        let item = Received::Event { event, local: 9 };
+        let plain = |layout| Style {
+            layout,
+            color: false,
+        };
+        assert_eq!(
+            plain(Layout::Lamport).render(&item),
+            "[lamport 7 | local 9] Bob: hi"
+        );
+        assert_eq!(plain(Layout::Lamport).render(&item), item.to_string());
+        let both = plain(Layout::Both).render(&item);
+        assert_eq!(
+            both.len(),
+            9 + "[lamport 7 | local 9] Bob: hi".len(),
+            "{both}"
+        );
+        assert!(
+            both[..8].chars().all(|c| c.is_ascii_digit() || c == ':'),
+            "{both}"
+        );
+        let wall = plain(Layout::Wall).render(&item);
+        assert!(
+            wall.ends_with(" Bob: hi") && !wall.contains("lamport"),
+            "{wall}"
+        );
+        let coloured = Style {
+            layout: Layout::Lamport,
+            color: true,
+        }
+        .render(&item);
+        let code = name_color("Bob");
+        assert_eq!(
+            coloured,
+            format!("[lamport 7 | local 9] \x1b[{code}mBob\x1b[0m: hi")
+        );
+        assert_eq!(name_color("Bob"), code, "stable");
     }
 
     #[test]

@@ -192,6 +192,8 @@ fn joining_shows_who_is_there_and_the_latest_messages_as_earlier() {
             "Alice",
             "--recent",
             "2",
+            "--layout",
+            "lamport",
         ],
         &[],
     );
@@ -284,4 +286,43 @@ fn a_name_held_by_a_dropped_session_says_when_it_frees() {
     });
     retry.type_keys("Alice2\r");
     retry.wait_for("Participant Alice2 joined");
+}
+
+#[test]
+fn a_terminal_shows_the_wall_clock_time_and_coloured_names_unless_no_color() {
+    let server = spawn_server(&[]);
+    let mut bob = spawn_client(&server.addr, "Bob");
+    bob.wait_joined();
+    let alice = terminal_client(&server.addr, "Alice");
+    let plain = spawn_on_pty(
+        &["client", "--server", &server.addr, "--name", "Carol"],
+        &[("NO_COLOR", "1")],
+    );
+    plain.wait_for("Participant Carol joined");
+    bob.say("colours?");
+    let screen = alice.wait_for("Bob: colours?");
+    let line = screen
+        .lines()
+        .find(|l| l.contains("Bob: colours?"))
+        .expect("the line");
+    // HH:MM:SS, then the Lamport times.
+    let (time, rest) = line.split_once(' ').expect("a time first");
+    assert_eq!(time.len(), 8, "{line}");
+    assert!(
+        time.chars().all(|c| c.is_ascii_digit() || c == ':'),
+        "{line}"
+    );
+    assert!(rest.starts_with("[lamport "), "{line}");
+    let coloured = alice.raw();
+    assert!(
+        coloured.contains("\x1b[") && coloured.contains("mBob\x1b[0m: colours?"),
+        "the name is coloured: {coloured:?}"
+    );
+    plain.wait_for("Bob: colours?");
+    let raw = plain.raw();
+    assert!(!raw.contains("mBob"), "NO_COLOR: no colour: {raw:?}");
+    // Piped: the plain Lamport layout, no colour.
+    let piped = bob.wait_for_message("Bob", "colours?");
+    assert!(piped.body == "Bob: colours?");
+    assert!(!bob.stdout.snapshot().iter().any(|l| l.contains('\x1b')));
 }
