@@ -1,5 +1,6 @@
 //! The `chitty` command line: `chitty server` runs a node, `chitty client`
-//! joins the chat, `chitty bench` measures a cluster. Every flag can also be set with a `CHITTY_...` environment
+//! joins the chat, `chitty send` and `chitty watch` script it, `chitty
+//! bench` measures a cluster. Every flag can also be set with a `CHITTY_...` environment
 //! variable.
 
 use std::io::{IsTerminal, Write};
@@ -33,7 +34,10 @@ use crate::tls::TlsSettings;
         chitty server\n  \
         chitty client --name Alice\n  \
         chitty client --name Bob\n\n\
-        Type a line to publish it to everyone; /quit, end of input or Ctrl-C leaves.\n\
+        Type a line to publish it to everyone; /help lists the commands; /quit, end of input \
+        or Ctrl-C leaves.\n\
+        For scripts: `chitty send --name N TEXT` publishes and leaves, `chitty watch` prints the \
+        chat, --json prints events as JSON lines.\n\
         Logging is controlled by RUST_LOG (for example RUST_LOG=chitty=debug)."
 )]
 pub struct Cli {
@@ -47,6 +51,14 @@ pub enum Command {
     Server(ServerArgs),
     /// Join the chat as a participant.
     Client(ClientArgs),
+    /// Publish messages and leave: joins as --name, publishes each TEXT
+    /// (or, without any, each line of standard input) in order, leaves.
+    Send(SendArgs),
+    /// Print the chat without taking part: joins (the protocol has no
+    /// read-only session) under a name that says so, `watch-XXXX` unless
+    /// --name is given, prints every event and never publishes. Ctrl-C
+    /// leaves.
+    Watch(ClientArgs),
     /// Measure fan-out: start a local cluster (or use running nodes), join
     /// participants, publish, and report throughput, latency and cost.
     Bench(BenchArgs),
@@ -251,6 +263,31 @@ pub struct ClientArgs {
     /// NO_COLOR is set.
     #[arg(long, env = "CHITTY_LAYOUT", value_enum)]
     pub layout: Option<console::Layout>,
+    /// Print events as JSON, one object per line (see README), instead of
+    /// text lines; notices stay text on stderr.
+    #[arg(long, env = "CHITTY_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Address of a Chitty node (host:port); give several (comma-separated
+    /// or repeated) to try them in turn.
+    #[arg(long, env = "CHITTY_SERVER", default_value = "127.0.0.1:50051", value_delimiter = ',', num_args = 1..)]
+    pub server: Vec<String>,
+    /// The name to send as. Defaults to $USER.
+    #[arg(long, env = "CHITTY_NAME")]
+    pub name: Option<String>,
+    /// Connect with TLS, accepting only nodes whose certificate this CA
+    /// (PEM) signed.
+    #[arg(long, env = "CHITTY_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Print what was sent as JSON, one object per message.
+    #[arg(long)]
+    pub json: bool,
+    /// The messages, one per argument; none: one per line of standard
+    /// input.
+    pub text: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -722,8 +759,25 @@ impl Reachability {
 /// Runs `chitty client`: joins, prints every event, publishes every line,
 /// answers the `/commands` (see [`crate::console`]).
 pub async fn run_client(args: ClientArgs) -> ExitCode {
-    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    let mut name = match args.name.clone().or_else(|| std::env::var("USER").ok()) {
+    client_session(args, false).await
+}
+
+/// Runs `chitty watch`: a client that never reads input or publishes.
+pub async fn run_watch(args: ClientArgs) -> ExitCode {
+    client_session(args, true).await
+}
+
+/// `chitty client`, or with `read_only` `chitty watch`.
+async fn client_session(args: ClientArgs, read_only: bool) -> ExitCode {
+    let interactive =
+        !read_only && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let watcher = || format!("watch-{}", &uuid::Uuid::new_v4().simple().to_string()[..4]);
+    let default_name = if read_only {
+        Some(watcher())
+    } else {
+        std::env::var("USER").ok()
+    };
+    let mut name = match args.name.clone().or(default_name) {
         Some(n) => n,
         None if interactive => match ask_name() {
             Some(n) => n,
@@ -780,7 +834,13 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
 
     let terminal = interactive.then(TerminalState::save).flatten();
     let (input_tx, mut input_rx) = mpsc::channel::<Action>(64);
-    let screen = console::spawn_input_reader(interactive, input_tx);
+    // A watcher reads no input: the sender stays here, unused, so that
+    // only a signal or the session's end stops it.
+    let (screen, _no_input) = if read_only {
+        (console::Screen::plain(), Some(input_tx))
+    } else {
+        (console::spawn_input_reader(interactive, input_tx), None)
+    };
 
     // Printing runs on its own task so that a slow publish never holds up
     // what is being received.
@@ -788,7 +848,12 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
         let screen = screen.clone();
         let name = name.clone();
         let recent = args.recent;
-        let style = console::Style::detect(args.layout, std::io::stdout().is_terminal());
+        let json = args.json;
+        let style = if json {
+            console::Style::json()
+        } else {
+            console::Style::detect(args.layout, std::io::stdout().is_terminal())
+        };
         tokio::spawn(async move {
             let mut reach = Reachability::default();
             // Whether the client said that no node answers (and so says
@@ -818,15 +883,30 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
                         earlier,
                         ..
                     } => {
-                        screen.notice(&format!(
-                            "joined Chitty-Chat at {} as {name}; type a message and press Enter, /help for the commands, /quit to leave",
-                            escaped(&server)
-                        ));
+                        screen.notice(&if read_only {
+                            format!(
+                                "watching Chitty-Chat at {} as {name} (read-only; others see {name} join and leave); Ctrl-C to stop",
+                                escaped(&server)
+                            )
+                        } else {
+                            format!(
+                                "joined Chitty-Chat at {} as {name}; type a message and press Enter, /help for the commands, /quit to leave",
+                                escaped(&server)
+                            )
+                        });
                         if recent > 0 {
-                            screen.line(&console::here_line(&here));
+                            screen.line(&if json {
+                                console::Style::json_here(&here)
+                            } else {
+                                console::here_line(&here)
+                            });
                         }
                         for item in earlier {
-                            screen.line(&format!("{} {}", console::EARLIER, style.render(&item)));
+                            screen.line(&if json {
+                                console::Style::json_line(&item, true)
+                            } else {
+                                format!("{} {}", console::EARLIER, style.render(&item))
+                            });
                         }
                     }
                     Update::Moved { from, to } => {
@@ -968,6 +1048,100 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
     if let Some(t) = terminal {
         t.restore();
     }
+    code
+}
+
+/// Runs `chitty send`: join, publish each text in order, leave.
+pub async fn run_send(args: SendArgs) -> ExitCode {
+    let Some(name) = args.name.clone().or_else(|| std::env::var("USER").ok()) else {
+        eprintln!("error: no name given: use --name NAME (or set CHITTY_NAME or USER)");
+        return ExitCode::FAILURE;
+    };
+    if let Err(e) = crate::core::validate::name(&name) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let texts: Vec<String> = if args.text.is_empty() {
+        use std::io::BufRead;
+        std::io::stdin()
+            .lock()
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    } else {
+        args.text.clone()
+    };
+    // Refused here, before anyone sees a join: nothing is sent.
+    for text in &texts {
+        if let Err(e) = crate::core::validate::message(text) {
+            eprintln!("error: {e}: nothing was sent");
+            return ExitCode::FAILURE;
+        }
+    }
+    let tls = match &args.tls_ca {
+        Some(ca) => match TlsSettings::client(ca) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let mut joined = None;
+    let mut failure = String::from("no server given");
+    for addr in &args.server {
+        let attempt = async {
+            let client = client::connect_with(addr, tls.as_ref()).await?;
+            client::join_with(client, &name).await
+        };
+        match attempt.await {
+            Ok(session) => {
+                joined = Some(session);
+                break;
+            }
+            Err(e) => failure = format!("{addr}: {e}"),
+        }
+    }
+    let Some((session, events)) = joined else {
+        eprintln!("error: could not join Chitty-Chat: {failure}");
+        return ExitCode::FAILURE;
+    };
+    let mut code = ExitCode::SUCCESS;
+    for text in &texts {
+        match session.publish(text).await {
+            Ok((reply, _)) => {
+                let origin = reply.id.as_ref().and_then(|id| id.origin.as_ref());
+                let line = if args.json {
+                    serde_json::json!({
+                        "kind": "sent",
+                        "lamport": reply.lamport,
+                        "origin": origin.map(|o| o.id.as_str()),
+                        "seq": reply.id.as_ref().map(|id| id.seq),
+                        "text": text,
+                    })
+                    .to_string()
+                } else {
+                    format!("sent at Lamport time {}: {}", reply.lamport, escaped(text))
+                };
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+            }
+            Err(e) => {
+                eprintln!("error: message not sent: {e}");
+                code = ExitCode::FAILURE;
+                break;
+            }
+        }
+    }
+    if let Err(e) = session.leave().await {
+        eprintln!("error: leave failed: {e}");
+        code = ExitCode::FAILURE;
+    }
+    // The session's stream was kept open until the leave, so the node
+    // never took the session for a lost one.
+    drop(events);
     code
 }
 

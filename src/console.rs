@@ -165,6 +165,8 @@ pub enum Layout {
 pub struct Style {
     pub layout: Layout,
     pub color: bool,
+    /// One JSON object per line instead (see [`Style::json_line`]).
+    pub json: bool,
 }
 
 impl Style {
@@ -181,12 +183,90 @@ impl Style {
                 Layout::Lamport
             }),
             color: terminal && !no_color,
+            json: false,
         }
+    }
+
+    /// The style of `--json`: one object per line, no colour.
+    pub fn json() -> Self {
+        Self {
+            layout: Layout::Lamport,
+            color: false,
+            json: true,
+        }
+    }
+
+    /// What one received item is as a JSON object (`--json`). An event:
+    /// `{"kind":"message"|"joined"|"left","lamport":L,"local":C,"name":..,
+    /// "participant_id":..,"text":..,"origin":..,"generation":..,"seq":..,
+    /// "received_ms":..}` (with `"earlier":true` for a message from before
+    /// the join); the others `{"kind":"gap","reason":..}`,
+    /// `{"kind":"late","late":bool}`, `{"kind":"room"|"still_here",
+    /// "names":[..]}`. Texts are as received (JSON escapes any control
+    /// character).
+    pub fn json_line(item: &crate::client::Received, earlier: bool) -> String {
+        use crate::client::Received;
+        use serde_json::json;
+        let value = match item {
+            Received::Event { event, local } => {
+                let kind = match event.kind() {
+                    crate::proto::EventKind::Message => "message",
+                    crate::proto::EventKind::Joined => "joined",
+                    crate::proto::EventKind::Left => "left",
+                    _ => "other",
+                };
+                let origin = event.id.as_ref().and_then(|id| id.origin.as_ref());
+                let mut value = json!({
+                    "kind": kind,
+                    "lamport": event.lamport,
+                    "local": local,
+                    "name": event.participant_name,
+                    "participant_id": event.participant_id,
+                    "text": event.text,
+                    "origin": origin.map(|o| o.id.as_str()),
+                    "generation": origin.map(|o| o.generation),
+                    "seq": event.id.as_ref().map(|id| id.seq),
+                    "received_ms": std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                });
+                if earlier {
+                    value["earlier"] = json!(true);
+                }
+                value
+            }
+            Received::Gap(gap) => json!({"kind": "gap", "reason": gap.reason}),
+            Received::Late(late) => json!({"kind": "late", "late": late}),
+            Received::Room(list) => json!({
+                "kind": "room",
+                "names": list.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            }),
+            Received::StillHere(names) => json!({"kind": "still_here", "names": names}),
+            Received::Servers(list) => json!({
+                "kind": "servers",
+                "servers": list.servers.iter().map(|s| s.addr.as_str()).collect::<Vec<_>>(),
+                "unreachable": list.unreachable.iter().map(|s| s.addr.as_str()).collect::<Vec<_>>(),
+            }),
+        };
+        value.to_string()
+    }
+
+    /// The `here` summary on joining as a JSON object (`--json`):
+    /// `{"kind":"here","names":[..]}`, the others already there.
+    pub fn json_here(others: &[crate::proto::Participant]) -> String {
+        serde_json::json!({
+            "kind": "here",
+            "names": others.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+        })
+        .to_string()
     }
 
     /// One received item as a line.
     pub fn render(&self, item: &crate::client::Received) -> String {
         use crate::core::validate::escaped;
+        if self.json {
+            return Self::json_line(item, false);
+        }
         let crate::client::Received::Event { event, local } = item else {
             return item.to_string();
         };
@@ -423,6 +503,7 @@ mod tests {
         let plain = |layout| Style {
             layout,
             color: false,
+            json: false,
         };
         assert_eq!(
             plain(Layout::Lamport).render(&item),
@@ -447,6 +528,7 @@ mod tests {
         let coloured = Style {
             layout: Layout::Lamport,
             color: true,
+            json: false,
         }
         .render(&item);
         let code = name_color("Bob");

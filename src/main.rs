@@ -12,7 +12,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let threads = match &cli.command {
         Command::Server(args) => args.threads,
-        Command::Client(_) | Command::Bench(_) | Command::Cert(_) => 0,
+        Command::Client(_)
+        | Command::Watch(_)
+        | Command::Send(_)
+        | Command::Bench(_)
+        | Command::Cert(_) => 0,
     };
     let mut builder = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
@@ -40,12 +44,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let watch = matches!(cli.command, Command::Watch(_));
     match cli.command {
         Command::Server(args) => {
             init_logging("info", args.log_format, None);
             chitty::cli::run_server(args).await
         }
-        Command::Client(args) => {
+        Command::Send(args) => {
+            init_logging("warn", LogFormat::Text, None);
+            chitty::cli::run_send(args).await
+        }
+        Command::Client(args) | Command::Watch(args) => {
             let file = match &args.log {
                 Some(path) => match std::fs::File::create(path) {
                     Ok(f) => Some(f),
@@ -60,7 +69,11 @@ async fn run(cli: Cli) -> ExitCode {
             // a log file only warnings reach stderr.
             let level = if file.is_some() { "info" } else { "warn" };
             init_logging(level, args.log_format, file);
-            chitty::cli::run_client(args).await
+            if watch {
+                chitty::cli::run_watch(args).await
+            } else {
+                chitty::cli::run_client(args).await
+            }
         }
         Command::Bench(args) => {
             init_logging("warn", LogFormat::Text, None);
