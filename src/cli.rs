@@ -788,6 +788,12 @@ async fn client_session(args: ClientArgs, read_only: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for addr in &args.server {
+        if let Err(e) = check_server_addr(addr) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let tls = match &args.tls_ca {
         Some(ca) => match TlsSettings::client(ca) {
             Ok(tls) => Some(tls),
@@ -823,9 +829,11 @@ async fn client_session(args: ClientArgs, read_only: bool) -> ExitCode {
                 }
             }
             Err(e) => {
+                // The last server tried is the one the error is about.
+                let addr = args.server.last().map_or("", String::as_str);
                 eprintln!(
-                    "error: could not join Chitty-Chat at {}: {e}",
-                    args.server.join(", ")
+                    "error: could not join Chitty-Chat: {}",
+                    explain_join_error(addr, &e)
                 );
                 return ExitCode::FAILURE;
             }
@@ -1051,6 +1059,65 @@ async fn client_session(args: ClientArgs, read_only: bool) -> ExitCode {
     code
 }
 
+/// Checks a `--server` address as a client takes it: `host:port` (or a
+/// URL). The common slip of a bare port is told apart.
+pub fn check_server_addr(addr: &str) -> Result<(), String> {
+    let addr = addr.trim();
+    if addr.contains("://") {
+        return Ok(());
+    }
+    if addr.parse::<u16>().is_ok() {
+        return Err(format!(
+            "--server {addr}: the host is missing: give HOST:PORT, for example 127.0.0.1:{addr}"
+        ));
+    }
+    let port = addr.rsplit_once(':').map(|(_, port)| port);
+    if addr.ends_with(']') || port.is_none_or(|p| p.parse::<u16>().is_err()) {
+        return Err(format!(
+            "--server {addr}: the port is missing or not a number: give HOST:PORT, for example {}:50051",
+            addr.trim_end_matches(':')
+        ));
+    }
+    Ok(())
+}
+
+/// Why joining at `addr` failed, in the user's terms: nothing listening
+/// there (with the command that starts a node), or something that is not a
+/// Chitty node.
+pub fn explain_join_error(addr: &str, err: &crate::Error) -> String {
+    let text = err.to_string();
+    let not_chitty = |detail: &str| {
+        tracing::debug!(addr, detail, "not a Chitty node");
+        format!(
+            "{addr} answered, but does not speak Chitty's protocol (gRPC over HTTP/2): is \
+             this a Chitty node? Check the host and port"
+        )
+    };
+    match err {
+        crate::Error::Connect { reason, .. } if reason.contains("Connection refused") => format!(
+            "nothing listens at {addr} (connection refused): is the node running? Start one \
+             with `chitty server --listen {addr}`"
+        ),
+        crate::Error::Connect { reason, .. }
+            if reason.contains("h2 protocol error") || reason.contains("HTTP/2") =>
+        {
+            not_chitty(reason)
+        }
+        crate::Error::Rpc(status) => match status.code() {
+            tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Internal
+                if text.contains("transport error")
+                    || text.contains("h2 protocol error")
+                    || text.contains("canceled") =>
+            {
+                not_chitty(status.message())
+            }
+            tonic::Code::Unimplemented => not_chitty(status.message()),
+            _ => format!("{addr}: {}", status.message()),
+        },
+        other => format!("{addr}: {other}"),
+    }
+}
+
 /// Runs `chitty send`: join, publish each text in order, leave.
 pub async fn run_send(args: SendArgs) -> ExitCode {
     let Some(name) = args.name.clone().or_else(|| std::env::var("USER").ok()) else {
@@ -1089,6 +1156,12 @@ pub async fn run_send(args: SendArgs) -> ExitCode {
         },
         None => None,
     };
+    for addr in &args.server {
+        if let Err(e) = check_server_addr(addr) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let mut joined = None;
     let mut failure = String::from("no server given");
     for addr in &args.server {
@@ -1101,7 +1174,7 @@ pub async fn run_send(args: SendArgs) -> ExitCode {
                 joined = Some(session);
                 break;
             }
-            Err(e) => failure = format!("{addr}: {e}"),
+            Err(e) => failure = explain_join_error(addr, &e),
         }
     }
     let Some((session, events)) = joined else {
@@ -1200,6 +1273,27 @@ mod tests {
         assert!(advertised(Some("0.0.0.0:50051".into()), any).is_err());
         let one: std::net::SocketAddr = "10.0.0.1:50051".parse().unwrap();
         assert_eq!(advertised(None, one).as_deref(), Ok("10.0.0.1:50051"));
+    }
+
+    #[test]
+    fn a_server_address_needs_a_host_and_a_port() {
+        for good in [
+            "127.0.0.1:50051",
+            "node1:50051",
+            "[::1]:50051",
+            "http://h:1",
+        ] {
+            assert_eq!(check_server_addr(good), Ok(()), "{good}");
+        }
+        let bare = check_server_addr("50053").unwrap_err();
+        assert!(
+            bare.contains("the host is missing") && bare.contains("127.0.0.1:50053"),
+            "{bare}"
+        );
+        for bad in ["localhost", "node1:", "node1:port", "[::1]"] {
+            let e = check_server_addr(bad).unwrap_err();
+            assert!(e.contains("the port is missing"), "{bad}: {e}");
+        }
     }
 
     #[test]

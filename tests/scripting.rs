@@ -154,3 +154,51 @@ fn send_refuses_a_bad_message_before_joining() {
     let err = err.wait_closed("stderr").join("\n");
     assert!(err.contains("nothing was sent"), "{err}");
 }
+
+#[test]
+fn the_common_mistakes_get_clear_errors() {
+    // A port that is not a Chitty node: it greets like an SSH server.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let other_addr = other.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in other.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let _ = std::io::Write::write_all(&mut conn, b"SSH-2.0-OpenSSH_9.6\r\n");
+        }
+    });
+    // A port where nothing listens.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let free_addr = free.local_addr().unwrap().to_string();
+    drop(free);
+
+    let stderr_of = |args: &[&str]| {
+        // `client` takes no text; `send` does.
+        let args: Vec<&str> = if args[0] == "client" {
+            args[..args.len() - 1].to_vec()
+        } else {
+            args.to_vec()
+        };
+        let (mut child, _, err) = start(&args);
+        let status = child.wait_exit();
+        assert!(!status.success(), "{args:?}");
+        err.wait_closed("stderr").join("\n")
+    };
+    for command in ["client", "send"] {
+        let err = stderr_of(&[command, "--server", &other_addr, "--name", "x", "hi"]);
+        assert!(err.contains("is this a Chitty node?"), "{command}: {err}");
+        assert!(!err.contains("h2 protocol error:"), "{command}: {err}");
+
+        let err = stderr_of(&[command, "--server", &free_addr, "--name", "x", "hi"]);
+        assert!(err.contains("connection refused"), "{command}: {err}");
+        assert!(
+            err.contains(&format!("chitty server --listen {free_addr}")),
+            "{command}: {err}"
+        );
+
+        let err = stderr_of(&[command, "--server", "50053", "--name", "x", "hi"]);
+        assert!(
+            err.contains("the host is missing") && err.contains("127.0.0.1:50053"),
+            "{command}: {err}"
+        );
+    }
+}
