@@ -59,6 +59,9 @@ pub enum Command {
     /// --name is given, prints every event and never publishes. Ctrl-C
     /// leaves.
     Watch(ClientArgs),
+    /// Show the cluster as one node sees it: its nodes and their state, the
+    /// participants on each, the lag of its links.
+    Status(StatusArgs),
     /// Measure fan-out: start a local cluster (or use running nodes), join
     /// participants, publish, and report throughput, latency and cost.
     Bench(BenchArgs),
@@ -215,6 +218,11 @@ pub struct ServerArgs {
     /// (docs/logs.md).
     #[arg(long, env = "CHITTY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics over HTTP at this address (host:port; port
+    /// 0 picks a free one, printed on standard output), on any path, e.g.
+    /// http://ADDR/metrics. Unauthenticated: keep it on a private address.
+    #[arg(long, env = "CHITTY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The format of log lines.
@@ -266,6 +274,20 @@ pub struct ClientArgs {
     /// Print events as JSON, one object per line (see README), instead of
     /// text lines; notices stay text on stderr.
     #[arg(long, env = "CHITTY_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The node to ask (host:port).
+    #[arg(env = "CHITTY_SERVER", default_value = "127.0.0.1:50051")]
+    pub server: String,
+    /// Connect with TLS, accepting only a node whose certificate this CA
+    /// (PEM) signed.
+    #[arg(long, env = "CHITTY_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -571,6 +593,18 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         burst: args.publish_burst.max(1),
     });
     println!("chitty server listening on {bound}");
+    if let Some(addr) = &args.metrics_listen {
+        match std::net::TcpListener::bind(addr).and_then(|l| Ok((l.local_addr()?, l))) {
+            Ok((at, listener)) => {
+                println!("chitty metrics on http://{at}/metrics");
+                config.metrics_listener = Some(std::sync::Arc::new(listener));
+            }
+            Err(e) => {
+                eprintln!("error: cannot listen for metrics on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let _ = std::io::stdout().flush();
     match crate::server::serve(listener, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -1116,6 +1150,143 @@ pub fn explain_join_error(addr: &str, err: &crate::Error) -> String {
         },
         other => format!("{addr}: {other}"),
     }
+}
+
+/// Runs `chitty status ADDR`.
+pub async fn run_status(args: StatusArgs) -> ExitCode {
+    if let Err(e) = check_server_addr(&args.server) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let tls = match &args.tls_ca {
+        Some(ca) => match TlsSettings::client(ca) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let asked = async {
+        let mut client = client::connect_with(&args.server, tls.as_ref()).await?;
+        let reply = tokio::time::timeout(
+            client::CALL_TIMEOUT,
+            client.status(crate::proto::StatusRequest {}),
+        )
+        .await
+        .map_err(|_| crate::Error::Unavailable("no answer".into()))??;
+        Ok::<_, crate::Error>(reply.into_inner())
+    };
+    let status = match asked.await {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("error: {}", explain_join_error(&args.server, &e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = if args.json {
+        status_json(&status).to_string()
+    } else {
+        status_table(&status)
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{out}");
+    ExitCode::SUCCESS
+}
+
+/// `chitty status --json`: the `StatusReply` as one object.
+pub fn status_json(status: &crate::proto::StatusReply) -> serde_json::Value {
+    let id = |n: &Option<crate::proto::NodeId>| n.as_ref().map(|n| n.id.clone());
+    let generation = |n: &Option<crate::proto::NodeId>| n.as_ref().map(|n| n.generation);
+    serde_json::json!({
+        "node": id(&status.node),
+        "addr": status.addr,
+        "lamport": status.lamport,
+        "sessions": status.sessions,
+        "nodes": status.nodes.iter().map(|n| serde_json::json!({
+            "node": id(&n.node),
+            "generation": generation(&n.node),
+            "addr": n.addr,
+            "state": n.state,
+            "link_up": n.link_up,
+            "lag": n.lag,
+            "last_heard_ms": n.last_heard_ms,
+            "participants": n.participants,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `chitty status`: a table for people.
+pub fn status_table(status: &crate::proto::StatusReply) -> String {
+    let short = |n: &Option<crate::proto::NodeId>| {
+        n.as_ref()
+            .map(|n| n.id.chars().take(8).collect::<String>())
+            .unwrap_or_default()
+    };
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "ADDRESS".to_string(),
+        "STATE".to_string(),
+        "LINK".to_string(),
+        "LAG".to_string(),
+        "HEARD".to_string(),
+        "PARTICIPANTS".to_string(),
+    ]];
+    for n in &status.nodes {
+        let peer = n.state != "self";
+        let names = if n.participants.is_empty() {
+            "-".to_string()
+        } else {
+            format!(
+                "{} ({})",
+                n.participants.len(),
+                escaped(&n.participants.join(", "))
+            )
+        };
+        rows.push([
+            short(&n.node),
+            escaped(&n.addr).into_owned(),
+            n.state.clone(),
+            if !peer {
+                "-".into()
+            } else if n.link_up {
+                "up".into()
+            } else {
+                "down".into()
+            },
+            if peer { n.lag.to_string() } else { "-".into() },
+            if peer {
+                format!("{} ms ago", n.last_heard_ms)
+            } else {
+                "-".into()
+            },
+            names,
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = format!(
+        "cluster as {} ({}) sees it: Lamport time {}, {} session(s) on it",
+        short(&status.node),
+        escaped(&status.addr),
+        status.lamport,
+        status.sessions
+    );
+    for row in &rows {
+        out.push('\n');
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+    }
+    out
 }
 
 /// Runs `chitty send`: join, publish each text in order, leave.

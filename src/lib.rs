@@ -39,6 +39,7 @@ pub mod failover;
 pub mod http2;
 pub mod limits;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 pub mod rate;
 pub mod server;

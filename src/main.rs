@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Client(_)
         | Command::Watch(_)
         | Command::Send(_)
+        | Command::Status(_)
         | Command::Bench(_)
         | Command::Cert(_) => 0,
     };
@@ -49,6 +50,10 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Server(args) => {
             init_logging("info", args.log_format, None);
             chitty::cli::run_server(args).await
+        }
+        Command::Status(args) => {
+            init_logging("warn", LogFormat::Text, None);
+            chitty::cli::run_status(args).await
         }
         Command::Send(args) => {
             init_logging("warn", LogFormat::Text, None);

@@ -207,6 +207,14 @@ impl ChittyChat for ChatService {
             servers: Some(self.node.server_list()),
         }))
     }
+
+    async fn status(
+        &self,
+        _req: Request<crate::proto::StatusRequest>,
+    ) -> Result<Response<crate::proto::StatusReply>, Status> {
+        debug!("Status");
+        Ok(Response::new(self.node.status()))
+    }
 }
 
 /// The peer-facing `ServerMesh` service. The cluster secret is checked by

@@ -71,6 +71,23 @@ pub struct Joiner<'a> {
 /// Most earlier messages a Welcome carries.
 pub const MAX_RECENT: usize = 100;
 
+/// What this node knows of one peer, for metrics and `Status`.
+#[derive(Debug, Clone)]
+pub struct PeerReport {
+    pub node: NodeId,
+    pub addr: String,
+    /// The outgoing link is connected and caught up.
+    pub up: bool,
+    /// This node hears that the peer runs (within the failure timeout).
+    pub reachable: bool,
+    /// A connection to it was refused: it is not running.
+    pub gone: bool,
+    /// This node's own events the peer has not acknowledged yet.
+    pub lag: u64,
+    /// How long ago this node last heard that the peer runs.
+    pub last_heard: Duration,
+}
+
 /// Identifies a request whose answer may come later, chosen by the caller.
 pub type RequestId = u64;
 
@@ -698,6 +715,23 @@ impl NodeCore {
     /// [`Membership::fix_generations`].
     pub fn never_reuse_ids(&mut self) {
         self.membership.fix_generations();
+    }
+
+    /// What this node knows of each peer, by node id.
+    pub fn peer_reports(&self, now: Instant) -> Vec<PeerReport> {
+        let last = self.chat.last_seq();
+        self.peers
+            .values()
+            .map(|p| PeerReport {
+                node: p.node.clone(),
+                addr: self.membership.addr_of(&p.node.id).to_string(),
+                up: p.up,
+                reachable: p.reachable,
+                gone: p.gone,
+                lag: last.saturating_sub(p.acked_own),
+                last_heard: now.saturating_duration_since(p.last_seen),
+            })
+            .collect()
     }
 
     /// Whether an outgoing link to `peer` is wanted (it is a member, even
