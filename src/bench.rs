@@ -309,6 +309,7 @@ async fn join_reader(
         lamport: clock.tick(),
         resume: None,
         rejoin: None,
+        recent: 0,
     };
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.map_err(|e| e.to_string())?;

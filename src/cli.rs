@@ -1,9 +1,11 @@
 //! The `chitty` command line: `chitty server` runs a node, `chitty client`
-//! joins the chat, `chitty bench` measures a cluster, `chitty trace` draws
-//! the Lamport sequence diagram of a run from its logs. Every flag of the
-//! first three can also be set with a `CHITTY_...` environment variable.
+//! joins the chat, `chitty send` and `chitty watch` script it, `chitty
+//! status` shows a cluster, `chitty bench` measures one, `chitty trace`
+//! draws the Lamport sequence diagram of a run from its logs, `chitty
+//! health` checks a node. Most flags can also be set with a `CHITTY_...`
+//! environment variable.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -13,6 +15,7 @@ use tracing::error;
 
 use crate::client::{self, Received};
 use crate::connections::{self, ConnectionLimits};
+use crate::console::{self, Action};
 use crate::core::chat::CoreLimits;
 use crate::core::validate::escaped;
 use crate::failover::{self, ClientOptions, Update};
@@ -33,7 +36,10 @@ use crate::tls::TlsSettings;
         chitty server\n  \
         chitty client --name Alice\n  \
         chitty client --name Bob\n\n\
-        Type a line to publish it to everyone; /quit, end of input or Ctrl-C leaves.\n\
+        Type a line to publish it to everyone; /help lists the commands; /quit, end of input \
+        or Ctrl-C leaves.\n\
+        For scripts: `chitty send --name N TEXT` publishes and leaves, `chitty watch` prints the \
+        chat, --json prints events as JSON lines.\n\
         Logging is controlled by RUST_LOG (for example RUST_LOG=chitty=debug)."
 )]
 pub struct Cli {
@@ -47,6 +53,17 @@ pub enum Command {
     Server(ServerArgs),
     /// Join the chat as a participant.
     Client(ClientArgs),
+    /// Publish messages and leave: joins as --name, publishes each TEXT
+    /// (or, without any, each line of standard input) in order, leaves.
+    Send(SendArgs),
+    /// Print the chat without taking part: joins (the protocol has no
+    /// read-only session) under a name that says so, `watch-XXXX` unless
+    /// --name is given, prints every event and never publishes. Ctrl-C
+    /// leaves.
+    Watch(ClientArgs),
+    /// Show the cluster as one node sees it: its nodes and their state, the
+    /// participants on each, the lag of its links.
+    Status(StatusArgs),
     /// Measure fan-out: start a local cluster (or use running nodes), join
     /// participants, publish, and report throughput, latency and cost.
     Bench(BenchArgs),
@@ -317,6 +334,11 @@ pub struct ServerArgs {
     /// (docs/logs.md).
     #[arg(long, env = "CHITTY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Serve Prometheus metrics over HTTP at this address (host:port; port
+    /// 0 picks a free one, printed on standard output), on any path, e.g.
+    /// http://ADDR/metrics. Unauthenticated: keep it on a private address.
+    #[arg(long, env = "CHITTY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// The format of log lines.
@@ -353,6 +375,57 @@ pub struct ClientArgs {
     /// (PEM) signed, on the first node and every node the client moves to.
     #[arg(long, env = "CHITTY_TLS_CA")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// On joining, show who is already there and up to this many of the
+    /// latest messages the node holds (at most 100), marked [earlier].
+    /// 0: neither.
+    #[arg(long, env = "CHITTY_RECENT", default_value_t = 20)]
+    pub recent: u32,
+    /// How event lines show time: `both` (local wall-clock time, then the
+    /// Lamport times), `lamport` (only the Lamport times) or `wall` (only
+    /// the wall-clock time). Default: `both` when stdout is a terminal,
+    /// `lamport` otherwise. Names are coloured on a terminal unless
+    /// NO_COLOR is set.
+    #[arg(long, env = "CHITTY_LAYOUT", value_enum)]
+    pub layout: Option<console::Layout>,
+    /// Print events as JSON, one object per line (see README), instead of
+    /// text lines; notices stay text on stderr.
+    #[arg(long, env = "CHITTY_JSON")]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The node to ask (host:port).
+    #[arg(env = "CHITTY_SERVER", default_value = "127.0.0.1:50051")]
+    pub server: String,
+    /// Connect with TLS, accepting only a node whose certificate this CA
+    /// (PEM) signed.
+    #[arg(long, env = "CHITTY_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Address of a Chitty node (host:port); give several (comma-separated
+    /// or repeated) to try them in turn.
+    #[arg(long, env = "CHITTY_SERVER", default_value = "127.0.0.1:50051", value_delimiter = ',', num_args = 1..)]
+    pub server: Vec<String>,
+    /// The name to send as. Defaults to $USER.
+    #[arg(long, env = "CHITTY_NAME")]
+    pub name: Option<String>,
+    /// Connect with TLS, accepting only nodes whose certificate this CA
+    /// (PEM) signed.
+    #[arg(long, env = "CHITTY_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Print what was sent as JSON, one object per message.
+    #[arg(long)]
+    pub json: bool,
+    /// The messages, one per argument; none: one per line of standard
+    /// input.
+    pub text: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -647,6 +720,18 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         burst: args.publish_burst.max(1),
     });
     println!("chitty server listening on {bound}");
+    if let Some(addr) = &args.metrics_listen {
+        match std::net::TcpListener::bind(addr).and_then(|l| Ok((l.local_addr()?, l))) {
+            Ok((at, listener)) => {
+                println!("chitty metrics on http://{at}/metrics");
+                config.metrics_listener = Some(std::sync::Arc::new(listener));
+            }
+            Err(e) => {
+                eprintln!("error: cannot listen for metrics on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let _ = std::io::stdout().flush();
     match crate::server::serve(listener, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -788,34 +873,21 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A line from the user, or the wish to leave.
-enum Input {
-    Line(String),
-    Quit,
-}
-
-/// Where received lines go: plain stdout, or above the prompt of the line
-/// editor so that what the user is typing stays readable.
-enum Output {
-    Plain,
-    Prompt(Box<dyn rustyline::ExternalPrinter + Send>),
-}
-
-impl Output {
-    fn line(&mut self, text: String) {
-        match self {
-            Output::Plain => {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{text}");
-                let _ = out.flush();
+/// Completes on Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal was
+/// closed): a client leaves on each.
+pub async fn client_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hangup) = signal(SignalKind::hangup()) {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = hangup.recv() => {}
             }
-            Output::Prompt(printer) => {
-                if printer.print(format!("{text}\n")).is_err() {
-                    println!("{text}");
-                }
-            }
+            return;
         }
     }
+    shutdown_signal().await;
 }
 
 /// What the client last heard of which nodes its node cannot reach, to
@@ -859,10 +931,28 @@ impl Reachability {
     }
 }
 
-/// Runs `chitty client`: joins, prints every event, publishes every line.
+/// Runs `chitty client`: joins, prints every event, publishes every line,
+/// answers the `/commands` (see [`crate::console`]).
 pub async fn run_client(args: ClientArgs) -> ExitCode {
-    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
-    let name = match args.name.clone().or_else(|| std::env::var("USER").ok()) {
+    client_session(args, false).await
+}
+
+/// Runs `chitty watch`: a client that never reads input or publishes.
+pub async fn run_watch(args: ClientArgs) -> ExitCode {
+    client_session(args, true).await
+}
+
+/// `chitty client`, or with `read_only` `chitty watch`.
+async fn client_session(args: ClientArgs, read_only: bool) -> ExitCode {
+    let interactive =
+        !read_only && std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let watcher = || format!("watch-{}", &uuid::Uuid::new_v4().simple().to_string()[..4]);
+    let default_name = if read_only {
+        Some(watcher())
+    } else {
+        std::env::var("USER").ok()
+    };
+    let mut name = match args.name.clone().or(default_name) {
         Some(n) => n,
         None if interactive => match ask_name() {
             Some(n) => n,
@@ -873,93 +963,190 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = crate::core::validate::name(&name) {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
+    for addr in &args.server {
+        if let Err(e) = check_server_addr(addr) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
     }
-
-    let mut options = ClientOptions::new(args.server.clone(), name.clone());
-    if let Some(ca) = &args.tls_ca {
-        match TlsSettings::client(ca) {
-            Ok(tls) => options.tls = Some(tls),
+    let tls = match &args.tls_ca {
+        Some(ca) => match TlsSettings::client(ca) {
+            Ok(tls) => Some(tls),
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
-        }
-    }
-    let (chat, mut updates, driver) = match failover::start(options).await {
-        Ok(started) => started,
-        Err(e) => {
-            eprintln!(
-                "error: could not join Chitty-Chat at {}: {e}",
-                args.server.join(", ")
-            );
+        },
+        None => None,
+    };
+    // A refused name is asked for again in a terminal.
+    let (chat, mut updates, driver) = loop {
+        if let Err(e) = crate::core::validate::name(&name) {
+            eprintln!("error: {e}");
+            if interactive && let Some(again) = ask_name() {
+                name = again;
+                continue;
+            }
             return ExitCode::FAILURE;
+        }
+        let mut options = ClientOptions::new(args.server.clone(), name.clone());
+        options.tls = tls.clone();
+        options.recent = args.recent;
+        match failover::start(options).await {
+            Ok(started) => break started,
+            Err(crate::Error::Rpc(status))
+                if interactive && status.code() == tonic::Code::AlreadyExists =>
+            {
+                eprintln!("error: {}", status.message());
+                match ask_name() {
+                    Some(again) => name = again,
+                    None => return ExitCode::FAILURE,
+                }
+            }
+            Err(e) => {
+                // The last server tried is the one the error is about.
+                let addr = args.server.last().map_or("", String::as_str);
+                eprintln!(
+                    "error: could not join Chitty-Chat: {}",
+                    explain_join_error(addr, &e)
+                );
+                return ExitCode::FAILURE;
+            }
         }
     };
 
     let terminal = interactive.then(TerminalState::save).flatten();
-    let (input_tx, mut input_rx) = mpsc::channel::<Input>(64);
-    let output = spawn_input_reader(interactive, input_tx);
+    let (input_tx, mut input_rx) = mpsc::channel::<Action>(64);
+    // A watcher reads no input: the sender stays here, unused, so that
+    // only a signal or the session's end stops it.
+    let (screen, _no_input) = if read_only {
+        (console::Screen::plain(), Some(input_tx))
+    } else {
+        (console::spawn_input_reader(interactive, input_tx), None)
+    };
 
     // Printing runs on its own task so that a slow publish never holds up
     // what is being received.
-    let printer = tokio::spawn(async move {
-        let mut output = output;
-        let mut reach = Reachability::default();
-        while let Some(update) = updates.recv().await {
-            match update {
-                Update::Received(
-                    item @ (Received::Event { .. }
-                    | Received::Late(_)
-                    | Received::Room(_)
-                    | Received::StillHere(_)),
-                ) => output.line(item.to_string()),
-                Update::Received(Received::Gap(gap)) => {
-                    eprintln!("warning: some events were lost: {}", escaped(&gap.reason))
-                }
-                Update::Received(Received::Servers(list)) => {
-                    tracing::info!(servers = ?list.servers.iter().map(|s| &s.addr).collect::<Vec<_>>(), "cluster nodes");
-                    for line in reach.update(&list) {
-                        output.line(line);
+    let printer = {
+        let screen = screen.clone();
+        let name = name.clone();
+        let recent = args.recent;
+        let json = args.json;
+        let style = if json {
+            console::Style::json()
+        } else {
+            console::Style::detect(args.layout, std::io::stdout().is_terminal())
+        };
+        tokio::spawn(async move {
+            let mut reach = Reachability::default();
+            // Whether the client said that no node answers (and so says
+            // when one does again).
+            let mut cut_off = false;
+            while let Some(update) = updates.recv().await {
+                match update {
+                    Update::Received(
+                        item @ (Received::Event { .. }
+                        | Received::Late(_)
+                        | Received::Room(_)
+                        | Received::StillHere(_)),
+                    ) => screen.line(&style.render(&item)),
+                    Update::Received(Received::Gap(gap)) => screen.notice(&format!(
+                        "warning: some events were lost: {}",
+                        escaped(&gap.reason)
+                    )),
+                    Update::Received(Received::Servers(list)) => {
+                        tracing::info!(servers = ?list.servers.iter().map(|s| &s.addr).collect::<Vec<_>>(), "cluster nodes");
+                        for line in reach.update(&list) {
+                            screen.line(&line);
+                        }
                     }
-                }
-                Update::Joined { server, .. } => eprintln!(
-                    "joined Chitty-Chat at {} as {name}; type a message and press Enter, /quit to leave",
-                    escaped(&server)
-                ),
-                Update::Moved { from, to } => eprintln!(
-                    "moved from {} to {}: session resumed, nothing missed",
-                    escaped(&from),
-                    escaped(&to)
-                ),
-                Update::Rejoined { server } => eprintln!(
-                    "the old session had expired: joined again at {} as a new participant",
-                    escaped(&server)
-                ),
-                Update::Reconnecting { reason } => {
-                    tracing::info!(%reason, "connection lost; reconnecting")
-                }
-                Update::PublishGaveUp {
-                    text,
-                    maybe_delivered,
-                } => eprintln!(
-                    "error: gave up sending {text:?}: {}",
-                    if maybe_delivered {
-                        "it may or may not have been delivered"
-                    } else {
-                        "it was not delivered"
+                    Update::Joined {
+                        server,
+                        here,
+                        earlier,
+                        ..
+                    } => {
+                        screen.notice(&if read_only {
+                            format!(
+                                "watching Chitty-Chat at {} as {name} (read-only; others see {name} join and leave); Ctrl-C to stop",
+                                escaped(&server)
+                            )
+                        } else {
+                            format!(
+                                "joined Chitty-Chat at {} as {name}; type a message and press Enter, /help for the commands, /quit to leave",
+                                escaped(&server)
+                            )
+                        });
+                        if recent > 0 {
+                            screen.line(&if json {
+                                console::Style::json_here(&here)
+                            } else {
+                                console::here_line(&here)
+                            });
+                        }
+                        for item in earlier {
+                            screen.line(&if json {
+                                console::Style::json_line(&item, true)
+                            } else {
+                                format!("{} {}", console::EARLIER, style.render(&item))
+                            });
+                        }
                     }
-                ),
-                Update::Ended(result) => return result,
+                    Update::Moved { from, to } => {
+                        if std::mem::take(&mut cut_off) {
+                            screen.notice(&format!(
+                                "[connection] back: session resumed at {}, nothing missed",
+                                escaped(&to)
+                            ));
+                        } else {
+                            screen.notice(&format!(
+                                "moved from {} to {}: session resumed, nothing missed",
+                                escaped(&from),
+                                escaped(&to)
+                            ));
+                        }
+                    }
+                    Update::Rejoined { server } => {
+                        let back = if std::mem::take(&mut cut_off) {
+                            "[connection] back: "
+                        } else {
+                            ""
+                        };
+                        screen.notice(&format!(
+                            "{back}the old session had expired: joined again at {} as a new participant",
+                            escaped(&server)
+                        ));
+                    }
+                    Update::Reconnecting { reason } => {
+                        tracing::info!(%reason, "connection lost; reconnecting")
+                    }
+                    Update::NoNodeAnswers { reason } => {
+                        cut_off = true;
+                        screen.notice(&format!(
+                            "[connection] no node answers ({}); still trying, messages you type wait until one does",
+                            escaped(&reason)
+                        ));
+                    }
+                    Update::PublishGaveUp {
+                        text,
+                        maybe_delivered,
+                    } => screen.notice(&format!(
+                        "error: gave up sending {text:?}: {}",
+                        if maybe_delivered {
+                            "it may or may not have been delivered"
+                        } else {
+                            "it was not delivered"
+                        }
+                    )),
+                    Update::Ended(result) => return result,
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        })
+    };
     tokio::pin!(printer);
 
-    let shutdown = shutdown_signal();
+    let shutdown = client_shutdown_signal();
     tokio::pin!(shutdown);
     let mut code = ExitCode::SUCCESS;
     let mut leave = true;
@@ -967,35 +1154,55 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
     loop {
         tokio::select! {
             input = input_rx.recv() => match input {
-                Some(Input::Line(line)) if line.trim() == "/quit" => break,
-                Some(Input::Line(line)) => match chat.submit(&line).await {
+                Some(Action::Publish(text)) => match chat.submit(&text).await {
                     // Queued in order; the outcome is reported when it comes,
                     // so that Ctrl-C and /quit are never stuck behind it.
                     Ok(outcome) => {
                         while outcomes.try_join_next().is_some() {}
+                        let screen = screen.clone();
                         outcomes.spawn(async move {
                             match outcome.await {
                                 Ok(Ok(_)) => {}
-                                Ok(Err(e)) => eprintln!("error: message not sent: {e}"),
-                                Err(_) => eprintln!("error: message not sent: the session ended"),
+                                // Reported once, by `PublishGaveUp`, which
+                                // names the message.
+                                Ok(Err(crate::Error::Unavailable(reason)))
+                                    if reason.starts_with("gave up") => {}
+                                Ok(Err(e)) => screen.notice(&format!(
+                                    "error: message not sent: {e}"
+                                )),
+                                Err(_) => screen
+                                    .notice("error: message not sent: the session ended"),
                             }
                         });
                     }
-                    Err(e) => eprintln!("error: message not sent: {e}"),
+                    Err(e) => screen.notice(&format!("error: message not sent: {e}")),
                 },
-                Some(Input::Quit) | None => break,
+                Some(Action::Who) => {
+                    let chat = chat.clone();
+                    let screen = screen.clone();
+                    outcomes.spawn(async move {
+                        match chat.participants().await {
+                            Ok(list) => screen.notice(&console::who_line(&list)),
+                            Err(e) => screen.notice(&format!("error: /who: {e}")),
+                        }
+                    });
+                }
+                Some(Action::Help) => screen.notice(console::HELP),
+                Some(Action::Unknown(word)) => screen.notice(&console::unknown_command(&word)),
+                Some(Action::Nothing) => {}
+                Some(Action::Quit) | None => break,
             },
             _ = &mut shutdown => break,
             ended = &mut printer => {
                 leave = false;
                 match ended {
-                    Ok(Ok(())) => eprintln!("the session ended"),
+                    Ok(Ok(())) => screen.notice("the session ended"),
                     Ok(Err(e)) => {
-                        eprintln!("error: the session ended: {e}");
+                        screen.notice(&format!("error: the session ended: {e}"));
                         code = ExitCode::FAILURE;
                     }
                     Err(e) => {
-                        eprintln!("error: {e}");
+                        screen.notice(&format!("error: {e}"));
                         code = ExitCode::FAILURE;
                     }
                 }
@@ -1005,9 +1212,9 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
     }
     if leave {
         match chat.leave().await {
-            Ok(lamport) => eprintln!("left Chitty-Chat at Lamport time {lamport}"),
+            Ok(lamport) => screen.notice(&format!("left Chitty-Chat at Lamport time {lamport}")),
             Err(e) => {
-                eprintln!("error: leave failed: {e}");
+                screen.notice(&format!("error: leave failed: {e}"));
                 code = ExitCode::FAILURE;
             }
         }
@@ -1027,6 +1234,302 @@ pub async fn run_client(args: ClientArgs) -> ExitCode {
     code
 }
 
+/// Checks a `--server` address as a client takes it: `host:port` (or a
+/// URL). The common slip of a bare port is told apart.
+pub fn check_server_addr(addr: &str) -> Result<(), String> {
+    let addr = addr.trim();
+    if addr.contains("://") {
+        return Ok(());
+    }
+    if addr.parse::<u16>().is_ok() {
+        return Err(format!(
+            "--server {addr}: the host is missing: give HOST:PORT, for example 127.0.0.1:{addr}"
+        ));
+    }
+    let port = addr.rsplit_once(':').map(|(_, port)| port);
+    if addr.ends_with(']') || port.is_none_or(|p| p.parse::<u16>().is_err()) {
+        return Err(format!(
+            "--server {addr}: the port is missing or not a number: give HOST:PORT, for example {}:50051",
+            addr.trim_end_matches(':')
+        ));
+    }
+    Ok(())
+}
+
+/// Why joining at `addr` failed, in the user's terms: nothing listening
+/// there (with the command that starts a node), or something that is not a
+/// Chitty node.
+pub fn explain_join_error(addr: &str, err: &crate::Error) -> String {
+    let text = err.to_string();
+    let not_chitty = |detail: &str| {
+        tracing::debug!(addr, detail, "not a Chitty node");
+        format!(
+            "{addr} answered, but does not speak Chitty's protocol (gRPC over HTTP/2): is \
+             this a Chitty node? Check the host and port"
+        )
+    };
+    match err {
+        crate::Error::Connect { reason, .. } if reason.contains("Connection refused") => format!(
+            "nothing listens at {addr} (connection refused): is the node running? Start one \
+             with `chitty server --listen {addr}`"
+        ),
+        crate::Error::Connect { reason, .. }
+            if reason.contains("h2 protocol error") || reason.contains("HTTP/2") =>
+        {
+            not_chitty(reason)
+        }
+        crate::Error::Rpc(status) => match status.code() {
+            tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Internal
+                if text.contains("transport error")
+                    || text.contains("h2 protocol error")
+                    || text.contains("canceled") =>
+            {
+                not_chitty(status.message())
+            }
+            tonic::Code::Unimplemented => not_chitty(status.message()),
+            _ => format!("{addr}: {}", status.message()),
+        },
+        other => format!("{addr}: {other}"),
+    }
+}
+
+/// Runs `chitty status ADDR`.
+pub async fn run_status(args: StatusArgs) -> ExitCode {
+    if let Err(e) = check_server_addr(&args.server) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let tls = match &args.tls_ca {
+        Some(ca) => match TlsSettings::client(ca) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    let asked = async {
+        let mut client = client::connect_with(&args.server, tls.as_ref()).await?;
+        let reply = tokio::time::timeout(
+            client::CALL_TIMEOUT,
+            client.status(crate::proto::StatusRequest {}),
+        )
+        .await
+        .map_err(|_| crate::Error::Unavailable("no answer".into()))??;
+        Ok::<_, crate::Error>(reply.into_inner())
+    };
+    let status = match asked.await {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("error: {}", explain_join_error(&args.server, &e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let out = if args.json {
+        status_json(&status).to_string()
+    } else {
+        status_table(&status)
+    };
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{out}");
+    ExitCode::SUCCESS
+}
+
+/// `chitty status --json`: the `StatusReply` as one object.
+pub fn status_json(status: &crate::proto::StatusReply) -> serde_json::Value {
+    let id = |n: &Option<crate::proto::NodeId>| n.as_ref().map(|n| n.id.clone());
+    let generation = |n: &Option<crate::proto::NodeId>| n.as_ref().map(|n| n.generation);
+    serde_json::json!({
+        "node": id(&status.node),
+        "addr": status.addr,
+        "lamport": status.lamport,
+        "sessions": status.sessions,
+        "nodes": status.nodes.iter().map(|n| serde_json::json!({
+            "node": id(&n.node),
+            "generation": generation(&n.node),
+            "addr": n.addr,
+            "state": n.state,
+            "link_up": n.link_up,
+            "lag": n.lag,
+            "last_heard_ms": n.last_heard_ms,
+            "participants": n.participants,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `chitty status`: a table for people.
+pub fn status_table(status: &crate::proto::StatusReply) -> String {
+    let short = |n: &Option<crate::proto::NodeId>| {
+        n.as_ref()
+            .map(|n| n.id.chars().take(8).collect::<String>())
+            .unwrap_or_default()
+    };
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "ADDRESS".to_string(),
+        "STATE".to_string(),
+        "LINK".to_string(),
+        "LAG".to_string(),
+        "HEARD".to_string(),
+        "PARTICIPANTS".to_string(),
+    ]];
+    for n in &status.nodes {
+        let peer = n.state != "self";
+        let names = if n.participants.is_empty() {
+            "-".to_string()
+        } else {
+            format!(
+                "{} ({})",
+                n.participants.len(),
+                escaped(&n.participants.join(", "))
+            )
+        };
+        rows.push([
+            short(&n.node),
+            escaped(&n.addr).into_owned(),
+            n.state.clone(),
+            if !peer {
+                "-".into()
+            } else if n.link_up {
+                "up".into()
+            } else {
+                "down".into()
+            },
+            if peer { n.lag.to_string() } else { "-".into() },
+            if peer {
+                format!("{} ms ago", n.last_heard_ms)
+            } else {
+                "-".into()
+            },
+            names,
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = format!(
+        "cluster as {} ({}) sees it: Lamport time {}, {} session(s) on it",
+        short(&status.node),
+        escaped(&status.addr),
+        status.lamport,
+        status.sessions
+    );
+    for row in &rows {
+        out.push('\n');
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+    }
+    out
+}
+
+/// Runs `chitty send`: join, publish each text in order, leave.
+pub async fn run_send(args: SendArgs) -> ExitCode {
+    let Some(name) = args.name.clone().or_else(|| std::env::var("USER").ok()) else {
+        eprintln!("error: no name given: use --name NAME (or set CHITTY_NAME or USER)");
+        return ExitCode::FAILURE;
+    };
+    if let Err(e) = crate::core::validate::name(&name) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    let texts: Vec<String> = if args.text.is_empty() {
+        use std::io::BufRead;
+        std::io::stdin()
+            .lock()
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.trim().is_empty())
+            .collect()
+    } else {
+        args.text.clone()
+    };
+    // Refused here, before anyone sees a join: nothing is sent.
+    for text in &texts {
+        if let Err(e) = crate::core::validate::message(text) {
+            eprintln!("error: {e}: nothing was sent");
+            return ExitCode::FAILURE;
+        }
+    }
+    let tls = match &args.tls_ca {
+        Some(ca) => match TlsSettings::client(ca) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    for addr in &args.server {
+        if let Err(e) = check_server_addr(addr) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let mut joined = None;
+    let mut failure = String::from("no server given");
+    for addr in &args.server {
+        let attempt = async {
+            let client = client::connect_with(addr, tls.as_ref()).await?;
+            client::join_with(client, &name).await
+        };
+        match attempt.await {
+            Ok(session) => {
+                joined = Some(session);
+                break;
+            }
+            Err(e) => failure = explain_join_error(addr, &e),
+        }
+    }
+    let Some((session, events)) = joined else {
+        eprintln!("error: could not join Chitty-Chat: {failure}");
+        return ExitCode::FAILURE;
+    };
+    let mut code = ExitCode::SUCCESS;
+    for text in &texts {
+        match session.publish(text).await {
+            Ok((reply, _)) => {
+                let origin = reply.id.as_ref().and_then(|id| id.origin.as_ref());
+                let line = if args.json {
+                    serde_json::json!({
+                        "kind": "sent",
+                        "lamport": reply.lamport,
+                        "origin": origin.map(|o| o.id.as_str()),
+                        "seq": reply.id.as_ref().map(|id| id.seq),
+                        "text": text,
+                    })
+                    .to_string()
+                } else {
+                    format!("sent at Lamport time {}: {}", reply.lamport, escaped(text))
+                };
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+            }
+            Err(e) => {
+                eprintln!("error: message not sent: {e}");
+                code = ExitCode::FAILURE;
+                break;
+            }
+        }
+    }
+    if let Err(e) = session.leave().await {
+        eprintln!("error: leave failed: {e}");
+        code = ExitCode::FAILURE;
+    }
+    // The session's stream was kept open until the leave, so the node
+    // never took the session for a lost one.
+    drop(events);
+    code
+}
+
 fn ask_name() -> Option<String> {
     eprint!("Your name: ");
     let _ = std::io::stderr().flush();
@@ -1038,40 +1541,6 @@ fn ask_name() -> Option<String> {
             None
         }
     }
-}
-
-/// Reads standard input on a dedicated OS thread: reading a terminal or a
-/// pipe blocks and cannot be cancelled, so the thread is left to end with the
-/// process rather than holding up the runtime's shutdown.
-fn spawn_input_reader(interactive: bool, tx: mpsc::Sender<Input>) -> Output {
-    if interactive
-        && let Ok(mut editor) = rustyline::DefaultEditor::new()
-        && let Ok(printer) = editor.create_external_printer()
-    {
-        std::thread::spawn(move || {
-            loop {
-                let input = match editor.readline("> ") {
-                    Ok(line) => Input::Line(line),
-                    Err(_) => Input::Quit, // Ctrl-C, Ctrl-D or a terminal error
-                };
-                let quit = matches!(input, Input::Quit);
-                if tx.blocking_send(input).is_err() || quit {
-                    return;
-                }
-            }
-        });
-        return Output::Prompt(Box::new(printer));
-    }
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.blocking_send(Input::Line(line)).is_err() {
-                return;
-            }
-        }
-        let _ = tx.blocking_send(Input::Quit);
-    });
-    Output::Plain
 }
 
 /// The terminal settings at start, restored at exit: the line editor may
@@ -1124,6 +1593,27 @@ mod tests {
         assert!(advertised(Some("0.0.0.0:50051".into()), any).is_err());
         let one: std::net::SocketAddr = "10.0.0.1:50051".parse().unwrap();
         assert_eq!(advertised(None, one).as_deref(), Ok("10.0.0.1:50051"));
+    }
+
+    #[test]
+    fn a_server_address_needs_a_host_and_a_port() {
+        for good in [
+            "127.0.0.1:50051",
+            "node1:50051",
+            "[::1]:50051",
+            "http://h:1",
+        ] {
+            assert_eq!(check_server_addr(good), Ok(()), "{good}");
+        }
+        let bare = check_server_addr("50053").unwrap_err();
+        assert!(
+            bare.contains("the host is missing") && bare.contains("127.0.0.1:50053"),
+            "{bare}"
+        );
+        for bad in ["localhost", "node1:", "node1:port", "[::1]"] {
+            let e = check_server_addr(bad).unwrap_err();
+            assert!(e.contains("the port is missing"), "{bad}: {e}");
+        }
     }
 
     #[test]

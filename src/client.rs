@@ -251,6 +251,7 @@ pub async fn join_with(
             lamport,
             resume: None,
             rejoin: None,
+            recent: 0,
         })
         .await?
         .into_inner();

@@ -414,7 +414,7 @@ mod tests {
     #[tokio::test]
     async fn the_next_chunk_waits_until_the_last_one_is_let_go() {
         let node = Node::new(crate::node::NodeConfig::new("127.0.0.1:1"));
-        let mut body = JoinBody::new(node.join("Ann", 0, None).unwrap());
+        let mut body = JoinBody::new(node.join("Ann", 0, None, 0).unwrap());
         let wakes = Arc::new(Wakes::default());
         let waker = std::task::Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);

@@ -50,6 +50,10 @@ pub struct ClientOptions {
     /// TLS with the cluster's CA, for every node the client connects to;
     /// `None`: plaintext.
     pub tls: Option<TlsSettings>,
+    /// On the first join, how many of the latest messages the node holds to
+    /// ask for (`JoinRequest.recent`), reported in [`Update::Joined`] with
+    /// who was already there. 0: neither is asked for.
+    pub recent: u32,
 }
 
 impl ClientOptions {
@@ -60,6 +64,7 @@ impl ClientOptions {
             max_backoff: Duration::from_secs(2),
             publish_timeout: Duration::from_secs(60),
             tls: None,
+            recent: 0,
         }
     }
 }
@@ -73,6 +78,12 @@ pub enum Update {
     Joined {
         server: String,
         participant_id: String,
+        /// Who was already there (the others), when
+        /// [`ClientOptions::recent`] asked for a summary.
+        here: Vec<crate::proto::Participant>,
+        /// The latest messages from before the join, oldest first, with
+        /// the receive rule applied (`Welcome.earlier`).
+        earlier: Vec<Received>,
     },
     /// The session moved to another node (or reconnected to the same one).
     Moved { from: String, to: String },
@@ -81,6 +92,10 @@ pub enum Update {
     Rejoined { server: String },
     /// The connection broke; reconnecting.
     Reconnecting { reason: String },
+    /// A reconnection attempt failed too: the client keeps trying (with
+    /// backoff) until a node answers, then reports `Moved` or `Rejoined`.
+    /// Sent once per reconnection.
+    NoNodeAnswers { reason: String },
     /// A publish was abandoned.
     PublishGaveUp { text: String, maybe_delivered: bool },
     /// The session is over (after a Leave, or a fatal refusal).
@@ -94,6 +109,9 @@ enum Command {
     },
     Leave {
         done: oneshot::Sender<Result<u64>>,
+    },
+    Participants {
+        done: oneshot::Sender<Result<Vec<crate::proto::Participant>>>,
     },
 }
 
@@ -144,6 +162,18 @@ impl Chat {
         Ok(rx)
     }
 
+    /// The live participants, cluster-wide, as the node the session is on
+    /// knows them (`ListParticipants`). Fails at once while no node answers.
+    pub async fn participants(&self) -> Result<Vec<crate::proto::Participant>> {
+        let (done, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Participants { done })
+            .await
+            .map_err(|_| Error::Unavailable("the session has ended".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the session has ended".into()))?
+    }
+
     /// Leaves once every queued publish was handled. Returns the Lamport
     /// time of the "left" event.
     pub async fn leave(&self) -> Result<u64> {
@@ -176,6 +206,7 @@ pub async fn start(
         departed: HashSet::new(),
         departed_order: VecDeque::new(),
         identity: None,
+        earlier: Vec::new(),
         current: String::new(),
         current_node: None,
         known_nodes: Vec::new(),
@@ -231,6 +262,8 @@ struct Driver {
     departed: HashSet<String>,
     departed_order: VecDeque<String>,
     identity: Option<Identity>,
+    /// The earlier messages of the last Welcome, until reported.
+    earlier: Vec<crate::proto::Event>,
     current: String,
     /// The node id of `current`, from its Welcome.
     current_node: Option<NodeId>,
@@ -256,9 +289,20 @@ impl Driver {
                         .as_ref()
                         .map(|i| i.participant_id.clone())
                         .unwrap_or_default();
+                    let earlier = std::mem::take(&mut self.earlier)
+                        .into_iter()
+                        .map(|event| self.clock.receive(event))
+                        .collect();
+                    let here = if self.options.recent > 0 {
+                        self.others_here(&participant_id).await
+                    } else {
+                        Vec::new()
+                    };
                     self.emit(Update::Joined {
                         server: addr,
                         participant_id,
+                        here,
+                        earlier,
                     })
                     .await;
                     return Ok(());
@@ -269,6 +313,28 @@ impl Driver {
             }
         }
         Err(last)
+    }
+
+    /// The other participants the node lists; none if it cannot say (the
+    /// summary is a courtesy, not worth failing the join for).
+    async fn others_here(&self, me: &str) -> Vec<crate::proto::Participant> {
+        let Some(client) = &self.client else {
+            return Vec::new();
+        };
+        let mut client = client.clone();
+        match tokio::time::timeout(
+            CALL_TIMEOUT,
+            client.list_participants(crate::proto::ListParticipantsRequest {}),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => {
+                let mut here = reply.into_inner().participants;
+                here.retain(|p| p.id != me);
+                here
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// What the participant has seen, per origin, as marks.
@@ -313,6 +379,13 @@ impl Driver {
         let request = JoinRequest {
             name: self.options.name.clone(),
             lamport: self.clock.send(Rpc::Join, &self.options.name, addr),
+            // Earlier messages only for the first session: after a failover
+            // the participant has seen them.
+            recent: if self.identity.is_none() {
+                self.options.recent
+            } else {
+                0
+            },
             resume,
             rejoin,
         };
@@ -337,6 +410,7 @@ impl Driver {
                 *seen = (*seen).max(mark.seq);
             }
         }
+        self.earlier = welcome.earlier;
         self.identity = Some(Identity {
             participant_id: welcome.participant_id,
             token: welcome.session_token,
@@ -459,6 +533,7 @@ impl Driver {
                 cmd = commands.recv(), if self.leaving.is_none() => match cmd {
                     Some(Command::Publish { text, done }) => self.queue_publish(text, done),
                     Some(Command::Leave { done }) => self.leaving = Some(done),
+                    Some(Command::Participants { done }) => self.list_participants(done),
                     // Every sender is gone: nobody can publish or leave any
                     // more, so leave now.
                     None => {
@@ -472,6 +547,27 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Answers a `Participants` command from the current node, on a task of
+    /// its own so that events keep flowing meanwhile.
+    fn list_participants(&self, done: oneshot::Sender<Result<Vec<crate::proto::Participant>>>) {
+        let Some(client) = &self.client else {
+            let _ = done.send(Err(Error::Unavailable("not connected".into())));
+            return;
+        };
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(
+                CALL_TIMEOUT,
+                client.list_participants(crate::proto::ListParticipantsRequest {}),
+            )
+            .await
+            .unwrap_or_else(|_| Err(Status::deadline_exceeded("ListParticipants timed out")))
+            .map(|reply| reply.into_inner().participants)
+            .map_err(Error::Rpc);
+            let _ = done.send(result);
+        });
     }
 
     fn queue_publish(&mut self, text: String, done: oneshot::Sender<Result<PublishReply>>) {
@@ -499,6 +595,12 @@ impl Driver {
             Some(Command::Leave { done }) => {
                 let _ = done.send(Err(Error::Unavailable(CANNOT_LEAVE.into())));
                 Err(Error::Unavailable(CANNOT_LEAVE.into()))
+            }
+            Some(Command::Participants { done }) => {
+                let _ = done.send(Err(Error::Unavailable(
+                    "not connected to any node now".into(),
+                )));
+                Ok(())
             }
             None => Err(Error::Unavailable(CANNOT_LEAVE.into())),
         }
@@ -641,6 +743,8 @@ impl Driver {
         self.emit(Update::Reconnecting { reason }).await;
         let mut backoff = Duration::from_millis(50);
         let mut resume = true;
+        // Whether `NoNodeAnswers` was reported for this reconnection.
+        let mut told = false;
         loop {
             // Try the others first: the node we lost is the least likely to
             // answer.
@@ -688,7 +792,16 @@ impl Driver {
                     {
                         return Err(Error::Rpc(s));
                     }
-                    Err(e) => tracing::debug!(addr, error = %e, "reconnect attempt failed"),
+                    Err(e) => {
+                        tracing::debug!(addr, error = %e, "reconnect attempt failed");
+                        if !told {
+                            told = true;
+                            self.emit(Update::NoNodeAnswers {
+                                reason: e.to_string(),
+                            })
+                            .await;
+                        }
+                    }
                 }
             }
             let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 100);

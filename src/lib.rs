@@ -19,7 +19,8 @@
 //!   admits; [`tls`] is TLS for participants and the mesh, [`cert`] makes
 //!   a development CA and node certificates.
 //! * [`client`] — the client library: join, publish, leave, receive events.
-//! * [`cli`] — the `chitty` command line.
+//! * [`cli`] — the `chitty` command line; [`console`] is the interactive
+//!   client's screen, line editor and `/commands`.
 //! * [`bench`] — `chitty bench`, the fan-out benchmark.
 //! * [`trace`] — `chitty trace`, the Lamport sequence diagram of a run,
 //!   drawn from its JSON logs ([`diagram`] writes the records).
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod connections;
+pub mod console;
 pub mod core;
 pub mod diagram;
 pub mod edge;
@@ -40,6 +42,7 @@ pub mod health;
 pub mod http2;
 pub mod limits;
 pub mod mesh;
+pub mod metrics;
 pub mod node;
 pub mod rate;
 pub mod server;

@@ -228,6 +228,7 @@ mod tests {
             lamport: u64::MAX,
             resume: Some(resume),
             rejoin: None,
+            recent: u32::MAX,
         };
         assert!(
             join.encoded_len() < CLIENT_MAX_REQUEST,

@@ -18,6 +18,9 @@ fn main() -> ExitCode {
     let threads = match &cli.command {
         Command::Server(args) => args.threads,
         Command::Client(_)
+        | Command::Watch(_)
+        | Command::Send(_)
+        | Command::Status(_)
         | Command::Bench(_)
         | Command::Cert(_)
         | Command::Health(_)
@@ -49,12 +52,21 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let watch = matches!(cli.command, Command::Watch(_));
     match cli.command {
         Command::Server(args) => {
             init_logging("info", args.log_format, None);
             chitty::cli::run_server(args).await
         }
-        Command::Client(args) => {
+        Command::Status(args) => {
+            init_logging("warn", LogFormat::Text, None);
+            chitty::cli::run_status(args).await
+        }
+        Command::Send(args) => {
+            init_logging("warn", LogFormat::Text, None);
+            chitty::cli::run_send(args).await
+        }
+        Command::Client(args) | Command::Watch(args) => {
             let file = match &args.log {
                 Some(path) => match std::fs::File::create(path) {
                     Ok(f) => Some(f),
@@ -69,7 +81,11 @@ async fn run(cli: Cli) -> ExitCode {
             // a log file only warnings reach stderr.
             let level = if file.is_some() { "info" } else { "warn" };
             init_logging(level, args.log_format, file);
-            chitty::cli::run_client(args).await
+            if watch {
+                chitty::cli::run_watch(args).await
+            } else {
+                chitty::cli::run_client(args).await
+            }
         }
         Command::Bench(args) => {
             init_logging("warn", LogFormat::Text, None);

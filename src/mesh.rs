@@ -872,6 +872,9 @@ pub(crate) async fn serve_inbound(
                 break;
             }
         };
+        if let Some(crate::proto::relay_frame::Frame::Batch(batch)) = &frame.frame {
+            node.metrics().events_in.inc_by(batch.events.len() as u64);
+        }
         if let Err(refusal) = node.step(|core, now| core.on_relay(now, &peer, frame)) {
             let _ = acks.send_replace(Err(mesh_status(&refusal)));
             break;

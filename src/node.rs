@@ -105,6 +105,9 @@ pub struct NodeConfig {
     /// Test-only fault: delay every batch of live events sent to the peer at
     /// this address by this long (to show replies never overtake originals).
     pub fault_link_delay: Option<(String, Duration)>,
+    /// Where to serve the Prometheus metrics (`--metrics-listen`), bound
+    /// already; `None`: nowhere.
+    pub metrics_listener: Option<Arc<std::net::TcpListener>>,
 }
 
 impl NodeConfig {
@@ -134,6 +137,7 @@ impl NodeConfig {
             connections: Default::default(),
             publish_rate: Some(RateLimit::default()),
             fault_link_delay: None,
+            metrics_listener: None,
         }
     }
 
@@ -258,6 +262,8 @@ pub(crate) struct Shared {
     open_streams: Arc<watch::Sender<usize>>,
     /// Stream-serving tasks: inbound relay links and publish streams.
     inbound: Mutex<JoinSet<()>>,
+    /// What `--metrics-listen` serves.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A cheap, cloneable handle to a node.
@@ -296,12 +302,105 @@ impl Node {
                 gossip: Notify::new(),
                 inbound: Mutex::new(JoinSet::new()),
                 open_streams: Arc::new(watch::channel(0).0),
+                metrics: Arc::new(crate::metrics::Metrics::new()),
             }),
         }
     }
 
     pub fn config(&self) -> &NodeConfig {
         &self.shared.config
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.metrics
+    }
+
+    /// The cluster as this node sees it (`Status`).
+    pub fn status(&self) -> crate::proto::StatusReply {
+        use crate::proto::NodeStatus;
+        let snapshot = self.metrics_snapshot(Instant::now());
+        let (list, participants) = {
+            let state = self.lock();
+            (state.core.server_list(), state.core.participants())
+        };
+        let me = self.id().clone();
+        let names_on = |node: &NodeId| -> Vec<String> {
+            let mut names: Vec<String> = participants
+                .iter()
+                .filter(|p| p.node.as_ref() == Some(node))
+                .map(|p| p.name.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        let mut nodes = vec![NodeStatus {
+            node: Some(me.clone()),
+            addr: self.config().advertise.clone(),
+            state: "self".into(),
+            participants: names_on(&me),
+            ..Default::default()
+        }];
+        let reachable = list.servers.iter().map(|s| (s, "reachable"));
+        let unreachable = list.unreachable.iter().map(|s| (s, "unreachable"));
+        for (server, state) in reachable.chain(unreachable) {
+            let Some(node) = &server.node else { continue };
+            if *node == me {
+                continue;
+            }
+            let peer = snapshot.peers.iter().find(|p| p.report.node == *node);
+            nodes.push(NodeStatus {
+                node: Some(node.clone()),
+                addr: server.addr.clone(),
+                state: state.into(),
+                link_up: peer.is_some_and(|p| p.report.up),
+                lag: peer.map_or(0, |p| p.report.lag),
+                last_heard_ms: peer.map_or(0, |p| p.report.last_heard.as_millis() as u64),
+                participants: names_on(node),
+            });
+        }
+        crate::proto::StatusReply {
+            node: Some(me),
+            addr: self.config().advertise.clone(),
+            lamport: snapshot.lamport,
+            nodes,
+            sessions: snapshot.sessions as u32,
+        }
+    }
+
+    /// What the metrics' gauges and `Status` show, read at once.
+    pub fn metrics_snapshot(&self, now: Instant) -> crate::metrics::Snapshot {
+        let state = self.lock();
+        let list = state.core.server_list();
+        let queued = |tx: &mpsc::Sender<LinkItem>| tx.max_capacity() - tx.capacity();
+        let peers = state
+            .core
+            .peer_reports(now)
+            .into_iter()
+            .map(|report| crate::metrics::PeerSnapshot {
+                queued: state
+                    .links
+                    .get(&report.node.id)
+                    .filter(|l| l.peer == report.node)
+                    .map_or(0, |l| queued(&l.tx)),
+                report,
+            })
+            .collect();
+        crate::metrics::Snapshot {
+            participants: state.core.participants().len(),
+            sessions: state.sinks.len(),
+            lamport: state.core.lamport(),
+            reachable: list.servers.len(),
+            unreachable: list.unreachable.len(),
+            peers,
+            session_queue: state
+                .sinks
+                .values()
+                .map(|s| s.tx.max_capacity() - s.tx.capacity())
+                .sum(),
+            held: state.core.chat().held(),
+            history: state.core.chat().history().len(),
+        }
     }
 
     pub fn id(&self) -> &NodeId {
@@ -363,6 +462,7 @@ impl Node {
         name: &str,
         lamport: u64,
         rejoin: Option<crate::proto::Rejoin>,
+        recent: usize,
     ) -> Result<SessionStream> {
         let participant_id = uuid::Uuid::new_v4().to_string();
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -371,6 +471,7 @@ impl Node {
             participant_id,
             token,
             rejoin,
+            recent,
         };
         let mut rx = self.ask_now(|core, now, id| core.join(now, id, joiner, lamport));
         session_answer(rx.try_recv().ok())
@@ -433,9 +534,13 @@ impl Node {
             }
         };
         drop(state);
+        let metrics = self.shared.metrics.clone();
         async move {
             match answer?.await {
-                Ok(Answer::Reply(Reply::Published(reply))) => Ok(reply),
+                Ok(Answer::Reply(Reply::Published(reply))) => {
+                    metrics.publish_seconds.observe(now.elapsed().as_secs_f64());
+                    Ok(reply)
+                }
                 Ok(Answer::Reply(Reply::Refused(e))) => Err(e.into()),
                 _ => Err(Error::Unavailable("node is shutting down".into())),
             }
@@ -497,7 +602,8 @@ impl Node {
             for output in outputs.drain(..) {
                 match output {
                     Output::Deliver { gate, event } => {
-                        deliver(state, gate, &event, &mut overflowed);
+                        let reached = deliver(state, gate, &event, &mut overflowed);
+                        self.shared.metrics.deliveries.inc_by(reached);
                     }
                     Output::LateRun { gate, late } => {
                         for (pid, sink) in &state.sinks {
@@ -539,6 +645,7 @@ impl Node {
                         }
                     }
                     Output::Servers(list) => {
+                        self.shared.metrics.membership_changes.inc();
                         // Best effort: a session whose queue is full is being
                         // disconnected anyway.
                         for sink in state.sinks.values() {
@@ -571,6 +678,7 @@ impl Node {
                         };
                         let item = match item {
                             PeerItem::Event(event, grant) => {
+                                self.shared.metrics.events_out.inc();
                                 let wired = match &encoded {
                                     Some(w) if Arc::ptr_eq(&w.event, &event) => w.clone(),
                                     _ => encoded.insert(Wired::for_peers(event)).clone(),
@@ -632,6 +740,11 @@ impl Node {
             }
             let capacity = self.shared.config.session_queue;
             for pid in overflowed.drain(..) {
+                self.shared
+                    .metrics
+                    .sessions_cut
+                    .with_label_values(&["too_slow"])
+                    .inc();
                 state.core.session_overflowed(&pid, capacity);
             }
         }
@@ -756,6 +869,12 @@ impl Node {
             .get(participant_id)
             .is_some_and(|s| s.session == session)
         {
+            // Still registered: it ended without a Leave or a cut-off.
+            self.shared
+                .metrics
+                .sessions_cut
+                .with_label_values(&["lost"])
+                .inc();
             state.sinks.remove(participant_id);
         }
         state
@@ -767,8 +886,11 @@ impl Node {
 
 /// Hands a released event to every local session that was open when it
 /// entered the gate; notes the sessions whose queue is full.
-fn deliver(state: &State, gate: u64, event: &Event, overflowed: &mut Vec<String>) {
+/// Queues `event` to every session that may see it; returns how many it
+/// reached.
+fn deliver(state: &State, gate: u64, event: &Event, overflowed: &mut Vec<String>) -> u64 {
     let field = wire::participant_field(event);
+    let mut reached = 0;
     for (pid, sink) in &state.sinks {
         if gate < sink.from_gate {
             continue; // stamped before this session opened
@@ -778,6 +900,7 @@ fn deliver(state: &State, gate: u64, event: &Event, overflowed: &mut Vec<String>
         }
         match sink.tx.try_send(Outbound::Event(field.clone())) {
             Ok(()) => {
+                reached += 1;
                 debug!(to = %pid, lamport = event.lamport, "deliver");
                 diagram::event_debug(
                     state.core.who(),
@@ -795,6 +918,7 @@ fn deliver(state: &State, gate: u64, event: &Event, overflowed: &mut Vec<String>
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
+    reached
 }
 
 fn session_answer(answer: Option<Answer>) -> Result<SessionStream> {
@@ -946,7 +1070,7 @@ mod tests {
 
     /// Joins `name` and reads its Welcome.
     async fn join(node: &Node, name: &str) -> (SessionStream, Welcome) {
-        let mut stream = node.join(name, 0, None).unwrap();
+        let mut stream = node.join(name, 0, None, 0).unwrap();
         let Poll::Ready(Some(Ok(first))) = poll_once(&mut stream).await else {
             panic!("no Welcome");
         };

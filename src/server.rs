@@ -107,6 +107,16 @@ pub async fn serve_node(
     };
 
     let mesh_tasks = node.start_mesh();
+    if let Some(metrics) = &node.config().metrics_listener {
+        let listener = metrics
+            .try_clone()
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            })
+            .map_err(Error::Io)?;
+        tokio::spawn(crate::metrics::serve(listener, node.clone()));
+    }
     let fatal = Arc::new(std::sync::OnceLock::new());
     let stopping = node.clone();
     let fatal_reason = fatal.clone();

@@ -35,7 +35,9 @@ impl ChatService {
     pub async fn open(&self, req: JoinRequest) -> Result<SessionStream, Status> {
         let opened = match req.resume {
             Some(resume) => self.node.resume(resume, req.lamport).await,
-            None => self.node.join(&req.name, req.lamport, req.rejoin),
+            None => self
+                .node
+                .join(&req.name, req.lamport, req.rejoin, req.recent as usize),
         };
         opened.map_err(|e| refuse("Join", e))
     }
@@ -204,6 +206,14 @@ impl ChittyChat for ChatService {
         Ok(Response::new(ListServersReply {
             servers: Some(self.node.server_list()),
         }))
+    }
+
+    async fn status(
+        &self,
+        _req: Request<crate::proto::StatusRequest>,
+    ) -> Result<Response<crate::proto::StatusReply>, Status> {
+        debug!("Status");
+        Ok(Response::new(self.node.status()))
     }
 }
 

@@ -48,6 +48,7 @@ async fn raw_join(grpc: &mut ChittyChatClient<Channel>, name: &str) -> Result<()
             lamport: 1,
             resume: None,
             rejoin: None,
+            recent: 0,
         }),
     )
     .await
@@ -438,6 +439,7 @@ async fn invalid_utf8_in_any_string_field_is_invalid_argument_naming_the_field()
         lamport: 1,
         resume,
         rejoin: None,
+        recent: 0,
     };
     let resume = |pid: &str, token: &str| Resume {
         participant_id: pid.to_string(),
@@ -598,6 +600,7 @@ async fn an_absurd_request_clock_is_refused_and_the_node_clock_never_wraps() {
                     ..Default::default()
                 }),
                 rejoin: None,
+                recent: 0,
             }),
         )
         .await
@@ -695,6 +698,7 @@ async fn raw_resume(
             lamport: 1,
             resume: Some(resume),
             rejoin: None,
+            recent: 0,
         }),
     )
     .await
@@ -838,6 +842,7 @@ async fn resume_and_rejoin_vectors_beyond_their_limits_are_refused() {
                     unanswered_at: nodes(unanswered),
                     known_nodes: nodes(known),
                 }),
+                recent: 0,
             }),
         )
         .await
@@ -920,6 +925,7 @@ async fn a_resume_whose_seen_claims_events_never_stamped_is_refused_at_once() {
                     unanswered_at: Vec::new(),
                     known_nodes: Vec::new(),
                 }),
+                recent: 0,
             }),
         )
         .await

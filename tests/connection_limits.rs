@@ -94,6 +94,7 @@ async fn an_oversize_join_is_refused_with_resource_exhausted_and_the_library_ref
             lamport: 1,
             resume: None,
             rejoin: None,
+            recent: 0,
         }),
     )
     .await

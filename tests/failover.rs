@@ -503,6 +503,7 @@ async fn a_resume_beyond_history_gets_a_gap_notice() {
             lamport: 1,
             resume: None,
             rejoin: None,
+            recent: 0,
         },
     )
     .await;
@@ -535,6 +536,7 @@ async fn a_resume_beyond_history_gets_a_gap_notice() {
                 known_nodes: Vec::new(),
             }),
             rejoin: None,
+            recent: 0,
         },
     )
     .await;
@@ -644,6 +646,7 @@ async fn a_retried_publish_is_applied_once() {
                 known_nodes: Vec::new(),
             }),
             rejoin: None,
+            recent: 0,
         },
     )
     .await;

@@ -49,6 +49,7 @@ fn joiner(name: &str) -> Joiner<'_> {
         participant_id: format!("id-{name}"),
         token: format!("tok-{name}"),
         rejoin: None,
+        recent: 0,
     }
 }
 
@@ -107,6 +108,7 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
                     unanswered_at: vec![node("n2")],
                     known_nodes: vec![node("n3")],
                 }),
+                recent: 0,
             }
             .encode_to_vec(),
         ),
@@ -260,6 +262,7 @@ fn apply(core: &mut NodeCore, now: Instant, request: u64, kind: &str, bytes: &[u
                             participant_id: format!("id-{request}"),
                             token: format!("tok-{request}"),
                             rejoin: req.rejoin,
+                            recent: 0,
                         };
                         core.join(now, request, joiner, req.lamport);
                     }

@@ -210,6 +210,7 @@ async fn the_node_stamps_each_event_max_of_its_clock_and_the_request_plus_one() 
             lamport: 1000,
             resume: None,
             rejoin: None,
+            recent: 0,
         })
         .await
         .expect("join")

@@ -90,6 +90,7 @@ async fn a_participant_that_never_reads_does_not_hold_up_the_others_and_is_annou
             lamport: 1,
             resume: None,
             rejoin: None,
+            recent: 0,
         })
         .await
         .expect("the stalled participant joins")

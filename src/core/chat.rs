@@ -255,6 +255,17 @@ impl ChatCore {
         })
     }
 
+    /// For a name that is taken: how long until it is freed, when its holder
+    /// lost its session here and may still resume (`None` otherwise).
+    pub fn name_frees_in(&self, name: &str, now: Instant) -> Option<Duration> {
+        let since = self.roster.name_detached_at(name)?;
+        Some(
+            self.limits
+                .grace
+                .saturating_sub(now.saturating_duration_since(since)),
+        )
+    }
+
     /// Publishes `text` for the session that owns `token`. A `publish_id`
     /// seen before is answered with the original event and delivers nothing.
     pub fn publish(

@@ -19,6 +19,13 @@ pub enum Error {
     /// Another live participant already uses this name.
     #[error("name {0:?} is already taken by a live participant")]
     NameTaken(String),
+    /// The name is held by a participant whose session lost its connection
+    /// (perhaps the caller's own, from a client that was killed): it is
+    /// freed when its grace period runs out, unless it resumes first.
+    #[error(
+        "name {name:?} is held by a session that lost its connection (your own, if your client was just cut off): it is freed in {secs} s unless that session resumes"
+    )]
+    NameHeld { name: String, secs: u64 },
     /// The session token does not belong to a live session.
     #[error("no live session for this token: join first (or the session has ended)")]
     UnknownSession,

@@ -63,6 +63,29 @@ pub struct Joiner<'a> {
     pub token: String,
     /// Set by a participant joining again as new (`JoinRequest.rejoin`).
     pub rejoin: Option<crate::proto::Rejoin>,
+    /// How many of the latest messages to hand over in the Welcome
+    /// (`JoinRequest.recent`, at most [`MAX_RECENT`]).
+    pub recent: usize,
+}
+
+/// Most earlier messages a Welcome carries.
+pub const MAX_RECENT: usize = 100;
+
+/// What this node knows of one peer, for metrics and `Status`.
+#[derive(Debug, Clone)]
+pub struct PeerReport {
+    pub node: NodeId,
+    pub addr: String,
+    /// The outgoing link is connected and caught up.
+    pub up: bool,
+    /// This node hears that the peer runs (within the failure timeout).
+    pub reachable: bool,
+    /// A connection to it was refused: it is not running.
+    pub gone: bool,
+    /// This node's own events the peer has not acknowledged yet.
+    pub lag: u64,
+    /// How long ago this node last heard that the peer runs.
+    pub last_heard: Duration,
 }
 
 /// Identifies a request whose answer may come later, chosen by the caller.
@@ -185,7 +208,10 @@ pub struct Replay {
 #[derive(Debug)]
 enum Session {
     /// A new session: what this node had delivered before it.
-    New { before: Vec<SeqMark> },
+    New {
+        before: Vec<SeqMark>,
+        earlier: Vec<Event>,
+    },
     /// A resumed one: where the participant's own join starts.
     Resumed { before_join: Vec<SeqMark> },
 }
@@ -696,6 +722,23 @@ impl NodeCore {
         self.membership.fix_generations();
     }
 
+    /// What this node knows of each peer, by node id.
+    pub fn peer_reports(&self, now: Instant) -> Vec<PeerReport> {
+        let last = self.chat.last_seq();
+        self.peers
+            .values()
+            .map(|p| PeerReport {
+                node: p.node.clone(),
+                addr: self.membership.addr_of(&p.node.id).to_string(),
+                up: p.up,
+                reachable: p.reachable,
+                gone: p.gone,
+                lag: last.saturating_sub(p.acked_own),
+                last_heard: now.saturating_duration_since(p.last_seen),
+            })
+            .collect()
+    }
+
     /// Whether an outgoing link to `peer` is wanted (it is a member, even
     /// one this node cannot reach now: the link keeps trying).
     pub fn wants_link(&self, peer: &NodeId) -> bool {
@@ -713,6 +756,7 @@ impl NodeCore {
             participant_id,
             token,
             rejoin,
+            recent,
         } = joiner;
         self.catch_up_time(now);
         if let Err(e) = self.serving() {
@@ -738,9 +782,22 @@ impl NodeCore {
         }
         let mut before = self.chat.delivered();
         before.retain(|mark| mark.origin.as_ref() != Some(&self.me));
+        let earlier = self.earlier_messages(recent);
         let clock_before = self.chat.lamport();
         let joined = match self.chat.join(name, lamport, participant_id, token.clone()) {
             Ok(joined) => joined,
+            Err(Error::NameTaken(name)) => {
+                // Held by a session that lost its connection here: freed once
+                // its grace period ends, unless it resumes. Say when.
+                let e = match self.chat.name_frees_in(&name, now) {
+                    Some(left) => Error::NameHeld {
+                        name,
+                        secs: (left.as_millis().div_ceil(1000) as u64).max(1),
+                    },
+                    None => Error::NameTaken(name),
+                };
+                return self.refuse(request, e);
+            }
             Err(e) => return self.refuse(request, e),
         };
         info!(participant = %name, id = %joined.participant_id, lamport = joined.events[0].lamport, rejoin = rejoin.is_some(), "Join");
@@ -785,12 +842,43 @@ impl NodeCore {
             joined.participant_id,
             token,
             joined.session,
-            Session::New { before },
+            Session::New { before, earlier },
             Vec::new(),
             Vec::new(),
             from_gate,
         );
         self.dispatch(joined.events);
+    }
+
+    /// The latest `count` (at most [`MAX_RECENT`]) chat messages this node
+    /// has shown its participants, oldest first: what a new session is
+    /// handed as earlier messages. Events still behind the gate are not
+    /// shown yet, so they are left out, as they are from the session.
+    fn earlier_messages(&self, count: usize) -> Vec<Event> {
+        let count = count.min(MAX_RECENT);
+        if count == 0 {
+            return Vec::new();
+        }
+        let gated: std::collections::HashSet<*const Event> =
+            self.gate.iter().map(|g| Arc::as_ptr(&g.event)).collect();
+        let mut earlier: Vec<Event> = self
+            .chat
+            .history()
+            .iter()
+            .rev()
+            .filter(|e| {
+                e.kind() == EventKind::Message
+                    && self.chat.shown(e)
+                    && !gated.contains(&Arc::as_ptr(e))
+            })
+            .take(count)
+            .map(|e| Event {
+                deps: Vec::new(),
+                ..Event::clone(e)
+            })
+            .collect();
+        earlier.reverse();
+        earlier
     }
 
     /// A Join that resumes a session whose connection or node was lost:
@@ -957,16 +1045,19 @@ impl NodeCore {
         gaps: Vec<GapRange>,
         from_gate: u64,
     ) {
+        let resumed = matches!(kind, Session::Resumed { .. });
+        let (seen, earlier) = match kind {
+            Session::New { before, earlier } => (before, earlier),
+            Session::Resumed { before_join } => (before_join, Vec::new()),
+        };
         let welcome = Welcome {
             participant_id: participant_id.clone(),
             session_token: token,
             node: Some(self.me.clone()),
-            resumed: matches!(kind, Session::Resumed { .. }),
+            resumed,
             servers: Some(self.server_list()),
-            seen: match kind {
-                Session::New { before } => before,
-                Session::Resumed { before_join } => before_join,
-            },
+            seen,
+            earlier,
         };
         self.outputs.push(Output::Opened(Box::new(Opened {
             request,
@@ -2599,10 +2690,51 @@ mod tests {
             participant_id: format!("id-{name}"),
             token: format!("tok-{name}"),
             rejoin: None,
+            recent: 0,
         };
         core.join(Instant::now(), 1, joiner, 0);
         core.take_outputs();
         format!("tok-{name}")
+    }
+
+    #[test]
+    fn a_new_session_is_handed_the_latest_messages_as_earlier() {
+        let now = Instant::now();
+        let mut n1 = core("n1", now);
+        let ann = join(&mut n1, "Ann");
+        for (i, text) in ["one", "two", "three"].into_iter().enumerate() {
+            n1.publish(now, 10 + i as u64, &ann, text, 0, "");
+        }
+        n1.take_outputs();
+        let welcome_of = |n1: &mut NodeCore, name: &str, recent: usize| {
+            let joiner = Joiner {
+                name,
+                participant_id: format!("id-{name}"),
+                token: format!("tok-{name}"),
+                rejoin: None,
+                recent,
+            };
+            n1.join(now, 20, joiner, 0);
+            n1.take_outputs()
+                .into_iter()
+                .find_map(|o| match o {
+                    Output::Opened(opened) => Some(opened.welcome),
+                    _ => None,
+                })
+                .expect("the session opened")
+        };
+        let welcome = welcome_of(&mut n1, "Bob", 2);
+        let texts: Vec<&str> = welcome.earlier.iter().map(|e| e.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["two", "three"],
+            "the latest, oldest first, messages only"
+        );
+        assert!(welcome.earlier.iter().all(|e| e.deps.is_empty()));
+        assert!(welcome.earlier[0].lamport < welcome.earlier[1].lamport);
+        assert!(welcome_of(&mut n1, "Carol", 0).earlier.is_empty());
+        let many = welcome_of(&mut n1, "Dave", 10_000);
+        assert_eq!(many.earlier.len(), 3, "all it holds, bounded by MAX_RECENT");
     }
 
     #[test]
@@ -2917,6 +3049,7 @@ mod tests {
                 participant_id: "id-Ann".into(),
                 token: "tok-Ann".into(),
                 rejoin: None,
+                recent: 0,
             };
             n2.join(now, 1, joiner, 0);
             n2.chat().history().iter().cloned().collect::<Vec<_>>()

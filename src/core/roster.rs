@@ -59,6 +59,13 @@ impl Roster {
         self.by_name.contains_key(name)
     }
 
+    /// When the holder of `name` lost its session here: set on its home
+    /// node while it may still resume.
+    pub fn name_detached_at(&self, name: &str) -> Option<Instant> {
+        let id = self.by_name.get(name)?;
+        self.members.get(id)?.detached
+    }
+
     /// Whether `participant_id` holds its name (it did not lose a clash).
     pub fn holds_name(&self, participant_id: &str) -> bool {
         self.members

@@ -594,6 +594,7 @@ impl Sim {
                     participant_id,
                     token,
                     rejoin,
+                    recent: 0,
                 };
                 core.join(now, request, joiner, lamport)
             }

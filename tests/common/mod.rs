@@ -31,6 +31,7 @@ use tokio::task::JoinHandle;
 
 pub mod cluster;
 pub mod netns;
+pub mod pty;
 
 /// How long any single wait may take before the test is declared failed.
 /// Generous: it only matters when something is broken.
