@@ -20,8 +20,8 @@ use crate::core::chat::CoreLimits;
 use crate::core::validate::escaped;
 use crate::failover::{self, ClientOptions, Update};
 use crate::node::{
-    DEFAULT_BOOT_TIMEOUT, DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT, DEFAULT_PEER_QUEUE,
-    DEFAULT_SESSION_QUEUE, NodeConfig,
+    DEFAULT_BOOT_TIMEOUT, DEFAULT_BOOTSTRAP_AFTER, DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT,
+    DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE, NodeConfig,
 };
 use crate::rate::{self, RateLimit};
 use crate::tls::TlsSettings;
@@ -227,12 +227,14 @@ pub struct ServerArgs {
     /// nodes that are restarted in place (compose services, StatefulSet
     /// pods, systemd units). A process started with the id of a member
     /// replaces that member's earlier process in the cluster, instead of
-    /// leaving it listed as unreachable. Two running nodes must never share
-    /// one: the older exits. Default: a random id for every process.
+    /// leaving it listed as unreachable, once that process has left or been
+    /// silent for the failure timeout (until then members refuse it, and it
+    /// keeps trying within --boot-timeout-ms). Two running nodes must never
+    /// share one. Default: a random id for every process.
     #[arg(long, env = "CHITTY_NODE_ID", value_parser = parse_node_id)]
     pub node_id: Option<String>,
-    /// If no --boot member admits this node within --boot-timeout-ms (none
-    /// is up yet), start a new cluster instead of exiting. For the one node
+    /// If no --boot member admits this node within --bootstrap-after-ms
+    /// (none is up yet), start a new cluster instead of exiting. For the one node
     /// of a fixed set (compose, a StatefulSet, systemd units) that may come
     /// up first: every node lists the others in --boot, so whichever
     /// restarts later rejoins the cluster. Give it to one node only: two
@@ -240,6 +242,11 @@ pub struct ServerArgs {
     /// so does this node if it restarts while cut off from every other.
     #[arg(long, env = "CHITTY_BOOTSTRAP")]
     pub bootstrap: bool,
+    /// With --bootstrap: how long (milliseconds) to try the --boot members
+    /// before starting a new cluster. Keep it well below the other nodes'
+    /// --boot-timeout-ms, so they are still waiting when it starts.
+    #[arg(long, env = "CHITTY_BOOTSTRAP_AFTER_MS", default_value_t = DEFAULT_BOOTSTRAP_AFTER.as_millis() as u64)]
+    pub bootstrap_after_ms: u64,
     /// --bootstrap for the node whose --node-id is this one only, so that
     /// one configuration serves every node of a set (a StatefulSet's pods).
     #[arg(long, env = "CHITTY_BOOTSTRAP_NODE_ID")]
@@ -691,6 +698,7 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         .filter(|b| !b.is_empty() && *b != config.advertise)
         .collect();
     config.boot_timeout = std::time::Duration::from_millis(args.boot_timeout_ms);
+    config.bootstrap_after = std::time::Duration::from_millis(args.bootstrap_after_ms);
     config.bootstrap = args.bootstrap
         || (args.bootstrap_node_id.is_some() && args.bootstrap_node_id == args.node_id);
     config.fault_link_delay = args.fault_link_delay;

@@ -87,5 +87,6 @@ pub fn mesh_status(refusal: &crate::core::node::MeshRefusal) -> Status {
         MeshRefusal::Removed => Status::failed_precondition(refusal.to_string()),
         MeshRefusal::Malformed(_) => Status::invalid_argument(refusal.to_string()),
         MeshRefusal::HoldBackFull => Status::resource_exhausted(refusal.to_string()),
+        MeshRefusal::IdInUse(_) => Status::unavailable(refusal.to_string()),
     }
 }

@@ -66,9 +66,8 @@ pub const SECRET_HEADER: &str = "x-chitty-cluster-secret";
 const MAX_RELAY_BATCH: usize = 512;
 /// Longest wait for one mesh call (join, membership push).
 const MESH_CALL_TIMEOUT: Duration = Duration::from_secs(3);
-/// Bounds of one attempt to join through a boot member (dial and call).
-const BOOT_ATTEMPT_MIN: Duration = Duration::from_millis(200);
-const BOOT_ATTEMPT_MAX: Duration = Duration::from_secs(6);
+/// Longest attempt to join through a boot member (dial and call).
+const BOOT_ATTEMPT: Duration = Duration::from_secs(6);
 /// Reconnect backoff bounds for peer links.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -283,11 +282,10 @@ impl Node {
             for (addr, last) in boot.iter().zip(&mut last) {
                 // A member that is itself still starting has its port open
                 // but does not answer yet: over TLS the handshake would wait
-                // for it forever. Every attempt is bounded, by the deadline
-                // too.
-                let budget = deadline
-                    .saturating_duration_since(Instant::now())
-                    .clamp(BOOT_ATTEMPT_MIN, BOOT_ATTEMPT_MAX);
+                // for it forever. Every attempt is bounded.
+                // Not cut short by the deadline: an attempt the member is
+                // answering is let finish.
+                let budget = BOOT_ATTEMPT;
                 let attempt = tokio::time::timeout(budget, self.join_through(addr))
                     .await
                     .unwrap_or_else(|_| {

@@ -54,6 +54,12 @@ use crate::wire::{self, EncodedFrame, Wired};
 
 /// Default capacity of one session's outgoing queue, in events.
 pub const DEFAULT_SESSION_QUEUE: usize = 8192;
+/// How long a `--bootstrap` node tries its boot members before it starts a
+/// new cluster, by default: short beside [`DEFAULT_BOOT_TIMEOUT`], so the
+/// other nodes of a set, which wait that long, are still trying when it
+/// starts.
+pub const DEFAULT_BOOTSTRAP_AFTER: Duration = Duration::from_secs(5);
+
 /// How long a joining node keeps trying its boot members by default: nodes
 /// started together (compose, systemd) have that long to come up.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,9 +91,11 @@ pub struct NodeConfig {
     pub boot: Vec<String>,
     /// How long to keep trying the boot members before giving up.
     pub boot_timeout: Duration,
-    /// When no boot member admits this node in time, start a new cluster
-    /// instead of giving up (`--bootstrap`).
+    /// When no boot member admits this node within `bootstrap_after`, start
+    /// a new cluster instead of giving up (`--bootstrap`).
     pub bootstrap: bool,
+    /// With `bootstrap`: how long to try the boot members first.
+    pub bootstrap_after: Duration,
     /// Shared secret every mesh call must carry; `None` leaves the mesh open.
     pub cluster_secret: Option<String>,
     /// TLS for participants and the mesh (the node's certificate and key,
@@ -129,6 +137,7 @@ impl NodeConfig {
             boot: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             bootstrap: false,
+            bootstrap_after: DEFAULT_BOOTSTRAP_AFTER,
             cluster_secret: None,
             tls: None,
             heartbeat: DEFAULT_HEARTBEAT,

@@ -49,8 +49,12 @@ pub async fn serve(
     config: NodeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let (boot, boot_timeout, bootstrap) =
-        (config.boot.clone(), config.boot_timeout, config.bootstrap);
+    let (boot, bootstrap) = (config.boot.clone(), config.bootstrap);
+    let boot_timeout = if bootstrap {
+        config.bootstrap_after
+    } else {
+        config.boot_timeout
+    };
     let node = Node::new(config);
     let boot_list = boot.join(",");
     crate::diagram::start(

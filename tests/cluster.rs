@@ -593,7 +593,13 @@ fn a_node_whose_boot_members_never_answer_gives_up_naming_each_cause() {
 #[test]
 fn a_bootstrap_node_starts_alone_only_when_no_boot_member_answers() {
     let dead = format!("127.0.0.1:{}", free_port());
-    let first = spawn_server(&["--boot", &dead, "--bootstrap", "--boot-timeout-ms", "500"]);
+    let first = spawn_server(&[
+        "--boot",
+        &dead,
+        "--bootstrap",
+        "--bootstrap-after-ms",
+        "500",
+    ]);
     first.stderr.wait_for_line("the bootstrap warning", |l| {
         l.contains("starting a new cluster as its first member")
     });
@@ -605,7 +611,7 @@ fn a_bootstrap_node_starts_alone_only_when_no_boot_member_answers() {
         "--boot",
         &format!("{dead},{}", second.addr),
         "--bootstrap",
-        "--boot-timeout-ms",
+        "--bootstrap-after-ms",
         "20000",
     ]);
     let all = [first.addr.as_str(), &second.addr, &third.addr];
@@ -662,7 +668,12 @@ fn a_shared_configuration_bootstraps_only_the_named_node() {
         let mut cmd = test_command(std::process::Command::new(CHITTY));
         cmd.args(["server", "--listen", listen, "--node-id", id])
             .args(["--boot", &format!("{own},{dead}")])
-            .args(["--bootstrap-node-id", "first", "--boot-timeout-ms", "500"]);
+            .args([
+                "--bootstrap-node-id",
+                "first",
+                "--bootstrap-after-ms",
+                "500",
+            ]);
         cmd
     };
     let first = start_server_process(shared("first", &own), "first");

@@ -132,8 +132,13 @@ impl ComposeCluster {
         format!("{}_chitty", self.project)
     }
 
+    /// The id of the container of service `node` (compose v1 and v2 name
+    /// containers differently; its id is the same to both).
     fn container(&self, node: &str) -> String {
-        format!("{}_{node}_1", self.project)
+        let out = self.compose(&["ps", "-q", node]);
+        let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(!id.is_empty(), "no container for {node}");
+        id
     }
 
     /// The published address of node `i` on the host.

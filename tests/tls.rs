@@ -519,7 +519,6 @@ fn a_boot_member_that_accepts_but_never_answers_does_not_hold_a_tls_node_past_it
     let started = Instant::now();
     let (code, _, stderr) = run_chitty(&args);
     let took = started.elapsed();
-    drop(silent);
     assert_eq!(code, Some(3), "{stderr}");
     assert!(
         stderr.contains("could not join the cluster within 1500 ms")
@@ -534,9 +533,10 @@ fn a_boot_member_that_accepts_but_never_answers_does_not_hold_a_tls_node_past_it
     let node = tls_node(
         &flags,
         Some(&silent_addr),
-        &["--bootstrap", "--boot-timeout-ms", "1500"],
+        &["--bootstrap", "--bootstrap-after-ms", "1500"],
     );
     node.stderr.wait_for_line("the bootstrap warning", |l| {
         l.contains("starting a new cluster as its first member")
     });
+    drop(silent);
 }

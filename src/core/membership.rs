@@ -117,6 +117,20 @@ impl Membership {
         self.fixed_generations = true;
     }
 
+    /// Whether entries of known ids are kept to their generation (see
+    /// [`Membership::fix_generations`]).
+    pub fn generations_fixed(&self) -> bool {
+        self.fixed_generations
+    }
+
+    /// The process this view holds as alive under `id`, if any.
+    pub fn alive_incarnation(&self, id: &str) -> Option<&NodeId> {
+        self.entries
+            .get(id)
+            .filter(|m| is_alive_entry(m))
+            .and_then(|m| m.node.as_ref())
+    }
+
     pub fn me(&self) -> &NodeId {
         &self.me
     }

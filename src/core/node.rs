@@ -177,6 +177,13 @@ pub enum MeshRefusal {
     /// The hold-back queue is full: the link must reconnect and re-send.
     #[error("hold-back queue full; reconnect and re-send")]
     HoldBackFull,
+    /// The caller claims a node id whose earlier process is still running
+    /// as far as this node can tell (this node itself, or a member it
+    /// hears): it may call again once that process is gone.
+    #[error(
+        "node id {0:?} belongs to a process this node still hears; a restarted node is admitted once its earlier process has left or been silent for the failure timeout"
+    )]
+    IdInUse(String),
 }
 
 /// An item for one peer link, in order.
@@ -716,8 +723,9 @@ impl NodeCore {
         self.removed
     }
 
-    /// Node ids are never reused (the shell draws one per process): see
-    /// [`Membership::fix_generations`].
+    /// Real nodes: a known node id gets a newer process only from that
+    /// process itself, and only once its earlier one is not heard (see
+    /// [`Membership::fix_generations`] and `check_claimed_incarnation`).
     pub fn never_reuse_ids(&mut self) {
         self.membership.fix_generations();
     }
@@ -1362,6 +1370,7 @@ impl NodeCore {
             .node
             .clone()
             .ok_or(MeshRefusal::Malformed("member without a node id"))?;
+        self.check_claimed_incarnation(&node)?;
         let change = self.membership.merge_direct(joiner.clone());
         if !self.membership.is_alive(&node) {
             return Err(MeshRefusal::Removed);
@@ -1457,6 +1466,7 @@ impl NodeCore {
             .node
             .clone()
             .ok_or(MeshRefusal::Malformed("relay hello without a node id"))?;
+        self.check_claimed_incarnation(&node)?;
         let change = self.membership.merge_direct(hello);
         if !self.membership.is_alive(&node) {
             return Err(MeshRefusal::Removed);
@@ -1469,6 +1479,38 @@ impl NodeCore {
         self.next_inbound += 1;
         self.inbound.insert(link, node.clone());
         Ok((node, link, self.chat.delivered()))
+    }
+
+    /// A process that calls with its own entry (ServerJoin, relay hello) may
+    /// replace an earlier process of its node id (restarted in place with
+    /// `--node-id`), but only one this node no longer hears: otherwise any
+    /// member could make a running node step aside by claiming to be its
+    /// newer process. Never this node's own id. Where generations are not
+    /// fixed (the simulator restarts nodes under their id), any newer
+    /// process is taken.
+    fn check_claimed_incarnation(&self, claimed: &NodeId) -> Result<(), MeshRefusal> {
+        if !self.membership.generations_fixed() {
+            return Ok(());
+        }
+        // An older process than the one known is not a claim: it is told
+        // it was removed.
+        let in_use = if claimed.id == self.me.id {
+            claimed.generation > self.me.generation
+        } else {
+            self.membership
+                .alive_incarnation(&claimed.id)
+                .filter(|current| claimed.generation > current.generation)
+                .is_some_and(|current| {
+                    self.peers
+                        .get(&current.id)
+                        .is_some_and(|p| p.node == *current && p.reachable && !p.gone)
+                })
+        };
+        if in_use {
+            warn!(id = %claimed.id, generation = claimed.generation, "refusing a process that claims the id of one still heard");
+            return Err(MeshRefusal::IdInUse(claimed.id.clone()));
+        }
+        Ok(())
     }
 
     /// Inbound relay link `link` closed.
@@ -2959,6 +3001,57 @@ mod tests {
         n1.on_relay(later, &node("n2"), batch(vec![from_n3(3, "forwarded")]))
             .unwrap();
         assert_eq!(delivered(&n1.take_outputs()), ["forwarded"]);
+    }
+
+    /// With fixed generations (real nodes), a caller claiming to be a newer
+    /// process of this node, or of a member this node hears, is refused and
+    /// nobody steps aside; once the member is silent past the failure
+    /// timeout, its newer process (restarted with its --node-id) is taken.
+    #[test]
+    fn a_newer_process_of_a_node_id_is_taken_only_once_the_earlier_is_not_heard() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        n1.never_reuse_ids();
+        n1.on_hello(now, member(node("n2"), "n2:1", MemberState::Alive, 1))
+            .unwrap();
+        let newer = |id: &str| {
+            member(
+                NodeId {
+                    id: id.into(),
+                    generation: 2,
+                },
+                &format!("{id}:2"),
+                MemberState::Alive,
+                1,
+            )
+        };
+        for claim in ["n1", "n2"] {
+            assert!(
+                matches!(n1.on_hello(now, newer(claim)), Err(MeshRefusal::IdInUse(_))),
+                "hello claiming a newer {claim}"
+            );
+            assert!(
+                matches!(n1.admit(now, newer(claim)), Err(MeshRefusal::IdInUse(_))),
+                "ServerJoin claiming a newer {claim}"
+            );
+        }
+        assert!(
+            !n1.take_outputs()
+                .iter()
+                .any(|o| matches!(o, Output::Removed(_)))
+        );
+        assert!(n1.membership.is_alive(&node("n2")));
+
+        // n2's process dies: silent past the failure timeout, it is not heard.
+        let later = now + n1.timing.failure_timeout * 2;
+        let mut t = now;
+        while t < later {
+            t += n1.timing.tick_interval();
+            n1.tick(t);
+        }
+        n1.admit(later, newer("n2"))
+            .expect("the restarted process is admitted");
+        assert!(!n1.membership.is_alive(&node("n2")));
     }
 
     #[test]
