@@ -242,6 +242,9 @@ impl Drop for ComposeCluster {
         let _ = std::fs::remove_file(&self.secret_file);
         if let Some(dir) = &self.tls {
             let _ = std::fs::remove_dir_all(dir);
+            if let Some(parent) = dir.parent() {
+                let _ = std::fs::remove_dir_all(parent.join("tls-ca-private"));
+            }
         }
     }
 }

@@ -20,12 +20,11 @@ done
 if $build || ! docker image inspect "${CHITTY_IMAGE:-chitty:latest}" >/dev/null 2>&1; then
     ./build-image.sh
 fi
+install -d -m 700 secrets
 if [ "${#files[@]}" -gt 2 ]; then
     ./make-certs.sh "${CHITTY_TLS_DIR:-$here/secrets/tls}"
 fi
 if [ -z "${CHITTY_SECRET_FILE:-}" ] && [ ! -s secrets/cluster-secret ]; then
-    mkdir -p secrets
-    chmod 700 secrets
     # The containers' user (65532) reads the file through its bind mount;
     # the directory keeps other users of this host out.
     head -c 32 /dev/urandom | base64 > secrets/cluster-secret
