@@ -37,42 +37,6 @@ fn publish_rounds(talkers: &mut [Talker], rounds: usize) {
     }
 }
 
-/// Waits until every talker has printed every talker's last message, then
-/// checks that each printed exactly `#1..=#n` of every sender, in order,
-/// each message with the same timestamp everywhere, and that no publish was
-/// reported as failed.
-fn assert_everyone_saw_everything(talkers: &[Talker]) {
-    for observer in talkers {
-        for sender in talkers {
-            observer.client.wait_for_number(sender.name(), sender.sent);
-        }
-    }
-    let transcripts: Vec<(&str, Vec<EventLine>)> = talkers
-        .iter()
-        .map(|t| (t.name(), t.client.events()))
-        .collect();
-    for (who, events) in &transcripts {
-        let faults = transcript_faults(events);
-        assert!(faults.is_empty(), "{who}: {faults:#?}");
-        let by_sender = numbers_by_sender(events);
-        for sender in talkers {
-            let expected: Vec<u64> = (1..=sender.sent).collect();
-            assert_eq!(
-                by_sender.get(sender.name()),
-                Some(&expected),
-                "{who} printed these of {}'s messages",
-                sender.name()
-            );
-        }
-    }
-    let disagreements = timestamp_disagreements(&transcripts);
-    assert!(disagreements.is_empty(), "{disagreements:#?}");
-    for talker in talkers {
-        let errors = talker.publish_errors();
-        assert!(errors.is_empty(), "{}: {errors:#?}", talker.name());
-    }
-}
-
 /// Checks that none of `names` was announced as left, or as joined more
 /// than once, by any talker.
 fn assert_never_announced(talkers: &[Talker], names: &[&str]) {

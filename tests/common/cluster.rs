@@ -70,41 +70,35 @@ pub async fn servers_of(addr: &str) -> Result<Vec<String>, String> {
 
 /// Like [`servers_of`], asking over TLS with `tls`.
 pub async fn servers_of_with(addr: &str, tls: Option<&TlsSettings>) -> Result<Vec<String>, String> {
-    let mut client = chat_client(addr, tls).await?;
-    let reply = tokio::time::timeout(QUERY_TIMEOUT, client.list_servers(ListServersRequest {}))
-        .await
-        .map_err(|_| format!("{addr} did not answer ListServers in time"))?
-        .map_err(|s| format!("ListServers on {addr} failed: {s}"))?;
-    let mut addrs: Vec<String> = reply
-        .into_inner()
-        .servers
-        .unwrap_or_default()
-        .servers
-        .into_iter()
-        .map(|s| s.addr)
-        .collect();
-    addrs.sort();
-    Ok(addrs)
+    Ok(server_lists(addr, tls).await?.0)
 }
 
 /// The addresses of the members the node at `addr` cannot reach now,
 /// sorted.
 pub async fn unreachable_of(addr: &str) -> Result<Vec<String>, String> {
-    let mut client = chat_client(addr, None).await?;
+    Ok(server_lists(addr, None).await?.1)
+}
+
+/// What the node at `addr` lists in `ListServers`: the addresses of the
+/// nodes it reaches and of the members it cannot reach now, each sorted.
+pub async fn server_lists(
+    addr: &str,
+    tls: Option<&TlsSettings>,
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let mut client = chat_client(addr, tls).await?;
     let reply = tokio::time::timeout(QUERY_TIMEOUT, client.list_servers(ListServersRequest {}))
         .await
         .map_err(|_| format!("{addr} did not answer ListServers in time"))?
-        .map_err(|s| format!("ListServers on {addr} failed: {s}"))?;
-    let mut addrs: Vec<String> = reply
+        .map_err(|s| format!("ListServers on {addr} failed: {s}"))?
         .into_inner()
         .servers
-        .unwrap_or_default()
-        .unreachable
-        .into_iter()
-        .map(|s| s.addr)
-        .collect();
-    addrs.sort();
-    Ok(addrs)
+        .unwrap_or_default();
+    let sorted = |list: Vec<chitty::proto::ServerInfo>| {
+        let mut addrs: Vec<String> = list.into_iter().map(|s| s.addr).collect();
+        addrs.sort();
+        addrs
+    };
+    Ok((sorted(reply.servers), sorted(reply.unreachable)))
 }
 
 /// The names of the live participants the node at `addr` knows, sorted
@@ -498,6 +492,42 @@ pub fn transcript_faults(events: &[EventLine]) -> Vec<String> {
         }
     }
     faults
+}
+
+/// Waits until every talker has printed every talker's last message, then
+/// checks that each printed exactly `#1..=#n` of every sender, in order,
+/// each message with the same timestamp everywhere, and that no publish was
+/// reported as failed.
+pub fn assert_everyone_saw_everything(talkers: &[Talker]) {
+    for observer in talkers {
+        for sender in talkers {
+            observer.client.wait_for_number(sender.name(), sender.sent);
+        }
+    }
+    let transcripts: Vec<(&str, Vec<EventLine>)> = talkers
+        .iter()
+        .map(|t| (t.name(), t.client.events()))
+        .collect();
+    for (who, events) in &transcripts {
+        let faults = transcript_faults(events);
+        assert!(faults.is_empty(), "{who}: {faults:#?}");
+        let by_sender = numbers_by_sender(events);
+        for sender in talkers {
+            let expected: Vec<u64> = (1..=sender.sent).collect();
+            assert_eq!(
+                by_sender.get(sender.name()),
+                Some(&expected),
+                "{who} printed these of {}'s messages",
+                sender.name()
+            );
+        }
+    }
+    let disagreements = timestamp_disagreements(&transcripts);
+    assert!(disagreements.is_empty(), "{disagreements:#?}");
+    for talker in talkers {
+        let errors = talker.publish_errors();
+        assert!(errors.is_empty(), "{}: {errors:#?}", talker.name());
+    }
 }
 
 /// Checks that every participant that printed the same message body printed
