@@ -1354,15 +1354,17 @@ pub fn status_json(status: &crate::proto::StatusReply) -> serde_json::Value {
             "lag": n.lag,
             "last_heard_ms": n.last_heard_ms,
             "participants": n.participants,
+            "more_participants": n.more_participants,
         })).collect::<Vec<_>>(),
     })
 }
 
 /// `chitty status`: a table for people.
+/// Every string in it comes from the network and is shown escaped.
 pub fn status_table(status: &crate::proto::StatusReply) -> String {
     let short = |n: &Option<crate::proto::NodeId>| {
         n.as_ref()
-            .map(|n| n.id.chars().take(8).collect::<String>())
+            .map(|n| escaped(&n.id.chars().take(8).collect::<String>()).into_owned())
             .unwrap_or_default()
     };
     let mut rows = vec![[
@@ -1376,19 +1378,21 @@ pub fn status_table(status: &crate::proto::StatusReply) -> String {
     ]];
     for n in &status.nodes {
         let peer = n.state != "self";
-        let names = if n.participants.is_empty() {
+        let total = n.participants.len() as u64 + u64::from(n.more_participants);
+        let names = if total == 0 {
             "-".to_string()
         } else {
-            format!(
-                "{} ({})",
-                n.participants.len(),
-                escaped(&n.participants.join(", "))
-            )
+            let more = match n.more_participants {
+                0 => String::new(),
+                m if n.participants.is_empty() => format!("{m} not listed"),
+                m => format!(", and {m} more"),
+            };
+            format!("{total} ({}{more})", escaped(&n.participants.join(", ")))
         };
         rows.push([
             short(&n.node),
             escaped(&n.addr).into_owned(),
-            n.state.clone(),
+            escaped(&n.state).into_owned(),
             if !peer {
                 "-".into()
             } else if n.link_up {
@@ -1570,6 +1574,39 @@ impl TerminalState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_table_escapes_what_came_from_the_network() {
+        use crate::proto::{NodeId, NodeStatus, StatusReply};
+        let status = StatusReply {
+            node: Some(NodeId {
+                id: "a\x1b[2J".into(),
+                generation: 1,
+            }),
+            addr: "h\r:1".into(),
+            lamport: 3,
+            sessions: 0,
+            nodes: vec![NodeStatus {
+                node: Some(NodeId {
+                    id: "\x1b]0;x\x07".into(),
+                    generation: 1,
+                }),
+                addr: "b\n:2".into(),
+                state: "reachable\x1b[31m".into(),
+                participants: vec!["Ann\x1b[1m".into()],
+                more_participants: 150,
+                ..Default::default()
+            }],
+        };
+        let table = status_table(&status);
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{table:?}"
+        );
+        assert_eq!(table.lines().count(), 3, "{table:?}");
+        assert!(table.contains("reachable\\x1b[31m"), "{table}");
+        assert!(table.contains("151 (Ann\\x1b[1m, and 150 more)"), "{table}");
+    }
 
     #[test]
     fn a_node_id_is_short_and_plain() {

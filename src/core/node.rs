@@ -675,6 +675,15 @@ impl NodeCore {
         self.chat.participants()
     }
 
+    /// Live participants' names by home node, at most `cap` per node (see
+    /// [`super::roster::Roster::names_by_home`]).
+    pub fn names_by_home(
+        &self,
+        cap: usize,
+    ) -> std::collections::HashMap<(String, u64), (Vec<String>, usize)> {
+        self.chat.names_by_home(cap)
+    }
+
     /// The nodes this node reaches (itself included) and the members it
     /// cannot reach, as clients see them.
     pub fn server_list(&self) -> ServerList {
