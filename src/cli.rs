@@ -1444,24 +1444,24 @@ pub async fn run_send(args: SendArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let texts: Vec<String> = if args.text.is_empty() {
-        use std::io::BufRead;
-        std::io::stdin()
-            .lock()
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| !l.trim().is_empty())
-            .collect()
-    } else {
-        args.text.clone()
-    };
-    // Refused here, before anyone sees a join: nothing is sent.
-    for text in &texts {
+    // Texts given as arguments are checked before anyone sees a join:
+    // nothing is sent if one is refused. Lines of standard input are read
+    // (on a thread of their own) and sent one by one as they come.
+    for text in &args.text {
         if let Err(e) = crate::core::validate::message(text) {
             eprintln!("error: {e}: nothing was sent");
             return ExitCode::FAILURE;
         }
     }
+    let mut texts = if args.text.is_empty() {
+        stdin_lines()
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel(args.text.len());
+        for text in &args.text {
+            let _ = tx.try_send(Ok(text.clone()));
+        }
+        rx
+    };
     let tls = match &args.tls_ca {
         Some(ca) => match TlsSettings::client(ca) {
             Ok(tls) => Some(tls),
@@ -1497,9 +1497,31 @@ pub async fn run_send(args: SendArgs) -> ExitCode {
         eprintln!("error: could not join Chitty-Chat: {failure}");
         return ExitCode::FAILURE;
     };
+    // The session's events are read and dropped, so that the node does not
+    // cut a quiet sender off as too slow in a busy room; the stream stays
+    // open until the leave, so the node never takes the session for a lost
+    // one.
+    let drain = tokio::spawn(async move {
+        let mut events = events;
+        while let Ok(Some(_)) = events.next().await {}
+        // Held (open) until the task is ended after the leave.
+        std::future::pending::<()>().await;
+    });
     let mut code = ExitCode::SUCCESS;
-    for text in &texts {
-        match session.publish(text).await {
+    while let Some(text) = texts.recv().await {
+        let text = match text.and_then(|t| {
+            crate::core::validate::message(&t)
+                .map(|()| t)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("error: {e}: not sent, and nothing after it");
+                code = ExitCode::FAILURE;
+                break;
+            }
+        };
+        match session.publish(&text).await {
             Ok((reply, _)) => {
                 let origin = reply.id.as_ref().and_then(|id| id.origin.as_ref());
                 let line = if args.json {
@@ -1512,10 +1534,11 @@ pub async fn run_send(args: SendArgs) -> ExitCode {
                     })
                     .to_string()
                 } else {
-                    format!("sent at Lamport time {}: {}", reply.lamport, escaped(text))
+                    format!("sent at Lamport time {}: {}", reply.lamport, escaped(&text))
                 };
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
+                let _ = out.flush();
             }
             Err(e) => {
                 eprintln!("error: message not sent: {e}");
@@ -1528,10 +1551,43 @@ pub async fn run_send(args: SendArgs) -> ExitCode {
         eprintln!("error: leave failed: {e}");
         code = ExitCode::FAILURE;
     }
-    // The session's stream was kept open until the leave, so the node
-    // never took the session for a lost one.
-    drop(events);
+    drain.abort();
     code
+}
+
+/// The non-blank lines of standard input, read on a thread of their own and
+/// handed over as they come (a few at most waiting). A line that is not
+/// UTF-8, or a read error, is handed over as an error naming the line, and
+/// nothing is read after it.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<Result<String, String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut input = std::io::stdin().lock();
+        let mut line = Vec::new();
+        for number in 1.. {
+            line.clear();
+            let item = match input.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => match std::str::from_utf8(&line) {
+                    Ok(text) => {
+                        let text = text.trim_end_matches(['\n', '\r']);
+                        if text.trim().is_empty() {
+                            continue;
+                        }
+                        Ok(text.to_string())
+                    }
+                    Err(_) => Err(format!("standard input line {number} is not UTF-8")),
+                },
+                Err(e) => Err(format!("reading standard input line {number}: {e}")),
+            };
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 fn ask_name() -> Option<String> {

@@ -202,3 +202,50 @@ fn the_common_mistakes_get_clear_errors() {
         );
     }
 }
+
+#[test]
+fn send_publishes_each_line_of_its_input_as_it_comes() {
+    use std::io::Write;
+    let server = spawn_server(&[]);
+    let (_watch, watched, _) = start(&["watch", "--server", &server.addr, "--json"]);
+    watched.wait_for_line("the watcher's join", |l| l.contains("\"joined\""));
+
+    let mut child = test_command(Command::new(CHITTY))
+        .args(["send", "--server", &server.addr, "--name", "Pat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chitty send");
+    let mut input = child.stdin.take().expect("piped");
+    let sent = Lines::collect(child.stdout.take().expect("piped"));
+    let err = Lines::collect(child.stderr.take().expect("piped"));
+    let mut send = ChildGuard::new(child, "chitty send (stdin)");
+
+    // The first line is sent while the input is still open.
+    input.write_all(b"first\n").unwrap();
+    watched.wait_for_line("the first line", |l| {
+        l.contains("\"message\"") && l.contains("\"first\"")
+    });
+    sent.wait_for_line("send's report of it", |l| l.ends_with(": first"));
+    input.write_all(b"second\n").unwrap();
+    watched.wait_for_line("the second line", |l| {
+        l.contains("\"message\"") && l.contains("\"second\"")
+    });
+
+    // A line that is not UTF-8 is an error naming it, not a quiet end.
+    input.write_all(b"\xff\xfe\nnot sent\n").unwrap();
+    drop(input);
+    let status = send.wait_exit();
+    assert!(!status.success(), "{status}");
+    let err = err.wait_closed("send's stderr").join("\n");
+    assert!(err.contains("line 3 is not UTF-8"), "{err}");
+    watched.wait_for_line("Pat's leave", |l| {
+        l.contains("\"left\"") && l.contains("\"Pat\"")
+    });
+    assert!(
+        !watched.snapshot().iter().any(|l| l.contains("not sent")),
+        "{:?}",
+        watched.snapshot()
+    );
+}
