@@ -969,15 +969,12 @@ async fn client_session(args: ClientArgs, read_only: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let tls = match &args.tls_ca {
-        Some(ca) => match TlsSettings::client(ca) {
-            Ok(tls) => Some(tls),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
+    let tls = match crate::tls::client_tls(args.tls_ca.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     // A refused name is asked for again in a terminal.
     let (chat, mut updates, driver) = loop {
@@ -1299,15 +1296,12 @@ pub async fn run_status(args: StatusArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let tls = match &args.tls_ca {
-        Some(ca) => match TlsSettings::client(ca) {
-            Ok(tls) => Some(tls),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
+    let tls = match crate::tls::client_tls(args.tls_ca.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let asked = async {
         let mut client = client::connect_with(&args.server, tls.as_ref()).await?;
@@ -1462,15 +1456,12 @@ pub async fn run_send(args: SendArgs) -> ExitCode {
         }
         rx
     };
-    let tls = match &args.tls_ca {
-        Some(ca) => match TlsSettings::client(ca) {
-            Ok(tls) => Some(tls),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
+    let tls = match crate::tls::client_tls(args.tls_ca.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     for addr in &args.server {
         if let Err(e) = check_server_addr(addr) {
