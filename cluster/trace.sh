@@ -9,7 +9,8 @@
 #
 # The nodes listen on ports the system picks (127.0.0.1:0; each prints its
 # address on its first line), so nothing else that runs is in the way. The
-# logs are kept in target/trace-run (LOGS=DIR to change): nodeN.jsonl is a
+# logs are kept in target/trace-run (LOGS=DIR to change; only the files named
+# below are replaced there, nothing else is removed): nodeN.jsonl is a
 # node's stderr, x.jsonl and y.jsonl the clients' --log files, and
 # scenario/ holds them as they were when X had left, which is what is drawn.
 # To draw your own run instead, see "The sequence diagram of a run" in the
@@ -24,7 +25,12 @@ echo "trace: building (cargo build)" >&2
 cargo build --quiet --bin chitty
 bin=$root/target/debug/chitty
 
-rm -rf "$logs"
+# Only the files this script writes are removed (LOGS may name a directory
+# that holds other things): a previous run's, by name.
+written=(cluster-secret x.in y.in x.jsonl x.out x.err y.jsonl y.out y.err
+         node1.out node1.jsonl node2.out node2.jsonl
+         scenario/node1.jsonl scenario/node2.jsonl scenario/x.jsonl scenario/y.jsonl)
+for f in "${written[@]}"; do rm -f -- "$logs/$f"; done
 mkdir -p "$logs/scenario" "$out"
 secret_file=$logs/cluster-secret
 (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$secret_file")

@@ -977,15 +977,12 @@ async fn client_session(args: ClientArgs, read_only: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let tls = match &args.tls_ca {
-        Some(ca) => match TlsSettings::client(ca) {
-            Ok(tls) => Some(tls),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
+    let tls = match crate::tls::client_tls(args.tls_ca.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     // A refused name is asked for again in a terminal.
     let (chat, mut updates, driver) = loop {
@@ -1307,15 +1304,12 @@ pub async fn run_status(args: StatusArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(2);
     }
-    let tls = match &args.tls_ca {
-        Some(ca) => match TlsSettings::client(ca) {
-            Ok(tls) => Some(tls),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
+    let tls = match crate::tls::client_tls(args.tls_ca.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let asked = async {
         let mut client = client::connect_with(&args.server, tls.as_ref()).await?;
@@ -1362,15 +1356,17 @@ pub fn status_json(status: &crate::proto::StatusReply) -> serde_json::Value {
             "lag": n.lag,
             "last_heard_ms": n.last_heard_ms,
             "participants": n.participants,
+            "more_participants": n.more_participants,
         })).collect::<Vec<_>>(),
     })
 }
 
 /// `chitty status`: a table for people.
+/// Every string in it comes from the network and is shown escaped.
 pub fn status_table(status: &crate::proto::StatusReply) -> String {
     let short = |n: &Option<crate::proto::NodeId>| {
         n.as_ref()
-            .map(|n| n.id.chars().take(8).collect::<String>())
+            .map(|n| escaped(&n.id.chars().take(8).collect::<String>()).into_owned())
             .unwrap_or_default()
     };
     let mut rows = vec![[
@@ -1384,19 +1380,21 @@ pub fn status_table(status: &crate::proto::StatusReply) -> String {
     ]];
     for n in &status.nodes {
         let peer = n.state != "self";
-        let names = if n.participants.is_empty() {
+        let total = n.participants.len() as u64 + u64::from(n.more_participants);
+        let names = if total == 0 {
             "-".to_string()
         } else {
-            format!(
-                "{} ({})",
-                n.participants.len(),
-                escaped(&n.participants.join(", "))
-            )
+            let more = match n.more_participants {
+                0 => String::new(),
+                m if n.participants.is_empty() => format!("{m} not listed"),
+                m => format!(", and {m} more"),
+            };
+            format!("{total} ({}{more})", escaped(&n.participants.join(", ")))
         };
         rows.push([
             short(&n.node),
             escaped(&n.addr).into_owned(),
-            n.state.clone(),
+            escaped(&n.state).into_owned(),
             if !peer {
                 "-".into()
             } else if n.link_up {
@@ -1448,33 +1446,30 @@ pub async fn run_send(args: SendArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let texts: Vec<String> = if args.text.is_empty() {
-        use std::io::BufRead;
-        std::io::stdin()
-            .lock()
-            .lines()
-            .map_while(Result::ok)
-            .filter(|l| !l.trim().is_empty())
-            .collect()
-    } else {
-        args.text.clone()
-    };
-    // Refused here, before anyone sees a join: nothing is sent.
-    for text in &texts {
+    // Texts given as arguments are checked before anyone sees a join:
+    // nothing is sent if one is refused. Lines of standard input are read
+    // (on a thread of their own) and sent one by one as they come.
+    for text in &args.text {
         if let Err(e) = crate::core::validate::message(text) {
             eprintln!("error: {e}: nothing was sent");
             return ExitCode::FAILURE;
         }
     }
-    let tls = match &args.tls_ca {
-        Some(ca) => match TlsSettings::client(ca) {
-            Ok(tls) => Some(tls),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => None,
+    let mut texts = if args.text.is_empty() {
+        stdin_lines()
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::channel(args.text.len());
+        for text in &args.text {
+            let _ = tx.try_send(Ok(text.clone()));
+        }
+        rx
+    };
+    let tls = match crate::tls::client_tls(args.tls_ca.as_deref()) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     for addr in &args.server {
         if let Err(e) = check_server_addr(addr) {
@@ -1501,9 +1496,31 @@ pub async fn run_send(args: SendArgs) -> ExitCode {
         eprintln!("error: could not join Chitty-Chat: {failure}");
         return ExitCode::FAILURE;
     };
+    // The session's events are read and dropped, so that the node does not
+    // cut a quiet sender off as too slow in a busy room; the stream stays
+    // open until the leave, so the node never takes the session for a lost
+    // one.
+    let drain = tokio::spawn(async move {
+        let mut events = events;
+        while let Ok(Some(_)) = events.next().await {}
+        // Held (open) until the task is ended after the leave.
+        std::future::pending::<()>().await;
+    });
     let mut code = ExitCode::SUCCESS;
-    for text in &texts {
-        match session.publish(text).await {
+    while let Some(text) = texts.recv().await {
+        let text = match text.and_then(|t| {
+            crate::core::validate::message(&t)
+                .map(|()| t)
+                .map_err(|e| e.to_string())
+        }) {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("error: {e}: not sent, and nothing after it");
+                code = ExitCode::FAILURE;
+                break;
+            }
+        };
+        match session.publish(&text).await {
             Ok((reply, _)) => {
                 let origin = reply.id.as_ref().and_then(|id| id.origin.as_ref());
                 let line = if args.json {
@@ -1516,10 +1533,11 @@ pub async fn run_send(args: SendArgs) -> ExitCode {
                     })
                     .to_string()
                 } else {
-                    format!("sent at Lamport time {}: {}", reply.lamport, escaped(text))
+                    format!("sent at Lamport time {}: {}", reply.lamport, escaped(&text))
                 };
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{line}");
+                let _ = out.flush();
             }
             Err(e) => {
                 eprintln!("error: message not sent: {e}");
@@ -1532,10 +1550,43 @@ pub async fn run_send(args: SendArgs) -> ExitCode {
         eprintln!("error: leave failed: {e}");
         code = ExitCode::FAILURE;
     }
-    // The session's stream was kept open until the leave, so the node
-    // never took the session for a lost one.
-    drop(events);
+    drain.abort();
     code
+}
+
+/// The non-blank lines of standard input, read on a thread of their own and
+/// handed over as they come (a few at most waiting). A line that is not
+/// UTF-8, or a read error, is handed over as an error naming the line, and
+/// nothing is read after it.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<Result<String, String>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut input = std::io::stdin().lock();
+        let mut line = Vec::new();
+        for number in 1.. {
+            line.clear();
+            let item = match input.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => match std::str::from_utf8(&line) {
+                    Ok(text) => {
+                        let text = text.trim_end_matches(['\n', '\r']);
+                        if text.trim().is_empty() {
+                            continue;
+                        }
+                        Ok(text.to_string())
+                    }
+                    Err(_) => Err(format!("standard input line {number} is not UTF-8")),
+                },
+                Err(e) => Err(format!("reading standard input line {number}: {e}")),
+            };
+            let stop = item.is_err();
+            if tx.blocking_send(item).is_err() || stop {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 fn ask_name() -> Option<String> {
@@ -1578,6 +1629,39 @@ impl TerminalState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_table_escapes_what_came_from_the_network() {
+        use crate::proto::{NodeId, NodeStatus, StatusReply};
+        let status = StatusReply {
+            node: Some(NodeId {
+                id: "a\x1b[2J".into(),
+                generation: 1,
+            }),
+            addr: "h\r:1".into(),
+            lamport: 3,
+            sessions: 0,
+            nodes: vec![NodeStatus {
+                node: Some(NodeId {
+                    id: "\x1b]0;x\x07".into(),
+                    generation: 1,
+                }),
+                addr: "b\n:2".into(),
+                state: "reachable\x1b[31m".into(),
+                participants: vec!["Ann\x1b[1m".into()],
+                more_participants: 150,
+                ..Default::default()
+            }],
+        };
+        let table = status_table(&status);
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{table:?}"
+        );
+        assert_eq!(table.lines().count(), 3, "{table:?}");
+        assert!(table.contains("reachable\\x1b[31m"), "{table}");
+        assert!(table.contains("151 (Ann\\x1b[1m, and 150 more)"), "{table}");
+    }
 
     #[test]
     fn a_node_id_is_short_and_plain() {

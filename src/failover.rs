@@ -389,6 +389,7 @@ impl Driver {
             resume,
             rejoin,
         };
+        let recent = request.recent;
         let mut stream = tokio::time::timeout(JOIN_TIMEOUT, async {
             let mut stream = client.join(request).await?.into_inner();
             let first = stream.message().await?;
@@ -396,7 +397,10 @@ impl Driver {
         })
         .await
         .map_err(|_| Error::Unavailable(format!("{addr} did not answer Join")))??;
-        let welcome = expect_welcome(stream.1.take())?;
+        let mut welcome = expect_welcome(stream.1.take())?;
+        // No more earlier messages than asked for, whatever the node sent:
+        // the latest of them (they come oldest first).
+        keep_latest(&mut welcome.earlier, recent as usize);
         self.clock.welcomed(&welcome);
         if let Some(list) = &welcome.servers {
             self.learn_servers(list);
@@ -908,4 +912,33 @@ fn retryable(code: Code) -> bool {
 /// Stream endings that a reconnect would not cure.
 fn fatal_stream_end(status: &Status) -> bool {
     matches!(status.code(), Code::AlreadyExists | Code::InvalidArgument)
+}
+
+/// Keeps the last `count` of `events`, dropping the older ones before them.
+fn keep_latest(events: &mut Vec<crate::proto::Event>, count: usize) {
+    let extra = events.len().saturating_sub(count);
+    events.drain(..extra);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_messages_are_cut_to_the_count_asked_for() {
+        let event = |lamport| crate::proto::Event {
+            lamport,
+            ..Default::default()
+        };
+        let mut earlier: Vec<_> = (1..=5).map(event).collect();
+        keep_latest(&mut earlier, 2);
+        assert_eq!(
+            earlier.iter().map(|e| e.lamport).collect::<Vec<_>>(),
+            [4, 5]
+        );
+        keep_latest(&mut earlier, 10);
+        assert_eq!(earlier.len(), 2);
+        keep_latest(&mut earlier, 0);
+        assert!(earlier.is_empty());
+    }
 }

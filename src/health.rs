@@ -11,8 +11,6 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::tls::TlsSettings;
-
 #[derive(Debug, Args)]
 pub struct HealthArgs {
     /// Address of the node to ask (host:port).
@@ -60,10 +58,7 @@ pub async fn run_health(args: HealthArgs) -> ExitCode {
 }
 
 async fn check(args: &HealthArgs) -> Result<ServingStatus, String> {
-    let tls = match &args.tls_ca {
-        Some(ca) => Some(TlsSettings::client(ca)?),
-        None => None,
-    };
+    let tls = crate::tls::client_tls(args.tls_ca.as_deref())?;
     let channel = crate::client::connect_channel_with(&args.server, tls.as_ref())
         .await
         .map_err(|e| e.to_string())?;

@@ -48,6 +48,9 @@ pub struct Metrics {
     session_queue: IntGauge,
     held: IntGauge,
     history: IntGauge,
+    /// Held while a scrape sets the gauges and encodes them, so two
+    /// concurrent scrapes do not reset each other's per-peer series.
+    render_lock: std::sync::Mutex<()>,
 }
 
 fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: M) -> M {
@@ -111,7 +114,7 @@ impl Metrics {
             ),
             membership_changes: counter(
                 "chitty_membership_changes_total",
-                "Changes of the cluster's live nodes as this node sees them.",
+                "Changes of the cluster's membership as this node sees it: a node joining or leaving, or one becoming unreachable or reachable again.",
             ),
             participants: gauge(
                 "chitty_participants",
@@ -163,16 +166,21 @@ impl Metrics {
                 "Recent events kept for replay.",
             ),
             registry: r,
+            render_lock: std::sync::Mutex::new(()),
         }
     }
 
     /// The text exposition of every metric, with the gauges read from
     /// `node` now.
     pub fn render(&self, node: &Node) -> String {
+        let _rendering = self
+            .render_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let snapshot = node.metrics_snapshot(Instant::now());
         self.participants.set(snapshot.participants as i64);
         self.sessions.set(snapshot.sessions as i64);
-        self.lamport.set(snapshot.lamport as i64);
+        self.lamport.set(saturating_i64(snapshot.lamport));
         self.members
             .with_label_values(&["reachable"])
             .set(snapshot.reachable as i64);
@@ -215,6 +223,12 @@ impl Metrics {
     }
 }
 
+/// `v` as a gauge's value: above `i64::MAX` it stays at `i64::MAX` rather
+/// than wrapping negative.
+fn saturating_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -243,21 +257,42 @@ pub struct Snapshot {
     pub history: usize,
 }
 
+/// Connections served at once; one more is closed as soon as it is
+/// accepted.
+pub const MAX_CONNECTIONS: usize = 8;
+
+/// How long accepting pauses after an accept error (out of file
+/// descriptors, say), rather than retrying at once in a busy loop.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Serves `GET /metrics` (any path, in fact) on `listener` until the
 /// node shuts down: a minimal HTTP/1.1 responder, one response per
-/// connection.
+/// connection, at most [`MAX_CONNECTIONS`] at once.
 pub async fn serve(listener: TcpListener, node: Node) {
     let mut shutdown = node.shutdown_signal();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
         };
-        let Ok((mut conn, _)) = accepted else {
+        let mut conn = match accepted {
+            Ok((conn, _)) => conn,
+            Err(_) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                    _ = shutdown.changed() => return,
+                }
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Too many at once: closed without an answer.
+            drop(conn);
             continue;
         };
         let node = node.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             // Read the request head (bounded), whatever it asks.
             let mut head = Vec::new();
             let mut buf = [0u8; 1024];
@@ -288,3 +323,57 @@ pub async fn serve(listener: TcpListener, node: Node) {
 
 /// Shared by a node's tasks.
 pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::NodeConfig;
+
+    #[test]
+    fn a_lamport_clock_above_i64_saturates() {
+        assert_eq!(saturating_i64(5), 5);
+        assert_eq!(saturating_i64(i64::MAX as u64), i64::MAX);
+        assert_eq!(saturating_i64(u64::MAX), i64::MAX);
+        assert_eq!(saturating_i64(1 << 63), i64::MAX);
+    }
+
+    #[tokio::test]
+    async fn connections_over_the_cap_are_closed_at_once() {
+        let node = Node::new(NodeConfig::new("127.0.0.1:1"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, node));
+        // Connections that send nothing hold their slots (until the 5 s
+        // read timeout).
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Let the server accept them all.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        extra
+            .write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            extra.read_to_end(&mut buf),
+        )
+        .await
+        .expect("the extra connection is closed at once");
+        assert!(read.is_err() || buf.is_empty(), "answered: {buf:?}");
+
+        // A slot freed, a scrape is answered again.
+        drop(held.pop());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        conn.read_to_end(&mut buf).await.unwrap();
+        assert!(buf.starts_with(b"HTTP/1.1 200 OK"));
+    }
+}

@@ -75,6 +75,10 @@ const MAX_FRAME_BYTES: usize = 256 * 1024;
 /// Event bytes in one frame of a replay after a failover.
 const REPLAY_FRAME_BYTES: usize = 64 * 1024;
 
+/// At most this many participants' names per node in a `Status` reply, so
+/// that it stays well under a client's maximum message size.
+pub const STATUS_NAMES_PER_NODE: usize = 100;
+
 /// Settings of a node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -325,29 +329,32 @@ impl Node {
         &self.shared.metrics
     }
 
-    /// The cluster as this node sees it (`Status`).
+    /// The cluster as this node sees it (`Status`): participants' names are
+    /// listed up to [`STATUS_NAMES_PER_NODE`] per node, the rest counted.
     pub fn status(&self) -> crate::proto::StatusReply {
         use crate::proto::NodeStatus;
         let snapshot = self.metrics_snapshot(Instant::now());
-        let (list, participants) = {
+        let (list, mut by_home) = {
             let state = self.lock();
-            (state.core.server_list(), state.core.participants())
+            (
+                state.core.server_list(),
+                state.core.names_by_home(STATUS_NAMES_PER_NODE),
+            )
         };
         let me = self.id().clone();
-        let names_on = |node: &NodeId| -> Vec<String> {
-            let mut names: Vec<String> = participants
-                .iter()
-                .filter(|p| p.node.as_ref() == Some(node))
-                .map(|p| p.name.clone())
-                .collect();
-            names.sort();
-            names
+        let mut names_on = |node: &NodeId| -> (Vec<String>, u32) {
+            let (names, more) = by_home
+                .remove(&(node.id.clone(), node.generation))
+                .unwrap_or_default();
+            (names, u32::try_from(more).unwrap_or(u32::MAX))
         };
+        let (participants, more_participants) = names_on(&me);
         let mut nodes = vec![NodeStatus {
             node: Some(me.clone()),
             addr: self.config().advertise.clone(),
             state: "self".into(),
-            participants: names_on(&me),
+            participants,
+            more_participants,
             ..Default::default()
         }];
         let reachable = list.servers.iter().map(|s| (s, "reachable"));
@@ -358,6 +365,7 @@ impl Node {
                 continue;
             }
             let peer = snapshot.peers.iter().find(|p| p.report.node == *node);
+            let (participants, more_participants) = names_on(node);
             nodes.push(NodeStatus {
                 node: Some(node.clone()),
                 addr: server.addr.clone(),
@@ -365,7 +373,8 @@ impl Node {
                 link_up: peer.is_some_and(|p| p.report.up),
                 lag: peer.map_or(0, |p| p.report.lag),
                 last_heard_ms: peer.map_or(0, |p| p.report.last_heard.as_millis() as u64),
-                participants: names_on(node),
+                participants,
+                more_participants,
             });
         }
         crate::proto::StatusReply {

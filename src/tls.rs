@@ -89,6 +89,11 @@ fn read_certificates(
     Ok((pem, certs))
 }
 
+/// A client's TLS settings from its `--tls-ca` flag: none without one.
+pub fn client_tls(ca: Option<&Path>) -> Result<Option<TlsSettings>, String> {
+    ca.map(TlsSettings::client).transpose()
+}
+
 /// The crypto this crate uses everywhere.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())

@@ -490,13 +490,6 @@ fn the_mesh_refuses_callers_without_the_cluster_secret() {
 
 /// A port nothing listens on right now (bound, read and released: another
 /// program could take it in between, which a test accepts).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("reserve a port")
-        .port()
-}
-
 #[test]
 fn a_node_started_before_its_boot_node_keeps_trying_and_the_cluster_forms() {
     let port = free_port();

@@ -212,20 +212,35 @@ fn metrics_and_status_describe_a_three_node_cluster() {
         },
     );
 
-    // A node that dies is seen as unreachable, then gone.
+    // A node that dies is seen as unreachable: still listed (a node cut off
+    // is never removed from the view, see core::membership), in state
+    // "unreachable", its link down. Missing from the list altogether would
+    // be a different state, and fails.
     let before = scrape(&metrics[0]).expect("scrape");
     let changes = value(&before, "chitty_membership_changes_total", &[]).unwrap();
     cluster.nodes[2].child.kill();
-    poll("node 0 to stop counting node 2 as reachable", || {
+    poll("node 0 to list node 2 as unreachable", || {
         let status: Value =
             serde_json::from_str(&status(&[&cluster.addr(0), "--json"])).expect("JSON");
-        let gone = status["nodes"]
-            .as_array()
-            .expect("nodes")
+        let nodes = status["nodes"].as_array().expect("nodes");
+        let listed: Vec<&Value> = nodes
             .iter()
-            .all(|n| n["addr"] != cluster.addr(2).as_str() || n["state"] == "unreachable");
-        gone.then_some(()).ok_or_else(|| format!("{status}"))
+            .filter(|n| n["addr"] == cluster.addr(2).as_str())
+            .collect();
+        match listed[..] {
+            [node2] if node2["state"] == "unreachable" && node2["link_up"] == false => Ok(()),
+            [] => panic!("node 2 is missing from the list, not unreachable: {status}"),
+            _ => Err(format!("{status}")),
+        }
     });
+    wait_metrics(
+        &metrics[0],
+        "node 2 counted as unreachable",
+        |s| match value(s, "chitty_members", &[("state", "unreachable")]) {
+            Some(1.0) => Ok(()),
+            other => Err(format!("unreachable members: {other:?}")),
+        },
+    );
     wait_metrics(
         &metrics[0],
         "the membership change counted",

@@ -102,10 +102,7 @@ fn the_health_subcommand_exits_zero_only_for_a_serving_node() {
     );
 
     // Nothing listens on a port just freed.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .to_string();
+    let closed = format!("127.0.0.1:{}", free_port());
     let down = run(&["--server", &closed, "--timeout-ms", "5000"]);
     assert!(!down.status.success());
     let stderr = String::from_utf8_lossy(&down.stderr);

@@ -8,24 +8,6 @@ use std::process::{Command, Stdio};
 use common::*;
 use serde_json::Value;
 
-/// Starts `chitty ARGS...` with piped output, no input.
-fn start(args: &[&str]) -> (ChildGuard, Lines, Lines) {
-    let mut child = test_command(Command::new(CHITTY))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start chitty");
-    let stdout = Lines::collect(child.stdout.take().expect("piped"));
-    let stderr = Lines::collect(child.stderr.take().expect("piped"));
-    (
-        ChildGuard::new(child, format!("chitty {}", args.join(" "))),
-        stdout,
-        stderr,
-    )
-}
-
 fn json(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
@@ -33,7 +15,8 @@ fn json(line: &str) -> Value {
 #[test]
 fn send_publishes_and_leaves_and_watch_prints_it_as_json() {
     let server = spawn_server(&[]);
-    let (mut watch, watched, watch_err) = start(&["watch", "--server", &server.addr, "--json"]);
+    let (mut watch, watched, watch_err) =
+        start_chitty(&["watch", "--server", &server.addr, "--json"]);
     let here = watched.wait_for_line("the here summary", |l| l.contains("\"here\""));
     assert_eq!(json(&here)["names"], serde_json::json!([]), "{here}");
     let own = watched.wait_for_line("the watcher's join", |l| l.contains("\"joined\""));
@@ -43,7 +26,7 @@ fn send_publishes_and_leaves_and_watch_prints_it_as_json() {
     let notice = watch_err.wait_for_line("the notice", |l| l.contains("watching"));
     assert!(notice.contains("read-only"), "{notice}");
 
-    let (mut send, sent, send_err) = start(&[
+    let (mut send, sent, send_err) = start_chitty(&[
         "send",
         "--server",
         &server.addr,
@@ -99,7 +82,7 @@ fn send_publishes_and_leaves_and_watch_prints_it_as_json() {
     );
 
     // --json for send; the messages of a later joiner come as earlier.
-    let (mut send, sent, _) = start(&[
+    let (mut send, sent, _) = start_chitty(&[
         "send",
         "--server",
         &server.addr,
@@ -114,7 +97,7 @@ fn send_publishes_and_leaves_and_watch_prints_it_as_json() {
     assert_eq!(three["kind"], "sent");
     assert_eq!(three["text"], "three");
     assert!(three["lamport"].is_u64());
-    let (_late, late_out, _) = start(&[
+    let (_late, late_out, _) = start_chitty(&[
         "watch",
         "--server",
         &server.addr,
@@ -149,7 +132,8 @@ fn send_publishes_and_leaves_and_watch_prints_it_as_json() {
 fn send_refuses_a_bad_message_before_joining() {
     let server = spawn_server(&[]);
     let long = "x".repeat(129);
-    let (mut send, _, err) = start(&["send", "--server", &server.addr, "--name", "Sam", &long]);
+    let (mut send, _, err) =
+        start_chitty(&["send", "--server", &server.addr, "--name", "Sam", &long]);
     assert!(!send.wait_exit().success());
     let err = err.wait_closed("stderr").join("\n");
     assert!(err.contains("nothing was sent"), "{err}");
@@ -167,9 +151,7 @@ fn the_common_mistakes_get_clear_errors() {
         }
     });
     // A port where nothing listens.
-    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let free_addr = free.local_addr().unwrap().to_string();
-    drop(free);
+    let free_addr = format!("127.0.0.1:{}", free_port());
 
     let stderr_of = |args: &[&str]| {
         // `client` takes no text; `send` does.
@@ -178,7 +160,7 @@ fn the_common_mistakes_get_clear_errors() {
         } else {
             args.to_vec()
         };
-        let (mut child, _, err) = start(&args);
+        let (mut child, _, err) = start_chitty(&args);
         let status = child.wait_exit();
         assert!(!status.success(), "{args:?}");
         err.wait_closed("stderr").join("\n")
@@ -201,4 +183,51 @@ fn the_common_mistakes_get_clear_errors() {
             "{command}: {err}"
         );
     }
+}
+
+#[test]
+fn send_publishes_each_line_of_its_input_as_it_comes() {
+    use std::io::Write;
+    let server = spawn_server(&[]);
+    let (_watch, watched, _) = start_chitty(&["watch", "--server", &server.addr, "--json"]);
+    watched.wait_for_line("the watcher's join", |l| l.contains("\"joined\""));
+
+    let mut child = test_command(Command::new(CHITTY))
+        .args(["send", "--server", &server.addr, "--name", "Pat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chitty send");
+    let mut input = child.stdin.take().expect("piped");
+    let sent = Lines::collect(child.stdout.take().expect("piped"));
+    let err = Lines::collect(child.stderr.take().expect("piped"));
+    let mut send = ChildGuard::new(child, "chitty send (stdin)");
+
+    // The first line is sent while the input is still open.
+    input.write_all(b"first\n").unwrap();
+    watched.wait_for_line("the first line", |l| {
+        l.contains("\"message\"") && l.contains("\"first\"")
+    });
+    sent.wait_for_line("send's report of it", |l| l.ends_with(": first"));
+    input.write_all(b"second\n").unwrap();
+    watched.wait_for_line("the second line", |l| {
+        l.contains("\"message\"") && l.contains("\"second\"")
+    });
+
+    // A line that is not UTF-8 is an error naming it, not a quiet end.
+    input.write_all(b"\xff\xfe\nnot sent\n").unwrap();
+    drop(input);
+    let status = send.wait_exit();
+    assert!(!status.success(), "{status}");
+    let err = err.wait_closed("send's stderr").join("\n");
+    assert!(err.contains("line 3 is not UTF-8"), "{err}");
+    watched.wait_for_line("Pat's leave", |l| {
+        l.contains("\"left\"") && l.contains("\"Pat\"")
+    });
+    assert!(
+        !watched.snapshot().iter().any(|l| l.contains("not sent")),
+        "{:?}",
+        watched.snapshot()
+    );
 }

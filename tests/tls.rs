@@ -10,14 +10,14 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chitty::tls::TlsSettings;
 use common::cluster::{FAST_DETECTION, block_on, wait_members_with};
 use common::{
-    ChildGuard, ClientProcess, DEADLINE, Lines, ServerProcess, spawn_server, start_client_process,
+    ClientProcess, DEADLINE, ServerProcess, spawn_server, start_chitty, start_client_process,
     test_command,
 };
 
@@ -49,16 +49,7 @@ impl Drop for TempDir {
 
 /// Runs `chitty ARGS...` to its end: exit code, stdout and stderr.
 fn run_chitty(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut child = test_command(Command::new(common::CHITTY))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start chitty");
-    let stdout = Lines::collect(child.stdout.take().expect("piped"));
-    let stderr = Lines::collect(child.stderr.take().expect("piped"));
-    let mut child = ChildGuard::new(child, format!("chitty {}", args.join(" ")));
+    let (mut child, stdout, stderr) = start_chitty(args);
     let status = child.wait_exit();
     (
         status.code(),

@@ -717,6 +717,14 @@ impl ChatCore {
         self.roster.participants()
     }
 
+    /// See [`super::roster::Roster::names_by_home`].
+    pub fn names_by_home(
+        &self,
+        cap: usize,
+    ) -> std::collections::HashMap<(String, u64), (Vec<String>, usize)> {
+        self.roster.names_by_home(cap)
+    }
+
     /// Updates the roster for a delivered event. Returns a local participant
     /// (id, session) that lost a name clash to it.
     fn apply(&mut self, event: &Arc<Event>) -> Option<(String, u64)> {

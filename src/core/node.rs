@@ -682,6 +682,15 @@ impl NodeCore {
         self.chat.participants()
     }
 
+    /// Live participants' names by home node, at most `cap` per node (see
+    /// [`super::roster::Roster::names_by_home`]).
+    pub fn names_by_home(
+        &self,
+        cap: usize,
+    ) -> std::collections::HashMap<(String, u64), (Vec<String>, usize)> {
+        self.chat.names_by_home(cap)
+    }
+
     /// The nodes this node reaches (itself included) and the members it
     /// cannot reach, as clients see them.
     pub fn server_list(&self) -> ServerList {
@@ -790,7 +799,6 @@ impl NodeCore {
         }
         let mut before = self.chat.delivered();
         before.retain(|mark| mark.origin.as_ref() != Some(&self.me));
-        let earlier = self.earlier_messages(recent);
         let clock_before = self.chat.lamport();
         let joined = match self.chat.join(name, lamport, participant_id, token.clone()) {
             Ok(joined) => joined,
@@ -844,6 +852,8 @@ impl NodeCore {
                 },
             );
         }
+        // Only for a join that is accepted: a refused one costs no scan.
+        let earlier = self.earlier_messages(recent);
         let from_gate = self.next_gate;
         self.open(
             request,
@@ -862,13 +872,18 @@ impl NodeCore {
     /// has shown its participants, oldest first: what a new session is
     /// handed as earlier messages. Events still behind the gate are not
     /// shown yet, so they are left out, as they are from the session.
+    /// The history is scanned from its newest end and only until `count`
+    /// messages are found.
     fn earlier_messages(&self, count: usize) -> Vec<Event> {
         let count = count.min(MAX_RECENT);
         if count == 0 {
             return Vec::new();
         }
-        let gated: std::collections::HashSet<*const Event> =
-            self.gate.iter().map(|g| Arc::as_ptr(&g.event)).collect();
+        let gated: std::collections::HashSet<*const Event> = if self.gate.is_empty() {
+            Default::default()
+        } else {
+            self.gate.iter().map(|g| Arc::as_ptr(&g.event)).collect()
+        };
         let mut earlier: Vec<Event> = self
             .chat
             .history()

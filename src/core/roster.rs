@@ -167,6 +167,33 @@ impl Roster {
         list
     }
 
+    /// The names of live participants by their home node (id and
+    /// generation), each list sorted and cut to its first `cap` names,
+    /// with how many were left off.
+    pub fn names_by_home(
+        &self,
+        cap: usize,
+    ) -> std::collections::HashMap<(String, u64), (Vec<String>, usize)> {
+        let mut by_home: std::collections::HashMap<(&str, u64), Vec<&str>> =
+            std::collections::HashMap::new();
+        for m in self.members.values() {
+            by_home
+                .entry((m.home.id.as_str(), m.home.generation))
+                .or_default()
+                .push(&m.name);
+        }
+        by_home
+            .into_iter()
+            .map(|((id, generation), mut names)| {
+                names.sort_unstable();
+                let more = names.len().saturating_sub(cap);
+                names.truncate(cap);
+                let names = names.into_iter().map(str::to_string).collect();
+                ((id.to_string(), generation), (names, more))
+            })
+            .collect()
+    }
+
     /// Participants whose home node is not in `alive` (node ids), sorted.
     pub fn orphans(&self, alive: &[NodeId]) -> Vec<String> {
         let mut list: Vec<String> = self
@@ -202,6 +229,22 @@ mod tests {
             id: id.into(),
             generation: 1,
         }
+    }
+
+    #[test]
+    fn names_by_home_are_sorted_and_capped_per_node() {
+        let mut r = Roster::default();
+        for i in 0..250u64 {
+            let home = if i % 5 == 0 { node("n2") } else { node("n1") };
+            r.joined(&format!("p{i}"), &format!("u{i:03}"), home, i);
+        }
+        let by_home = r.names_by_home(100);
+        let (n1, more1) = &by_home[&("n1".to_string(), 1)];
+        assert_eq!((n1.len(), *more1), (100, 100));
+        assert_eq!(n1[..2], ["u001", "u002"]);
+        let (n2, more2) = &by_home[&("n2".to_string(), 1)];
+        assert_eq!((n2.len(), *more2), (50, 0));
+        assert!(n2.windows(2).all(|w| w[0] < w[1]));
     }
 
     #[test]

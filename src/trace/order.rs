@@ -70,28 +70,49 @@ fn call_class(call: &str) -> &str {
     }
 }
 
-struct UnionFind(HashMap<String, String>);
+/// Disjoint sets of strings: iterative `find` with path compression and
+/// union by size, so a long chain neither recurses deeply nor stays long.
+#[derive(Default)]
+struct UnionFind {
+    parent: HashMap<String, String>,
+    size: HashMap<String, usize>,
+}
 
 impl UnionFind {
     fn find(&mut self, x: &str) -> String {
-        let parent = self
-            .0
-            .entry(x.to_string())
-            .or_insert_with(|| x.to_string())
-            .clone();
-        if parent == x {
-            return parent;
+        let mut root = x.to_string();
+        while let Some(parent) = self.parent.get(&root) {
+            if *parent == root {
+                break;
+            }
+            root = parent.clone();
         }
-        let root = self.find(&parent);
-        self.0.insert(x.to_string(), root.clone());
+        if !self.parent.contains_key(x) {
+            self.parent.insert(x.to_string(), x.to_string());
+        }
+        // Path compression: every node on the way now points at the root.
+        let mut at = x.to_string();
+        while at != root {
+            let next = self
+                .parent
+                .insert(at, root.clone())
+                .expect("on the path to the root");
+            at = next;
+        }
         root
     }
 
     fn union(&mut self, a: &str, b: &str) {
         let (ra, rb) = (self.find(a), self.find(b));
-        if ra != rb {
-            self.0.insert(ra, rb);
+        if ra == rb {
+            return;
         }
+        let size_a = self.size.get(&ra).copied().unwrap_or(1);
+        let size_b = self.size.get(&rb).copied().unwrap_or(1);
+        let (small, large) = if size_a < size_b { (ra, rb) } else { (rb, ra) };
+        self.size.insert(large.clone(), size_a + size_b);
+        self.size.remove(&small);
+        self.parent.insert(small, large);
     }
 }
 
@@ -587,7 +608,7 @@ pub fn build(
 /// Fails when the files are logs of more than one run: nodes that share no
 /// ServerJoin, relay or participant.
 fn check_one_run(files: &[LogFile], recs: &[Record]) -> Result<(), String> {
-    let mut runs = UnionFind(HashMap::new());
+    let mut runs = UnionFind::default();
     let mut anchor: BTreeMap<usize, (String, usize)> = BTreeMap::new();
     for r in recs {
         let Some(node) = &r.node else { continue };
@@ -1033,6 +1054,21 @@ fn finish(
 #[cfg(test)]
 mod tests {
     use crate::trace::{Item, Options, trace};
+
+    #[test]
+    fn a_long_union_chain_does_not_overflow_the_stack() {
+        let mut sets = super::UnionFind::default();
+        let n = 200_000;
+        // Each union puts a one-element set under the chain so far, the
+        // worst case for a find without union by size or compression.
+        for i in 1..n {
+            sets.union(&format!("n{i}"), &format!("n{}", i - 1));
+        }
+        let root = sets.find("n0");
+        assert_eq!(sets.find(&format!("n{}", n - 1)), root);
+        assert_eq!(sets.find("n100000"), root);
+        assert_ne!(sets.find("other"), root);
+    }
 
     fn line(fields: &str) -> String {
         format!(

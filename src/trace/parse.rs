@@ -67,6 +67,10 @@ pub struct LogFile {
 /// (the `file`th given). Lines that are not diagram records are skipped;
 /// a damaged line is skipped with a warning; a file with no records at
 /// all (empty, a text log, only other lines) is an error.
+/// At most this many damaged lines of one file are warned about one by one;
+/// the rest are counted in one more warning.
+const MAX_LINE_WARNINGS: usize = 20;
+
 pub fn parse_log(
     file: usize,
     name: &str,
@@ -87,6 +91,14 @@ pub fn parse_log(
     let mut json_lines = 0usize;
     let mut first_text: Option<usize> = None;
     let mut text_lines = 0usize;
+    // Damaged lines warned about one by one, up to MAX_LINE_WARNINGS.
+    let mut damaged = 0usize;
+    let mut warn = |warning: String| {
+        damaged += 1;
+        if damaged <= MAX_LINE_WARNINGS {
+            warnings.push(warning);
+        }
+    };
     for (i, raw) in lines.iter().enumerate() {
         let line = i + 1;
         let trimmed = raw.trim();
@@ -102,7 +114,7 @@ pub fn parse_log(
                 match record(file, line, &object) {
                     Ok(Some(r)) => records.push(r),
                     Ok(None) => {}
-                    Err(e) => warnings.push(format!("{name}:{line}: {e}; line ignored")),
+                    Err(e) => warn(format!("{name}:{line}: {e}; line ignored")),
                 }
             }
             Ok(_) => {
@@ -115,16 +127,22 @@ pub fn parse_log(
                 } else {
                     "a cut-off JSON line"
                 };
-                warnings.push(format!("{name}:{line}: {where_}; line ignored"));
+                warn(format!("{name}:{line}: {where_}; line ignored"));
             }
             Err(e) if trimmed.starts_with('{') => {
-                warnings.push(format!("{name}:{line}: malformed JSON ({e}); line ignored"));
+                warn(format!("{name}:{line}: malformed JSON ({e}); line ignored"));
             }
             Err(_) => {
                 text_lines += 1;
                 first_text.get_or_insert(line);
             }
         }
+    }
+    if damaged > MAX_LINE_WARNINGS {
+        warnings.push(format!(
+            "{name}: {} more damaged lines ignored ({damaged} in all)",
+            damaged - MAX_LINE_WARNINGS
+        ));
     }
     if json_lines == 0 {
         let line = first_text.unwrap_or(1);
@@ -346,6 +364,19 @@ mod tests {
                 .iter()
                 .any(|w| w.starts_with("n.jsonl:4: the last line is cut off")),
             "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn warnings_about_damaged_lines_are_capped_per_file() {
+        let good = r#"{"timestamp":"2026-12-03T10:56:52.003709Z","level":"INFO","message":"start","role":"node","node":"a","generation":1,"node_addr":"127.0.0.1:1","target":"chitty::diagram"}"#;
+        let text = format!("{good}\n{}", "{\"a\":1,}\n".repeat(1000));
+        let mut warnings = Vec::new();
+        parse_log(0, "n.jsonl", &text, &mut warnings).unwrap();
+        assert_eq!(warnings.len(), MAX_LINE_WARNINGS + 1, "{warnings:?}");
+        assert_eq!(
+            warnings.last().unwrap(),
+            "n.jsonl: 980 more damaged lines ignored (1000 in all)"
         );
     }
 

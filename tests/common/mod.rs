@@ -296,6 +296,34 @@ fn chitty_command() -> Command {
     test_command(Command::new(CHITTY))
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago (nothing listens on
+/// it once this returns).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("reserve a port")
+        .port()
+}
+
+/// Starts `chitty ARGS...` with no input and its output piped: the process
+/// and its standard output and error, line by line.
+pub fn start_chitty(args: &[&str]) -> (ChildGuard, Lines, Lines) {
+    let mut child = chitty_command()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start chitty");
+    let stdout = Lines::collect(child.stdout.take().expect("piped"));
+    let stderr = Lines::collect(child.stderr.take().expect("piped"));
+    (
+        ChildGuard::new(child, format!("chitty {}", args.join(" "))),
+        stdout,
+        stderr,
+    )
+}
+
 /// `cmd` (which runs `chitty`, directly or through a wrapper) with no
 /// `CHITTY_*` settings inherited, killed if the test process dies.
 pub fn test_command(mut cmd: Command) -> Command {
