@@ -247,13 +247,6 @@ impl Drop for ComposeCluster {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 fn build_image() {
     let started = Instant::now();
     run(Command::new(root().join("cluster/docker/build-image.sh"))
