@@ -1099,10 +1099,17 @@ async fn client_session(args: ClientArgs, read_only: bool) -> ExitCode {
                     }
                     Update::Moved { from, to } => {
                         if std::mem::take(&mut cut_off) {
-                            screen.notice(&format!(
-                                "[connection] back: session resumed at {}, nothing missed",
-                                escaped(&to)
-                            ));
+                            // Where it is now, and that it moved if it did.
+                            let resumed = if from == to {
+                                format!("session resumed at {}", escaped(&to))
+                            } else {
+                                format!(
+                                    "moved from {} to {}: session resumed",
+                                    escaped(&from),
+                                    escaped(&to)
+                                )
+                            };
+                            screen.notice(&format!("[connection] back: {resumed}, nothing missed"));
                         } else {
                             screen.notice(&format!(
                                 "moved from {} to {}: session resumed, nothing missed",

@@ -388,6 +388,14 @@ impl ChildGuard {
     }
 }
 
+/// The "moved from A to B: ..." part of a client's notice that it moved,
+/// which follows "[connection] back: " when no node had answered for a
+/// while before.
+fn moved_line(line: &str) -> Option<&str> {
+    let line = line.strip_prefix("[connection] back: ").unwrap_or(line);
+    line.starts_with("moved from ").then_some(line)
+}
+
 impl ClientProcess {
     /// Types one line, reporting a closed pipe (the client exited) instead
     /// of panicking.
@@ -407,7 +415,7 @@ impl ClientProcess {
         self.stderr
             .snapshot()
             .into_iter()
-            .filter(|l| l.starts_with("moved from "))
+            .filter_map(|l| moved_line(&l).map(str::to_string))
             .collect()
     }
 
@@ -423,10 +431,12 @@ impl ClientProcess {
     /// the node at `from`.
     pub fn wait_moved_from(&self, from: &str) -> String {
         let prefix = format!("moved from {from} to ");
-        self.stderr
+        let line = self
+            .stderr
             .wait_for_line(&format!("{} to move away from {from}", self.name), |l| {
-                l.starts_with(&prefix)
-            })
+                moved_line(l).is_some_and(|m| m.starts_with(&prefix))
+            });
+        moved_line(&line).unwrap_or(&line).to_string()
     }
 
     /// Waits until this client has seen the numbered message `#n` of
