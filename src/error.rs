@@ -42,7 +42,7 @@ impl From<Error> for Status {
                 | core::Error::InvalidName(_)
                 | core::Error::InvalidRequest(_),
             ) => Code::InvalidArgument,
-            Error::Core(core::Error::NameTaken(_)) => Code::AlreadyExists,
+            Error::Core(core::Error::NameTaken { .. }) => Code::AlreadyExists,
             Error::Core(core::Error::UnknownSession) => Code::Unauthenticated,
             Error::RateLimited(_) => Code::ResourceExhausted,
             Error::Unavailable(_) | Error::Connect { .. } => Code::Unavailable,
