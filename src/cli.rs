@@ -407,6 +407,11 @@ pub struct BenchArgs {
     /// Also join this many participants that never read their stream.
     #[arg(long, env = "CHITTY_BENCH_SLOW", default_value_t = 0)]
     pub slow: usize,
+    /// Also have one more participant flood the room with this many
+    /// messages over PublishStream, as fast as its node takes them, while
+    /// the publishers go on as set (their latency is what is reported).
+    #[arg(long, env = "CHITTY_BENCH_FLOOD", default_value_t = 0)]
+    pub flood: u64,
     /// Also join this many reading, non-publishing participants, and report
     /// node memory per participant.
     #[arg(long, env = "CHITTY_BENCH_IDLE", default_value_t = 0)]
@@ -480,6 +485,7 @@ pub async fn run_bench(args: BenchArgs) -> ExitCode {
         size: args.size,
         rate: args.rate,
         slow: args.slow,
+        flood: args.flood,
         idle: args.idle,
         streams_per_connection: args.streams_per_connection,
         drain: std::time::Duration::from_secs(args.drain_secs),
