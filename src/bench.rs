@@ -31,7 +31,10 @@
 //! enough that no participant's server-side queue can overflow, because each
 //! join is itself a broadcast (S joins make S²/2 deliveries).
 //!
-//! `--slow K` adds K participants that join and never read (each on its own
+//! `--flood F` has one more participant send F messages over `PublishStream`
+//! as fast as its node takes them (not paced, not windowed), alongside the
+//! publishers, whose latency is what is reported: what one flooder costs
+//! the others. `--slow K` adds K participants that join and never read (each on its own
 //! connection, like a slow machine would be, with a small HTTP/2 window so
 //! that the node's queue for it fills within a short run), to show what a
 //! slow reader costs everyone else: compare a run with and without it. `--idle N` adds N
@@ -107,6 +110,10 @@ pub struct Config {
     pub rate: Option<f64>,
     /// Participants that join and never read.
     pub slow: usize,
+    /// Messages one extra participant floods the room with, over
+    /// `PublishStream` as fast as the node takes them, while the publishers
+    /// publish as they would without it (0: no flood).
+    pub flood: u64,
     /// Extra reading, non-publishing participants.
     pub idle: usize,
     /// Most Join streams sharing one gRPC connection.
@@ -143,6 +150,15 @@ pub struct Report {
     pub rate: Option<f64>,
     pub slow: usize,
     pub idle: usize,
+    /// Flood messages sent, and how many the node accepted (the rest were
+    /// refused, by the publish rate limit).
+    pub flood: u64,
+    pub flood_accepted: Option<u64>,
+    /// The nodes' resident memory together: before publishing (everyone
+    /// joined), and after the run (stalled participants cut off, every
+    /// queue drained).
+    pub rss_before_bytes: Option<u64>,
+    pub rss_after_bytes: Option<u64>,
     /// Messages the publishers sent (attempted).
     pub sent: u64,
     pub publish_errors: u64,
@@ -1230,6 +1246,34 @@ async fn publish(
     out
 }
 
+/// The flooder: `count` messages over one `PublishStream`, sent as fast as
+/// the stream takes them; returns how many the node accepted.
+async fn flood(session: Session, count: u64, size: usize) -> u64 {
+    let Ok((sender, mut replies)) = session.publisher().await else {
+        return 0;
+    };
+    let accepted = tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok(Some(outcome)) = replies.message().await {
+            accepted += u64::from(outcome.reply.is_some());
+        }
+        accepted
+    });
+    let mut text = String::with_capacity(size);
+    for k in 0..count {
+        text.clear();
+        let _ = write!(text, "flood {k} ");
+        while text.len() < size {
+            text.push('~');
+        }
+        if sender.send(&text).await.is_err() {
+            break;
+        }
+    }
+    drop(sender);
+    accepted.await.unwrap_or(0)
+}
+
 /// Messages sent by all publishers so far.
 fn total(attempted: &[Arc<AtomicU64>]) -> u64 {
     attempted.iter().map(|a| a.load(Ordering::Relaxed)).sum()
@@ -1393,10 +1437,26 @@ async fn measure(
         room.wait_quiet().await;
         say(format!("{} slow participants joined", config.slow));
     }
+    // The flooder reads its stream (it must not be cut off as too slow);
+    // its messages are no bench message to the readers (not counted).
+    let mut flooder = None;
+    if config.flood > 0 {
+        let channel = client::connect_channel(&room.addrs[0])
+            .await
+            .map_err(|e| e.to_string())?;
+        let (session, mut frames, _) =
+            join_reader(channel, &format!("flood-{}1", room.name_prefix))
+                .await
+                .map_err(|e| format!("the flooder could not join: {e}"))?;
+        tokio::spawn(async move { while let Ok(Some(_)) = frames.message().await {} });
+        room.wait_quiet().await;
+        flooder = Some(session);
+    }
     // A node that died while joining would make everything after meaningless.
     if let Some(c) = cluster.as_deref_mut() {
         c.check_alive()?;
     }
+    let rss_before = total_rss(pids);
 
     let plan = room.plan.clone();
     let readers = room.readers.len() as u64;
@@ -1419,6 +1479,9 @@ async fn measure(
             readers: room.readers.iter().map(|r| r.counters.clone()).collect(),
         })
     });
+    let flooding = flooder
+        .clone()
+        .map(|session| tokio::spawn(flood(session, config.flood, config.size)));
     let mut publishers = JoinSet::new();
     for (i, session) in room.publishers.iter().cloned().enumerate() {
         publishers.spawn(publish(
@@ -1527,8 +1590,21 @@ async fn measure(
         rate: config.rate,
         slow: config.slow,
         idle: config.idle,
+        flood: config.flood,
         ..Report::default()
     };
+    if let Some(flooding) = flooding {
+        report.flood_accepted = flooding.await.ok();
+    }
+    drop(flooder);
+    report.rss_before_bytes = rss_before;
+    // The stalled participants go away (their connections close), and
+    // the nodes free what was queued for them.
+    if !room.slow_streams.is_empty() {
+        room.slow_streams.clear();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    report.rss_after_bytes = total_rss(pids);
     let mut last_ack_us = t0_us;
     for out in &published {
         report.publish_errors += out.errors;
@@ -1771,6 +1847,26 @@ impl Report {
                 }),
             ));
         }
+        if self.flood > 0 {
+            rows.push((
+                "flood",
+                format!(
+                    "{} sent, {} accepted by the node",
+                    self.flood,
+                    self.flood_accepted.map_or("?".into(), |n| n.to_string())
+                ),
+            ));
+        }
+        let mib =
+            |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0));
+        rows.push((
+            "node memory before/after",
+            format!(
+                "{} / {} (VmRSS, all nodes: everyone joined / run over, stalled ones gone)",
+                mib(self.rss_before_bytes),
+                mib(self.rss_after_bytes)
+            ),
+        ));
         if self.slow > 0 {
             rows.push((
                 "slow ones cut off",
@@ -1891,6 +1987,7 @@ pub async fn sweep(
                 messages: sweep_messages(participants, budget, base.messages),
                 rate: None,
                 slow: 0,
+                flood: 0,
                 idle: 0,
                 ..base.clone()
             };

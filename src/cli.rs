@@ -21,7 +21,7 @@ use crate::core::validate::escaped;
 use crate::failover::{self, ClientOptions, Update};
 use crate::node::{
     DEFAULT_BOOT_TIMEOUT, DEFAULT_BOOTSTRAP_AFTER, DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT,
-    DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE, NodeConfig,
+    DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE, DEFAULT_SESSION_QUEUE_BUDGET, NodeConfig,
 };
 use crate::rate::{self, RateLimit};
 use crate::tls::TlsSettings;
@@ -300,6 +300,12 @@ pub struct ServerArgs {
     /// slow.
     #[arg(long, env = "CHITTY_SESSION_QUEUE", default_value_t = DEFAULT_SESSION_QUEUE)]
     pub session_queue: usize,
+    /// Events queued for all participants of the node together: each may
+    /// hold its share (at least 256, at most --session-queue) before it is
+    /// disconnected as too slow, so stalled readers cost a bounded amount
+    /// of memory however many there are.
+    #[arg(long, env = "CHITTY_SESSION_QUEUE_BUDGET", default_value_t = DEFAULT_SESSION_QUEUE_BUDGET)]
+    pub session_queue_budget: usize,
     /// Worker threads of the node's runtime; 0: one per core. With 1 the
     /// node runs on a single-threaded runtime.
     #[arg(long, env = "CHITTY_THREADS", default_value_t = 0)]
@@ -481,6 +487,11 @@ pub struct BenchArgs {
     /// Also join this many participants that never read their stream.
     #[arg(long, env = "CHITTY_BENCH_SLOW", default_value_t = 0)]
     pub slow: usize,
+    /// Also have one more participant flood the room with this many
+    /// messages over PublishStream, as fast as its node takes them, while
+    /// the publishers go on as set (their latency is what is reported).
+    #[arg(long, env = "CHITTY_BENCH_FLOOD", default_value_t = 0)]
+    pub flood: u64,
     /// Also join this many reading, non-publishing participants, and report
     /// node memory per participant.
     #[arg(long, env = "CHITTY_BENCH_IDLE", default_value_t = 0)]
@@ -554,6 +565,7 @@ pub async fn run_bench(args: BenchArgs) -> ExitCode {
         size: args.size,
         rate: args.rate,
         slow: args.slow,
+        flood: args.flood,
         idle: args.idle,
         streams_per_connection: args.streams_per_connection,
         drain: std::time::Duration::from_secs(args.drain_secs),
@@ -689,6 +701,7 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         config.node.id = id.clone();
     }
     config.session_queue = args.session_queue.max(1);
+    config.session_queue_budget = args.session_queue_budget.max(1);
     config.peer_queue = args.peer_queue.max(1);
     // One list for every node of a set may name this node too: it does not
     // try to join through itself.

@@ -42,7 +42,7 @@ impl From<Error> for Status {
                 | core::Error::InvalidName(_)
                 | core::Error::InvalidRequest(_),
             ) => Code::InvalidArgument,
-            Error::Core(core::Error::NameTaken(_) | core::Error::NameHeld { .. }) => {
+            Error::Core(core::Error::NameTaken { .. } | core::Error::NameHeld { .. }) => {
                 Code::AlreadyExists
             }
             Error::Core(core::Error::UnknownSession) => Code::Unauthenticated,

@@ -60,6 +60,13 @@ pub const DEFAULT_SESSION_QUEUE: usize = 8192;
 /// starts.
 pub const DEFAULT_BOOTSTRAP_AFTER: Duration = Duration::from_secs(5);
 
+/// Default of `--session-queue-budget`: events queued for all of a node's
+/// sessions together. Each session may hold its share of it (but no more
+/// than `--session-queue`, and no less than [`MIN_SESSION_QUEUE`]), so
+/// what stalled readers cost the node is bounded however many there are.
+pub const DEFAULT_SESSION_QUEUE_BUDGET: usize = 1 << 20;
+/// However many sessions share the budget, each may queue this many events.
+pub const MIN_SESSION_QUEUE: usize = 256;
 /// How long a joining node keeps trying its boot members by default: nodes
 /// started together (compose, systemd) have that long to come up.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -88,6 +95,9 @@ pub struct NodeConfig {
     pub advertise: String,
     /// Capacity of each session's outgoing queue (events).
     pub session_queue: usize,
+    /// Events queued for all sessions together: each session is cut off
+    /// past its share (see [`NodeConfig::session_cap`]).
+    pub session_queue_budget: usize,
     /// Capacity of each peer link's outgoing queue (events).
     pub peer_queue: usize,
     /// Members to join the cluster through (any one will do); none starts
@@ -137,6 +147,7 @@ impl NodeConfig {
             },
             advertise: advertise.into(),
             session_queue: DEFAULT_SESSION_QUEUE,
+            session_queue_budget: DEFAULT_SESSION_QUEUE_BUDGET,
             peer_queue: DEFAULT_PEER_QUEUE,
             boot: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
@@ -152,6 +163,17 @@ impl NodeConfig {
             fault_link_delay: None,
             metrics_listener: None,
         }
+    }
+
+    /// How many events one of `sessions` open sessions may have queued
+    /// before it is cut off as too slow: its share of the budget, within
+    /// [`MIN_SESSION_QUEUE`] and `session_queue`. A reader that keeps up
+    /// holds a few events at most; one that stopped reading reaches its
+    /// share and is cut off, sooner the more sessions share the node.
+    pub fn session_cap(&self, sessions: usize) -> usize {
+        (self.session_queue_budget / sessions.max(1))
+            .max(MIN_SESSION_QUEUE)
+            .min(self.session_queue)
     }
 
     pub fn timing(&self) -> Timing {
@@ -610,6 +632,7 @@ impl Node {
     pub(crate) fn carry_out(&self, state: &mut State) {
         let mut outputs = std::mem::take(&mut state.outputs);
         let mut overflowed: Vec<String> = Vec::new();
+        let cap = self.shared.config.session_cap(state.sinks.len());
         loop {
             state.core.drain_outputs_into(&mut outputs);
             if outputs.is_empty() {
@@ -620,7 +643,7 @@ impl Node {
             for output in outputs.drain(..) {
                 match output {
                     Output::Deliver { gate, event } => {
-                        let reached = deliver(state, gate, &event, &mut overflowed);
+                        let reached = deliver(state, gate, &event, cap, &mut overflowed);
                         self.shared.metrics.deliveries.inc_by(reached);
                     }
                     Output::LateRun { gate, late } => {
@@ -756,14 +779,13 @@ impl Node {
                     }
                 }
             }
-            let capacity = self.shared.config.session_queue;
             for pid in overflowed.drain(..) {
                 self.shared
                     .metrics
                     .sessions_cut
                     .with_label_values(&["too_slow"])
                     .inc();
-                state.core.session_overflowed(&pid, capacity);
+                state.core.session_overflowed(&pid, cap);
             }
         }
         state.outputs = outputs;
@@ -903,10 +925,16 @@ impl Node {
 }
 
 /// Hands a released event to every local session that was open when it
-/// entered the gate; notes the sessions whose queue is full.
-/// Queues `event` to every session that may see it; returns how many it
-/// reached.
-fn deliver(state: &State, gate: u64, event: &Event, overflowed: &mut Vec<String>) -> u64 {
+/// entered the gate; notes the sessions whose queue is full, or holds `cap`
+/// events already (its share of the node's budget). Returns how many
+/// sessions it reached.
+fn deliver(
+    state: &State,
+    gate: u64,
+    event: &Event,
+    cap: usize,
+    overflowed: &mut Vec<String>,
+) -> u64 {
     let field = wire::participant_field(event);
     let mut reached = 0;
     for (pid, sink) in &state.sinks {
@@ -915,6 +943,10 @@ fn deliver(state: &State, gate: u64, event: &Event, overflowed: &mut Vec<String>
         }
         if overflowed.contains(pid) {
             continue; // cut off: it must not see later events past a hole
+        }
+        if sink.tx.max_capacity() - sink.tx.capacity() >= cap {
+            overflowed.push(pid.clone());
+            continue;
         }
         match sink.tx.try_send(Outbound::Event(field.clone())) {
             Ok(()) => {

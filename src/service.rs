@@ -113,6 +113,10 @@ async fn serve_publish_stream(
             if waiting_tx.send(Pending::Publish(outcome)).await.is_err() {
                 return;
             }
+            // One message per turn: every publish stream of the node (and
+            // every unary Publish) takes its turn between two messages of a
+            // stream that has thousands buffered, rather than after them.
+            tokio::task::yield_now().await;
         }
     };
     tokio::join!(reading, answering);

@@ -146,6 +146,30 @@ async fn a_name_held_by_a_live_participant_is_refused_with_already_exists() {
     observer.say("marker").await;
     observer.assert_next_is_message("Observer", "marker").await;
 
+    // A look-alike of the name is the name: other case, fullwidth, a
+    // Cyrillic letter; refused naming whom it resembles, shown as typed.
+    for like in [
+        "observer",
+        "OBSERVER",
+        "\u{41e}bserver",
+        "Obs\u{435}rver",
+        "\u{ff2f}bserver",
+    ] {
+        let status = raw_join(&mut grpc, like)
+            .await
+            .expect_err(&format!("{like:?} must be refused"));
+        assert_eq!(status.code(), Code::AlreadyExists, "{like:?}: {status:?}");
+        assert!(
+            status.message().contains("looks like \"Observer\""),
+            "{like:?}: {:?}",
+            status.message()
+        );
+    }
+    observer.say("marker 2").await;
+    observer
+        .assert_next_is_message("Observer", "marker 2")
+        .await;
+
     // Once the holder left, the name is free again.
     observer.session.leave().await.expect("leave");
     let mut again = join(&server.addr, "Observer").await;
@@ -970,6 +994,8 @@ async fn messages_with_terminal_controls_or_only_white_space_are_refused() {
         "tab\there",
         "\u{202e}txet desrever",
         "zero\u{200b}width",
+        "\u{200b}",
+        " \u{200b}\u{2060}\u{feff} ",
         "para\u{2029}graph",
     ] {
         let status = raw_publish(&mut grpc, &token, text)
@@ -982,12 +1008,24 @@ async fn messages_with_terminal_controls_or_only_white_space_are_refused() {
             status.message()
         );
     }
-    for text in [" ", "     ", "\u{3000}\u{2003}"] {
+    // Spaces only, invisible letters (Hangul fillers), a blank braille
+    // pattern: nothing visible. Zero-width characters, alone or mixed,
+    // are format characters and refused above.
+    for text in [
+        " ",
+        "     ",
+        "\u{3000}\u{2003}",
+        "\u{3164}",
+        " \u{2800} \u{3164} ",
+    ] {
         let status = raw_publish(&mut grpc, &token, text)
             .await
             .expect_err(&format!("{text:?} must be refused"));
         assert_eq!(status.code(), Code::InvalidArgument, "{text:?}: {status:?}");
-        assert!(status.message().contains("white space"), "{status:?}");
+        assert!(
+            status.message().contains("no visible character"),
+            "{status:?}"
+        );
     }
     observer.say("marker").await;
     observer.assert_next_is_message("Observer", "marker").await;

@@ -681,3 +681,50 @@ fn a_shared_configuration_bootstraps_only_the_named_node() {
     let second = start_server_process(shared("second", "127.0.0.1:0"), "second");
     wait_members(&[&own, &second.addr], &[&own, &second.addr]);
 }
+
+/// Two look-alike names ("Alice" and "Аlice", Cyrillic А) joining at the
+/// same moment on two nodes, over the gRPC API: whichever way the race
+/// goes (one refused at once, or both admitted and the later one ended by
+/// the tie-break), both nodes end up listing exactly one of them.
+#[test]
+fn look_alike_names_joining_at_once_on_two_nodes_leave_one() {
+    let cluster = Cluster::start(2, &FAST_DETECTION);
+    let (a, b) = (cluster.addr(0), cluster.addr(1));
+    block_on(async move {
+        let join = |addr: String, name: &'static str| async move {
+            let mut client = chitty::client::connect(&addr).await.expect("connect");
+            let joined = client
+                .join(chitty::proto::JoinRequest {
+                    name: name.into(),
+                    lamport: 1,
+                    resume: None,
+                    rejoin: None,
+                    recent: 0,
+                })
+                .await;
+            (client, joined)
+        };
+        let (left, right) = tokio::join!(join(a.clone(), "Alice"), join(b.clone(), "\u{410}lice"));
+        for (_, joined) in [&left, &right] {
+            if let Err(status) = joined {
+                assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+            }
+        }
+        // Keep the streams open while the nodes settle.
+        let _streams = (left, right);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let on_a = participants_of(&a).await.expect("list on a");
+            let on_b = participants_of(&b).await.expect("list on b");
+            if on_a.len() == 1 && on_a == on_b {
+                assert!(["Alice", "\u{410}lice"].contains(&on_a[0].as_str()));
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the nodes list {on_a:?} and {on_b:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    });
+}

@@ -481,6 +481,32 @@ fn concurrent_joins_of_one_name_keep_the_earlier_everywhere() {
     );
 }
 
+/// The same race with two names a reader cannot tell apart ("Sam" and
+/// "ЅАМ" in Cyrillic letters): one name, the same tie-break.
+#[test]
+fn concurrent_joins_of_look_alike_names_keep_the_earlier_everywhere() {
+    for seed in [16, 19, 23] {
+        let mut sim = cluster(2, 1, seed);
+        let a = sim.add_participant("Sam");
+        let b = sim.add_participant("\u{405}\u{410}\u{41c}");
+        sim.join(a, 0);
+        sim.join(b, 1);
+        sim.run_for(ms(100));
+        let sim = settled_and_checked(sim);
+        let kept: Vec<usize> = [a, b]
+            .into_iter()
+            .filter(|&p| sim.participants()[p].is_active())
+            .collect();
+        assert_eq!(kept.len(), 1, "seed {seed}: exactly one of them stays");
+        let lost = if kept[0] == a { b } else { a };
+        assert_eq!(
+            sim.participants()[lost].failure(),
+            Some("lost a name clash"),
+            "seed {seed}"
+        );
+    }
+}
+
 #[test]
 fn a_participant_gone_past_grace_is_announced_left_exactly_once() {
     let mut sim = cluster(3, 1, 17);

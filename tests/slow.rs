@@ -186,6 +186,187 @@ async fn a_participant_that_never_reads_does_not_hold_up_the_others_and_is_annou
     assert!(events < MESSAGES, "it was cut off, after {events} events");
 }
 
+/// Stalled participants under a flood, for the flood test below.
+const STALLED: usize = 20;
+/// Messages of the flood.
+const FLOOD: usize = 2000;
+/// Every how many flood messages the normal-pace publisher sends one.
+const PACE: usize = 20;
+/// Each session's share of the node's queue budget in the flood test.
+const SHARE: usize = 300;
+
+/// What a reader of the flood saw: per sender the numbers of its messages,
+/// in order, and who was announced as left.
+#[derive(Default)]
+struct FloodReading {
+    by_sender: std::collections::BTreeMap<String, Vec<usize>>,
+    lefts: Vec<String>,
+}
+
+async fn read_flood(
+    mut member: Member,
+    expected: usize,
+    progress: watch::Sender<usize>,
+) -> FloodReading {
+    let mut reading = FloodReading::default();
+    let mut messages = 0;
+    while messages < expected || reading.lefts.len() < STALLED {
+        let seen = member.next_event().await;
+        match seen.kind() {
+            EventKind::Message => {
+                let number = seen.event.text[..4].parse().expect("numbered message");
+                reading
+                    .by_sender
+                    .entry(seen.event.participant_name.clone())
+                    .or_default()
+                    .push(number);
+                messages += 1;
+                let _ = progress.send(messages);
+            }
+            EventKind::Left => reading.lefts.push(seen.event.participant_name.clone()),
+            _ => {}
+        }
+        member.seen.clear();
+    }
+    reading
+}
+
+/// A flood with many stalled participants open: the stalled ones are cut
+/// off (each past its share of the node's queue budget) and announced as
+/// left; nobody who reads is cut off, and every reader receives every
+/// message of the flooder and of a publisher at a normal pace, once, in
+/// each sender's order. No timing is asserted: the latency is the
+/// benchmark's (docs/bench.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_flood_stalled_readers_are_cut_off_and_nobody_else_loses_anything() {
+    // Readers: Flooder, Pacer, Reader; plus the stalled ones. Each session's
+    // share of the budget is SHARE events, far below --session-queue.
+    let server = start_server_with(|config| {
+        config.session_queue_budget = SHARE * (STALLED + 3);
+        config.publish_rate = None;
+    })
+    .await;
+    let mut config = chitty::node::NodeConfig::new("unused");
+    config.session_queue_budget = SHARE * (STALLED + 3);
+    assert_eq!(config.session_cap(STALLED + 3), SHARE);
+    let flooder = join(&server.addr, "Flooder").await;
+    let pacer = join(&server.addr, "Pacer").await;
+    let mut reader = join(&server.addr, "Reader").await;
+
+    let mut stalled = Vec::new();
+    for i in 0..STALLED {
+        let channel = Endpoint::from_shared(format!("http://{}", server.addr))
+            .expect("endpoint")
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await
+            .expect("connect");
+        let stream = ChittyChatClient::new(channel)
+            .join(JoinRequest {
+                name: format!("Stalled{i}"),
+                lamport: 1,
+                resume: None,
+                rejoin: None,
+                recent: 0,
+            })
+            .await
+            .expect("a stalled participant joins")
+            .into_inner();
+        stalled.push(stream);
+    }
+    let last = format!("Stalled{}", STALLED - 1);
+    reader
+        .wait_for("the last stalled join", |s| s.is_joined(&last))
+        .await;
+
+    let expected = FLOOD + FLOOD / PACE;
+    let tokens = [
+        flooder.session.welcome().session_token.clone(),
+        pacer.session.welcome().session_token.clone(),
+    ];
+    let mut progress = Vec::new();
+    let mut readers = Vec::new();
+    for member in [flooder, pacer, reader] {
+        let (tx, rx) = watch::channel(0);
+        progress.push(rx);
+        readers.push(tokio::spawn(read_flood(member, expected, tx)));
+    }
+    let mut publisher = chitty::client::connect(&server.addr)
+        .await
+        .expect("connect");
+    let padding = "x".repeat(100);
+    let mut sent = 0;
+    for i in 0..FLOOD {
+        let mut batch = vec![(0, i)];
+        if i % PACE == PACE - 1 {
+            batch.push((1, i / PACE));
+        }
+        for (who, number) in batch {
+            // The readers stay within AHEAD of the publishers, below their
+            // share: only the stalled can be cut off.
+            for progress in &progress {
+                let mut progress = progress.clone();
+                within(
+                    "a reader to keep up",
+                    progress.wait_for(|&received| received + AHEAD > sent),
+                )
+                .await
+                .expect("the reader is still running");
+            }
+            let request = PublishRequest {
+                session_token: tokens[who].clone(),
+                text: format!("{number:04} {padding}"),
+                lamport: 0,
+                publish_id: String::new(),
+            };
+            within("a publish", publisher.publish(request))
+                .await
+                .unwrap_or_else(|e| panic!("publish {number} of {who} failed: {e}"));
+            sent += 1;
+        }
+    }
+
+    let mut names: Vec<String> = (0..STALLED).map(|i| format!("Stalled{i}")).collect();
+    names.sort();
+    for handle in readers {
+        let mut reading = within("a reader", handle).await.expect("reader");
+        assert_eq!(
+            reading.by_sender.get("Flooder"),
+            Some(&(0..FLOOD).collect::<Vec<_>>()),
+            "every flood message, once, in order"
+        );
+        assert_eq!(
+            reading.by_sender.get("Pacer"),
+            Some(&(0..FLOOD / PACE).collect::<Vec<_>>()),
+            "every message at a normal pace, once, in order"
+        );
+        reading.lefts.sort();
+        assert_eq!(reading.lefts, names, "the stalled left, and nobody else");
+    }
+    for (i, mut stream) in stalled.into_iter().enumerate() {
+        let status = loop {
+            match within("a stalled stream", stream.message()).await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("Stalled{i}'s stream ended without a status"),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.message().contains("too slow"), "{status:?}");
+    }
+    let live: Vec<String> = publisher
+        .list_participants(chitty::proto::ListParticipantsRequest {})
+        .await
+        .expect("ListParticipants")
+        .into_inner()
+        .participants
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(live, ["Flooder", "Pacer", "Reader"]);
+}
+
 /// Seen from the command line: while one `chitty client` process is paused
 /// (SIGSTOP) and reads nothing, the others go on chatting; resumed, it
 /// catches up on what it missed.

@@ -233,8 +233,11 @@ impl ChatCore {
         token: String,
     ) -> Result<Joined> {
         validate::name(name)?;
-        if self.roster.name_taken(name) {
-            return Err(Error::NameTaken(name.to_string()));
+        if let Some(taken) = self.roster.resembles(name) {
+            return Err(Error::NameTaken {
+                name: name.to_string(),
+                taken: taken.to_string(),
+            });
         }
         let time = self.clock.observe(lamport);
         let session = self.next_session;
@@ -1016,7 +1019,7 @@ mod tests {
         join(&mut c, "Bob", 1);
         assert!(matches!(
             c.join("Bob", 1, "x".into(), "y".into()),
-            Err(Error::NameTaken(_))
+            Err(Error::NameTaken { .. })
         ));
         c.leave("tok-Bob", 5).unwrap();
         assert!(c.join("Bob", 1, "x".into(), "y".into()).is_ok());
@@ -1208,6 +1211,75 @@ mod tests {
             "the token works on every node"
         );
         assert!(b.publish("tok-I", "x", 4, "").is_ok());
+    }
+
+    #[test]
+    fn a_look_alike_of_a_live_name_is_refused_naming_its_holder() {
+        let mut c = core();
+        join(&mut c, "Alice", 1);
+        join(&mut c, "Jos\u{e9}", 1);
+        for (like, holder) in [
+            ("alice", "Alice"),
+            ("ALICE", "Alice"),
+            ("\u{410}lice", "Alice"),  // Cyrillic capital A
+            ("Ali\u{441}e", "Alice"),  // Cyrillic small es
+            ("\u{ff21}lice", "Alice"), // fullwidth A
+            ("Jose\u{301}", "Jos\u{e9}"),
+            ("JOS\u{c9}", "Jos\u{e9}"),
+        ] {
+            match c.join(like, 1, "x".into(), "y".into()) {
+                Err(e @ Error::NameTaken { .. }) => {
+                    assert_eq!(
+                        e,
+                        Error::NameTaken {
+                            name: like.into(),
+                            taken: holder.into()
+                        }
+                    );
+                    assert!(e.to_string().contains(holder), "{e}");
+                }
+                other => panic!("{like:?} was not refused: {other:?}"),
+            }
+        }
+        // Kept as typed; a different name is fine; a freed one is free.
+        let names: Vec<String> = c.participants().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["Alice", "Jos\u{e9}"]);
+        assert!(c.join("Alicia", 1, "z".into(), "w".into()).is_ok());
+        c.leave("tok-Alice", 5).unwrap();
+        assert!(c.join("\u{410}LICE", 6, "v".into(), "u".into()).is_ok());
+    }
+
+    /// The race of two look-alikes joining at the same Lamport time on two
+    /// nodes: the tie-break of two same-name joins decides, on the skeleton.
+    #[test]
+    fn concurrent_joins_of_look_alikes_keep_the_earlier_everywhere() {
+        for (on_n1, on_n2) in [
+            ("Alice", "\u{410}lice"),
+            ("Jose\u{301}", "Jos\u{e9}"),
+            ("\u{ff33}am", "sAM"),
+        ] {
+            let mut a = core();
+            let mut b = node_core("n2");
+            let ja = a.join(on_n1, 1, "pa".into(), "ta".into()).unwrap();
+            let jb = b.join(on_n2, 1, "pb".into(), "tb".into()).unwrap();
+            assert_eq!(
+                ja.events[0].lamport, jb.events[0].lamport,
+                "the same moment"
+            );
+            let at_b = b.receive(ja.events.iter().map(|e| Event::clone(e)).collect());
+            let at_a = a.receive(jb.events.iter().map(|e| Event::clone(e)).collect());
+            assert!(at_a.kicked.is_empty(), "n1 < n2: n1's {on_n1:?} keeps it");
+            assert_eq!(at_b.kicked, vec![("pb".to_string(), jb.session)]);
+            a.receive(vec![Event::clone(at_b.events.last().unwrap())]);
+            for c in [&a, &b] {
+                let live: Vec<(String, String)> = c
+                    .participants()
+                    .into_iter()
+                    .map(|p| (p.id, p.name))
+                    .collect();
+                assert_eq!(live, [("pa".to_string(), on_n1.to_string())]);
+            }
+        }
     }
 
     #[test]

@@ -16,9 +16,10 @@ pub enum Error {
     /// oversized token or id, a `seen` vector claiming the impossible).
     #[error("{0}")]
     InvalidRequest(String),
-    /// Another live participant already uses this name.
-    #[error("name {0:?} is already taken by a live participant")]
-    NameTaken(String),
+    /// Another live participant already uses this name, or one a reader
+    /// could not tell from it (`taken` is that name, as its holder typed it).
+    #[error("{}", taken_message(.name, .taken))]
+    NameTaken { name: String, taken: String },
     /// The name is held by a participant whose session lost its connection
     /// (perhaps the caller's own, from a client that was killed): it is
     /// freed when its grace period runs out, unless it resumes first.
@@ -33,6 +34,17 @@ pub enum Error {
     /// node acknowledged a message in time. Retrying may succeed.
     #[error("unavailable: {0}")]
     Unavailable(String),
+}
+
+fn taken_message(name: &str, taken: &str) -> String {
+    if name == taken {
+        format!("name {name:?} is already taken by a live participant")
+    } else {
+        format!(
+            "name {name:?} looks like {taken:?}, the name of a live participant \
+             (names are compared by their look: case, width, accents and look-alike letters)"
+        )
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod history;
 pub mod membership;
+pub mod names;
 pub mod node;
 pub mod rng;
 pub mod tokens;

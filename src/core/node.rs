@@ -802,15 +802,19 @@ impl NodeCore {
         let clock_before = self.chat.lamport();
         let joined = match self.chat.join(name, lamport, participant_id, token.clone()) {
             Ok(joined) => joined,
-            Err(Error::NameTaken(name)) => {
-                // Held by a session that lost its connection here: freed once
-                // its grace period ends, unless it resumes. Say when.
-                let e = match self.chat.name_frees_in(&name, now) {
+            Err(Error::NameTaken { name, taken }) => {
+                // The very name, held by a session that lost its connection
+                // here: freed once its grace period ends, unless it resumes.
+                // Say when.
+                let frees_in = (name == taken)
+                    .then(|| self.chat.name_frees_in(&name, now))
+                    .flatten();
+                let e = match frees_in {
                     Some(left) => Error::NameHeld {
                         name,
                         secs: (left.as_millis().div_ceil(1000) as u64).max(1),
                     },
-                    None => Error::NameTaken(name),
+                    None => Error::NameTaken { name, taken },
                 };
                 return self.refuse(request, e);
             }

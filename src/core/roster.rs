@@ -1,7 +1,9 @@
 //! The participants a node knows of, cluster-wide, and who holds each name.
 //!
-//! Names are unique as far as a node can know. Two nodes admitting the same
-//! name at the same moment is resolved by one rule applied everywhere: the
+//! Names are unique as far as a node can know, compared by their skeleton
+//! (`core/names.rs`): no two live participants have names a reader cannot
+//! tell apart ("Alice" and "ALICE" or "Аlice" with a Cyrillic А are one
+//! name). Two nodes admitting the same name, or look-alikes, at the same moment is resolved by one rule applied everywhere: the
 //! participant whose "joined" event has the smaller (Lamport time, origin node
 //! id, participant id) keeps the name; the other one's home node ends its
 //! session and announces it as left. Kept apart from the chat state machine so
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::core::FastMap;
+use crate::core::{FastMap, names};
 use crate::proto::{NodeId, Participant};
 
 /// A participant known to this node.
@@ -37,7 +39,7 @@ pub struct Member {
 pub struct Roster {
     /// Keyed by participant id.
     members: FastMap<String, Member>,
-    /// Name to the participant id holding it.
+    /// Name skeleton ([`names::skeleton`]) to the participant id holding it.
     by_name: FastMap<String, String>,
 }
 
@@ -54,23 +56,28 @@ impl Roster {
         self.members.contains_key(participant_id)
     }
 
-    /// Whether a live participant holds `name`.
-    pub fn name_taken(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
+    /// The name, as typed, of the live participant holding `name` or a
+    /// look-alike of it (same [`names::skeleton`]).
+    pub fn resembles(&self, name: &str) -> Option<&str> {
+        let holder = self.by_name.get(&names::skeleton(name))?;
+        self.members.get(holder).map(|m| m.name.as_str())
     }
 
     /// When the holder of `name` lost its session here: set on its home
     /// node while it may still resume.
     pub fn name_detached_at(&self, name: &str) -> Option<Instant> {
-        let id = self.by_name.get(name)?;
+        let id = self.by_name.get(&names::skeleton(name))?;
         self.members.get(id)?.detached
     }
 
     /// Whether `participant_id` holds its name (it did not lose a clash).
     pub fn holds_name(&self, participant_id: &str) -> bool {
-        self.members
-            .get(participant_id)
-            .is_some_and(|m| self.by_name.get(&m.name).map(String::as_str) == Some(participant_id))
+        self.members.get(participant_id).is_some_and(|m| {
+            self.by_name
+                .get(&names::skeleton(&m.name))
+                .map(String::as_str)
+                == Some(participant_id)
+        })
     }
 
     /// Whether `participant_id` has a session attached to this node.
@@ -104,8 +111,9 @@ impl Roster {
                 detached: None,
             },
         );
-        let Some(holder) = self.by_name.get(name).cloned() else {
-            self.by_name.insert(name.to_string(), pid);
+        let key = names::skeleton(name);
+        let Some(holder) = self.by_name.get(&key).cloned() else {
+            self.by_name.insert(key, pid);
             return None;
         };
         if holder == pid {
@@ -120,17 +128,18 @@ impl Roster {
             Some(theirs) if theirs <= ours => (holder, pid),
             _ => (pid, holder),
         };
-        self.by_name.insert(name.to_string(), winner);
+        self.by_name.insert(key, winner);
         let member = self.members.get(&loser)?;
         Some((loser.clone(), member.session?))
     }
 
     /// Removes a participant announced as left, and frees its name.
     pub fn left(&mut self, participant_id: &str) {
-        if let Some(member) = self.members.remove(participant_id)
-            && self.by_name.get(&member.name).map(String::as_str) == Some(participant_id)
-        {
-            self.by_name.remove(&member.name);
+        if let Some(member) = self.members.remove(participant_id) {
+            let key = names::skeleton(&member.name);
+            if self.by_name.get(&key).map(String::as_str) == Some(participant_id) {
+                self.by_name.remove(&key);
+            }
         }
     }
 
@@ -138,7 +147,9 @@ impl Roster {
     /// comes with it. A name already held keeps its holder.
     pub fn load(&mut self, p: Participant) {
         let home = p.node.unwrap_or_default();
-        self.by_name.entry(p.name.clone()).or_insert(p.id.clone());
+        self.by_name
+            .entry(names::skeleton(&p.name))
+            .or_insert(p.id.clone());
         self.members.insert(
             p.id,
             Member {
@@ -265,9 +276,31 @@ mod tests {
                 assert_eq!(loser, Some(("pb".to_string(), 1)));
             }
             r.left("pb");
-            assert!(r.name_taken("Sam"), "pa still holds it");
+            assert!(r.resembles("Sam").is_some(), "pa still holds it");
             r.left("pa");
-            assert!(!r.name_taken("Sam"));
+            assert!(r.resembles("Sam").is_none());
+        }
+    }
+
+    #[test]
+    fn look_alikes_are_one_name_and_the_earlier_join_keeps_it() {
+        // "Sam" on n2 and "\u{405}am" (Cyrillic DZE) on n3 at the same
+        // Lamport time: every node keeps n2's, in either delivery order.
+        for first_a in [true, false] {
+            let mut r = Roster::default();
+            let a = ("pa", "Sam", node("n2"));
+            let b = ("pb", "\u{405}am", node("n3"));
+            let (first, second) = if first_a { (a, b) } else { (b, a) };
+            assert_eq!(r.joined(first.0, first.1, first.2, 3), None);
+            r.get_mut(first.0).unwrap().session = Some(1);
+            let loser = r.joined(second.0, second.1, second.2, 3);
+            assert_eq!(loser.is_some(), !first_a, "only a local loser is returned");
+            assert!(r.holds_name("pa") && !r.holds_name("pb"));
+            assert_eq!(r.resembles("SAM"), Some("Sam"), "shown as typed");
+            r.left("pb");
+            assert_eq!(r.resembles("sam"), Some("Sam"), "pa still holds it");
+            r.left("pa");
+            assert_eq!(r.resembles("sam"), None);
         }
     }
 }

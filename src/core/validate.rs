@@ -140,7 +140,7 @@ pub fn relayed_event(event: &crate::proto::Event) -> std::result::Result<(), Str
 
 /// A valid message is one line of 1 to [`MAX_MESSAGE_CHARS`] characters
 /// (protobuf `string` fields are already guaranteed to be UTF-8 when they
-/// reach us), not all white space, with no control character (C0, which
+/// reach us), with at least one [`visible`] character, with no control character (C0, which
 /// includes tab and line feed, DEL, C1), no line or paragraph separator and
 /// no invisible format character (zero-width spaces, direction overrides):
 /// what a terminal would act on rather than show, so that a message cannot
@@ -162,10 +162,42 @@ pub fn message(text: &str) -> Result<()> {
              a message is one line of printable text"
         )));
     }
-    if text.trim().is_empty() {
-        return Err(Error::InvalidMessage("message is only white space".into()));
+    if !text.chars().any(visible) {
+        return Err(Error::InvalidMessage(
+            "message shows nothing: it has no visible character (white space or \
+             invisible characters only); a message needs a letter, mark, number, \
+             punctuation or symbol"
+                .into(),
+        ));
     }
     Ok(())
+}
+
+/// Whether `c` shows as something: of Unicode general category letter (L),
+/// mark (M), number (N), punctuation (P) or symbol (S), and neither a
+/// default-ignorable code point (Hangul fillers, variation selectors,
+/// combining grapheme joiner: letters and marks that render as nothing)
+/// nor U+2800 BRAILLE PATTERN BLANK (a symbol that renders as a space).
+/// Not separators (Z: spaces), controls (Cc), format characters (Cf:
+/// U+200B, U+200D, U+2060, U+FEFF, ...), private use (Co) or unassigned
+/// (Cn) code points. The one rule of what a message, and a name, must hold
+/// at least one of; the same for every client and node.
+pub fn visible(c: char) -> bool {
+    use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
+    let shown = matches!(
+        c.general_category_group(),
+        GeneralCategoryGroup::Letter
+            | GeneralCategoryGroup::Mark
+            | GeneralCategoryGroup::Number
+            | GeneralCategoryGroup::Punctuation
+            | GeneralCategoryGroup::Symbol
+    );
+    // UTS 39's skeleton drops exactly the default-ignorable code points.
+    shown
+        && c != '\u{2800}'
+        && unicode_security::skeleton(c.encode_utf8(&mut [0; 4]))
+            .next()
+            .is_some()
 }
 
 /// `text` as it may be printed on a terminal: every character that does
@@ -198,12 +230,17 @@ fn shows_as_itself(c: char) -> bool {
     !(c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_format(c))
 }
 
-/// A valid name is 1 to [`MAX_NAME_CHARS`] printable characters with no
-/// leading or trailing white space.
+/// A valid name is 1 to [`MAX_NAME_CHARS`] printable characters, at least
+/// one of them [`visible`], with no leading or trailing white space.
 pub fn name(name: &str) -> Result<()> {
     let chars = name.chars().count();
     if name.trim().is_empty() {
         return Err(Error::InvalidName("name is empty".into()));
+    }
+    if !name.chars().any(visible) {
+        return Err(Error::InvalidName(
+            "name shows nothing: it has no visible character".into(),
+        ));
     }
     if chars > MAX_NAME_CHARS {
         return Err(Error::InvalidName(format!(
@@ -299,6 +336,60 @@ mod tests {
     }
 
     #[test]
+    fn a_message_must_show_at_least_one_visible_character() {
+        let shows_nothing = |text: &str| matches!(message(text), Err(Error::InvalidMessage(m)) if m.contains("no visible character"));
+        // Spaces only (separators, category Z).
+        for text in [" ", "     ", "\u{3000}\u{2003}", "\u{a0}"] {
+            assert!(shows_nothing(text), "{text:?}");
+        }
+        // Invisible letters and symbols: Hangul fillers, braille blank, a
+        // variation selector, a combining grapheme joiner; mixed.
+        for text in [
+            "\u{3164}",
+            "\u{115f}\u{1160}",
+            "\u{ffa0}",
+            "\u{2800}\u{2800}",
+            "\u{fe0f}",
+            "\u{34f}",
+            " \u{3164} \u{2800} ",
+        ] {
+            assert!(shows_nothing(text), "{text:?}");
+        }
+        // Format characters (Cf) are refused wherever they are: U+200B,
+        // U+200D, U+2060, U+FEFF alone or mixed with spaces.
+        for text in [
+            "\u{200b}",
+            "\u{200d}",
+            "\u{2060}",
+            "\u{feff}",
+            " \u{200b} \u{2060} ",
+        ] {
+            assert!(
+                matches!(message(text), Err(Error::InvalidMessage(_))),
+                "{text:?}"
+            );
+        }
+        // One visible character is enough, whichever category.
+        for text in [
+            "a",
+            " . ",
+            "7",
+            "\u{301}",
+            "\u{3164}x",
+            "€",
+            "🦀",
+            "日",
+            "\u{2801}",
+        ] {
+            assert!(message(text).is_ok(), "{text:?}");
+        }
+        assert!(visible('a') && visible('-') && visible('🦀') && visible('\u{301}'));
+        for c in [' ', '\u{200b}', '\u{3164}', '\u{2800}', '\u{e000}', '\u{7}'] {
+            assert!(!visible(c), "{c:?}");
+        }
+    }
+
+    #[test]
     fn escaped_text_cannot_move_the_cursor_or_fake_a_line() {
         assert_eq!(escaped("plain Zoë 🦀"), "plain Zoë 🦀");
         assert!(matches!(escaped("plain"), std::borrow::Cow::Borrowed(_)));
@@ -368,6 +459,8 @@ mod tests {
             "   ",
             " Alice",
             "Alice ",
+            "\u{3164}",
+            "\u{2800}",
             "Al\nice",
             "A\u{7}",
             &"x".repeat(33),
