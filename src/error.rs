@@ -42,9 +42,11 @@ impl From<Error> for Status {
                 | core::Error::InvalidName(_)
                 | core::Error::InvalidRequest(_),
             ) => Code::InvalidArgument,
-            Error::Core(core::Error::NameTaken { .. } | core::Error::NameHeld { .. }) => {
-                Code::AlreadyExists
-            }
+            Error::Core(
+                core::Error::NameTaken { .. }
+                | core::Error::NameHeld { .. }
+                | core::Error::NameHeldElsewhere { .. },
+            ) => Code::AlreadyExists,
             Error::Core(core::Error::UnknownSession) => Code::Unauthenticated,
             Error::RateLimited(_) => Code::ResourceExhausted,
             Error::Unavailable(_) | Error::Connect { .. } => Code::Unavailable,

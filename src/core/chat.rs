@@ -218,6 +218,12 @@ impl ChatCore {
         self.roster.get(participant_id).map(|m| &m.home)
     }
 
+    /// The home node of the live participant holding `name` (or a
+    /// look-alike of it).
+    pub fn home_of_name(&self, name: &str) -> Option<&NodeId> {
+        self.home_of(self.roster.holder_of(name)?)
+    }
+
     /// Relayed events waiting for their causal predecessors.
     pub fn held(&self) -> usize {
         self.holdback.held()

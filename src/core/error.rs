@@ -27,6 +27,16 @@ pub enum Error {
         "name {name:?} is held by a session that lost its connection (your own, if your client was just cut off): it is freed in {secs} s unless that session resumes"
     )]
     NameHeld { name: String, secs: u64 },
+    /// The name is held by a participant whose session is on another node:
+    /// only that node knows whether it lost its connection.
+    #[error(
+        "name {name:?} is taken by a participant on node {node}; if that is your own session, cut off just now, it is freed within {secs} s unless it resumes (ask node {node} to be told exactly)"
+    )]
+    NameHeldElsewhere {
+        name: String,
+        node: String,
+        secs: u64,
+    },
     /// The session token does not belong to a live session.
     #[error("no live session for this token: join first (or the session has ended)")]
     UnknownSession,

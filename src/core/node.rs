@@ -809,12 +809,25 @@ impl NodeCore {
                 let frees_in = (name == taken)
                     .then(|| self.chat.name_frees_in(&name, now))
                     .flatten();
-                let e = match frees_in {
-                    Some(left) => Error::NameHeld {
+                // Held on another node: only that node knows whether the
+                // session lost its connection; say where, and the longest
+                // it can take.
+                let elsewhere = (name == taken && frees_in.is_none())
+                    .then(|| self.chat.home_of_name(&name))
+                    .flatten()
+                    .filter(|home| **home != self.me)
+                    .map(|home| self.membership.addr_of(&home.id).to_string());
+                let e = match (frees_in, elsewhere) {
+                    (Some(left), _) => Error::NameHeld {
                         name,
                         secs: (left.as_millis().div_ceil(1000) as u64).max(1),
                     },
-                    None => Error::NameTaken { name, taken },
+                    (None, Some(node)) => Error::NameHeldElsewhere {
+                        name,
+                        node,
+                        secs: (self.grace.as_millis().div_ceil(1000) as u64).max(1),
+                    },
+                    (None, None) => Error::NameTaken { name, taken },
                 };
                 return self.refuse(request, e);
             }
@@ -3071,6 +3084,59 @@ mod tests {
         n1.admit(later, newer("n2"))
             .expect("the restarted process is admitted");
         assert!(!n1.membership.is_alive(&node("n2")));
+    }
+
+    /// A name held by a participant of another node: this node cannot know
+    /// whether that session lost its connection, so it says where the
+    /// holder is and the longest it may take to be freed.
+    #[test]
+    fn a_name_held_on_another_node_says_where_and_the_longest_it_may_take() {
+        let now = Instant::now();
+        let mut n1 = with_peer(now);
+        n1.on_hello(now, member(node("n2"), "n2:1", MemberState::Alive, 1))
+            .unwrap();
+        let bob_joined = Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(node("n2")),
+                seq: 1,
+            }),
+            lamport: 3,
+            kind: EventKind::Joined as i32,
+            participant_name: "Bob".into(),
+            participant_id: "id-bob".into(),
+            text: "Participant Bob joined Chitty-Chat at Lamport time 3".into(),
+            ..Default::default()
+        };
+        n1.on_relay(
+            now,
+            &node("n2"),
+            RelayFrame {
+                frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
+                    events: vec![bob_joined],
+                    ..Default::default()
+                })),
+            },
+        )
+        .unwrap();
+        n1.take_outputs();
+        let joiner = Joiner {
+            name: "Bob",
+            participant_id: "id-bob-2".into(),
+            token: "tok-bob-2".into(),
+            rejoin: None,
+            recent: 0,
+        };
+        n1.join(now, 9, joiner, 0);
+        let out = n1.take_outputs();
+        let refused = replies(&out);
+        match refused.as_slice() {
+            [(9, Reply::Refused(e @ Error::NameHeldElsewhere { node, secs, .. }))] => {
+                assert_eq!(node, "n2:1");
+                assert_eq!(*secs, n1.grace.as_secs());
+                assert!(e.to_string().contains("on node n2:1"), "{e}");
+            }
+            other => panic!("expected NameHeldElsewhere, got {other:?}"),
+        }
     }
 
     #[test]

@@ -63,6 +63,12 @@ impl Roster {
         self.members.get(holder).map(|m| m.name.as_str())
     }
 
+    /// The participant id of the live participant holding `name` or a
+    /// look-alike of it.
+    pub fn holder_of(&self, name: &str) -> Option<&str> {
+        self.by_name.get(&names::skeleton(name)).map(String::as_str)
+    }
+
     /// When the holder of `name` lost its session here: set on its home
     /// node while it may still resume.
     pub fn name_detached_at(&self, name: &str) -> Option<Instant> {
