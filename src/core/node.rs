@@ -361,6 +361,10 @@ struct Peer {
     last_seen: Instant,
     /// When the outgoing link last carried an acknowledgement.
     last_ack: Instant,
+    /// When a frame last came straight from it, on one of its inbound
+    /// links (`None` while none is open): while that is recent, only its
+    /// own link may carry its events (see [`NodeCore::relayed_by_another`]).
+    last_direct: Option<Instant>,
     next_heartbeat: Instant,
     /// Per origin (neither this node nor the peer) that the peer lacks
     /// events of: the sequence number this node had, and since when. Past
@@ -383,6 +387,7 @@ impl Peer {
             never_held: Vec::new(),
             last_seen: now,
             last_ack: now,
+            last_direct: None,
             next_heartbeat: now,
             lagging: BTreeMap::new(),
         }
@@ -563,10 +568,6 @@ pub struct NodeCore {
     /// one is acknowledged, so none waits in vain.
     inbound: BTreeMap<u64, NodeId>,
     next_inbound: u64,
-    /// When a frame last came on an inbound link straight from each node:
-    /// while that is recent, only that node's own link may carry its events
-    /// (see [`NodeCore::relayed_by_another`]).
-    direct: BTreeMap<(String, u64), Instant>,
     /// Departed nodes and when they were seen to go: their participants are
     /// announced once reconciliation had time to finish.
     departed: BTreeMap<(String, u64), (NodeId, Instant)>,
@@ -615,7 +616,6 @@ impl NodeCore {
             peers: BTreeMap::new(),
             inbound: BTreeMap::new(),
             next_inbound: 1,
-            direct: BTreeMap::new(),
             departed: BTreeMap::new(),
             gate: VecDeque::new(),
             next_gate: 0,
@@ -1504,8 +1504,7 @@ impl NodeCore {
             return Err(MeshRefusal::Removed);
         }
         self.apply_change(now, change);
-        self.heard(now, &node);
-        self.direct.insert((node.id.clone(), node.generation), now);
+        self.heard_directly(now, &node);
         info!(peer = %node.id, addr = %self.membership.addr_of(&node.id), generation = node.generation, "Relay link opened");
         let link = self.next_inbound;
         self.next_inbound += 1;
@@ -1550,8 +1549,10 @@ impl NodeCore {
         let Some(node) = self.inbound.remove(&link) else {
             return;
         };
-        if !self.inbound.values().any(|n| *n == node) {
-            self.direct.remove(&(node.id, node.generation));
+        if !self.inbound.values().any(|n| *n == node)
+            && let Some(p) = self.peers.get_mut(&node.id).filter(|p| p.node == node)
+        {
+            p.last_direct = None;
         }
     }
 
@@ -1569,11 +1570,21 @@ impl NodeCore {
         };
         origin != peer
             && self
-                .direct
-                .get(&(origin.id.clone(), origin.generation))
-                .is_some_and(|&last| {
+                .peers
+                .get(&origin.id)
+                .filter(|p| p.node == *origin)
+                .and_then(|p| p.last_direct)
+                .is_some_and(|last| {
                     now.saturating_duration_since(last) < self.timing.forward_after()
                 })
+    }
+
+    /// A frame came straight from `node`, on one of its inbound links.
+    fn heard_directly(&mut self, now: Instant, node: &NodeId) {
+        self.heard(now, node);
+        if let Some(p) = self.peers.get_mut(&node.id).filter(|p| &p.node == node) {
+            p.last_direct = Some(now);
+        }
     }
 
     /// One frame on the inbound relay link of `peer`. An error ends the link.
@@ -1586,8 +1597,7 @@ impl NodeCore {
         if !self.membership.is_alive(peer) {
             return Err(MeshRefusal::Removed);
         }
-        self.heard(now, peer);
-        self.direct.insert((peer.id.clone(), peer.generation), now);
+        self.heard_directly(now, peer);
         let mut result = Ok(());
         match frame.frame {
             Some(relay_frame::Frame::Batch(mut batch)) => {
@@ -2811,6 +2821,16 @@ mod tests {
         assert_eq!(many.earlier.len(), 3, "all it holds, bounded by MAX_RECENT");
     }
 
+    /// A relay frame carrying `events`.
+    fn relay_batch(events: Vec<Event>) -> RelayFrame {
+        RelayFrame {
+            frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
+                events,
+                ..Default::default()
+            })),
+        }
+    }
+
     #[test]
     fn a_relayed_event_with_an_absurd_lamport_is_dropped_and_the_clock_stays() {
         let now = Instant::now();
@@ -2829,12 +2849,7 @@ mod tests {
             text: format!("Participant Bob{seq} joined"),
             ..Default::default()
         };
-        let batch = |e: Event| RelayFrame {
-            frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
-                events: vec![e],
-                ..Default::default()
-            })),
-        };
+        let batch = |e: Event| relay_batch(vec![e]);
         n1.on_relay(now, &node("n2"), batch(event(1, u64::MAX)))
             .unwrap();
         let out = n1.take_outputs();
@@ -2872,12 +2887,7 @@ mod tests {
                 ..Default::default()
             };
             change(&mut e);
-            RelayFrame {
-                frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
-                    events: vec![e],
-                    ..Default::default()
-                })),
-            }
+            relay_batch(vec![e])
         };
         let message = |text: &str| {
             let text = text.to_string();
@@ -2975,12 +2985,6 @@ mod tests {
             },
             ..Default::default()
         };
-        let batch = |events: Vec<Event>| RelayFrame {
-            frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
-                events,
-                ..Default::default()
-            })),
-        };
         let delivered = |out: &[Output]| -> Vec<String> {
             out.iter()
                 .filter_map(|o| match o {
@@ -2994,7 +2998,7 @@ mod tests {
         n1.on_relay(
             now,
             &node("n2"),
-            batch(vec![from_n3(1, ""), from_n3(2, "forged")]),
+            relay_batch(vec![from_n3(1, ""), from_n3(2, "forged")]),
         )
         .unwrap();
         let gap = RelayFrame {
@@ -3017,7 +3021,7 @@ mod tests {
         n1.on_relay(
             now,
             &node("n3"),
-            batch(vec![from_n3(1, ""), from_n3(2, "real")]),
+            relay_batch(vec![from_n3(1, ""), from_n3(2, "real")]),
         )
         .unwrap();
         assert_eq!(
@@ -3030,8 +3034,12 @@ mod tests {
 
         // n3 falls silent (its link cut): n2's copy of what n1 lacks is taken.
         let later = now + n1.timing.forward_after();
-        n1.on_relay(later, &node("n2"), batch(vec![from_n3(3, "forwarded")]))
-            .unwrap();
+        n1.on_relay(
+            later,
+            &node("n2"),
+            relay_batch(vec![from_n3(3, "forwarded")]),
+        )
+        .unwrap();
         assert_eq!(delivered(&n1.take_outputs()), ["forwarded"]);
     }
 
@@ -3107,17 +3115,8 @@ mod tests {
             text: "Participant Bob joined Chitty-Chat at Lamport time 3".into(),
             ..Default::default()
         };
-        n1.on_relay(
-            now,
-            &node("n2"),
-            RelayFrame {
-                frame: Some(relay_frame::Frame::Batch(crate::proto::RelayBatch {
-                    events: vec![bob_joined],
-                    ..Default::default()
-                })),
-            },
-        )
-        .unwrap();
+        n1.on_relay(now, &node("n2"), relay_batch(vec![bob_joined]))
+            .unwrap();
         n1.take_outputs();
         let joiner = Joiner {
             name: "Bob",
