@@ -114,7 +114,7 @@ async fn bounded<T>(
 /// Tonic reports a connection that closed while a request was on it as
 /// UNKNOWN "transport error"; for the caller that is the server being
 /// unreachable, which is UNAVAILABLE.
-pub(crate) fn unavailable_if_transport_failed(status: tonic::Status) -> tonic::Status {
+fn unavailable_if_transport_failed(status: tonic::Status) -> tonic::Status {
     let from_transport = status.code() == tonic::Code::Unknown
         && std::error::Error::source(&status)
             .is_some_and(|source| source.is::<tonic::transport::Error>());

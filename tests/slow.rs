@@ -355,15 +355,9 @@ async fn under_a_flood_stalled_readers_are_cut_off_and_nobody_else_loses_anythin
         assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
         assert!(status.message().contains("too slow"), "{status:?}");
     }
-    let live: Vec<String> = publisher
-        .list_participants(chitty::proto::ListParticipantsRequest {})
+    let live = common::cluster::participants_of(&server.addr)
         .await
-        .expect("ListParticipants")
-        .into_inner()
-        .participants
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
+        .expect("ListParticipants");
     assert_eq!(live, ["Flooder", "Pacer", "Reader"]);
 }
 
