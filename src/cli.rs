@@ -21,7 +21,7 @@ use crate::core::validate::escaped;
 use crate::failover::{self, ClientOptions, Update};
 use crate::node::{
     DEFAULT_BOOT_TIMEOUT, DEFAULT_BOOTSTRAP_AFTER, DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT,
-    DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE, DEFAULT_SESSION_QUEUE_BUDGET, NodeConfig,
+    DEFAULT_PEER_QUEUE, DEFAULT_SESSION_QUEUE, DEFAULT_SESSION_QUEUE_BYTES, NodeConfig,
 };
 use crate::rate::{self, RateLimit};
 use crate::tls::TlsSettings;
@@ -296,16 +296,14 @@ pub struct ServerArgs {
     /// milliseconds (ADDR=MS).
     #[arg(long, env = "CHITTY_FAULT_LINK_DELAY", hide = true, value_parser = parse_link_delay)]
     pub fault_link_delay: Option<(String, std::time::Duration)>,
-    /// Events queued for one participant before it is disconnected as too
-    /// slow.
+    /// Events (and other items) the node keeps for its participants, all of
+    /// them together: one that falls further behind is disconnected as too
+    /// slow. Stalled readers cost no more than this however many there are.
     #[arg(long, env = "CHITTY_SESSION_QUEUE", default_value_t = DEFAULT_SESSION_QUEUE)]
     pub session_queue: usize,
-    /// Events queued for all participants of the node together: each may
-    /// hold its share (at least 256, at most --session-queue) before it is
-    /// disconnected as too slow, so stalled readers cost a bounded amount
-    /// of memory however many there are.
-    #[arg(long, env = "CHITTY_SESSION_QUEUE_BUDGET", default_value_t = DEFAULT_SESSION_QUEUE_BUDGET)]
-    pub session_queue_budget: usize,
+    /// The same in bytes (each item at its encoded size plus its slot).
+    #[arg(long, env = "CHITTY_SESSION_QUEUE_BYTES", default_value_t = DEFAULT_SESSION_QUEUE_BYTES)]
+    pub session_queue_bytes: usize,
     /// Worker threads of the node's runtime; 0: one per core. With 1 the
     /// node runs on a single-threaded runtime.
     #[arg(long, env = "CHITTY_THREADS", default_value_t = 0)]
@@ -701,7 +699,7 @@ pub async fn run_server(args: ServerArgs) -> ExitCode {
         config.node.id = id.clone();
     }
     config.session_queue = args.session_queue.max(1);
-    config.session_queue_budget = args.session_queue_budget.max(1);
+    config.session_queue_bytes = args.session_queue_bytes.max(1);
     config.peer_queue = args.peer_queue.max(1);
     // One list for every node of a set may name this node too: it does not
     // try to join through itself.

@@ -66,8 +66,9 @@ pub fn end_status(reason: &crate::core::node::EndReason) -> Status {
     use crate::core::node::EndReason;
     match reason {
         EndReason::Left => Status::ok(""),
-        EndReason::TooSlow { queue } => Status::resource_exhausted(format!(
-            "disconnected: too slow to read events (outgoing queue of {queue} events is full)"
+        EndReason::TooSlow { events, bytes } => Status::resource_exhausted(format!(
+            "disconnected: too slow to read events (fell more than {events} events or \
+             {bytes} bytes behind)"
         )),
         EndReason::ResumedElsewhere => Status::aborted("this session was resumed on another node"),
         EndReason::Replaced => Status::aborted("this session was resumed on another connection"),

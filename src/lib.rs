@@ -7,7 +7,8 @@
 //!   Plain types driven by method calls, with time as an input; everything
 //!   else is a thin shell around them.
 //! * [`node`] — one running node: the executor of its core, with the
-//!   per-session and per-link queues its outputs feed; [`mesh`] owns the
+//!   delivery log its sessions read (`delivery_log`) and the per-link
+//!   queues its outputs feed; [`mesh`] owns the
 //!   peer sockets and tasks; [`rate`] is the publish rate limit it applies.
 //! * [`sim`] — the deterministic cluster simulator: nodes' cores and
 //!   simulated participants in virtual time, and the invariants they keep.
@@ -34,6 +35,7 @@ pub mod codec;
 pub mod connections;
 pub mod console;
 pub mod core;
+pub(crate) mod delivery_log;
 pub mod diagram;
 pub mod edge;
 pub mod error;

@@ -433,11 +433,13 @@ impl Node {
         link.map_err(|r| mesh_status(&r))
     }
 
-    /// Starts the background tasks: the core's clock and membership pushes.
+    /// Starts the background tasks: the core's clock, membership pushes,
+    /// and giving memory back after many sessions went.
     pub fn start_mesh(&self) -> Vec<tokio::task::JoinHandle<()>> {
         vec![
             tokio::spawn(run_ticks(self.clone())),
             tokio::spawn(run_gossip(self.clone())),
+            tokio::spawn(crate::node::run_memory_return(self.clone())),
         ]
     }
 

@@ -46,6 +46,7 @@ pub struct Metrics {
     peer_last_heard: IntGaugeVec,
     peer_queue: IntGaugeVec,
     session_queue: IntGauge,
+    session_queue_bytes: IntGauge,
     held: IntGauge,
     history: IntGauge,
     /// Held while a scrape sets the gauges and encodes them, so two
@@ -155,7 +156,11 @@ impl Metrics {
             ),
             session_queue: gauge(
                 "chitty_session_queue_events",
-                "Items queued to participants' sessions, all sessions together.",
+                "Items the node keeps for its participants' sessions (its delivery log).",
+            ),
+            session_queue_bytes: gauge(
+                "chitty_session_queue_bytes",
+                "Bytes those items hold: encoded sizes plus slots.",
             ),
             held: gauge(
                 "chitty_held_events",
@@ -215,6 +220,8 @@ impl Metrics {
                 .set(peer.queued as i64);
         }
         self.session_queue.set(snapshot.session_queue as i64);
+        self.session_queue_bytes
+            .set(snapshot.session_queue_bytes as i64);
         self.held.set(snapshot.held as i64);
         self.history.set(snapshot.history as i64);
         let mut out = Vec::new();
@@ -253,6 +260,7 @@ pub struct Snapshot {
     pub unreachable: usize,
     pub peers: Vec<PeerSnapshot>,
     pub session_queue: usize,
+    pub session_queue_bytes: usize,
     pub held: usize,
     pub history: usize,
 }

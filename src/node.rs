@@ -10,11 +10,13 @@
 //! core delivered them, and a session is registered before the events meant
 //! for it are handed out.
 //!
-//! Carrying out never waits: pushing to a queue is `try_send`. Overflow
-//! policies:
-//! * a session whose queue is full (it is not reading, or reads slower than
-//!   the room talks) is reported to the core, which ends it with "too slow"
-//!   and announces it as left. Nobody else waits for it;
+//! Carrying out never waits. What the node has for its own participants
+//! goes into one [`DeliveryLog`] that every session's stream reads at its
+//! own pace; a link's queue is pushed with `try_send`. Overflow policies:
+//! * a session that falls further behind than the log keeps (it is not
+//!   reading, or reads slower than the room talks) is cut off; the core
+//!   ends it with "too slow" and announces it as left. Nobody else waits
+//!   for it, and it costs the others nothing while it falls behind;
 //! * a peer link whose queue is full is reported to the core, which has the
 //!   link drop its queue and re-send from history; a peer so far behind that
 //!   history no longer holds what it misses is told of the gap.
@@ -26,8 +28,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -43,6 +45,7 @@ use crate::core::FastMap;
 use crate::core::chat::CoreLimits;
 pub use crate::core::node::{DEFAULT_FAILURE_TIMEOUT, DEFAULT_HEARTBEAT};
 use crate::core::node::{EndReason, NodeCore, Opened, Output, PeerItem, Reply, RequestId, Timing};
+use crate::delivery_log::{Audience, DeliveryLog, LogLimits, Read, ReaderId};
 use crate::diagram::{self, Call, Dir, Record};
 use crate::error::{Error, Result, end_status};
 use crate::proto::{
@@ -52,21 +55,21 @@ use crate::proto::{
 use crate::rate::{PublishRate, RateLimit};
 use crate::wire::{self, EncodedFrame, Wired};
 
-/// Default capacity of one session's outgoing queue, in events.
+/// Default of `--session-queue`: how many events (and other items) the node
+/// keeps for its participants, so how far behind one may fall before it is
+/// cut off as too slow.
 pub const DEFAULT_SESSION_QUEUE: usize = 8192;
+/// Default of `--session-queue-bytes`: the same in bytes, each item counted
+/// at its encoded size plus its slot. Events of the usual size reach
+/// [`DEFAULT_SESSION_QUEUE`] first (8,192 events of a 64-byte message are
+/// about 2.6 MiB); events of the largest size, this.
+pub const DEFAULT_SESSION_QUEUE_BYTES: usize = 4 << 20;
 /// How long a `--bootstrap` node tries its boot members before it starts a
 /// new cluster, by default: short beside [`DEFAULT_BOOT_TIMEOUT`], so the
 /// other nodes of a set, which wait that long, are still trying when it
 /// starts.
 pub const DEFAULT_BOOTSTRAP_AFTER: Duration = Duration::from_secs(5);
 
-/// Default of `--session-queue-budget`: events queued for all of a node's
-/// sessions together. Each session may hold its share of it (but no more
-/// than `--session-queue`, and no less than [`MIN_SESSION_QUEUE`]), so
-/// what stalled readers cost the node is bounded however many there are.
-pub const DEFAULT_SESSION_QUEUE_BUDGET: usize = 1 << 20;
-/// However many sessions share the budget, each may queue this many events.
-pub const MIN_SESSION_QUEUE: usize = 256;
 /// How long a joining node keeps trying its boot members by default: nodes
 /// started together (compose, systemd) have that long to come up.
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,6 +85,12 @@ const MAX_FRAME_BYTES: usize = 256 * 1024;
 /// Event bytes in one frame of a replay after a failover.
 const REPLAY_FRAME_BYTES: usize = 64 * 1024;
 
+/// After this many sessions ended or were cut off, the node gives the
+/// memory freed back to the system (see [`run_memory_return`])...
+const RETURN_MEMORY_AFTER_SESSIONS: usize = 64;
+/// ...at most once per this long, once the burst is over.
+const RETURN_MEMORY_EVERY: Duration = Duration::from_secs(1);
+
 /// At most this many participants' names per node in a `Status` reply, so
 /// that it stays well under a client's maximum message size.
 pub const STATUS_NAMES_PER_NODE: usize = 100;
@@ -93,11 +102,11 @@ pub struct NodeConfig {
     pub node: NodeId,
     /// The address clients and peers reach this node at.
     pub advertise: String,
-    /// Capacity of each session's outgoing queue (events).
+    /// Items the node keeps for its sessions, all of them together: a
+    /// session further behind is cut off (see [`crate::delivery_log`]).
     pub session_queue: usize,
-    /// Events queued for all sessions together: each session is cut off
-    /// past its share (see [`NodeConfig::session_cap`]).
-    pub session_queue_budget: usize,
+    /// The same in bytes.
+    pub session_queue_bytes: usize,
     /// Capacity of each peer link's outgoing queue (events).
     pub peer_queue: usize,
     /// Members to join the cluster through (any one will do); none starts
@@ -147,7 +156,7 @@ impl NodeConfig {
             },
             advertise: advertise.into(),
             session_queue: DEFAULT_SESSION_QUEUE,
-            session_queue_budget: DEFAULT_SESSION_QUEUE_BUDGET,
+            session_queue_bytes: DEFAULT_SESSION_QUEUE_BYTES,
             peer_queue: DEFAULT_PEER_QUEUE,
             boot: Vec::new(),
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
@@ -163,17 +172,6 @@ impl NodeConfig {
             fault_link_delay: None,
             metrics_listener: None,
         }
-    }
-
-    /// How many events one of `sessions` open sessions may have queued
-    /// before it is cut off as too slow: its share of the budget, within
-    /// [`MIN_SESSION_QUEUE`] and `session_queue`. A reader that keeps up
-    /// holds a few events at most; one that stopped reading reaches its
-    /// share and is cut off, sooner the more sessions share the node.
-    pub fn session_cap(&self, sessions: usize) -> usize {
-        (self.session_queue_budget / sessions.max(1))
-            .max(MIN_SESSION_QUEUE)
-            .min(self.session_queue)
     }
 
     pub fn timing(&self) -> Timing {
@@ -193,29 +191,43 @@ pub fn now_millis() -> u64 {
         .unwrap_or(0)
 }
 
-/// What goes down a session's queue.
+/// What the node has for its sessions, in its [`DeliveryLog`].
 #[derive(Debug, Clone)]
 enum Outbound {
     /// An event encoded once per node ([`crate::wire::participant_field`]).
     Event(Bytes),
-    // Rare and larger: boxed, so that a queue slot stays the size of `Bytes`.
-    Servers(Box<ServerList>),
-    Gap(Box<Gap>),
+    // Rare and larger: behind an `Arc`, so that a slot stays the size of
+    // `Bytes` and a reader's copy is a reference.
+    Servers(Arc<ServerList>),
+    Gap(Arc<Gap>),
     /// Whether the events that follow arrive late.
     Late(bool),
-    Room(Box<crate::proto::Room>),
+    Room(Arc<crate::proto::Room>),
 }
 
+impl Outbound {
+    /// Its encoded size, what the log counts it at (with its slot).
+    fn size(&self) -> usize {
+        use prost::Message as _;
+        match self {
+            Outbound::Event(event) => event.len(),
+            Outbound::Servers(list) => list.encoded_len(),
+            Outbound::Gap(gap) => gap.encoded_len(),
+            Outbound::Late(_) => 0,
+            Outbound::Room(room) => room.encoded_len(),
+        }
+    }
+}
+
+/// A local session, as the node knows it.
 #[derive(Debug)]
 struct Sink {
     session: u64,
     /// The first gate index this session receives: events that entered the
     /// gate before it opened are not its to see (or were replayed to it).
     from_gate: u64,
-    tx: mpsc::Sender<Outbound>,
-    /// Why the node ended the session, read by the stream once the queue is
-    /// drained and closed.
-    closed: Arc<OnceLock<EndReason>>,
+    /// Its position in the node's delivery log.
+    reader: ReaderId,
 }
 
 /// What a peer link's queue carries, in order.
@@ -287,6 +299,9 @@ impl State {
 pub(crate) struct Shared {
     pub(crate) config: NodeConfig,
     state: Mutex<State>,
+    /// What the node has for its sessions, read by each at its own pace.
+    /// Appended to under `state`'s lock, read without it.
+    log: Arc<DeliveryLog<Outbound>>,
     /// Fires (true) when the node shuts down; every task watches it.
     pub(crate) shutdown: watch::Sender<bool>,
     /// Set when the cluster removed this node; the server exits with it.
@@ -299,6 +314,10 @@ pub(crate) struct Shared {
     inbound: Mutex<JoinSet<()>>,
     /// What `--metrics-listen` serves.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Sessions ended or cut off since memory was last given back.
+    sessions_gone: AtomicUsize,
+    /// Wakes [`run_memory_return`].
+    memory_freed: Notify,
 }
 
 /// A cheap, cloneable handle to a node.
@@ -319,6 +338,10 @@ impl Node {
         );
         // Each process draws a fresh id (NodeConfig::new).
         core.never_reuse_ids();
+        let log = Arc::new(DeliveryLog::new(LogLimits {
+            items: config.session_queue,
+            bytes: config.session_queue_bytes,
+        }));
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -332,12 +355,15 @@ impl Node {
                     outputs: Vec::new(),
                     publish_rate,
                 }),
+                log,
                 shutdown: watch::channel(false).0,
                 fatal: watch::channel(None).0,
                 gossip: Notify::new(),
                 inbound: Mutex::new(JoinSet::new()),
                 open_streams: Arc::new(watch::channel(0).0),
                 metrics: Arc::new(crate::metrics::Metrics::new()),
+                sessions_gone: AtomicUsize::new(0),
+                memory_freed: Notify::new(),
             }),
         }
     }
@@ -411,8 +437,9 @@ impl Node {
     /// What the metrics' gauges and `Status` show, read at once.
     pub fn metrics_snapshot(&self, now: Instant) -> crate::metrics::Snapshot {
         let state = self.lock();
+        let queued = self.shared.log.held();
         let list = state.core.server_list();
-        let queued = |tx: &mpsc::Sender<LinkItem>| tx.max_capacity() - tx.capacity();
+        let queued_on = |tx: &mpsc::Sender<LinkItem>| tx.max_capacity() - tx.capacity();
         let peers = state
             .core
             .peer_reports(now)
@@ -422,7 +449,7 @@ impl Node {
                     .links
                     .get(&report.node.id)
                     .filter(|l| l.peer == report.node)
-                    .map_or(0, |l| queued(&l.tx)),
+                    .map_or(0, |l| queued_on(&l.tx)),
                 report,
             })
             .collect();
@@ -433,11 +460,8 @@ impl Node {
             reachable: list.servers.len(),
             unreachable: list.unreachable.len(),
             peers,
-            session_queue: state
-                .sinks
-                .values()
-                .map(|s| s.tx.max_capacity() - s.tx.capacity())
-                .sum(),
+            session_queue: queued.0,
+            session_queue_bytes: queued.1,
             held: state.core.chat().held(),
             history: state.core.chat().history().len(),
         }
@@ -621,18 +645,21 @@ impl Node {
         let mut state = self.lock();
         state.core.stop_sessions();
         for (_, sink) in state.sinks.drain() {
-            let _ = sink.closed.set(EndReason::ShuttingDown);
+            self.shared
+                .log
+                .end(sink.reader, Some(EndReason::ShuttingDown), true);
         }
         state.replies.clear();
     }
 
     /// Carries out the core's outputs, in order, until it has none left
-    /// (sessions that overflow while events are handed out are reported
-    /// back, which queues more).
+    /// (sessions cut off while items are handed out are reported back,
+    /// which queues more), then wakes the sessions waiting for them.
     pub(crate) fn carry_out(&self, state: &mut State) {
         let mut outputs = std::mem::take(&mut state.outputs);
-        let mut overflowed: Vec<String> = Vec::new();
-        let cap = self.shared.config.session_cap(state.sinks.len());
+        let log = &*self.shared.log;
+        let mut cut: Vec<ReaderId> = Vec::new();
+        let mut handed = false;
         loop {
             state.core.drain_outputs_into(&mut outputs);
             if outputs.is_empty() {
@@ -643,15 +670,17 @@ impl Node {
             for output in outputs.drain(..) {
                 match output {
                     Output::Deliver { gate, event } => {
-                        let reached = deliver(state, gate, &event, cap, &mut overflowed);
-                        self.shared.metrics.deliveries.inc_by(reached);
+                        deliver(state, log, gate, &event, &mut cut);
+                        handed = true;
                     }
                     Output::LateRun { gate, late } => {
-                        for (pid, sink) in &state.sinks {
-                            if gate >= sink.from_gate && !overflowed.contains(pid) {
-                                let _ = sink.tx.try_send(Outbound::Late(late));
-                            }
-                        }
+                        hand_out(
+                            log,
+                            Audience::FromGate(gate),
+                            Outbound::Late(late),
+                            &mut cut,
+                        );
+                        handed = true;
                     }
                     Output::Reconnect(peer) => {
                         if let Some(link) = state.links.get(&peer.id).filter(|l| l.peer == peer) {
@@ -678,20 +707,23 @@ impl Node {
                         reason,
                     } => {
                         if let Some(sink) = state.sinks.remove(&participant_id) {
-                            // After a Leave, dropping the sender ends the
-                            // stream normally once it has drained.
-                            if reason != EndReason::Left {
-                                let _ = sink.closed.set(reason);
-                            }
+                            // What was handed out before goes first, except
+                            // to one cut off as too slow, which is ended at
+                            // once (what it has not read is not kept for it).
+                            let drain = !matches!(reason, EndReason::TooSlow { .. });
+                            let reason = (reason != EndReason::Left).then_some(reason);
+                            log.end(sink.reader, reason, drain);
                         }
                     }
                     Output::Servers(list) => {
                         self.shared.metrics.membership_changes.inc();
-                        // Best effort: a session whose queue is full is being
-                        // disconnected anyway.
-                        for sink in state.sinks.values() {
-                            let _ = sink.tx.try_send(Outbound::Servers(Box::new(list.clone())));
-                        }
+                        hand_out(
+                            log,
+                            Audience::All,
+                            Outbound::Servers(Arc::new(list)),
+                            &mut cut,
+                        );
+                        handed = true;
                     }
                     Output::Room {
                         participant_id,
@@ -699,13 +731,14 @@ impl Node {
                     } => {
                         if let Some(sink) = state.sinks.get(&participant_id) {
                             let room = crate::proto::Room { participants };
-                            let _ = sink.tx.try_send(Outbound::Room(Box::new(room)));
+                            let to = Audience::Reader(sink.reader);
+                            hand_out(log, to, Outbound::Room(Arc::new(room)), &mut cut);
+                            handed = true;
                         }
                     }
                     Output::Gap(gap) => {
-                        for sink in state.sinks.values() {
-                            let _ = sink.tx.try_send(Outbound::Gap(Box::new(gap.clone())));
-                        }
+                        hand_out(log, Audience::All, Outbound::Gap(Arc::new(gap)), &mut cut);
+                        handed = true;
                     }
                     Output::Reply { request, reply } => {
                         if let Some(tx) = state.replies.remove(&request) {
@@ -779,16 +812,38 @@ impl Node {
                     }
                 }
             }
-            for pid in overflowed.drain(..) {
-                self.shared
-                    .metrics
-                    .sessions_cut
-                    .with_label_values(&["too_slow"])
-                    .inc();
-                state.core.session_overflowed(&pid, cap);
+            if !cut.is_empty() {
+                self.cut_off(state, &mut cut);
             }
         }
         state.outputs = outputs;
+        if handed {
+            log.wake_readers();
+        }
+    }
+
+    /// Reports the sessions the log cut off to the core, which ends them
+    /// and announces them as left.
+    fn cut_off(&self, state: &mut State, cut: &mut Vec<ReaderId>) {
+        let by_reader: FastMap<ReaderId, &String> = state
+            .sinks
+            .iter()
+            .map(|(pid, sink)| (sink.reader, pid))
+            .collect();
+        let pids: Vec<String> = cut
+            .drain(..)
+            .filter_map(|reader| by_reader.get(&reader).map(|pid| (*pid).clone()))
+            .collect();
+        let LogLimits { items, bytes } = self.shared.log.limits();
+        self.sessions_gone(pids.len());
+        for pid in pids {
+            self.shared
+                .metrics
+                .sessions_cut
+                .with_label_values(&["too_slow"])
+                .inc();
+            state.core.session_overflowed(&pid, items, bytes);
+        }
     }
 
     /// Registers a session's queue and answers its Join with the stream: the
@@ -803,8 +858,7 @@ impl Node {
             gaps,
             from_gate,
         } = opened;
-        let (tx, rx) = mpsc::channel(self.shared.config.session_queue);
-        let closed = Arc::new(OnceLock::new());
+        let reader = self.shared.log.open(from_gate);
         let mut pending = VecDeque::new();
         pending.push_back(EncodedFrame::message(&JoinFrame {
             frame: Some(join_frame::Frame::Welcome(welcome)),
@@ -829,10 +883,13 @@ impl Node {
         self.shared.open_streams.send_modify(|n| *n += 1);
         let stream = SessionStream {
             pending,
-            rx,
+            reader: LogReader {
+                log: self.shared.log.clone(),
+                id: reader,
+            },
             taken: Vec::new(),
             open: self.shared.open_streams.clone(),
-            closed: closed.clone(),
+            deliveries: self.shared.metrics.deliveries.clone(),
             done: false,
             _guard: SessionGuard {
                 node: Arc::downgrade(&self.shared),
@@ -848,8 +905,7 @@ impl Node {
             Sink {
                 session,
                 from_gate,
-                tx,
-                closed,
+                reader,
             },
         );
         if let Err(Answer::Session(stream)) = reply.send(Answer::Session(stream)) {
@@ -921,36 +977,72 @@ impl Node {
             .core
             .session_dropped(Instant::now(), participant_id, session);
         self.carry_out(&mut state);
+        drop(state);
+        // What only this session had left to read can go.
+        self.shared.log.tidy();
+        self.sessions_gone(1);
+    }
+
+    /// Counts sessions that ended or were cut off; after a burst of them,
+    /// has the memory they held given back.
+    fn sessions_gone(&self, count: usize) {
+        let before = self
+            .shared
+            .sessions_gone
+            .fetch_add(count, Ordering::Relaxed);
+        if before < RETURN_MEMORY_AFTER_SESSIONS && before + count >= RETURN_MEMORY_AFTER_SESSIONS {
+            self.shared.memory_freed.notify_one();
+        }
+    }
+}
+
+/// Gives memory back to the system after a burst of sessions ended or were
+/// cut off: glibc's malloc keeps the pages it freed in its heaps for reuse,
+/// so without this the node's RSS would stay at its peak after many stalled
+/// readers went away. Waits [`RETURN_MEMORY_EVERY`] first (the burst ends,
+/// connections close), so it runs at most that often.
+pub(crate) async fn run_memory_return(node: Node) {
+    let mut shutdown = node.shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = node.shared.memory_freed.notified() => {}
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(RETURN_MEMORY_EVERY) => {}
+        }
+        node.shared.sessions_gone.store(0, Ordering::Relaxed);
+        node.shared.log.tidy();
+        // It walks the heaps: off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(return_freed_memory).await;
+    }
+}
+
+/// Has the allocator give the pages it holds free back to the system.
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory the allocator holds free; it
+    // takes the allocator's own locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
 /// Hands a released event to every local session that was open when it
-/// entered the gate; notes the sessions whose queue is full, or holds `cap`
-/// events already (its share of the node's budget). Returns how many
-/// sessions it reached.
+/// entered the gate: appends it to the log once, whatever their number.
 fn deliver(
     state: &State,
+    log: &DeliveryLog<Outbound>,
     gate: u64,
     event: &Event,
-    cap: usize,
-    overflowed: &mut Vec<String>,
-) -> u64 {
+    cut: &mut Vec<ReaderId>,
+) {
     let field = wire::participant_field(event);
-    let mut reached = 0;
-    for (pid, sink) in &state.sinks {
-        if gate < sink.from_gate {
-            continue; // stamped before this session opened
-        }
-        if overflowed.contains(pid) {
-            continue; // cut off: it must not see later events past a hole
-        }
-        if sink.tx.max_capacity() - sink.tx.capacity() >= cap {
-            overflowed.push(pid.clone());
-            continue;
-        }
-        match sink.tx.try_send(Outbound::Event(field.clone())) {
-            Ok(()) => {
-                reached += 1;
+    hand_out(log, Audience::FromGate(gate), Outbound::Event(field), cut);
+    if diagram::debug_enabled() || tracing::enabled!(tracing::Level::DEBUG) {
+        for (pid, sink) in &state.sinks {
+            if gate >= sink.from_gate {
                 debug!(to = %pid, lamport = event.lamport, "deliver");
                 diagram::event_debug(
                     state.core.who(),
@@ -959,16 +1051,14 @@ fn deliver(
                         .event(event),
                 );
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !overflowed.contains(pid) {
-                    overflowed.push(pid.clone());
-                }
-            }
-            // The stream is gone; its guard is about to report it.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
-    reached
+}
+
+/// Appends `item` for `to`, counted at its encoded size.
+fn hand_out(log: &DeliveryLog<Outbound>, to: Audience, item: Outbound, cut: &mut Vec<ReaderId>) {
+    let size = item.size();
+    log.append(to, item, size, cut);
 }
 
 fn session_answer(answer: Option<Answer>) -> Result<SessionStream> {
@@ -996,18 +1086,32 @@ impl Drop for SessionGuard {
     }
 }
 
+/// A session's place in the node's delivery log, given up when dropped.
+#[derive(Debug)]
+struct LogReader {
+    log: Arc<DeliveryLog<Outbound>>,
+    id: ReaderId,
+}
+
+impl Drop for LogReader {
+    fn drop(&mut self) {
+        self.log.release(self.id);
+    }
+}
+
 /// The response stream of one Join call. Each frame holds every event
-/// queued (up to [`SessionStream::limit`] bytes), so a reader that falls
-/// behind catches up in few large writes rather than many small ones.
+/// waiting for it (up to [`SessionStream::limit`] bytes), so a reader that
+/// falls behind catches up in few large writes rather than many small ones.
 #[derive(Debug)]
 pub struct SessionStream {
     pending: VecDeque<EncodedFrame>,
-    rx: mpsc::Receiver<Outbound>,
-    /// Taken from the queue, not yet framed.
+    reader: LogReader,
+    /// Taken from the log, not yet framed.
     taken: Vec<Outbound>,
     /// Open sessions on the node.
     open: Arc<watch::Sender<usize>>,
-    closed: Arc<OnceLock<EndReason>>,
+    /// `chitty_deliveries_total`: events taken by this stream count there.
+    deliveries: prometheus::IntCounter,
     done: bool,
     _guard: SessionGuard,
 }
@@ -1044,13 +1148,20 @@ impl Stream for SessionStream {
                 this.taken = Vec::new();
             }
             this.taken.reserve_exact(take);
-            match this.rx.poll_recv_many(cx, &mut this.taken, take) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(0) => {
+            let reader = &this.reader;
+            match reader.log.read(reader.id, take, &mut this.taken, cx) {
+                Read::Pending => return Poll::Pending,
+                Read::Ended(reason) => {
                     this.done = true;
-                    return Poll::Ready(this.closed.get().map(|reason| Err(end_status(reason))));
+                    return Poll::Ready(reason.map(|reason| Err(end_status(&reason))));
                 }
-                Poll::Ready(_) => {}
+                Read::Items => {
+                    let events = this
+                        .taken
+                        .iter()
+                        .filter(|item| matches!(item, Outbound::Event(_)));
+                    this.deliveries.inc_by(events.count() as u64);
+                }
             }
         }
         // The events at the front share one frame; anything else gets its own.
@@ -1091,10 +1202,10 @@ impl Outbound {
     fn into_frame(self) -> EncodedFrame {
         let frame = match self {
             Outbound::Event(e) => return EncodedFrame::events(vec![e]),
-            Outbound::Servers(list) => join_frame::Frame::Servers(*list),
-            Outbound::Gap(gap) => join_frame::Frame::Gap(*gap),
+            Outbound::Servers(list) => join_frame::Frame::Servers(Arc::unwrap_or_clone(list)),
+            Outbound::Gap(gap) => join_frame::Frame::Gap(Arc::unwrap_or_clone(gap)),
             Outbound::Late(late) => join_frame::Frame::Late(crate::proto::LateRun { late }),
-            Outbound::Room(room) => join_frame::Frame::Room(*room),
+            Outbound::Room(room) => join_frame::Frame::Room(Arc::unwrap_or_clone(room)),
         };
         EncodedFrame::message(&JoinFrame { frame: Some(frame) })
     }

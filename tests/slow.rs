@@ -1,12 +1,13 @@
 //! A participant that never reads its stream must not hold up anyone else:
-//! the node gives it a bounded queue, disconnects it when the queue overflows
-//! (with `RESOURCE_EXHAUSTED` and a reason), and announces it as left.
+//! the node keeps a bounded log of what it has for its participants,
+//! disconnects one that falls further behind (with `RESOURCE_EXHAUSTED` and
+//! a reason), and announces it as left.
 //!
-//! The node here runs with a small session queue, so the stalled participant
-//! overflows after a few hundred events rather than after many thousands.
-//! The healthy readers are never more than [`AHEAD`] messages behind the
-//! publisher, so they cannot overflow their own queues whatever the
-//! scheduling: the test is about the stalled one.
+//! The nodes here keep a small log (in events, or in bytes), so the stalled
+//! participant is cut off after a few hundred events rather than after many
+//! thousands. The healthy readers are never more than [`AHEAD`] messages
+//! behind the publisher, well within the log whatever the scheduling: the
+//! tests are about the stalled one.
 
 mod common;
 
@@ -19,8 +20,11 @@ use tonic::transport::Endpoint;
 
 /// Messages published while the stalled participant is not reading.
 const MESSAGES: usize = 5000;
-/// The node's per-session queue, in events.
+/// The node's delivery log, in events (`--session-queue`).
 const QUEUE: usize = 256;
+/// The node's delivery log in bytes (`--session-queue-bytes`), in the test
+/// where bytes are the limit: about 500 of these messages.
+const QUEUE_BYTES: usize = 128 * 1024;
 /// How far the publisher may run ahead of the healthy readers.
 const AHEAD: usize = 192;
 
@@ -65,9 +69,32 @@ async fn read_all(mut member: Member, progress: watch::Sender<usize>) -> Reading
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_that_never_reads_does_not_hold_up_the_others_and_is_announced_as_left() {
+    one_stalled_among_readers(|config| config.session_queue = QUEUE).await;
+}
+
+/// The same with the log bounded by bytes: the stalled participant is cut
+/// off long before it is `--session-queue` events behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_further_behind_than_the_byte_budget_is_cut_off_and_nobody_else() {
+    let events = one_stalled_among_readers(|config| {
+        config.session_queue = 4 * MESSAGES;
+        config.session_queue_bytes = QUEUE_BYTES;
+    })
+    .await;
+    assert!(
+        events < MESSAGES / 4,
+        "cut off by bytes, after {events} events"
+    );
+}
+
+/// Alice and Bob read, the stalled participant never does, and Alice
+/// publishes [`MESSAGES`] at full speed on a node set up by `configure`:
+/// Alice and Bob receive everything, the stalled one is cut off and
+/// announced as left. Returns how many events the stalled one got first.
+async fn one_stalled_among_readers(configure: impl FnOnce(&mut chitty::node::NodeConfig)) -> usize {
     // Alice publishes at full speed: no publish rate limit.
     let server = start_server_with(|config| {
-        config.session_queue = QUEUE;
+        configure(config);
         config.publish_rate = None;
     })
     .await;
@@ -164,8 +191,8 @@ async fn a_participant_that_never_reads_does_not_hold_up_the_others_and_is_annou
     }
     assert_eq!(alice.lefts, bob.lefts, "both saw the same leave");
 
-    // When the stalled participant finally reads, it finds what was queued
-    // for it and then the reason it was disconnected.
+    // When the stalled participant finally reads, it finds what was on its
+    // way to it and then the reason it was disconnected.
     let mut events = 0;
     let status = loop {
         match within("the stalled stream", stalled.message()).await {
@@ -184,6 +211,7 @@ async fn a_participant_that_never_reads_does_not_hold_up_the_others_and_is_annou
         status.message()
     );
     assert!(events < MESSAGES, "it was cut off, after {events} events");
+    events
 }
 
 /// Stalled participants under a flood, for the flood test below.
@@ -192,8 +220,6 @@ const STALLED: usize = 20;
 const FLOOD: usize = 2000;
 /// Every how many flood messages the normal-pace publisher sends one.
 const PACE: usize = 20;
-/// Each session's share of the node's queue budget in the flood test.
-const SHARE: usize = 300;
 
 /// What a reader of the flood saw: per sender the numbers of its messages,
 /// in order, and who was announced as left.
@@ -232,23 +258,19 @@ async fn read_flood(
 }
 
 /// A flood with many stalled participants open: the stalled ones are cut
-/// off (each past its share of the node's queue budget) and announced as
-/// left; nobody who reads is cut off, and every reader receives every
+/// off (once further behind than the node's delivery log keeps) and
+/// announced as left; nobody who reads is cut off, and every reader receives every
 /// message of the flooder and of a publisher at a normal pace, once, in
 /// each sender's order. No timing is asserted: the latency is the
 /// benchmark's (docs/bench.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_a_flood_stalled_readers_are_cut_off_and_nobody_else_loses_anything() {
-    // Readers: Flooder, Pacer, Reader; plus the stalled ones. Each session's
-    // share of the budget is SHARE events, far below --session-queue.
+    // Readers: Flooder, Pacer, Reader; plus the stalled ones.
     let server = start_server_with(|config| {
-        config.session_queue_budget = SHARE * (STALLED + 3);
+        config.session_queue = QUEUE;
         config.publish_rate = None;
     })
     .await;
-    let mut config = chitty::node::NodeConfig::new("unused");
-    config.session_queue_budget = SHARE * (STALLED + 3);
-    assert_eq!(config.session_cap(STALLED + 3), SHARE);
     let flooder = join(&server.addr, "Flooder").await;
     let pacer = join(&server.addr, "Pacer").await;
     let mut reader = join(&server.addr, "Reader").await;
@@ -303,8 +325,8 @@ async fn under_a_flood_stalled_readers_are_cut_off_and_nobody_else_loses_anythin
             batch.push((1, i / PACE));
         }
         for (who, number) in batch {
-            // The readers stay within AHEAD of the publishers, below their
-            // share: only the stalled can be cut off.
+            // The readers stay within AHEAD of the publishers, well within
+            // the log: only the stalled can be cut off.
             for progress in &progress {
                 let mut progress = progress.clone();
                 within(

@@ -435,7 +435,7 @@ impl Run {
             Op::SessionOverflowed(who) => {
                 let (participant_id, _) = self.person(*who);
                 if self.sessions.contains_key(&participant_id) {
-                    self.core.session_overflowed(&participant_id, 16);
+                    self.core.session_overflowed(&participant_id, 16, 4096);
                 }
             }
             Op::Relay { peer, frame } => {

@@ -150,8 +150,9 @@ impl Timing {
 pub enum EndReason {
     /// The participant left: its stream ends normally once drained.
     Left,
-    /// It read too slowly: its outgoing queue of `queue` events was full.
-    TooSlow { queue: usize },
+    /// It read too slowly: it fell more than `events` events or `bytes`
+    /// bytes behind what the node had for it.
+    TooSlow { events: usize, bytes: usize },
     /// The participant resumed its session on another node.
     ResumedElsewhere,
     /// The participant resumed its session on another connection here.
@@ -1381,15 +1382,15 @@ impl NodeCore {
         }
     }
 
-    /// A local session's queue of `queue` events was full: it is cut off and
-    /// announced as left at once.
-    pub fn session_overflowed(&mut self, participant_id: &str, queue: usize) {
+    /// A local session fell more than `events` events or `bytes` bytes
+    /// behind: it is cut off and announced as left at once.
+    pub fn session_overflowed(&mut self, participant_id: &str, events: usize, bytes: usize) {
         self.outputs.push(Output::EndSession {
             participant_id: participant_id.to_string(),
-            reason: EndReason::TooSlow { queue },
+            reason: EndReason::TooSlow { events, bytes },
         });
         if let Some(left) = self.chat.disconnect(participant_id) {
-            warn!(participant = %left.participant_name, lamport = left.lamport, "disconnected a participant whose queue overflowed");
+            warn!(participant = %left.participant_name, lamport = left.lamport, "disconnected a participant that fell too far behind");
             self.dispatch(vec![left]);
         }
     }
