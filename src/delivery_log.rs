@@ -13,13 +13,14 @@
 //! The log holds what the sessions still open have not read, within two
 //! limits: `--session-queue` items and `--session-queue-bytes` bytes, each
 //! item counted at its encoded size plus its slot in the log. When either is
-//! passed, the oldest items are dropped until the log is back at 7/8 of both,
-//! and every session that had not read them is cut off as too slow. So what
-//! stalled readers cost the node is bounded by these two numbers however
-//! many there are, and a session is cut off once it is between 7/8 of a
-//! limit and the limit behind. What everyone has read is dropped when the
-//! cursors are looked at: every [`SCAN_EVERY`] items, at a limit, and when
-//! a session ends.
+//! passed, the oldest items are dropped until the log is 1/64 below both
+//! (so that a reader hovering at a limit does not have the cursors looked
+//! at on every item), and every session that had not read them is cut off
+//! as too slow. So what stalled readers cost the node is bounded by these
+//! two numbers however many there are, and a session is cut off once it is
+//! about a limit behind. What everyone has read is dropped when the cursors
+//! are looked at: every [`SCAN_EVERY`] items, at a limit, and when a session
+//! ends.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
@@ -243,7 +244,7 @@ impl<T: Clone> DeliveryLog<T> {
     }
 
     /// Drops what every open reader has read, and if the log is still over
-    /// a limit, what is oldest until it is at 7/8 of both, cutting off the
+    /// a limit, what is oldest until it is 1/64 below both, cutting off the
     /// readers that had not read it.
     fn scan(&self, log: &mut LogState<T>, cut: &mut Vec<ReaderId>) {
         log.since_scan = 0;
@@ -261,7 +262,7 @@ impl<T: Clone> DeliveryLog<T> {
         }
         let LogLimits { items, bytes } = self.limits;
         if log.over(items, bytes) {
-            while log.over(items - items / 8, bytes - bytes / 8) {
+            while log.over(items - items / 64, bytes - bytes / 64) {
                 log.drop_front();
             }
             let first = log.first;
