@@ -189,6 +189,8 @@ enum Op {
         name: Text,
         lamport: Clock,
         rejoin: Option<(Vec<Mark>, Vec<Node>, Vec<Node>)>,
+        /// Earlier messages asked for.
+        recent: u8,
     },
     Resume {
         who: u8,
@@ -350,7 +352,7 @@ impl Run {
         RelayFrame { frame: Some(frame) }
     }
 
-    fn join(&mut self, name: &str, lamport: u64, rejoin: Option<Rejoin>) {
+    fn join(&mut self, name: &str, lamport: u64, rejoin: Option<Rejoin>, recent: usize) {
         let request = self.request();
         let participant_id = format!("id-{request}");
         let token = format!("tok-{request}");
@@ -360,6 +362,7 @@ impl Run {
             participant_id,
             token,
             rejoin,
+            recent,
         };
         self.core.join(self.now, request, joiner, lamport);
     }
@@ -382,6 +385,7 @@ impl Run {
                 name,
                 lamport,
                 rejoin,
+                recent,
             } => {
                 let rejoin = rejoin.as_ref().map(|(seen, unanswered, known)| Rejoin {
                     seen: marks(seen),
@@ -389,7 +393,7 @@ impl Run {
                     known_nodes: known.iter().map(|n| n.get()).collect(),
                 });
                 let lamport = lamport.get(&self.core);
-                self.join(&name.get(&NAMES), lamport, rejoin);
+                self.join(&name.get(&NAMES), lamport, rejoin, usize::from(*recent));
             }
             Op::Resume {
                 who,
@@ -455,7 +459,10 @@ impl Run {
                                 let request = self.request();
                                 self.core.resume(now, request, resume, req.lamport);
                             }
-                            None => self.join(&req.name, req.lamport, req.rejoin),
+                            None => {
+                                let recent = req.recent as usize;
+                                self.join(&req.name, req.lamport, req.rejoin, recent)
+                            }
                         }
                     }
                 }
