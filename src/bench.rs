@@ -931,8 +931,9 @@ struct Room {
     /// Sessions of the publishers, in publisher order.
     publishers: Vec<Session>,
     readers: Vec<Reader>,
-    /// Join streams of the slow participants, never read.
-    slow_streams: Vec<Frames>,
+    /// The slow participants and their Join streams, never read; each holds
+    /// its own connection, which closes when both are dropped.
+    slow_streams: Vec<(Session, Frames)>,
     /// Joined so far, to spread everyone round-robin over the nodes.
     joined: usize,
     name_prefix: String,
@@ -1005,10 +1006,12 @@ impl Room {
                 if role == Role::Participant && i < publishers {
                     self.publishers.push(session.clone());
                 }
-                self.sessions.push(session);
                 match role {
-                    Role::Slow => self.slow_streams.push(frames),
-                    Role::Participant | Role::Idle => self.spawn_reader(frames, clock),
+                    Role::Slow => self.slow_streams.push((session, frames)),
+                    Role::Participant | Role::Idle => {
+                        self.sessions.push(session);
+                        self.spawn_reader(frames, clock);
+                    }
                 }
             }
             done += batch;

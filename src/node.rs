@@ -39,7 +39,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::Status;
-use tracing::{debug, error};
+use tracing::{debug, error, info};
 
 use crate::core::FastMap;
 use crate::core::chat::CoreLimits;
@@ -1015,7 +1015,13 @@ pub(crate) async fn run_memory_return(node: Node) {
         node.shared.sessions_gone.store(0, Ordering::Relaxed);
         node.shared.log.tidy();
         // It walks the heaps: off the runtime's threads.
+        let before = resident_bytes();
         let _ = tokio::task::spawn_blocking(return_freed_memory).await;
+        info!(
+            rss_before = before,
+            rss_after = resident_bytes(),
+            "gave memory freed by ended sessions back to the system"
+        );
     }
 }
 
@@ -1027,6 +1033,16 @@ fn return_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// The process's resident memory in bytes (Linux), 0 where unknown.
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<u64>().ok());
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages.map_or(0, |pages| pages * u64::try_from(page).unwrap_or(4096))
 }
 
 /// Hands a released event to every local session that was open when it
