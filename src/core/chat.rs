@@ -758,7 +758,9 @@ impl ChatCore {
                         origin: Some(origin.clone()),
                         seq,
                     });
-                self.join_marks.insert(pid.clone(), mark);
+                // Announced again while on the roster: its first join
+                // still marks where its replay starts.
+                self.join_marks.entry(pid.clone()).or_insert(mark);
                 self.roster
                     .joined(pid, &event.participant_name, origin, event.lamport)
             }
