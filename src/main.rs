@@ -1,5 +1,6 @@
 //! The `chitty` binary: parses flags, sets up logging, and hands over to
-//! [`chitty::cli`].
+//! [`chitty::cli`]. `chitty-bench` (bench/) compiles this same file in, and
+//! runs the nodes it starts through its `main`.
 
 use std::process::ExitCode;
 
@@ -7,7 +8,7 @@ use chitty::cli::{Cli, Command, LogFormat};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Reading logs needs no runtime.
     let cli = match cli.command {
@@ -20,7 +21,6 @@ fn main() -> ExitCode {
         | Command::Watch(_)
         | Command::Send(_)
         | Command::Status(_)
-        | Command::Bench(_)
         | Command::Cert(_)
         | Command::Health(_)
         | Command::Trace(_) => 0,
@@ -85,10 +85,6 @@ async fn run(cli: Cli) -> ExitCode {
             } else {
                 chitty::cli::run_client(args).await
             }
-        }
-        Command::Bench(args) => {
-            let _log = init_logging("warn", LogFormat::Text, None);
-            chitty::cli::run_bench(args).await
         }
         Command::Cert(command) => chitty::cli::run_cert(command),
         Command::Health(args) => {
