@@ -187,11 +187,18 @@ struct ChittyArgs {
     /// built into the bench (to measure two builds with one bench).
     #[arg(long, env = "CHITTY_BENCH_NODE_BIN")]
     node_bin: Option<PathBuf>,
-    /// Run the sweep instead: S = 3, 30, 300, 3000 on N = 1, 3, 5 nodes at
-    /// full speed, writing OUT/bench-results.jsonl and
+    /// Run the sweep instead: S participants on N nodes at full speed for
+    /// each S of --sweep-participants and each N of --sweep-nodes, a fresh
+    /// cluster each, writing OUT/bench-results.jsonl and
     /// OUT/bench-scaling.svg.
     #[arg(long)]
     sweep: bool,
+    /// Node counts of the sweep.
+    #[arg(long, value_delimiter = ',', default_value = "1,3,5")]
+    sweep_nodes: Vec<usize>,
+    /// Participant counts of the sweep.
+    #[arg(long, value_delimiter = ',', default_value = "3,30,300,3000")]
+    sweep_participants: Vec<usize>,
     /// Directory the sweep writes to.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -281,6 +288,8 @@ async fn run(cli: Cli) -> ExitCode {
                 if args.sweep {
                     let sweep = sweep::Sweep {
                         base: config,
+                        nodes: args.sweep_nodes,
+                        participants: args.sweep_participants,
                         deliveries: args.sweep_deliveries,
                         max_messages: args.sweep_max_messages,
                         label: args.sweep_label,

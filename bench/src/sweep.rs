@@ -11,9 +11,6 @@ use plotters::prelude::*;
 use crate::on_chitty;
 use crate::report::{Report, thousands};
 
-/// Participant counts and node counts of the sweep.
-pub const SWEEP_PARTICIPANTS: [usize; 4] = [3, 30, 300, 3000];
-pub const SWEEP_NODES: [usize; 3] = [1, 3, 5];
 /// Fewest messages of one point (for a meaningful p99).
 const MIN_MESSAGES: u64 = 200;
 /// Line colours, one per node count.
@@ -31,6 +28,9 @@ pub struct Sweep {
     /// Every point's settings, but for nodes, participants, messages and
     /// what `--rate`, `--slow`, `--flood` and `--idle` add.
     pub base: on_chitty::Config,
+    /// Node counts and participant counts of the points: each with each.
+    pub nodes: Vec<usize>,
+    pub participants: Vec<usize>,
     /// Deliveries each point aims at.
     pub deliveries: u64,
     /// Most messages one point sends, all publishers together.
@@ -46,18 +46,21 @@ pub fn sweep_messages(participants: usize, budget: u64, cap: u64) -> u64 {
     (budget / participants as u64).clamp(MIN_MESSAGES, cap.max(MIN_MESSAGES))
 }
 
-/// Runs every point of [`SWEEP_NODES`] × [`SWEEP_PARTICIPANTS`], writes the
+/// Runs every point of the sweep's nodes × participants, writes the
 /// JSON lines to `out/bench-results.jsonl` (one per point, as they finish)
 /// and the picture to `out/bench-scaling.svg`. Returns the reports of the
 /// points that ran.
 pub async fn sweep(sweep: &Sweep, out: &Path) -> Result<Vec<Report>, String> {
+    if sweep.nodes.contains(&0) || sweep.participants.contains(&0) {
+        return Err("every sweep point needs at least 1 node and 1 participant".into());
+    }
     std::fs::create_dir_all(out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let jsonl = out.join("bench-results.jsonl");
     let svg = out.join("bench-scaling.svg");
     let mut lines = String::new();
     let mut reports = Vec::new();
-    for &nodes in &SWEEP_NODES {
-        for &participants in &SWEEP_PARTICIPANTS {
+    for &nodes in &sweep.nodes {
+        for &participants in &sweep.participants {
             let publishers = sweep.base.load.publishers.min(participants);
             let messages = sweep_messages(participants, sweep.deliveries, sweep.max_messages);
             let mut config = on_chitty::Config {
@@ -208,9 +211,10 @@ fn draw_panel(
     axis: Axis,
     value: impl Fn(&Report) -> Option<f64>,
 ) -> DrawResult {
-    let x_range = (SWEEP_PARTICIPANTS[0] as f64 * 0.8
-        ..SWEEP_PARTICIPANTS[SWEEP_PARTICIPANTS.len() - 1] as f64 * 1.25)
-        .log_scale();
+    let participants = reports.iter().map(|r| r.participants as f64);
+    let fewest = participants.clone().fold(f64::INFINITY, f64::min).min(1e9);
+    let most = participants.fold(1.0, f64::max).max(fewest);
+    let x_range = (fewest * 0.8..most * 1.25).log_scale();
     let mut chart = ChartBuilder::on(area);
     chart
         .caption(title, ("sans-serif", 14))
@@ -245,7 +249,10 @@ where
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_label_formatter(y_label)
         .draw()?;
-    for (i, &nodes) in SWEEP_NODES.iter().enumerate() {
+    let mut node_counts: Vec<usize> = reports.iter().map(|r| r.nodes).collect();
+    node_counts.sort_unstable();
+    node_counts.dedup();
+    for (i, &nodes) in node_counts.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let mut points: Vec<(f64, f64, bool)> = reports
             .iter()
@@ -300,10 +307,10 @@ mod tests {
 
     #[test]
     fn the_picture_has_a_line_per_node_count_in_each_panel() {
-        let reports: Vec<Report> = SWEEP_NODES
-            .iter()
-            .flat_map(|&n| {
-                SWEEP_PARTICIPANTS.iter().map(move |&s| Report {
+        let reports: Vec<Report> = [1, 3, 5]
+            .into_iter()
+            .flat_map(|n| {
+                [3, 30, 300, 3000].into_iter().map(move |s| Report {
                     nodes: n,
                     participants: s,
                     delivered: 1,

@@ -122,3 +122,39 @@ fn the_same_load_on_nats_delivers_everything_once_in_order() {
     assert_eq!(number(&report, "slow_consumers"), 0.0, "{report}");
     assert!(number(&report, "send_late_max_ms") >= 0.0, "{report}");
 }
+
+#[test]
+fn a_small_sweep_writes_a_line_per_point_and_the_picture() {
+    let out = std::env::temp_dir().join(format!("chitty-bench-sweep-{}", std::process::id()));
+    let output = Command::new(BENCH)
+        .args([
+            "--sweep",
+            "--sweep-nodes",
+            "1,2",
+            "--sweep-participants",
+            "2,4",
+        ])
+        .args(["--sweep-deliveries", "400", "--pipeline", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run chitty-bench --sweep");
+    let jsonl = std::fs::read_to_string(out.join("bench-results.jsonl")).unwrap_or_default();
+    let svg = std::fs::read_to_string(out.join("bench-scaling.svg")).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&out);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let points: Vec<(f64, f64)> = jsonl
+        .lines()
+        .map(|line| {
+            let report: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(number(&report, "missing"), 0.0, "{report}");
+            (number(&report, "nodes"), number(&report, "participants"))
+        })
+        .collect();
+    assert_eq!(points, [(1.0, 2.0), (1.0, 4.0), (2.0, 2.0), (2.0, 4.0)]);
+    assert!(svg.contains("N = 2 nodes"), "{svg}");
+}
