@@ -25,6 +25,18 @@ pub fn main() -> ExitCode {
         | Command::Health(_)
         | Command::Trace(_) => 0,
     };
+    match runtime(threads) {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The runtime of a `chitty` process: `threads` worker threads, 0 for one
+/// per core, 1 for the current thread only.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
@@ -41,13 +53,7 @@ pub fn main() -> ExitCode {
     if threads != 1 {
         builder.disable_lifo_slot();
     }
-    match builder.enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(cli)),
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    builder.enable_all().build()
 }
 
 async fn run(cli: Cli) -> ExitCode {
@@ -109,7 +115,7 @@ const QUIET_LIBRARIES: &str =
 /// one `write` per line would cost more than the call. The returned guard
 /// writes what is still queued when it is dropped. When the writer falls
 /// behind by [`LOG_LINES_QUEUED`] lines the callers wait, so no line is lost.
-fn init_logging(
+pub fn init_logging(
     default: &str,
     format: LogFormat,
     file: Option<std::fs::File>,

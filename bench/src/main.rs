@@ -233,29 +233,16 @@ fn main() -> ExitCode {
         return chitty_main::main();
     }
     let cli = Cli::parse();
-    init_logging();
-    // Built as the `chitty` binary builds its runtime, so that the bench's
-    // clients run as they always have (see src/main.rs).
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    #[cfg(tokio_unstable)]
-    builder.disable_lifo_slot();
-    match builder.enable_all().build() {
+    // The chitty client library's warnings, as `chitty` shows them.
+    let _log = chitty_main::init_logging("warn", chitty::cli::LogFormat::Text, None);
+    // The `chitty` binary's runtime, as the clients have always run in.
+    match chitty_main::runtime(0) {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The chitty client library's warnings, on stderr; `RUST_LOG` says more.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Runs what the command line asks; Ctrl-C stops it (and every server it

@@ -197,9 +197,10 @@ impl Report {
         }
         let _ = writeln!(
             t,
-            "{}: {} servers, {} readers, {} publishers sending {} messages each of {} bytes at {pace}{extras}",
+            "{}: {} server{}, {} reading participants, {} publishers sending {} messages each of {} bytes at {pace}{extras}",
             self.system,
             self.nodes,
+            if self.nodes == 1 { "" } else { "s" },
             self.participants,
             self.publishers,
             self.messages_per_publisher,
