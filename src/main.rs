@@ -1,5 +1,6 @@
 //! The `chitty` binary: parses flags, sets up logging, and hands over to
-//! [`chitty::cli`].
+//! [`chitty::cli`]. `chitty-bench` (bench/) compiles this same file in, and
+//! runs the nodes it starts through its `main`.
 
 use std::process::ExitCode;
 
@@ -7,7 +8,7 @@ use chitty::cli::{Cli, Command, LogFormat};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Reading logs needs no runtime.
     let cli = match cli.command {
@@ -20,11 +21,22 @@ fn main() -> ExitCode {
         | Command::Watch(_)
         | Command::Send(_)
         | Command::Status(_)
-        | Command::Bench(_)
         | Command::Cert(_)
         | Command::Health(_)
         | Command::Trace(_) => 0,
     };
+    match runtime(threads) {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The runtime of a `chitty` process: `threads` worker threads, 0 for one
+/// per core, 1 for the current thread only.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
@@ -41,13 +53,7 @@ fn main() -> ExitCode {
     if threads != 1 {
         builder.disable_lifo_slot();
     }
-    match builder.enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(cli)),
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    builder.enable_all().build()
 }
 
 async fn run(cli: Cli) -> ExitCode {
@@ -86,10 +92,6 @@ async fn run(cli: Cli) -> ExitCode {
                 chitty::cli::run_client(args).await
             }
         }
-        Command::Bench(args) => {
-            let _log = init_logging("warn", LogFormat::Text, None);
-            chitty::cli::run_bench(args).await
-        }
         Command::Cert(command) => chitty::cli::run_cert(command),
         Command::Health(args) => {
             let _log = init_logging("warn", LogFormat::Text, None);
@@ -113,7 +115,7 @@ const QUIET_LIBRARIES: &str =
 /// one `write` per line would cost more than the call. The returned guard
 /// writes what is still queued when it is dropped. When the writer falls
 /// behind by [`LOG_LINES_QUEUED`] lines the callers wait, so no line is lost.
-fn init_logging(
+pub fn init_logging(
     default: &str,
     format: LogFormat,
     file: Option<std::fs::File>,
