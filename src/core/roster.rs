@@ -338,14 +338,18 @@ mod tests {
         // resumed, stamped its move at 182 and announces it back at 210.
         // Every delivery order leaves it homed on n1, and n1 keeps its
         // session whichever announcement arrives last.
-        let announcements = [(node("n0"), 177), (node("n1"), 210)];
-        for first in 0..2 {
+        let moved_to_n1 = || {
             let mut r = Roster::default();
             r.joined("p", "P", node("n0"), 2);
             let member = r.get_mut("p").unwrap();
             member.home = node("n1");
             member.homed = (182, "n1".into());
             member.session = Some(7);
+            r
+        };
+        let announcements = [(node("n0"), 177), (node("n1"), 210)];
+        for first in 0..2 {
+            let mut r = moved_to_n1();
             for (home, lamport) in [&announcements[first], &announcements[1 - first]] {
                 assert_eq!(r.joined("p", "P", home.clone(), *lamport), None);
             }
@@ -356,12 +360,7 @@ mod tests {
         }
         // Without the later one, the older announcement of n0 does not
         // take the participant from n1 or end its session there.
-        let mut r = Roster::default();
-        r.joined("p", "P", node("n0"), 2);
-        let member = r.get_mut("p").unwrap();
-        member.home = node("n1");
-        member.homed = (182, "n1".into());
-        member.session = Some(7);
+        let mut r = moved_to_n1();
         r.joined("p", "P", node("n0"), 177);
         assert_eq!(r.get("p").unwrap().home, node("n1"));
         assert_eq!(r.get("p").unwrap().session, Some(7));
