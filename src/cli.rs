@@ -1,9 +1,9 @@
 //! The `chitty` command line: `chitty server` runs a node, `chitty client`
 //! joins the chat, `chitty send` and `chitty watch` script it, `chitty
-//! status` shows a cluster, `chitty bench` measures one, `chitty trace`
-//! draws the Lamport sequence diagram of a run from its logs, `chitty
-//! health` checks a node. Most flags can also be set with a `CHITTY_...`
-//! environment variable.
+//! status` shows a cluster, `chitty trace` draws the Lamport sequence
+//! diagram of a run from its logs, `chitty health` checks a node. Most flags
+//! can also be set with a `CHITTY_...` environment variable. The benchmark
+//! is a program of its own, `chitty-bench` (bench/).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -48,6 +48,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// One value per process, parsed once: boxing the large variant saves nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run a chat node.
     Server(ServerArgs),
@@ -64,9 +66,6 @@ pub enum Command {
     /// Show the cluster as one node sees it: its nodes and their state, the
     /// participants on each, the lag of its links.
     Status(StatusArgs),
-    /// Measure fan-out: start a local cluster (or use running nodes), join
-    /// participants, publish, and report throughput, latency and cost.
-    Bench(BenchArgs),
     /// Make a development CA and node certificates for TLS.
     #[command(subcommand)]
     Cert(CertCommand),
@@ -437,178 +436,6 @@ pub struct SendArgs {
     /// The messages, one per argument; none: one per line of standard
     /// input.
     pub text: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Nodes of the local cluster to start (real `chitty server` processes
-    /// on 127.0.0.1, killed at the end).
-    #[arg(long, env = "CHITTY_BENCH_NODES", default_value_t = 3)]
-    pub nodes: usize,
-    /// Use these running nodes (host:port, comma-separated) instead of
-    /// starting a cluster. Server CPU and memory are then not measured.
-    #[arg(long, env = "CHITTY_BENCH_SERVERS", value_delimiter = ',', num_args = 1..)]
-    pub servers: Vec<String>,
-    /// Participants, spread round-robin over the nodes; all of them read.
-    #[arg(
-        long,
-        short = 's',
-        env = "CHITTY_BENCH_PARTICIPANTS",
-        default_value_t = 30
-    )]
-    pub participants: usize,
-    /// How many of the participants also publish.
-    #[arg(
-        long,
-        short = 'p',
-        env = "CHITTY_BENCH_PUBLISHERS",
-        default_value_t = 3
-    )]
-    pub publishers: usize,
-    /// Messages to send in total, across publishers.
-    #[arg(
-        long,
-        short = 'm',
-        env = "CHITTY_BENCH_MESSAGES",
-        default_value_t = 10_000
-    )]
-    pub messages: u64,
-    /// Bytes (ASCII characters) per message text.
-    #[arg(long, env = "CHITTY_BENCH_SIZE", default_value_t = 64)]
-    pub size: usize,
-    /// Messages per second in total (paced on a fixed schedule); without it,
-    /// full speed: every publisher sends as fast as its publishes are
-    /// acknowledged (with --pipeline, without waiting for them), within
-    /// --window of the slowest reader.
-    #[arg(long, env = "CHITTY_BENCH_RATE")]
-    pub rate: Option<f64>,
-    /// Also join this many participants that never read their stream.
-    #[arg(long, env = "CHITTY_BENCH_SLOW", default_value_t = 0)]
-    pub slow: usize,
-    /// Also have one more participant flood the room with this many
-    /// messages over PublishStream, as fast as its node takes them, while
-    /// the publishers go on as set (their latency is what is reported).
-    #[arg(long, env = "CHITTY_BENCH_FLOOD", default_value_t = 0)]
-    pub flood: u64,
-    /// Also join this many reading, non-publishing participants, and report
-    /// node memory per participant.
-    #[arg(long, env = "CHITTY_BENCH_IDLE", default_value_t = 0)]
-    pub idle: usize,
-    /// Most Join streams that share one gRPC connection.
-    #[arg(
-        long,
-        env = "CHITTY_BENCH_STREAMS_PER_CONNECTION",
-        default_value_t = 100
-    )]
-    pub streams_per_connection: usize,
-    /// Seconds to wait for the last deliveries after the last publish; what
-    /// has not arrived by then counts as missing.
-    #[arg(long, env = "CHITTY_BENCH_DRAIN_SECS", default_value_t = 30)]
-    pub drain_secs: u64,
-    /// Seconds the publishers may take in all before they are stopped.
-    #[arg(long, env = "CHITTY_BENCH_TIMEOUT_SECS", default_value_t = 600)]
-    pub timeout_secs: u64,
-    /// RUST_LOG of the spawned nodes (their per-event info logs would be
-    /// measured too).
-    #[arg(long, env = "CHITTY_BENCH_NODE_LOG", default_value = "warn")]
-    pub node_log: String,
-    /// Extra argument for every spawned node (repeat it), e.g.
-    /// `--node-arg=--session-queue=4096`.
-    #[arg(long = "node-arg", allow_hyphen_values = true)]
-    pub node_args: Vec<String>,
-    /// Publish over PublishStream (many messages in flight per publisher,
-    /// still in order) instead of one acknowledged call at a time.
-    #[arg(long, env = "CHITTY_BENCH_PIPELINE")]
-    pub pipeline: bool,
-    /// At full speed, publishers stay at most this many messages ahead of
-    /// the slowest reader (0: no limit, queues on the nodes grow until they
-    /// cut readers off).
-    #[arg(long, env = "CHITTY_BENCH_WINDOW", default_value_t = 2000)]
-    pub window: u64,
-    /// Keep the spawned nodes' logs in this directory (default: a temporary
-    /// one, removed unless the run fails).
-    #[arg(long, env = "CHITTY_BENCH_LOG_DIR")]
-    pub log_dir: Option<std::path::PathBuf>,
-    /// Print one JSON object with the results as the last line of stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// Run the sweep instead: S = 3, 30, 300, 3000 on N = 1, 3, 5 nodes at
-    /// full speed, writing OUT/bench-results.jsonl and OUT/bench-scaling.svg.
-    #[arg(long)]
-    pub sweep: bool,
-    /// Directory the sweep writes to.
-    #[arg(long, default_value = "docs")]
-    pub out: std::path::PathBuf,
-    /// Deliveries per sweep point: each point sends about this many
-    /// divided by S messages (at least 200, at most --sweep-max-messages).
-    #[arg(long, default_value_t = 300_000)]
-    pub sweep_deliveries: u64,
-    /// Most messages one sweep point sends.
-    #[arg(long, default_value_t = 2_000)]
-    pub sweep_max_messages: u64,
-    /// Text added to the sweep picture's caption (cluster/sweep.sh passes
-    /// the git commit).
-    #[arg(long, default_value = "")]
-    pub sweep_label: String,
-}
-
-/// Runs `chitty bench`; Ctrl-C stops it (and every node it started).
-pub async fn run_bench(args: BenchArgs) -> ExitCode {
-    let config = crate::bench::Config {
-        nodes: args.nodes,
-        servers: args.servers,
-        participants: args.participants,
-        publishers: args.publishers,
-        messages: args.messages,
-        size: args.size,
-        rate: args.rate,
-        slow: args.slow,
-        flood: args.flood,
-        idle: args.idle,
-        streams_per_connection: args.streams_per_connection,
-        drain: std::time::Duration::from_secs(args.drain_secs),
-        timeout: std::time::Duration::from_secs(args.timeout_secs),
-        node_log: args.node_log,
-        node_args: args.node_args,
-        pipeline: args.pipeline,
-        window: args.window,
-        log_dir: args.log_dir,
-        progress: true,
-    };
-    let work = async {
-        if args.sweep {
-            let base = crate::bench::Config {
-                messages: args.sweep_max_messages,
-                ..config
-            };
-            let reports =
-                crate::bench::sweep(&base, args.sweep_deliveries, &args.sweep_label, &args.out)
-                    .await?;
-            Ok(reports.iter().all(|r| r.correct()))
-        } else {
-            let report = crate::bench::run(&config).await?;
-            println!("{}", report.table());
-            if args.json {
-                println!("{}", report.to_json());
-            }
-            Ok::<_, String>(report.correct())
-        }
-    };
-    // Dropping `work` on Ctrl-C drops the cluster guard, which kills the nodes.
-    tokio::select! {
-        result = work => match result {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(2),
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
-        _ = shutdown_signal() => {
-            eprintln!("bench: interrupted; stopping the nodes");
-            ExitCode::from(130)
-        }
-    }
 }
 
 /// Runs `chitty cert ca` or `chitty cert node`.

@@ -22,12 +22,10 @@
 //! * [`client`] — the client library: join, publish, leave, receive events.
 //! * [`cli`] — the `chitty` command line; [`console`] is the interactive
 //!   client's screen, line editor and `/commands`.
-//! * [`bench`] — `chitty bench`, the fan-out benchmark.
 //! * [`trace`] — `chitty trace`, the Lamport sequence diagram of a run,
 //!   drawn from its JSON logs ([`diagram`] writes the records).
 //! * [`limits`] — how large a gRPC message may be, on either side.
 
-pub mod bench;
 pub mod cert;
 pub mod cli;
 pub mod client;

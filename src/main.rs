@@ -1,14 +1,14 @@
 //! The `chitty` binary: parses flags, sets up logging, and hands over to
-//! [`chitty::cli`].
+//! [`chitty::cli`]. `chitty-bench` (bench/) compiles this same file in, and
+//! runs the nodes it starts through its `main`.
 
 use std::process::ExitCode;
 
 use chitty::cli::{Cli, Command, LogFormat};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     // Reading logs needs no runtime.
     let cli = match cli.command {
@@ -21,11 +21,22 @@ fn main() -> ExitCode {
         | Command::Watch(_)
         | Command::Send(_)
         | Command::Status(_)
-        | Command::Bench(_)
         | Command::Cert(_)
         | Command::Health(_)
         | Command::Trace(_) => 0,
     };
+    match runtime(threads) {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The runtime of a `chitty` process: `threads` worker threads, 0 for one
+/// per core, 1 for the current thread only.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         _ => tokio::runtime::Builder::new_multi_thread(),
@@ -42,28 +53,22 @@ fn main() -> ExitCode {
     if threads != 1 {
         builder.disable_lifo_slot();
     }
-    match builder.enable_all().build() {
-        Ok(runtime) => runtime.block_on(run(cli)),
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    builder.enable_all().build()
 }
 
 async fn run(cli: Cli) -> ExitCode {
     let watch = matches!(cli.command, Command::Watch(_));
     match cli.command {
         Command::Server(args) => {
-            init_logging("info", args.log_format, None);
+            let _log = init_logging("info", args.log_format, None);
             chitty::cli::run_server(args).await
         }
         Command::Status(args) => {
-            init_logging("warn", LogFormat::Text, None);
+            let _log = init_logging("warn", LogFormat::Text, None);
             chitty::cli::run_status(args).await
         }
         Command::Send(args) => {
-            init_logging("warn", LogFormat::Text, None);
+            let _log = init_logging("warn", LogFormat::Text, None);
             chitty::cli::run_send(args).await
         }
         Command::Client(args) | Command::Watch(args) => {
@@ -80,20 +85,16 @@ async fn run(cli: Cli) -> ExitCode {
             // On a terminal the log would run through the prompt, so without
             // a log file only warnings reach stderr.
             let level = if file.is_some() { "info" } else { "warn" };
-            init_logging(level, args.log_format, file);
+            let _log = init_logging(level, args.log_format, file);
             if watch {
                 chitty::cli::run_watch(args).await
             } else {
                 chitty::cli::run_client(args).await
             }
         }
-        Command::Bench(args) => {
-            init_logging("warn", LogFormat::Text, None);
-            chitty::cli::run_bench(args).await
-        }
         Command::Cert(command) => chitty::cli::run_cert(command),
         Command::Health(args) => {
-            init_logging("warn", LogFormat::Text, None);
+            let _log = init_logging("warn", LogFormat::Text, None);
             chitty::health::run_health(args).await
         }
         Command::Trace(args) => chitty::cli::run_trace(args),
@@ -108,7 +109,17 @@ const QUIET_LIBRARIES: &str =
 /// Logs to stderr, or to `file`, at `RUST_LOG` or else `default` level, in
 /// `format`. `RUST_LOG=debug` shows Chitty's debug lines; `RUST_LOG=h2=debug`
 /// (or any directive naming a library) brings that library's back.
-fn init_logging(default: &str, format: LogFormat, file: Option<std::fs::File>) {
+///
+/// Lines are formatted where they happen and written by a thread of their
+/// own, in batches: a node logs every service call at its default level, and
+/// one `write` per line would cost more than the call. The returned guard
+/// writes what is still queued when it is dropped. When the writer falls
+/// behind by [`LOG_LINES_QUEUED`] lines the callers wait, so no line is lost.
+pub fn init_logging(
+    default: &str,
+    format: LogFormat,
+    file: Option<std::fs::File>,
+) -> tracing_appender::non_blocking::WorkerGuard {
     let wanted = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -131,10 +142,15 @@ fn init_logging(default: &str, format: LogFormat, file: Option<std::fs::File>) {
         .with_env_filter(filter)
         .log_internal_errors(false);
     let ansi = file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let writer = match file {
-        Some(file) => BoxMakeWriter::new(std::sync::Mutex::new(file)),
-        None => BoxMakeWriter::new(std::io::stderr),
+    let out: Box<dyn std::io::Write + Send> = match file {
+        Some(file) => Box::new(file),
+        None => Box::new(std::io::stderr()),
     };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_LINES_QUEUED)
+        .thread_name("chitty-log")
+        .finish(std::io::BufWriter::with_capacity(LOG_WRITE_BYTES, out));
     match format {
         LogFormat::Text => builder.with_ansi(ansi).with_writer(writer).init(),
         // One object per line, the event's fields at the top level, where
@@ -150,4 +166,11 @@ fn init_logging(default: &str, format: LogFormat, file: Option<std::fs::File>) {
             .with_writer(writer)
             .init(),
     }
+    guard
 }
+
+/// Log lines queued for the writer thread before callers wait.
+const LOG_LINES_QUEUED: usize = 65_536;
+
+/// Bytes gathered into one write.
+const LOG_WRITE_BYTES: usize = 64 * 1024;

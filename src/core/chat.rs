@@ -488,29 +488,41 @@ impl ChatCore {
             if event.kind() == EventKind::Left && !self.roster.contains(pid) {
                 self.hide(&event);
             }
-            // Announced as left by another node while its session is here
-            // (the other side of a split gave up on it): it is back.
-            let back = (event.kind() == EventKind::Left && local_before)
+            // Announced as left by another node while its session is here,
+            // or while it may still resume here (the other side of a split
+            // gave up on it): it is back. A detached one stays detached, and
+            // is announced as left here if its grace period runs out, so
+            // every node ends with that one "left", whatever the order in
+            // which they received the other's.
+            let back = (event.kind() == EventKind::Left)
                 .then(|| {
-                    let session = self.roster.get(pid)?.session?;
+                    let member = self.roster.get(pid)?;
+                    if member.session.is_none() && member.detached.is_none() {
+                        return None;
+                    }
                     let digest = self.tokens.digest_of(pid)?;
-                    Some((session, digest))
+                    Some((member.session, member.detached, digest))
                 })
                 .flatten();
             let loser = self.apply(&event);
-            if let Some((session, digest)) = back {
+            if let Some((session, detached, digest)) = back {
                 out.events.push(event.clone());
                 let rejoined = self.rejoin(pid, &event.participant_name, digest);
                 let loser = self.apply(&rejoined);
                 self.departed.remove(pid);
                 if let Some(member) = self.roster.get_mut(pid) {
-                    member.session = Some(session);
+                    member.session = session;
+                    member.detached = detached;
                 }
                 out.events.push(rejoined);
                 // Someone else may have taken the name meanwhile: the same
                 // tie-break as for two joins decides.
-                let loser = loser
-                    .or_else(|| (!self.roster.holds_name(pid)).then(|| (pid.clone(), session)));
+                let lost_name = !self.roster.holds_name(pid);
+                let loser = loser.or_else(|| {
+                    lost_name
+                        .then(|| session.map(|s| (pid.clone(), s)))
+                        .flatten()
+                });
                 match loser {
                     Some(loser) => {
                         if loser.0 != *pid {
@@ -520,6 +532,11 @@ impl ChatCore {
                             out.events.push(left);
                         }
                         out.kicked.push(loser);
+                    }
+                    None if lost_name => {
+                        if let Some(left) = self.disconnect(pid) {
+                            out.events.push(left);
+                        }
                     }
                     None => out.back.push(pid.clone()),
                 }
@@ -758,7 +775,9 @@ impl ChatCore {
                         origin: Some(origin.clone()),
                         seq,
                     });
-                self.join_marks.insert(pid.clone(), mark);
+                // Announced again while on the roster: its first join
+                // still marks where its replay starts.
+                self.join_marks.entry(pid.clone()).or_insert(mark);
                 self.roster
                     .joined(pid, &event.participant_name, origin, event.lamport)
             }
@@ -1378,6 +1397,43 @@ mod tests {
             Some(0),
             "the same on a node that saw her announced as left"
         );
+    }
+
+    #[test]
+    fn a_participant_detached_here_and_announced_left_elsewhere_is_back_until_its_grace_ends() {
+        // Ann's connection to n1 broke; she may still resume there. n2, cut
+        // off, announces her as left. n1 announces her back and keeps her
+        // detached: when her grace period ends, n1 announces the one "left"
+        // that every node applies last, whatever order they took the others.
+        let mut n1 = core();
+        n1.limits.grace = Duration::from_secs(10);
+        let ann = join(&mut n1, "Ann", 1);
+        let t0 = Instant::now();
+        n1.session_lost(&ann.participant_id, ann.session, t0);
+        let mut n2 = node_core("n2");
+        n2.grant(crate::core::tokens::grant_of(
+            &ann.participant_id,
+            "tok-Ann",
+        ));
+        n2.receive(copies(&ann.events));
+        let left = n2.announce_left(&ann.participant_id).unwrap();
+        let back = n1.receive(vec![Event::clone(&left)]);
+        assert_eq!(back.back, vec![ann.participant_id.clone()]);
+        assert_eq!(back.events[1].kind(), EventKind::Joined);
+        assert!(back.ended.is_empty() && back.kicked.is_empty());
+        assert!(n1.roster.contains(&ann.participant_id));
+        let expired = n1.expire(t0 + Duration::from_secs(10));
+        assert_eq!(
+            expired.len(),
+            1,
+            "still detached: announced when grace ends"
+        );
+        assert_eq!(expired[0].kind(), EventKind::Left);
+        n2.receive(copies(&back.events[1..]));
+        assert!(n2.roster.contains(&ann.participant_id), "announced back");
+        n2.receive(copies(&expired));
+        assert!(!n2.roster.contains(&ann.participant_id));
+        assert!(!n1.roster.contains(&ann.participant_id));
     }
 
     #[test]

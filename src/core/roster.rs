@@ -105,18 +105,40 @@ impl Roster {
         lamport: u64,
     ) -> Option<(String, u64)> {
         let pid = participant_id.to_string();
-        let joined = (lamport, home.id.clone());
-        self.members.insert(
-            pid.clone(),
-            Member {
-                name: name.to_string(),
-                home,
-                homed: joined.clone(),
-                joined: joined.clone(),
-                session: None,
-                detached: None,
-            },
-        );
+        let mut joined = (lamport, home.id.clone());
+        match self.members.get_mut(&pid) {
+            // Announced again while on the roster: two nodes announced it
+            // back after a split, or one did while another resumed it. As
+            // for two moves, the later event by (Lamport time, origin) names
+            // its home on every node, whatever the delivery order, and the
+            // later "joined" is the one the name tie-break compares.
+            Some(member) => {
+                if joined > member.homed {
+                    member.home = home;
+                    member.homed = joined.clone();
+                    member.session = None;
+                    member.detached = None;
+                }
+                if joined > member.joined {
+                    member.joined = joined.clone();
+                } else {
+                    joined = member.joined.clone();
+                }
+            }
+            None => {
+                self.members.insert(
+                    pid.clone(),
+                    Member {
+                        name: name.to_string(),
+                        home,
+                        homed: joined.clone(),
+                        joined: joined.clone(),
+                        session: None,
+                        detached: None,
+                    },
+                );
+            }
+        }
         let key = names::skeleton(name);
         let Some(holder) = self.by_name.get(&key).cloned() else {
             self.by_name.insert(key, pid);
@@ -308,5 +330,39 @@ mod tests {
             r.left("pa");
             assert_eq!(r.resembles("sam"), None);
         }
+    }
+
+    #[test]
+    fn of_two_announcements_and_a_move_the_later_names_the_home_in_any_order() {
+        // A split ends: n0 announces "P" back at 177 while n1, where it has
+        // resumed, stamped its move at 182 and announces it back at 210.
+        // Every delivery order leaves it homed on n1, and n1 keeps its
+        // session whichever announcement arrives last.
+        let moved_to_n1 = || {
+            let mut r = Roster::default();
+            r.joined("p", "P", node("n0"), 2);
+            let member = r.get_mut("p").unwrap();
+            member.home = node("n1");
+            member.homed = (182, "n1".into());
+            member.session = Some(7);
+            r
+        };
+        let announcements = [(node("n0"), 177), (node("n1"), 210)];
+        for first in 0..2 {
+            let mut r = moved_to_n1();
+            for (home, lamport) in [&announcements[first], &announcements[1 - first]] {
+                assert_eq!(r.joined("p", "P", home.clone(), *lamport), None);
+            }
+            let member = r.get("p").unwrap();
+            assert_eq!(member.home, node("n1"), "order {first}");
+            assert_eq!(member.homed, (210, "n1".to_string()));
+            assert!(r.holds_name("p"));
+        }
+        // Without the later one, the older announcement of n0 does not
+        // take the participant from n1 or end its session there.
+        let mut r = moved_to_n1();
+        r.joined("p", "P", node("n0"), 177);
+        assert_eq!(r.get("p").unwrap().home, node("n1"));
+        assert_eq!(r.get("p").unwrap().session, Some(7));
     }
 }
