@@ -86,8 +86,8 @@ def span(values, fmt):
     values = [v for v in values if v is not None]
     if not values:
         return ""
-    lo, hi = min(values), max(values)
-    return fmt(lo) if lo == hi else f"{fmt(lo)}-{fmt(hi)}"
+    lo, hi = fmt(min(values)), fmt(max(values))
+    return lo if lo == hi else f"{lo}-{hi}"
 print("| case | system | deliveries/s | node CPU µs/delivery | p50 / p99 ms | missing / dup / reordered | memory |")
 print("|---|---|---|---|---|---|---|")
 for case, systems in rows.items():
