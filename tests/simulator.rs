@@ -111,8 +111,8 @@ fn random_schedules_keep_every_invariant() {
 /// another node had announced it back, took that node for its home and ended
 /// its session; the participant stayed listed with no session anywhere.
 /// 134831, 169831: a node took another's "left" for a participant that
-/// could still resume there, while the other nodes took it before that
-/// node's "joined" announcing it back; they listed it for good.
+/// could still resume there after its own "joined" announcing it back, the
+/// other nodes before it; they listed it for good.
 const SEEDS_THAT_ONCE_FAILED: [u64; 17] = [
     920, 1069, 2186, 2334, 2692, 3118, 3497, 3534, 8478, 24725, 28627, 46651, 51662, 61872, 83479,
     134831, 169831,

@@ -488,41 +488,57 @@ impl ChatCore {
             if event.kind() == EventKind::Left && !self.roster.contains(pid) {
                 self.hide(&event);
             }
-            // Announced as left by another node while its session is here,
-            // or while it may still resume here (the other side of a split
-            // gave up on it): it is back. A detached one stays detached, and
-            // is announced as left here if its grace period runs out, so
-            // every node ends with that one "left", whatever the order in
-            // which they received the other's.
-            let back = (event.kind() == EventKind::Left)
+            // Announced as left by another node while its session is here
+            // (the other side of a split gave up on it): it is back.
+            let back = (event.kind() == EventKind::Left && local_before)
                 .then(|| {
-                    let member = self.roster.get(pid)?;
-                    if member.session.is_none() && member.detached.is_none() {
-                        return None;
-                    }
+                    let session = self.roster.get(pid)?.session?;
                     let digest = self.tokens.digest_of(pid)?;
-                    Some((member.session, member.detached, digest))
+                    Some((session, digest))
                 })
                 .flatten();
+            // Announced as left elsewhere while its connection here was
+            // lost and it could still resume: the departure stands, and
+            // this node, its home, stamps it too. Nodes that took this
+            // node's earlier "joined" announcing it back after the other
+            // node's "left" end with that one; for the others it repeats a
+            // departure and is not shown.
+            let confirm = event.kind() == EventKind::Left
+                && !local_before
+                && self.roster.get(pid).is_some_and(|m| m.detached.is_some());
             let loser = self.apply(&event);
-            if let Some((session, detached, digest)) = back {
+            if confirm {
+                out.events.push(event.clone());
+                let time = self.clock.tick();
+                let text = format!(
+                    "Participant {} left Chitty-Chat at Lamport time {time}",
+                    event.participant_name
+                );
+                let left = self.stamp(
+                    time,
+                    EventKind::Left,
+                    pid,
+                    &event.participant_name,
+                    text,
+                    "",
+                );
+                self.hide(&left);
+                out.events.push(left);
+                continue;
+            }
+            if let Some((session, digest)) = back {
                 out.events.push(event.clone());
                 let rejoined = self.rejoin(pid, &event.participant_name, digest);
                 let loser = self.apply(&rejoined);
                 self.departed.remove(pid);
                 if let Some(member) = self.roster.get_mut(pid) {
-                    member.session = session;
-                    member.detached = detached;
+                    member.session = Some(session);
                 }
                 out.events.push(rejoined);
                 // Someone else may have taken the name meanwhile: the same
                 // tie-break as for two joins decides.
-                let lost_name = !self.roster.holds_name(pid);
-                let loser = loser.or_else(|| {
-                    lost_name
-                        .then(|| session.map(|s| (pid.clone(), s)))
-                        .flatten()
-                });
+                let loser = loser
+                    .or_else(|| (!self.roster.holds_name(pid)).then(|| (pid.clone(), session)));
                 match loser {
                     Some(loser) => {
                         if loser.0 != *pid {
@@ -532,11 +548,6 @@ impl ChatCore {
                             out.events.push(left);
                         }
                         out.kicked.push(loser);
-                    }
-                    None if lost_name => {
-                        if let Some(left) = self.disconnect(pid) {
-                            out.events.push(left);
-                        }
                     }
                     None => out.back.push(pid.clone()),
                 }
@@ -1400,40 +1411,53 @@ mod tests {
     }
 
     #[test]
-    fn a_participant_detached_here_and_announced_left_elsewhere_is_back_until_its_grace_ends() {
-        // Ann's connection to n1 broke; she may still resume there. n2, cut
-        // off, announces her as left. n1 announces her back and keeps her
-        // detached: when her grace period ends, n1 announces the one "left"
-        // that every node applies last, whatever order they took the others.
+    fn a_participant_detached_here_and_announced_left_elsewhere_is_gone_everywhere() {
+        // Ann is on n1. n2, cut off, announces her as left; n1 announces her
+        // back. Then her connection to n1 breaks, and n3's "left", stamped
+        // before n1's announcement reached it, comes to n1. Her departure
+        // stands: n1 stamps it too, unseen by its own participants, and a
+        // node that took n1's announcement back after n3's "left" ends with
+        // n1's: nobody lists her.
         let mut n1 = core();
         n1.limits.grace = Duration::from_secs(10);
         let ann = join(&mut n1, "Ann", 1);
-        let t0 = Instant::now();
-        n1.session_lost(&ann.participant_id, ann.session, t0);
-        let mut n2 = node_core("n2");
-        n2.grant(crate::core::tokens::grant_of(
-            &ann.participant_id,
-            "tok-Ann",
-        ));
-        n2.receive(copies(&ann.events));
-        let left = n2.announce_left(&ann.participant_id).unwrap();
-        let back = n1.receive(vec![Event::clone(&left)]);
+        let announce_left = |name: &str| {
+            let mut other = node_core(name);
+            other.grant(crate::core::tokens::grant_of(
+                &ann.participant_id,
+                "tok-Ann",
+            ));
+            other.receive(copies(&ann.events));
+            let left = other.announce_left(&ann.participant_id).unwrap();
+            (other, left)
+        };
+        let (_, left_by_n2) = announce_left("n2");
+        let (mut n3, left_by_n3) = announce_left("n3");
+        let back = n1.receive(vec![Event::clone(&left_by_n2)]);
         assert_eq!(back.back, vec![ann.participant_id.clone()]);
-        assert_eq!(back.events[1].kind(), EventKind::Joined);
-        assert!(back.ended.is_empty() && back.kicked.is_empty());
-        assert!(n1.roster.contains(&ann.participant_id));
-        let expired = n1.expire(t0 + Duration::from_secs(10));
-        assert_eq!(
-            expired.len(),
-            1,
-            "still detached: announced when grace ends"
-        );
-        assert_eq!(expired[0].kind(), EventKind::Left);
-        n2.receive(copies(&back.events[1..]));
-        assert!(n2.roster.contains(&ann.participant_id), "announced back");
-        n2.receive(copies(&expired));
-        assert!(!n2.roster.contains(&ann.participant_id));
+        let back_joined = copies(&back.events[1..]);
+        n1.session_lost(&ann.participant_id, ann.session, Instant::now());
+        let confirmed = n1.receive(vec![Event::clone(&left_by_n3)]);
+        assert!(confirmed.back.is_empty() && confirmed.ended.is_empty());
         assert!(!n1.roster.contains(&ann.participant_id));
+        let [shown, own] = &confirmed.events[..] else {
+            panic!("n3's left and n1's own: {:?}", confirmed.events);
+        };
+        assert!(n1.shown(shown) && !n1.shown(own), "one left shown on n1");
+        assert_eq!(own.kind(), EventKind::Left);
+        assert!(own.lamport > back.events[1].lamport);
+        // n3 took its own "left" first, then n1's "joined": n1's "left"
+        // ends it there too, and is shown there.
+        n3.receive(vec![Event::clone(&left_by_n2)]);
+        n3.receive(back_joined);
+        assert!(n3.roster.contains(&ann.participant_id));
+        n3.receive(vec![Event::clone(own)]);
+        assert!(!n3.roster.contains(&ann.participant_id));
+        assert!(n3.shown(own));
+        assert!(
+            n1.expire(Instant::now() + Duration::from_secs(60))
+                .is_empty()
+        );
     }
 
     #[test]
