@@ -510,18 +510,7 @@ impl ChatCore {
             if confirm {
                 out.events.push(event.clone());
                 let time = self.clock.tick();
-                let text = format!(
-                    "Participant {} left Chitty-Chat at Lamport time {time}",
-                    event.participant_name
-                );
-                let left = self.stamp(
-                    time,
-                    EventKind::Left,
-                    pid,
-                    &event.participant_name,
-                    text,
-                    "",
-                );
+                let left = self.stamp_left_as(pid, &event.participant_name, time);
                 self.hide(&left);
                 out.events.push(left);
                 continue;
@@ -946,8 +935,13 @@ impl ChatCore {
             .expect("a known participant")
             .name
             .clone();
+        self.stamp_left_as(pid, &name, time)
+    }
+
+    /// Stamps and applies a "left" of `pid`, named `name`, at `time`.
+    fn stamp_left_as(&mut self, pid: &str, name: &str, time: u64) -> Arc<Event> {
         let text = format!("Participant {name} left Chitty-Chat at Lamport time {time}");
-        let event = self.stamp(time, EventKind::Left, pid, &name, text, "");
+        let event = self.stamp(time, EventKind::Left, pid, name, text, "");
         self.apply(&event);
         event
     }
