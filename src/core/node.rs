@@ -2869,24 +2869,29 @@ mod tests {
     /// A member cannot get through other nodes what no participant could
     /// publish: each of these is dropped, and the honest event with the
     /// same id that follows is delivered.
+    /// Bob's "joined", stamped by n2 at Lamport time 3.
+    fn bob_joined_on_n2() -> Event {
+        Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(node("n2")),
+                seq: 1,
+            }),
+            lamport: 3,
+            kind: EventKind::Joined as i32,
+            participant_name: "Bob".into(),
+            participant_id: "id-bob".into(),
+            text: "Participant Bob joined Chitty-Chat at Lamport time 3".into(),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn relayed_events_no_honest_node_stamps_are_dropped() {
         let now = Instant::now();
         let mut n1 = with_peer(now);
         join(&mut n1, "Ann");
         let bob = |change: &dyn Fn(&mut Event)| {
-            let mut e = Event {
-                id: Some(crate::proto::EventId {
-                    origin: Some(node("n2")),
-                    seq: 1,
-                }),
-                lamport: 3,
-                kind: EventKind::Joined as i32,
-                participant_name: "Bob".into(),
-                participant_id: "id-bob".into(),
-                text: "Participant Bob joined Chitty-Chat at Lamport time 3".into(),
-                ..Default::default()
-            };
+            let mut e = bob_joined_on_n2();
             change(&mut e);
             relay_batch(vec![e])
         };
@@ -3104,18 +3109,7 @@ mod tests {
         let mut n1 = with_peer(now);
         n1.on_hello(now, member(node("n2"), "n2:1", MemberState::Alive, 1))
             .unwrap();
-        let bob_joined = Event {
-            id: Some(crate::proto::EventId {
-                origin: Some(node("n2")),
-                seq: 1,
-            }),
-            lamport: 3,
-            kind: EventKind::Joined as i32,
-            participant_name: "Bob".into(),
-            participant_id: "id-bob".into(),
-            text: "Participant Bob joined Chitty-Chat at Lamport time 3".into(),
-            ..Default::default()
-        };
+        let bob_joined = bob_joined_on_n2();
         n1.on_relay(now, &node("n2"), relay_batch(vec![bob_joined]))
             .unwrap();
         n1.take_outputs();
