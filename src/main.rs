@@ -111,15 +111,15 @@ const QUIET_LIBRARIES: &str =
 /// (or any directive naming a library) brings that library's back.
 ///
 /// Lines are formatted where they happen and written by a thread of their
-/// own, in batches: a node logs every service call at its default level, and
-/// one `write` per line would cost more than the call. The returned guard
-/// writes what is still queued when it is dropped. When the writer falls
-/// behind by [`LOG_LINES_QUEUED`] lines the callers wait, so no line is lost.
+/// own, in batches ([`chitty::log_writer`]): a node logs every service call
+/// at its default level, and one `write` per line would cost more than the
+/// call. The returned guard writes what is still pending when it is
+/// dropped; no line is lost.
 pub fn init_logging(
     default: &str,
     format: LogFormat,
     file: Option<std::fs::File>,
-) -> tracing_appender::non_blocking::WorkerGuard {
+) -> Option<chitty::log_writer::LogGuard> {
     let wanted = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -146,11 +146,13 @@ pub fn init_logging(
         Some(file) => Box::new(file),
         None => Box::new(std::io::stderr()),
     };
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_LINES_QUEUED)
-        .thread_name("chitty-log")
-        .finish(std::io::BufWriter::with_capacity(LOG_WRITE_BYTES, out));
+    let (writer, guard) = match chitty::log_writer::start(out) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("error: cannot start the log writer thread: {e}; logging nothing");
+            return None;
+        }
+    };
     match format {
         LogFormat::Text => builder.with_ansi(ansi).with_writer(writer).init(),
         // One object per line, the event's fields at the top level, where
@@ -166,11 +168,5 @@ pub fn init_logging(
             .with_writer(writer)
             .init(),
     }
-    guard
+    Some(guard)
 }
-
-/// Log lines queued for the writer thread before callers wait.
-const LOG_LINES_QUEUED: usize = 65_536;
-
-/// Bytes gathered into one write.
-const LOG_WRITE_BYTES: usize = 64 * 1024;

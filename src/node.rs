@@ -480,6 +480,7 @@ impl Node {
             Err(_) => {
                 error!("a panic left this node's state half-updated; stopping the node");
                 eprintln!("chitty: a panic left this node's state half-updated; stopping the node");
+                crate::log_writer::flush();
                 std::process::exit(70);
             }
         }
