@@ -269,7 +269,10 @@ mod tests {
                 .filter(|l| l.starts_with(&format!("thread {t} ")))
                 .collect();
             let expected: Vec<_> = (0..5_000).map(|i| format!("thread {t} line {i}")).collect();
-            assert!(mine == expected, "thread {t}'s lines are not all there in its order");
+            assert!(
+                mine == expected,
+                "thread {t}'s lines are not all there in its order"
+            );
         }
     }
 

@@ -692,6 +692,7 @@ impl Link {
                     if n == 0 {
                         return Ok(()); // the node dropped this link
                     }
+                    self.gather(&mut buf);
                     if let Some((addr, delay)) = &node.config().fault_link_delay
                         && addr == &self.peer.addr
                     {
@@ -709,6 +710,21 @@ impl Link {
                         self.send_replay(&out, replay).await?;
                     }
                 }
+            }
+        }
+    }
+
+    /// Adds to `buf` what the node queued for this link since it woke. A
+    /// step of the node (several messages of a publish stream, a relayed
+    /// batch) queues all its events under the node's lock: waiting for
+    /// the lock makes them leave as one batch rather than one frame each,
+    /// with a write each here and a decoding each at the peer.
+    fn gather(&mut self, buf: &mut Vec<LinkItem>) {
+        drop(self.node.lock());
+        while buf.len() < MAX_RELAY_BATCH {
+            match self.rx.try_recv() {
+                Ok(item) => buf.push(item),
+                Err(_) => break,
             }
         }
     }

@@ -577,10 +577,46 @@ impl Node {
         publish_id: &str,
     ) -> impl Future<Output = Result<PublishReply>> + Send + use<> {
         let mut state = self.lock();
+        self.publish_locked(&mut state, call, token, text, lamport, publish_id)
+    }
+
+    /// Publishes `requests` in order under one hold of the node's lock, so
+    /// that their events reach each peer link together and leave as one
+    /// batch. One outcome per request, in order.
+    pub fn publish_all(
+        &self,
+        call: Call,
+        requests: &[crate::proto::PublishRequest],
+    ) -> Vec<impl Future<Output = Result<PublishReply>> + Send + use<>> {
+        let mut state = self.lock();
+        requests
+            .iter()
+            .map(|req| {
+                self.publish_locked(
+                    &mut state,
+                    call,
+                    &req.session_token,
+                    &req.text,
+                    req.lamport,
+                    &req.publish_id,
+                )
+            })
+            .collect()
+    }
+
+    fn publish_locked(
+        &self,
+        state: &mut MutexGuard<'_, State>,
+        call: Call,
+        token: &str,
+        text: &str,
+        lamport: u64,
+        publish_id: &str,
+    ) -> impl Future<Output = Result<PublishReply>> + Send + use<> {
         let now = Instant::now();
         // Over the rate limit: refused before the core sees it (the clock
         // does not move, nothing is stamped).
-        let state_ref = &mut *state;
+        let state_ref: &mut State = state;
         let limited = match &mut state_ref.publish_rate {
             Some(rate) if state_ref.core.chat().is_local_session(token) => {
                 (!rate.take(token, now)).then(|| Error::RateLimited(rate.limit().refusal()))
@@ -594,11 +630,10 @@ impl Node {
                 state
                     .core
                     .publish_by(call, now, id, token, text, lamport, publish_id);
-                self.carry_out(&mut state);
+                self.carry_out(state);
                 Ok(rx)
             }
         };
-        drop(state);
         let metrics = self.shared.metrics.clone();
         async move {
             match answer?.await {

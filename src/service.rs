@@ -47,6 +47,20 @@ impl ChatService {
 /// a peer to hold them). When full, the stream stops reading requests.
 const PUBLISH_STREAM_QUEUE: usize = 1024;
 
+/// Most messages one publish stream publishes in one turn: those it has
+/// already received, published under one hold of the node's lock so that
+/// they reach the peers as one batch.
+const PUBLISH_TURN: usize = 16;
+
+/// `future`'s output if it is ready at once, without waiting.
+async fn ready_now<F: Future>(future: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        output = future => Some(output),
+        () = std::future::ready(()) => None,
+    }
+}
+
 /// Serves one publish stream: each request is published at once, in order;
 /// its outcome is sent once a peer holds the event (replication is
 /// cumulative, so waiting in order costs nothing extra).
@@ -84,6 +98,7 @@ async fn serve_publish_stream(
         }
     };
     let reading = async move {
+        let mut turn: Vec<PublishRequest> = Vec::with_capacity(PUBLISH_TURN);
         loop {
             let request = tokio::select! {
                 _ = shutdown.changed() => {
@@ -92,30 +107,42 @@ async fn serve_publish_stream(
                 }
                 request = requests.message() => request,
             };
-            let req = match request {
-                Ok(Some(req)) => req,
-                Ok(None) => return,
-                // A request too large, or one that cannot be decoded.
-                Err(status) => {
-                    let status = crate::limits::oversize(status);
-                    warn!(call = "PublishStream", error = %status.message(), "refused");
+            // What else the stream already holds joins this turn, up to
+            // PUBLISH_TURN messages; anything that would wait ends it.
+            let mut next = Some(request);
+            let mut end = None;
+            while let Some(request) = next.take() {
+                match request {
+                    Ok(Some(req)) => turn.push(req),
+                    Ok(None) => end = Some(None),
+                    // A request too large, or one that cannot be decoded.
+                    Err(status) => {
+                        let status = crate::limits::oversize(status);
+                        warn!(call = "PublishStream", error = %status.message(), "refused");
+                        end = Some(Some(status));
+                    }
+                }
+                if end.is_none() && turn.len() < PUBLISH_TURN {
+                    next = ready_now(requests.message()).await;
+                }
+            }
+            for outcome in node.publish_all(Call::PublishStream, &turn) {
+                if waiting_tx.send(Pending::Publish(outcome)).await.is_err() {
+                    return;
+                }
+            }
+            turn.clear();
+            match end {
+                Some(Some(status)) => {
                     let _ = waiting_tx.send(Pending::End(status)).await;
                     return;
                 }
-            };
-            let outcome = node.publish_by(
-                Call::PublishStream,
-                &req.session_token,
-                &req.text,
-                req.lamport,
-                &req.publish_id,
-            );
-            if waiting_tx.send(Pending::Publish(outcome)).await.is_err() {
-                return;
+                Some(None) => return,
+                None => {}
             }
-            // One message per turn: every publish stream of the node (and
-            // every unary Publish) takes its turn between two messages of a
-            // stream that has thousands buffered, rather than after them.
+            // Turns: every publish stream of the node (and every unary
+            // Publish) gets its turn between two turns of a stream that has
+            // thousands of messages buffered, rather than after them.
             tokio::task::yield_now().await;
         }
     };
