@@ -1193,8 +1193,9 @@ impl Stream for SessionStream {
             return Poll::Ready(None);
         }
         if this.taken.is_empty() {
-            // Room for what one frame takes, kept between polls: a session
-            // holds `take` slots, fewer the more sessions share the node.
+            // Room for what one frame takes, kept while the session has
+            // something to send: `take` slots, fewer the more sessions
+            // share the node.
             let take = (limit / 256).min(1024);
             if this.taken.capacity() > take {
                 this.taken = Vec::new();
@@ -1202,7 +1203,11 @@ impl Stream for SessionStream {
             this.taken.reserve_exact(take);
             let reader = &this.reader;
             match reader.log.read(reader.id, take, &mut this.taken, cx) {
-                Read::Pending => return Poll::Pending,
+                Read::Pending => {
+                    // Nothing to send: an idle session holds no slots.
+                    this.taken = Vec::new();
+                    return Poll::Pending;
+                }
                 Read::Ended(reason) => {
                     this.done = true;
                     return Poll::Ready(reason.map(|reason| Err(end_status(&reason))));

@@ -231,6 +231,8 @@ pub struct Gathering {
 
 /// Writes smaller than this are gathered; at most this much is held.
 const GATHER: usize = 16 * 1024;
+/// The most buffer a connection keeps once everything is sent.
+const IDLE_KEEP: usize = 1024;
 
 impl Gathering {
     pub(crate) fn new(io: TcpStream) -> Self {
@@ -249,8 +251,10 @@ impl Gathering {
             }
             self.pending.drain(..n);
         }
-        // An idle connection keeps at most GATHER bytes of buffer.
-        if self.pending.capacity() > GATHER {
+        // An idle connection keeps at most IDLE_KEEP bytes of buffer: with
+        // thousands of idle participants, a buffer grown by one burst (a
+        // welcome listing the room) would otherwise stay with each.
+        if self.pending.capacity() > IDLE_KEEP {
             self.pending = Vec::new();
         }
         Poll::Ready(Ok(()))
