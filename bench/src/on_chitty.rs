@@ -171,6 +171,8 @@ struct ReaderEvent {
 }
 
 type Frames = tonic::Streaming<ReaderFrame>;
+/// Join streams the readers stopped reading, kept open until everyone left.
+type KeptStreams = Arc<std::sync::Mutex<Vec<Frames>>>;
 
 /// Joins as `name` over `channel` and reads the `Welcome`: the sending half
 /// of the session, the rest of its stream, and the participant's clock.
@@ -208,11 +210,14 @@ async fn join_reader(
 }
 
 /// Reads one participant's stream until the bench says stop (or it ends).
+/// A stream stopped while still open goes to `kept`, so that its session is
+/// still there for the participant to leave.
 async fn read_join_stream(
     mut frames: Frames,
     clock: SharedClock,
     mut reading: Reading,
     mut stop: watch::Receiver<bool>,
+    kept: KeptStreams,
 ) -> Tracker {
     // Registered once, not per frame: idle readers are most of a big room.
     let stopped = stop.changed();
@@ -255,6 +260,9 @@ async fn read_join_stream(
             Err(e) => break Some(e.to_string()),
         }
     };
+    if ended.is_none() {
+        kept.lock().unwrap_or_else(|e| e.into_inner()).push(frames);
+    }
     reading.end(ended)
 }
 
@@ -418,6 +426,9 @@ struct Room {
     placed: Vec<usize>,
     /// Every joined session, kept so nobody leaves before the end.
     sessions: Vec<Session>,
+    /// The readers' Join streams once they stopped reading: a session
+    /// whose stream closed can no longer be left, only time out.
+    kept_streams: KeptStreams,
     /// Sessions of the publishers, in publisher order.
     publishers: Vec<Session>,
     readers: Readers,
@@ -493,8 +504,10 @@ impl Room {
                     Role::Slow => self.slow_streams.push((session, frames)),
                     Role::Participant | Role::Idle => {
                         self.sessions.push(session);
-                        self.readers
-                            .spawn(|reading, stop| read_join_stream(frames, clock, reading, stop));
+                        let kept = self.kept_streams.clone();
+                        self.readers.spawn(|reading, stop| {
+                            read_join_stream(frames, clock, reading, stop, kept)
+                        });
                     }
                 }
             }
@@ -699,6 +712,7 @@ async fn run_on(
         channels: HashMap::new(),
         placed: vec![0; addrs.len()],
         sessions: Vec::new(),
+        kept_streams: KeptStreams::default(),
         publishers: Vec::new(),
         readers: Readers::new(plan),
         slow_streams: Vec::new(),
