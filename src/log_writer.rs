@@ -277,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn a_line_is_written_within_the_gathering_time_without_a_guard_dropped() {
+    fn a_line_is_written_while_the_guard_is_still_held() {
         let out = Captured::default();
         let (writer, _guard) = start(Box::new(out.clone())).unwrap();
         writer.make_writer().write_all(b"hello\n").unwrap();
