@@ -14,7 +14,8 @@
 # time cannot offer 100 messages/s per publisher to a room of 3,000. Chitty
 # runs with the bench's defaults: a connection per participant, nodes at
 # their default log level. Each run's JSON line goes to OUT/runs.jsonl as soon
-# as it ends; the table is OUT/table.md. Needs nats-server (Debian:
+# as it ends; the table is OUT/table.md, the picture OUT/compare.svg
+# (cluster/compare-chart.py). Needs nats-server (Debian:
 # apt-get install nats-server). Run it on an otherwise quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -111,5 +112,8 @@ for case, systems in rows.items():
             memory,
         ))
 EOF
+machine="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+python3 cluster/compare-chart.py "$runs" \
+    "$machine, commit $commit, $(date -u +%F), $rounds round(s) of each case" >"$out/compare.svg"
 cat "$out/table.md"
-echo "runs: $runs" >&2
+echo "runs: $runs; picture: $out/compare.svg" >&2
