@@ -76,7 +76,15 @@ impl Load {
         }
         // The longest header: the last publisher, its last sequence number
         // and a send time 28 hours into the run.
-        let longest = header(self.publishers - 1, self.messages, 99_999_999_999).len();
+        let mut longest = String::new();
+        write_text(
+            &mut longest,
+            self.publishers - 1,
+            self.messages,
+            99_999_999_999,
+            0,
+        );
+        let longest = longest.len();
         if self.size < longest || self.size > max_size {
             return Err(format!(
                 "--size must be between {longest} (what the header needs) and {max_size} characters"
@@ -91,12 +99,8 @@ impl Load {
     }
 }
 
-/// The start of a message text: publisher index, sequence number, send time.
-fn header(publisher: usize, seq: u64, micros: u64) -> String {
-    format!("{publisher} {seq} {micros} ")
-}
-
-/// Writes message `seq` of `publisher`, sent at `micros`, padded to `size`.
+/// Writes message `seq` of `publisher`, sent at `micros`, padded to `size`:
+/// a header (publisher index, sequence number, send time), then dots.
 pub fn write_text(text: &mut String, publisher: usize, seq: u64, micros: u64, size: usize) {
     text.clear();
     let _ = write!(text, "{publisher} {seq} {micros} ");
@@ -181,13 +185,16 @@ impl Published {
         self.first_error.get_or_insert(error);
     }
 
-    /// Adds what the sink reported at the end.
-    fn merge(&mut self, finished: Published) {
-        self.errors += finished.errors;
+    /// Adds what `other` saw: a sink's report at the end of its
+    /// publisher's run, or another publisher's run.
+    pub fn merge(&mut self, other: &Published) {
+        self.errors += other.errors;
         if self.first_error.is_none() {
-            self.first_error = finished.first_error;
+            self.first_error.clone_from(&other.first_error);
         }
-        self.last_ack_us = self.last_ack_us.max(finished.last_ack_us);
+        self.last_ack_us = self.last_ack_us.max(other.last_ack_us);
+        self.max_late_us = self.max_late_us.max(other.max_late_us);
+        self.total_late_us += other.total_late_us;
     }
 }
 
@@ -290,7 +297,7 @@ pub async fn publish<S: MessageSink>(
             }
         }
     }
-    out.merge(sink.finish().await);
+    out.merge(&sink.finish().await);
     out
 }
 
@@ -303,7 +310,7 @@ mod tests {
         let mut text = String::new();
         write_text(&mut text, 2, 17, 123_456, 64);
         assert_eq!(text.len(), 64);
-        assert!(text.starts_with(&header(2, 17, 123_456)));
+        assert!(text.starts_with("2 17 123456 "));
         assert_eq!(parse_text(text.as_bytes()), Some((2, 17, 123_456)));
         assert_eq!(parse_text(b"hello world"), None);
     }

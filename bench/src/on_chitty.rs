@@ -330,7 +330,7 @@ async fn start_cluster(config: &Config) -> Result<ServerProcesses, String> {
         }
     }
     let addrs = cluster.addrs();
-    let ready = wait_until(&mut cluster, CLUSTER_READY_TIMEOUT, || {
+    wait_until(&mut cluster, CLUSTER_READY_TIMEOUT, || {
         let addrs = addrs.clone();
         async move {
             for addr in &addrs {
@@ -347,11 +347,7 @@ async fn start_cluster(config: &Config) -> Result<ServerProcesses, String> {
             Ok(())
         }
     })
-    .await;
-    if let Err(e) = ready {
-        cluster.keep_logs();
-        return Err(e);
-    }
+    .await?;
     Ok(cluster)
 }
 

@@ -135,7 +135,7 @@ async fn start_cluster(
     }
     let monitors: Vec<String> = monitors.iter().map(|p| format!("127.0.0.1:{p}")).collect();
     let watched = monitors.clone();
-    let ready = wait_until(&mut cluster, CLUSTER_READY_TIMEOUT, || {
+    wait_until(&mut cluster, CLUSTER_READY_TIMEOUT, || {
         let monitors = watched.clone();
         async move {
             for monitor in &monitors {
@@ -147,11 +147,7 @@ async fn start_cluster(
             Ok(())
         }
     })
-    .await;
-    if let Err(e) = ready {
-        cluster.keep_logs();
-        return Err(e);
-    }
+    .await?;
     let urls = cluster
         .addrs()
         .iter()

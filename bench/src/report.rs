@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::load::Load;
+use crate::load::{Load, Published};
 use crate::measure::Window;
 use crate::procfs;
 use crate::receive::new_latency_histogram;
@@ -99,23 +99,22 @@ impl Report {
 
     /// Fills in what the window measured; `pids` are the server processes.
     pub fn measured(&mut self, window: &Window, pids: &[u32]) {
-        let mut last_ack_us = window.start_us;
-        let mut late_us = (0, 0);
+        let mut all = Published {
+            last_ack_us: window.start_us,
+            ..Published::default()
+        };
         for out in &window.published {
-            self.publish_errors += out.errors;
-            if self.first_publish_error.is_none() {
-                self.first_publish_error = out.first_error.clone();
-            }
-            last_ack_us = last_ack_us.max(out.last_ack_us);
-            late_us = (
-                late_us.0.max(out.max_late_us),
-                late_us.1 + out.total_late_us,
-            );
+            all.merge(out);
         }
+        self.publish_errors += all.errors;
+        if self.first_publish_error.is_none() {
+            self.first_publish_error = all.first_error;
+        }
+        let last_ack_us = all.last_ack_us;
         self.sent = window.sent_per_publisher.iter().sum();
         if self.rate.is_some() && self.sent > 0 {
-            self.send_late_max_ms = Some(late_us.0 as f64 / 1000.0);
-            self.send_late_mean_ms = Some(late_us.1 as f64 / self.sent as f64 / 1000.0);
+            self.send_late_max_ms = Some(all.max_late_us as f64 / 1000.0);
+            self.send_late_mean_ms = Some(all.total_late_us as f64 / self.sent as f64 / 1000.0);
         }
 
         let mut latency = new_latency_histogram();

@@ -174,13 +174,17 @@ where
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        servers.check_alive()?;
+        if let Err(e) = servers.check_alive() {
+            servers.keep_logs();
+            return Err(e);
+        }
         let why_not = match tokio::time::timeout_at(deadline, ready()).await {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e,
             Err(_) => "no answer".into(),
         };
         if tokio::time::Instant::now() >= deadline {
+            servers.keep_logs();
             let tail = servers.list.first().map(|s| log_tail(&s.log));
             return Err(format!(
                 "the servers were not ready after {timeout:?}: {why_not}{}",
