@@ -577,19 +577,22 @@ impl Node {
         publish_id: &str,
     ) -> impl Future<Output = Result<PublishReply>> + Send + use<> {
         let mut state = self.lock();
-        self.publish_locked(&mut state, call, token, text, lamport, publish_id)
+        let outcome = self.publish_locked(&mut state, call, token, text, lamport, publish_id);
+        self.carry_out(&mut state);
+        outcome
     }
 
-    /// Publishes `requests` in order under one hold of the node's lock, so
-    /// that their events reach each peer link together and leave as one
-    /// batch. One outcome per request, in order.
+    /// Publishes `requests` in order under one hold of the node's lock, and
+    /// carries out what follows once: their events reach each peer link
+    /// together and leave as one batch, and the sessions are woken once.
+    /// One outcome per request, in order.
     pub fn publish_all(
         &self,
         call: Call,
         requests: &[crate::proto::PublishRequest],
     ) -> Vec<impl Future<Output = Result<PublishReply>> + Send + use<>> {
         let mut state = self.lock();
-        requests
+        let outcomes = requests
             .iter()
             .map(|req| {
                 self.publish_locked(
@@ -601,12 +604,16 @@ impl Node {
                     &req.publish_id,
                 )
             })
-            .collect()
+            .collect();
+        self.carry_out(&mut state);
+        outcomes
     }
 
+    /// Has the core publish one message, or refuses it over the rate limit;
+    /// the caller carries out what follows.
     fn publish_locked(
         &self,
-        state: &mut MutexGuard<'_, State>,
+        state: &mut State,
         call: Call,
         token: &str,
         text: &str,
@@ -616,9 +623,8 @@ impl Node {
         let now = Instant::now();
         // Over the rate limit: refused before the core sees it (the clock
         // does not move, nothing is stamped).
-        let state_ref: &mut State = state;
-        let limited = match &mut state_ref.publish_rate {
-            Some(rate) if state_ref.core.chat().is_local_session(token) => {
+        let limited = match &mut state.publish_rate {
+            Some(rate) if state.core.chat().is_local_session(token) => {
                 (!rate.take(token, now)).then(|| Error::RateLimited(rate.limit().refusal()))
             }
             _ => None,
@@ -630,7 +636,6 @@ impl Node {
                 state
                     .core
                     .publish_by(call, now, id, token, text, lamport, publish_id);
-                self.carry_out(state);
                 Ok(rx)
             }
         };

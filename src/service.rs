@@ -126,12 +126,14 @@ async fn serve_publish_stream(
                     next = ready_now(requests.message()).await;
                 }
             }
-            for outcome in node.publish_all(Call::PublishStream, &turn) {
-                if waiting_tx.send(Pending::Publish(outcome)).await.is_err() {
-                    return;
+            if !turn.is_empty() {
+                for outcome in node.publish_all(Call::PublishStream, &turn) {
+                    if waiting_tx.send(Pending::Publish(outcome)).await.is_err() {
+                        return;
+                    }
                 }
+                turn.clear();
             }
-            turn.clear();
             match end {
                 Some(Some(status)) => {
                     let _ = waiting_tx.send(Pending::End(status)).await;
