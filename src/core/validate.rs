@@ -183,6 +183,16 @@ pub fn message(text: &str) -> Result<()> {
 /// (Cn) code points. The one rule of what a message, and a name, must hold
 /// at least one of; the same for every client and node.
 pub fn visible(c: char) -> bool {
+    // Printable ASCII but the space: letters, digits, punctuation and
+    // symbols, none of them default-ignorable. The same answer as below,
+    // without a skeleton per character (a test checks all 128).
+    if c.is_ascii() {
+        return c.is_ascii_graphic();
+    }
+    visible_beyond_ascii(c)
+}
+
+fn visible_beyond_ascii(c: char) -> bool {
     use unicode_properties::{GeneralCategoryGroup, UnicodeGeneralCategory};
     let shown = matches!(
         c.general_category_group(),
@@ -227,6 +237,13 @@ pub fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
 /// character, not a line or paragraph separator, not an invisible format
 /// character.
 fn shows_as_itself(c: char) -> bool {
+    if c.is_ascii() {
+        return !c.is_ascii_control();
+    }
+    shows_as_itself_beyond_ascii(c)
+}
+
+fn shows_as_itself_beyond_ascii(c: char) -> bool {
     !(c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || is_format(c))
 }
 
@@ -264,6 +281,13 @@ pub fn name(name: &str) -> Result<()> {
 /// (zero-width spaces, direction overrides, ...), and no white space but the
 /// plain space, so that a name shows as what it is.
 fn printable(c: char) -> bool {
+    if c.is_ascii() {
+        return c == ' ' || c.is_ascii_graphic();
+    }
+    printable_beyond_ascii(c)
+}
+
+fn printable_beyond_ascii(c: char) -> bool {
     if c == ' ' {
         return true;
     }
@@ -287,6 +311,19 @@ fn is_format(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_shortcuts_answer_as_the_unicode_rules_do() {
+        for c in (0u8..=0x7f).map(char::from) {
+            assert_eq!(visible(c), visible_beyond_ascii(c), "visible {c:?}");
+            assert_eq!(
+                shows_as_itself(c),
+                shows_as_itself_beyond_ascii(c),
+                "shows as itself {c:?}"
+            );
+            assert_eq!(printable(c), printable_beyond_ascii(c), "printable {c:?}");
+        }
+    }
 
     #[test]
     fn message_length_counts_characters_not_bytes() {
