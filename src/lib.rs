@@ -41,6 +41,7 @@ pub mod failover;
 pub mod health;
 pub mod http2;
 pub mod limits;
+pub mod log_format;
 pub mod log_writer;
 pub mod mesh;
 pub mod metrics;

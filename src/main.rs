@@ -154,7 +154,12 @@ pub fn init_logging(
         }
     };
     match format {
-        LogFormat::Text => builder.with_ansi(ansi).with_writer(writer).init(),
+        LogFormat::Text => builder
+            .fmt_fields(chitty::log_format::LogFields)
+            .with_timer(chitty::log_format::LogTime)
+            .with_ansi(ansi)
+            .with_writer(writer)
+            .init(),
         // One object per line, the event's fields at the top level, where
         // docs/logs.md says they are. Spans are left out: their fields are
         // in the records, and a span's `name` field would clash with its
