@@ -5,8 +5,8 @@
 //! formatted for every message it takes in. The defaults put every field
 //! through `fmt::Debug` and the time through a dozen `write!`s; here a
 //! number is written by [`itoa`], a plain string is copied, and the time's
-//! date and second are formatted once a second. Anything not plain (a
-//! string that needs escaping, a `%` or `?` field, colors) is handed to
+//! date and second are formatted once a second. Anything not plain (text
+//! that needs escaping, colors) is handed to
 //! tracing-subscriber's own visitor, so every line is the same, byte for
 //! byte, as the default format writes it (tests below check both).
 
@@ -164,7 +164,35 @@ impl Visit for FieldsVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if !Self::skipped(field) {
+        if Self::skipped(field) {
+            return;
+        }
+        if !self.plain(field) {
+            return self.by_default(|v| v.record_debug(field, value));
+        }
+        if field.name() != "message" {
+            // `name=` and the value's Debug, as the default writes it.
+            self.name(field);
+            if self.result.is_ok() {
+                self.result = write!(self.writer, "{value:?}");
+            }
+            return;
+        }
+        // The message (a `format_args!`): written as it is unless the
+        // default's sanitizing would escape something in it.
+        thread_local! {
+            static MESSAGE: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        let plain = MESSAGE.with_borrow_mut(|message| {
+            message.clear();
+            let plain = write!(message, "{value:?}").is_ok() && plain_message(message);
+            if plain {
+                self.name(field);
+                self.write(message);
+            }
+            plain
+        });
+        if !plain {
             self.by_default(|v| v.record_debug(field, value));
         }
     }
@@ -294,6 +322,7 @@ mod tests {
         warn!(most = u64::MAX, least = i64::MIN, "numbers at the edges");
         info!(message = 5u64, "message as a number");
         info!(plain = "no message at all");
+        info!(n = 2u64, "formatted {} and {:?}", 5, "q");
     }
 
     fn formatted(ansi: bool, ours: bool) -> String {
@@ -318,7 +347,7 @@ mod tests {
         for ansi in [false, true] {
             let theirs = formatted(ansi, false);
             let ours = formatted(ansi, true);
-            assert_eq!(ours.lines().count(), 12, "{ours}");
+            assert_eq!(ours.lines().count(), 13, "{ours}");
             for (ours, theirs) in ours.lines().zip(theirs.lines()) {
                 assert_eq!(ours, theirs, "ansi {ansi}");
             }
