@@ -76,6 +76,20 @@ impl FieldsVisitor<'_> {
         }
     }
 
+    /// A number or bool: `name=text` when the field is plain, otherwise
+    /// written by the default visitor.
+    fn value(&mut self, field: &Field, text: &str, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        if Self::skipped(field) {
+            return;
+        }
+        if self.plain(field) && field.name() != "message" {
+            self.name(field);
+            self.write(text);
+        } else {
+            self.by_default(record);
+        }
+    }
+
     /// Writes one field with tracing-subscriber's own visitor.
     fn by_default(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
         if self.result.is_err() {
@@ -122,39 +136,18 @@ impl Visit for FieldsVisitor<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if Self::skipped(field) {
-            return;
-        }
-        if self.plain(field) && field.name() != "message" {
-            self.name(field);
-            self.write(itoa::Buffer::new().format(value));
-        } else {
-            self.by_default(|v| v.record_u64(field, value));
-        }
+        let mut digits = itoa::Buffer::new();
+        self.value(field, digits.format(value), |v| v.record_u64(field, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if Self::skipped(field) {
-            return;
-        }
-        if self.plain(field) && field.name() != "message" {
-            self.name(field);
-            self.write(itoa::Buffer::new().format(value));
-        } else {
-            self.by_default(|v| v.record_i64(field, value));
-        }
+        let mut digits = itoa::Buffer::new();
+        self.value(field, digits.format(value), |v| v.record_i64(field, value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if Self::skipped(field) {
-            return;
-        }
-        if self.plain(field) && field.name() != "message" {
-            self.name(field);
-            self.write(if value { "true" } else { "false" });
-        } else {
-            self.by_default(|v| v.record_bool(field, value));
-        }
+        let text = if value { "true" } else { "false" };
+        self.value(field, text, |v| v.record_bool(field, value));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
