@@ -6,9 +6,9 @@
 //! through `fmt::Debug` and the time through a dozen `write!`s; here a
 //! number is written by [`itoa`], a plain string is copied, and the time's
 //! date and second are formatted once a second. Anything not plain (text
-//! that needs escaping, colors) is handed to
-//! tracing-subscriber's own visitor, so every line is the same, byte for
-//! byte, as the default format writes it (tests below check both).
+//! that needs escaping, colors) is handed to tracing-subscriber's own
+//! visitor, so every line is the same, byte for byte, as the default format
+//! writes it (tests below check both).
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
@@ -172,11 +172,13 @@ impl Visit for FieldsVisitor<'_> {
             return;
         }
         // The message (a `format_args!`): written as it is unless the
-        // default's sanitizing would escape something in it.
+        // default's sanitizing would escape something in it. Formatted
+        // into a buffer kept per thread; should the buffer be in use (a
+        // line within a line) or gone (the thread ending), into a new one.
         thread_local! {
             static MESSAGE: RefCell<String> = const { RefCell::new(String::new()) };
         }
-        let plain = MESSAGE.with_borrow_mut(|message| {
+        let mut written = |message: &mut String| {
             message.clear();
             let plain = write!(message, "{value:?}").is_ok() && plain_message(message);
             if plain {
@@ -184,7 +186,13 @@ impl Visit for FieldsVisitor<'_> {
                 self.write(message);
             }
             plain
-        });
+        };
+        let plain = MESSAGE
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut message) => written(&mut message),
+                Err(_) => written(&mut String::new()),
+            })
+            .unwrap_or_else(|_| written(&mut String::new()));
         if !plain {
             self.by_default(|v| v.record_debug(field, value));
         }
@@ -207,15 +215,26 @@ impl FormatTime for LogTime {
             /// the `.`.
             static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
         }
-        SECOND.with_borrow_mut(|(second, text)| {
-            if *second != since.as_secs() {
-                *second = since.as_secs();
+        let second = since.as_secs();
+        let cached = SECOND.try_with(|cell| {
+            let (written, text) = &mut *cell.try_borrow_mut().ok()?;
+            if *written != second {
+                *written = second;
                 text.clear();
-                write_second(text, *second);
+                write_second(text, second);
             }
-            w.write_str(text)?;
-            write_micros(w, since.subsec_micros())
-        })
+            Some(w.write_str(text))
+        });
+        match cached {
+            Ok(Some(result)) => result?,
+            // The thread is ending, or this is a line within a line.
+            _ => {
+                let mut text = String::new();
+                write_second(&mut text, second);
+                w.write_str(&text)?;
+            }
+        }
+        write_micros(w, since.subsec_micros())
     }
 }
 
@@ -316,6 +335,17 @@ mod tests {
         info!(message = 5u64, "message as a number");
         info!(plain = "no message at all");
         info!(n = 2u64, "formatted {} and {:?}", 5, "q");
+        // A value whose Debug logs while it is written: the subscriber
+        // drops that inner line, and the outer one is the same both ways.
+        struct Loud;
+        impl fmt::Debug for Loud {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                info!(depth = 2u64, "inside {}", "a line");
+                f.write_str("loud")
+            }
+        }
+        info!("outer {:?}", Loud);
+        info!(value = ?Loud, "a loud field");
     }
 
     fn formatted(ansi: bool, ours: bool) -> String {
@@ -340,7 +370,7 @@ mod tests {
         for ansi in [false, true] {
             let theirs = formatted(ansi, false);
             let ours = formatted(ansi, true);
-            assert_eq!(ours.lines().count(), 13, "{ours}");
+            assert_eq!(ours.lines().count(), 15, "{ours}");
             for (ours, theirs) in ours.lines().zip(theirs.lines()) {
                 assert_eq!(ours, theirs, "ansi {ansi}");
             }
