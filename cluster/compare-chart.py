@@ -6,7 +6,7 @@
 One row per case, three panels on log scales: deliveries per second, node
 CPU per delivery, p99 latency. Each run is a mark (Chitty a circle, NATS a
 square), a line joins the runs of one system. A run with a delivery
-missing, duplicated or reordered is drawn hollow. Plain SVG, no plotting
+missing, duplicated or reordered, or with none delivered, is drawn hollow. Plain SVG, no plotting
 library needed.
 """
 import json
@@ -81,7 +81,10 @@ def main():
                 out.append(f'<line x1="{xs[0]}" y1="{yy}" x2="{xs[-1]}" y2="{yy}" stroke="{colour}" stroke-width="2"/>')
                 for r in mine:
                     x = pos(r[key])
-                    ok = r["missing"] == 0 and r["duplicates"] == 0 and r["reordered"] == 0
+                    # As the bench's Report::correct: nothing missing,
+                    # duplicated or reordered, and something delivered.
+                    ok = (r["missing"] == 0 and r["duplicates"] == 0 and r["reordered"] == 0
+                          and r.get("delivered", 0) > 0)
                     fill = colour if ok else "white"
                     if system == "chitty":
                         out.append(f'<circle cx="{x}" cy="{yy}" r="4" fill="{fill}" stroke="{colour}" stroke-width="1.5"/>')
@@ -96,7 +99,7 @@ def main():
         out.append(f'<text x="{x + 10}" y="{legend_y}">{name}</text>')
         x += 90
     out.append(f'<text x="{x + 20}" y="{legend_y}" fill="#555">each mark one run; hollow: a delivery '
-               'missing, duplicated or reordered; log scales</text>')
+               'missing, duplicated or reordered, or none delivered; log scales</text>')
     out.append(f'<text x="{LABEL_W}" y="{legend_y + 20}" fill="#555">{escape(caption)}</text>')
     out.append("</svg>")
     print("\n".join(out))
