@@ -11,12 +11,14 @@
 # publishes), each on 3 nodes with 3 publishers and 64-byte messages. The
 # scale cases' steady rates are paced PublishStream on Chitty (--pipeline):
 # NATS publishers never wait for an acknowledgement, and one unary call at a
-# time cannot offer 100 messages/s per publisher to a room of 3,000. Chitty
-# runs with the bench's defaults: a connection per participant, nodes at
-# their default log level. Each run's JSON line goes to OUT/runs.jsonl as soon
-# as it ends; the table is OUT/table.md, the picture OUT/compare.svg
-# (cluster/compare-chart.py). Needs nats-server (Debian:
-# apt-get install nats-server). Run it on an otherwise quiet machine.
+# time cannot offer 100 messages/s per publisher to a room of 3,000. NATS's
+# side of the 10,000 idle case is 10,030 readers, each on a connection of its
+# own: the same deliveries, measured on all of them (Chitty's --idle ones
+# read too, and count). Chitty runs with the bench's defaults: a connection
+# per participant, nodes at their default log level. Each run's JSON line
+# goes to OUT/runs.jsonl as soon as it ends; the table is OUT/table.md, the
+# picture OUT/compare.svg (cluster/compare-chart.py). Needs nats-server
+# (Debian: apt-get install nats-server). Run it on an otherwise quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,7 +51,7 @@ if [ "$scale" = 1 ]; then
     cases+=(
         "S=3,000, steady 300/s|-s 3000 -m 200 --rate 300 --pipeline|-s 3000 -m 200 --rate 300"
         "S=300 on 5 nodes, steady 1,000/s|--nodes 5 -s 300 -m 1000 --rate 1000 --pipeline|--nodes 5 -s 300 -m 1000 --rate 1000"
-        "10,000 idle + 30, steady 2/s|-s 30 -m 7 --rate 2 --idle 10000|"
+        "10,000 idle + 30, steady 2/s|-s 30 -m 7 --rate 2 --idle 10000|-s 10030 -m 7 --rate 2"
     )
 fi
 
