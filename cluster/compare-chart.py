@@ -5,7 +5,8 @@
 
 One row per case, three panels on log scales: deliveries per second, node
 CPU per delivery, p99 latency. Each run is a mark (Chitty a circle, NATS a
-square), a line joins the runs of one system. A run with a delivery
+square, the bench's floor servers a grey diamond), a line joins the runs of
+one system. A run with a delivery
 missing, duplicated or reordered, or with none delivered, is drawn hollow. Plain SVG, no plotting
 library needed.
 """
@@ -27,8 +28,23 @@ PANELS = [
     ("node CPU µs per delivery (less is better)", "server_cpu_us_per_delivery", lambda v: f"{v:g}"),
     ("p99 latency, ms (less is better)", "latency_p99_ms", lambda v: f"{v:g}"),
 ]
-SYSTEMS = [("chitty", "Chitty", "#1f77b4"), ("nats", "NATS", "#d62728")]
+SYSTEMS = [
+    ("chitty", "Chitty", "#1f77b4"),
+    ("nats", "NATS", "#d62728"),
+    ("floor", "floor (the stack alone)", "#777777"),
+]
 LABEL_W, PANEL_W, GAP, ROW_H, TOP = 250, 290, 30, 34, 70
+
+
+def mark(system, x, y, fill, colour):
+    """A run's mark: Chitty a circle, NATS a square, the floor a diamond."""
+    if system == "chitty":
+        return f'<circle cx="{x}" cy="{y}" r="4" fill="{fill}" stroke="{colour}" stroke-width="1.5"/>'
+    if system == "nats":
+        return (f'<rect x="{x - 4}" y="{y - 4}" width="8" height="8" fill="{fill}" '
+                f'stroke="{colour}" stroke-width="1.5"/>')
+    return (f'<polygon points="{x},{y - 5} {x + 5},{y} {x},{y + 5} {x - 5},{y}" fill="{fill}" '
+            f'stroke="{colour}" stroke-width="1.5"/>')
 
 
 def decades(values):
@@ -45,7 +61,7 @@ def main():
         if r["case"] not in cases:
             cases.append(r["case"])
     width = LABEL_W + len(PANELS) * (PANEL_W + GAP)
-    height = TOP + len(cases) * ROW_H + 70
+    height = TOP + len(cases) * ROW_H + 90
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="sans-serif" font-size="12">',
@@ -73,7 +89,7 @@ def main():
         for row, case in enumerate(cases):
             y = TOP + row * ROW_H + ROW_H / 2
             for s, (system, _, colour) in enumerate(SYSTEMS):
-                yy = y + (s - 0.5) * 10
+                yy = y + (s - 1) * 9
                 mine = [r for r in runs if r["case"] == case and r["system"] == system and r.get(key)]
                 if not mine:
                     continue
@@ -86,21 +102,18 @@ def main():
                     ok = (r["missing"] == 0 and r["duplicates"] == 0 and r["reordered"] == 0
                           and r.get("delivered", 0) > 0)
                     fill = colour if ok else "white"
-                    if system == "chitty":
-                        out.append(f'<circle cx="{x}" cy="{yy}" r="4" fill="{fill}" stroke="{colour}" stroke-width="1.5"/>')
-                    else:
-                        out.append(f'<rect x="{x - 4}" y="{yy - 4}" width="8" height="8" fill="{fill}" stroke="{colour}" stroke-width="1.5"/>')
+                    out.append(mark(system, x, yy, fill, colour))
     legend_y = TOP + len(cases) * ROW_H + 40
     x = LABEL_W
     for system, name, colour in SYSTEMS:
-        mark = (f'<circle cx="{x}" cy="{legend_y - 4}" r="4" fill="{colour}"/>' if system == "chitty"
-                else f'<rect x="{x - 4}" y="{legend_y - 8}" width="8" height="8" fill="{colour}"/>')
-        out.append(mark)
+        if not any(r["system"] == system for r in runs):
+            continue
+        out.append(mark(system, x, legend_y - 4, colour, colour))
         out.append(f'<text x="{x + 10}" y="{legend_y}">{name}</text>')
-        x += 90
-    out.append(f'<text x="{x + 20}" y="{legend_y}" fill="#555">each mark one run; hollow: a delivery '
+        x += 90 if system != "floor" else 170
+    out.append(f'<text x="{LABEL_W}" y="{legend_y + 20}" fill="#555">each mark one run; hollow: a delivery '
                'missing, duplicated or reordered, or none delivered; log scales</text>')
-    out.append(f'<text x="{LABEL_W}" y="{legend_y + 20}" fill="#555">{escape(caption)}</text>')
+    out.append(f'<text x="{LABEL_W}" y="{legend_y + 40}" fill="#555">{escape(caption)}</text>')
     out.append("</svg>")
     print("\n".join(out))
 

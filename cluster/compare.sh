@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs Chitty and NATS side by side on the same loads, alternately, and
-# prints one table of what each run measured:
+# prints one table of what each run measured; the three main cases also run
+# on the bench's floor servers (`chitty-bench --floor`, bench/src/floor.rs:
+# the least a cluster on Chitty's stack does for the load, no chat logic):
 #
 #   cluster/compare.sh                 # 2 rounds of every case, into bench-results/compare-<date>-<commit>/
 #   cluster/compare.sh --rounds 3 --out /tmp/compare
@@ -41,11 +43,11 @@ bench=target/release/chitty-bench
 mkdir -p "$out"
 runs="$out/runs.jsonl"
 
-# name|chitty arguments|nats arguments
+# name|chitty arguments|nats arguments|floor arguments (none: not run)
 cases=(
-    "S=30, full speed|-s 30 -m 20000 --pipeline|-s 30 -m 20000"
-    "S=300, full speed|-s 300 -m 2000 --pipeline|-s 300 -m 2000"
-    "S=30, steady 2,000/s|-s 30 -m 4000 --rate 2000|-s 30 -m 4000 --rate 2000"
+    "S=30, full speed|-s 30 -m 20000 --pipeline|-s 30 -m 20000|-s 30 -m 20000 --pipeline"
+    "S=300, full speed|-s 300 -m 2000 --pipeline|-s 300 -m 2000|-s 300 -m 2000 --pipeline"
+    "S=30, steady 2,000/s|-s 30 -m 4000 --rate 2000|-s 30 -m 4000 --rate 2000|-s 30 -m 4000 --rate 2000"
 )
 if [ "$scale" = 1 ]; then
     cases+=(
@@ -60,6 +62,8 @@ run() {
     # shellcheck disable=SC2086
     if [ "$system" = nats ]; then
         line=$("$bench" nats $args --json 2>/dev/null | tail -n 1)
+    elif [ "$system" = floor ]; then
+        line=$("$bench" --floor $args --json 2>/dev/null | tail -n 1)
     else
         line=$("$bench" $args --json 2>/dev/null | tail -n 1)
     fi
@@ -69,7 +73,7 @@ run() {
 
 for round in $(seq 1 "$rounds"); do
     for c in "${cases[@]}"; do
-        IFS='|' read -r name chitty nats <<<"$c"
+        IFS='|' read -r name chitty nats floor <<<"$c"
         # Alternate which system goes first, so neither always runs on a
         # machine the other has just warmed.
         if [ $((round % 2)) = 1 ]; then
@@ -79,6 +83,7 @@ for round in $(seq 1 "$rounds"); do
             [ -n "$nats" ] && run "$name" nats "$nats"
             run "$name" chitty "$chitty"
         fi
+        if [ -n "$floor" ]; then run "$name" floor "$floor"; fi
     done
 done
 
@@ -97,7 +102,7 @@ def span(values, fmt):
 print("| case | system | deliveries/s | node CPU µs/delivery | p50 / p99 ms | missing / dup / reordered | memory |")
 print("|---|---|---|---|---|---|---|")
 for case, systems in rows.items():
-    for system in ("nats", "chitty"):
+    for system in ("nats", "chitty", "floor"):
         runs = systems.get(system)
         if not runs:
             continue

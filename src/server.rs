@@ -235,7 +235,7 @@ const GATHER: usize = 16 * 1024;
 const IDLE_KEEP: usize = 1024;
 
 impl Gathering {
-    pub(crate) fn new(io: TcpStream) -> Self {
+    pub fn new(io: TcpStream) -> Self {
         Self {
             io,
             pending: Vec::new(),

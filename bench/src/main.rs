@@ -21,8 +21,10 @@
 //! * peak memory: `VmHWM` of each server, the largest reported.
 //!
 //! `chitty-bench server ...` is `chitty server ...`: how the bench starts
-//! its nodes.
+//! its nodes. `chitty-bench floor-server ...` is the floor server
+//! ([`floor`]), which `--floor` starts instead.
 
+mod floor;
 mod load;
 mod measure;
 mod on_chitty;
@@ -160,6 +162,11 @@ struct ChittyArgs {
     /// still in order) instead of one acknowledged call at a time.
     #[arg(long, env = "CHITTY_BENCH_PIPELINE")]
     pipeline: bool,
+    /// Run the load on floor servers instead of Chitty nodes: the least a
+    /// cluster on Chitty's stack (tonic, hyper, h2, tokio) does for it, with
+    /// no chat logic (see bench/src/floor.rs).
+    #[arg(long)]
+    floor: bool,
     /// Also join this many participants that never read their stream.
     #[arg(long, env = "CHITTY_BENCH_SLOW", default_value_t = 0)]
     slow: usize,
@@ -232,6 +239,13 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "server") {
         return chitty_main::main();
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "floor-server")
+    {
+        let args: Vec<String> = std::env::args().skip(2).collect();
+        return floor::main(&args);
+    }
     let cli = Cli::parse();
     // The chitty client library's warnings, as `chitty` shows them.
     let _log = chitty_main::init_logging("warn", chitty::cli::LogFormat::Text, None);
@@ -271,6 +285,7 @@ async fn run(cli: Cli) -> ExitCode {
                     node_args: args.node_args,
                     node_program: args.node_bin,
                     pipeline: args.pipeline,
+                    floor: args.floor,
                 };
                 if args.sweep {
                     let sweep = sweep::Sweep {

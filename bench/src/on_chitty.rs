@@ -93,6 +93,8 @@ pub struct Config {
     /// Publish over `PublishStream`, many messages in flight, instead of
     /// one acknowledged call at a time.
     pub pipeline: bool,
+    /// Start the floor server ([`crate::floor`]) instead of Chitty nodes.
+    pub floor: bool,
 }
 
 /// Runs one benchmark. Started nodes are killed before it returns, and also
@@ -127,6 +129,9 @@ fn validate(config: &Config) -> Result<(), String> {
             "--publishers must be at most --participants ({}): publishers are participants",
             config.load.participants
         ));
+    }
+    if config.floor && !config.load.servers.is_empty() {
+        return Err("--floor starts floor servers: it takes no --servers".into());
     }
     if config.streams_per_connection == 0 {
         return Err("--streams-per-connection must be at least 1".into());
@@ -301,8 +306,13 @@ async fn start_cluster(config: &Config) -> Result<ServerProcesses, String> {
     let secret = uuid::Uuid::new_v4().simple().to_string();
     for i in 1..=config.load.nodes {
         let mut command = Command::new(&program);
+        let server = if config.floor {
+            "floor-server"
+        } else {
+            "server"
+        };
         command
-            .args(["server", "--listen", "127.0.0.1:0"])
+            .args([server, "--listen", "127.0.0.1:0"])
             // In the environment, not on the command line, where any user
             // could read it.
             .env("CHITTY_CLUSTER_SECRET", &secret)
@@ -815,7 +825,8 @@ async fn measure(
         run_window::<CallSink>(load, sinks, &mut room.readers, &pids).await?
     };
 
-    let mut report = Report::new("chitty", load, room.addrs.len());
+    let system = if config.floor { "floor" } else { "chitty" };
+    let mut report = Report::new(system, load, room.addrs.len());
     report.pipeline = config.pipeline;
     report.slow = config.slow;
     report.idle = config.idle;

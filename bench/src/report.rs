@@ -14,7 +14,7 @@ use crate::receive::new_latency_histogram;
 /// `None` (`null` in JSON).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
-    /// "chitty" or "nats".
+    /// "chitty", "nats" or "floor" (`--floor`).
     pub system: String,
     pub nodes: usize,
     pub participants: usize,

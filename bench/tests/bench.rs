@@ -124,6 +124,28 @@ fn the_same_load_on_nats_delivers_everything_once_in_order() {
 }
 
 #[test]
+fn the_same_load_on_three_floor_servers_delivers_everything_once_in_order() {
+    // Publishers on every server: what each publishes reaches the others'
+    // readers through the floor servers' mesh.
+    let report = run_bench(&[
+        "--floor",
+        "--nodes",
+        "3",
+        "-s",
+        "6",
+        "-p",
+        "3",
+        "-m",
+        "200",
+        "--pipeline",
+    ]);
+    assert_eq!(report["system"], "floor", "{report}");
+    assert_everything_delivered_once_in_order(&report, 600.0, 6.0);
+    let unary = run_bench(&["--floor", "--nodes", "2", "-s", "4", "-p", "2", "-m", "50"]);
+    assert_everything_delivered_once_in_order(&unary, 100.0, 4.0);
+}
+
+#[test]
 fn a_small_sweep_writes_a_line_per_point_and_the_picture() {
     let out = std::env::temp_dir().join(format!("chitty-bench-sweep-{}", std::process::id()));
     let output = Command::new(BENCH)
