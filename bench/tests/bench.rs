@@ -81,21 +81,18 @@ fn assert_everything_delivered_once_in_order(report: &Value, sent: f64, readers:
     assert!(number(report, "peak_rss_bytes_per_node") > 0.0, "{report}");
 }
 
+/// 3 servers, 6 readers of whom 3 publish 200 messages each: 600 messages,
+/// 3,600 deliveries.
+const SMALL_LOAD: [&str; 8] = ["--nodes", "3", "-s", "6", "-p", "3", "-m", "200"];
+
+/// `SMALL_LOAD` after `before` and before `after`.
+fn small_load(before: &[&'static str], after: &[&'static str]) -> Vec<&'static str> {
+    [before, &SMALL_LOAD[..], after].concat()
+}
+
 #[test]
 fn a_small_pipelined_run_beside_a_reader_that_never_reads_delivers_everything_once_in_order() {
-    let report = run_bench(&[
-        "--nodes",
-        "3",
-        "-s",
-        "6",
-        "-p",
-        "3",
-        "-m",
-        "200",
-        "--pipeline",
-        "--slow",
-        "1",
-    ]);
+    let report = run_bench(&small_load(&[], &["--pipeline", "--slow", "1"]));
     assert_eq!(report["system"], "chitty", "{report}");
     assert_eq!(number(&report, "messages_per_publisher"), 200.0, "{report}");
     assert_everything_delivered_once_in_order(&report, 600.0, 6.0);
@@ -114,9 +111,7 @@ fn the_same_load_on_nats_delivers_everything_once_in_order() {
             .is_ok_and(|o| o.status.success()),
         "nats-server is needed (Debian: apt-get install nats-server)"
     );
-    let report = run_bench(&[
-        "nats", "--nodes", "3", "-s", "6", "-p", "3", "-m", "200", "--rate", "2000",
-    ]);
+    let report = run_bench(&small_load(&["nats"], &["--rate", "2000"]));
     assert_eq!(report["system"], "nats", "{report}");
     assert_everything_delivered_once_in_order(&report, 600.0, 6.0);
     assert_eq!(number(&report, "slow_consumers"), 0.0, "{report}");
@@ -127,18 +122,7 @@ fn the_same_load_on_nats_delivers_everything_once_in_order() {
 fn the_same_load_on_three_floor_servers_delivers_everything_once_in_order() {
     // Publishers on every server: what each publishes reaches the others'
     // readers through the floor servers' mesh.
-    let report = run_bench(&[
-        "--floor",
-        "--nodes",
-        "3",
-        "-s",
-        "6",
-        "-p",
-        "3",
-        "-m",
-        "200",
-        "--pipeline",
-    ]);
+    let report = run_bench(&small_load(&["--floor"], &["--pipeline"]));
     assert_eq!(report["system"], "floor", "{report}");
     assert_everything_delivered_once_in_order(&report, 600.0, 6.0);
     let unary = run_bench(&["--floor", "--nodes", "2", "-s", "4", "-p", "2", "-m", "50"]);
