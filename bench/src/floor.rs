@@ -121,8 +121,8 @@ struct Room {
     sessions: HashMap<String, Member>,
     /// Peers this server joined (or is joining), by address.
     joined: HashSet<String>,
-    /// Peers whose Welcome came back: the servers it lists.
-    reached: Vec<String>,
+    /// Peers whose Welcome came back: the servers it lists besides itself.
+    reached: Vec<ServerInfo>,
 }
 
 struct Member {
@@ -248,14 +248,13 @@ impl Floor {
 
     fn servers(&self) -> ServerList {
         let room = self.room();
-        let server = |addr: &String| ServerInfo {
+        let me = ServerInfo {
             node: Some(room.node.clone()),
-            addr: addr.clone(),
+            addr: self.addr.clone(),
         };
         ServerList {
-            servers: std::iter::once(&self.addr)
-                .chain(&room.reached)
-                .map(server)
+            servers: std::iter::once(me)
+                .chain(room.reached.iter().cloned())
                 .collect(),
             unreachable: Vec::new(),
         }
@@ -291,7 +290,10 @@ impl Floor {
             .into_inner();
         while let Some(frame) = frames.message().await.map_err(|e| e.to_string())? {
             match frame.frame {
-                Some(Frame::Welcome(_)) => self.room().reached.push(addr.to_string()),
+                Some(Frame::Welcome(welcome)) => self.room().reached.push(ServerInfo {
+                    node: welcome.node,
+                    addr: addr.to_string(),
+                }),
                 Some(Frame::Events(batch)) => {
                     let mut room = self.room();
                     for event in batch.events {
