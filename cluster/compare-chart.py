@@ -110,7 +110,7 @@ def main():
             continue
         out.append(mark(system, x, legend_y - 4, colour, colour))
         out.append(f'<text x="{x + 10}" y="{legend_y}">{name}</text>')
-        x += 90 if system != "floor" else 170
+        x += 40 + 7 * len(name)
     out.append(f'<text x="{LABEL_W}" y="{legend_y + 20}" fill="#555">each mark one run; hollow: a delivery '
                'missing, duplicated or reordered, or none delivered; log scales</text>')
     out.append(f'<text x="{LABEL_W}" y="{legend_y + 40}" fill="#555">{escape(caption)}</text>')

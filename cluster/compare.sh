@@ -59,14 +59,12 @@ fi
 
 run() {
     local name=$1 system=$2 args=$3 line
+    case "$system" in
+        nats) args="nats $args" ;;
+        floor) args="--floor $args" ;;
+    esac
     # shellcheck disable=SC2086
-    if [ "$system" = nats ]; then
-        line=$("$bench" nats $args --json 2>/dev/null | tail -n 1)
-    elif [ "$system" = floor ]; then
-        line=$("$bench" --floor $args --json 2>/dev/null | tail -n 1)
-    else
-        line=$("$bench" $args --json 2>/dev/null | tail -n 1)
-    fi
+    line=$("$bench" $args --json 2>/dev/null | tail -n 1)
     printf '{"case":"%s",%s\n' "$name" "${line#\{}" >>"$runs"
     echo "$name, $system: done" >&2
 }

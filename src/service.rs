@@ -159,7 +159,8 @@ enum Pending<F> {
     End(Status),
 }
 
-fn refused(status: Status) -> PublishOutcome {
+/// A `PublishStream` outcome for a message refused with `status`.
+pub fn refused(status: Status) -> PublishOutcome {
     PublishOutcome {
         reply: None,
         error_code: status.code() as i32,

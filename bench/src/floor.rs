@@ -9,11 +9,11 @@
 //! deduplicated or acknowledged between nodes; an event carries what a
 //! Chitty message carries to participants (its id, Lamport time, kind, the
 //! participant's name and id, the text and the publish id), so that as
-//! many bytes reach each reader. An event is encoded once and a session's frame is the encodings of whatever
-//! events are queued for it behind a header ([`chitty::wire::EncodedFrame`],
-//! as on a node), written by tonic's own Join stream encoder, on
-//! connections that gather small writes as a node's do
-//! ([`chitty::server::Gathering`]).
+//! many bytes reach each reader. An event is encoded once and a session's
+//! frame is the encodings of whatever events are queued for it behind a
+//! header ([`chitty::wire::EncodedFrame`], as on a node), written by tonic's
+//! own Join stream encoder, on connections that gather small writes as a
+//! node's do ([`chitty::server::Gathering`]).
 //!
 //! Several floor servers form a full mesh through the same service: a
 //! server started with `--boot ADDR` joins ADDR's room as the participant
@@ -431,11 +431,7 @@ impl ChittyChat for Floor {
                         reply: Some(reply),
                         ..PublishOutcome::default()
                     },
-                    Err(status) => PublishOutcome {
-                        reply: None,
-                        error_code: status.code() as i32,
-                        error_message: status.message().to_string(),
-                    },
+                    Err(status) => chitty::service::refused(status),
                 };
                 if tx.send(Ok(outcome)).await.is_err() {
                     break;

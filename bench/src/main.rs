@@ -236,13 +236,11 @@ struct NatsArgs {
 }
 
 fn main() -> ExitCode {
-    if std::env::args_os().nth(1).is_some_and(|a| a == "server") {
+    let first = std::env::args_os().nth(1);
+    if first.as_ref().is_some_and(|a| a == "server") {
         return chitty_main::main();
     }
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|a| a == "floor-server")
-    {
+    if first.as_ref().is_some_and(|a| a == "floor-server") {
         let args: Vec<String> = std::env::args().skip(2).collect();
         return floor::main(&args);
     }
