@@ -17,7 +17,9 @@ use crate::proto::{Event, EventKind};
 /// its 128 bits, inline; anything else as its text.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum PublishKey {
-    Uuid(u128),
+    /// As two halves rather than a `u128`, which would align the key (and
+    /// every map entry) to 16 bytes.
+    Uuid([u64; 2]),
     Text(Box<str>),
 }
 
@@ -25,14 +27,31 @@ impl PublishKey {
     fn new(id: &str) -> Self {
         // Only the canonical (lowercase, hyphenated) form, so that two
         // different texts are never one key.
-        let mut canonical = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        match uuid::Uuid::try_parse(id) {
-            Ok(uuid) if uuid.hyphenated().encode_lower(&mut canonical) == id => {
-                PublishKey::Uuid(uuid.as_u128())
-            }
-            _ => PublishKey::Text(id.into()),
+        match canonical_uuid(id.as_bytes()) {
+            Some(bits) => PublishKey::Uuid([(bits >> 64) as u64, bits as u64]),
+            None => PublishKey::Text(id.into()),
         }
     }
+}
+
+/// The 128 bits of `id` if it is a UUID in canonical form: 36 characters,
+/// lowercase hex digits in groups of 8-4-4-4-12 joined by hyphens.
+fn canonical_uuid(id: &[u8]) -> Option<u128> {
+    if id.len() != 36 {
+        return None;
+    }
+    let mut bits = 0u128;
+    for (i, &c) in id.iter().enumerate() {
+        let digit = match c {
+            b'-' if matches!(i, 8 | 13 | 18 | 23) => continue,
+            _ if matches!(i, 8 | 13 | 18 | 23) => return None,
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        bits = bits << 4 | u128::from(digit);
+    }
+    Some(bits)
 }
 
 #[derive(Debug)]
@@ -90,13 +109,21 @@ mod tests {
     #[test]
     fn publish_ids_are_one_key_only_when_they_are_the_same_text() {
         let id = "0b8f5b3e-2c1d-4a7e-9f00-1234567890ab";
-        assert!(matches!(PublishKey::new(id), PublishKey::Uuid(_)));
-        assert_eq!(PublishKey::new(id), PublishKey::new(id));
+        let bits = uuid::Uuid::parse_str(id).unwrap().as_u128();
+        assert_eq!(
+            PublishKey::new(id),
+            PublishKey::Uuid([(bits >> 64) as u64, bits as u64])
+        );
         let other_forms = [
             id.to_uppercase(),
             id.replace('-', ""),
             format!("{{{id}}}"),
             format!("urn:uuid:{id}"),
+            id.replacen('-', "0", 1),
+            id.replacen('b', "-", 1),
+            id.replacen('a', "g", 1),
+            format!("{id} "),
+            id[..35].to_string(),
         ];
         for other in &other_forms {
             assert_ne!(PublishKey::new(other), PublishKey::new(id), "{other}");
