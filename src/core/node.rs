@@ -569,6 +569,8 @@ pub struct NodeCore {
     /// one is acknowledged, so none waits in vain.
     inbound: BTreeMap<u64, NodeId>,
     next_inbound: u64,
+    /// What this node held at the last acknowledgement on any inbound link.
+    last_acked: Vec<SeqMark>,
     /// Departed nodes and when they were seen to go: their participants are
     /// announced once reconciliation had time to finish.
     departed: BTreeMap<(String, u64), (NodeId, Instant)>,
@@ -617,6 +619,7 @@ impl NodeCore {
             peers: BTreeMap::new(),
             inbound: BTreeMap::new(),
             next_inbound: 1,
+            last_acked: Vec::new(),
             departed: BTreeMap::new(),
             gate: VecDeque::new(),
             next_gate: 0,
@@ -1692,16 +1695,30 @@ impl NodeCore {
                 return Err(MeshRefusal::Malformed("unexpected relay frame"));
             }
         }
-        // Events from one peer can release held-back events of another (a
-        // causal dependency arrived): every inbound link hears the news now,
-        // not at its peer's next frame, which may be a heartbeat away.
+        // The peer's own link is acknowledged. Events from one peer can also
+        // release held-back events of another (a causal dependency arrived),
+        // or be another node's (forwarded): then every inbound link hears
+        // the news now, not at its peer's next frame, which may be a
+        // heartbeat away. That only the peer's own events arrived, the other
+        // links learn with their next acknowledgement (each carries all this
+        // node holds, and every frame, heartbeats too, gets one): with every
+        // link acknowledged for every frame, a node wrote an acknowledgement
+        // to each of its peers for each frame it received.
         let held = self.chat.delivered();
-        for &link in self.inbound.keys() {
-            self.outputs.push(Output::Ack {
-                link,
-                held: held.clone(),
-            });
+        let others_moved = held.iter().any(|m| {
+            m.origin
+                .as_ref()
+                .is_some_and(|origin| origin != peer && mark_of(&self.last_acked, origin) != m.seq)
+        });
+        for (&link, node) in &self.inbound {
+            if others_moved || node == peer {
+                self.outputs.push(Output::Ack {
+                    link,
+                    held: held.clone(),
+                });
+            }
         }
+        self.last_acked = held;
         self.check_resumes(now);
         self.check_handoffs(now);
         result
@@ -2940,6 +2957,94 @@ mod tests {
         assert!(n1.participants().iter().all(|p| p.name != "Bob"));
         n1.on_relay(now, &node("n2"), bob(&|_| {})).unwrap();
         assert!(n1.participants().iter().any(|p| p.name == "Bob"));
+    }
+
+    /// A peer's frame of its own events is acknowledged on its link only;
+    /// one that releases another node's events held back here is
+    /// acknowledged on every inbound link, so that node hears at once.
+    #[test]
+    fn only_news_of_other_nodes_is_acknowledged_on_every_inbound_link() {
+        let now = Instant::now();
+        let mut n1 = core("n1", now);
+        n1.merge_members(
+            now,
+            &[
+                member(node("n2"), "n2:1", MemberState::Alive, 1),
+                member(node("n3"), "n3:1", MemberState::Alive, 1),
+            ],
+        );
+        let (_, l2, _) = n1
+            .on_hello(now, member(node("n2"), "n2:1", MemberState::Alive, 1))
+            .unwrap();
+        let (_, l3, _) = n1
+            .on_hello(now, member(node("n3"), "n3:1", MemberState::Alive, 1))
+            .unwrap();
+        n1.take_outputs();
+        let acks = |n1: &mut NodeCore| -> Vec<(u64, u64, u64)> {
+            n1.take_outputs()
+                .into_iter()
+                .filter_map(|o| match o {
+                    Output::Ack { link, held } => Some((
+                        link,
+                        mark_of(&held, &node("n2")),
+                        mark_of(&held, &node("n3")),
+                    )),
+                    _ => None,
+                })
+                .collect()
+        };
+
+        n1.on_relay(now, &node("n2"), relay_batch(vec![bob_joined_on_n2()]))
+            .unwrap();
+        assert_eq!(acks(&mut n1), [(l2, 1, 0)], "n2's own event: n2's link");
+
+        // Cy's "joined" on n3 follows n2's second event, not here yet.
+        let cy_joined = Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(node("n3")),
+                seq: 1,
+            }),
+            lamport: 5,
+            kind: EventKind::Joined as i32,
+            participant_name: "Cy".into(),
+            participant_id: "id-cy".into(),
+            text: "Participant Cy joined Chitty-Chat at Lamport time 5".into(),
+            deps: vec![SeqMark {
+                origin: Some(node("n2")),
+                seq: 2,
+            }],
+            ..Default::default()
+        };
+        n1.on_relay(now, &node("n3"), relay_batch(vec![cy_joined]))
+            .unwrap();
+        assert_eq!(acks(&mut n1), [(l3, 1, 0)], "held back: n3's link only");
+
+        let bob_says = Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(node("n2")),
+                seq: 2,
+            }),
+            lamport: 4,
+            kind: EventKind::Message as i32,
+            participant_name: "Bob".into(),
+            participant_id: "id-bob".into(),
+            text: "hi".into(),
+            ..Default::default()
+        };
+        n1.on_relay(now, &node("n2"), relay_batch(vec![bob_says]))
+            .unwrap();
+        assert_eq!(
+            acks(&mut n1),
+            [(l2, 2, 1), (l3, 2, 1)],
+            "n3's event released: every link"
+        );
+
+        // A heartbeat changes nothing: its link alone hears.
+        let heartbeat = RelayFrame {
+            frame: Some(relay_frame::Frame::Heartbeat(Heartbeat::default())),
+        };
+        n1.on_relay(now, &node("n3"), heartbeat).unwrap();
+        assert_eq!(acks(&mut n1), [(l3, 2, 1)]);
     }
 
     /// A member cannot put words in the mouth of a node this one hears
