@@ -2762,6 +2762,19 @@ mod tests {
         n1
     }
 
+    /// A node `n1` with live peers `n2` and `n3`.
+    fn with_peers(now: Instant) -> NodeCore {
+        let mut n1 = core("n1", now);
+        n1.merge_members(
+            now,
+            &[
+                member(node("n2"), "n2:1", MemberState::Alive, 1),
+                member(node("n3"), "n3:1", MemberState::Alive, 1),
+            ],
+        );
+        n1
+    }
+
     fn replies(outputs: &[Output]) -> Vec<(RequestId, &Reply)> {
         outputs
             .iter()
@@ -2959,20 +2972,35 @@ mod tests {
         assert!(n1.participants().iter().any(|p| p.name == "Bob"));
     }
 
+    /// An event `origin` stamped as its `seq`-th at Lamport time `lamport`,
+    /// about participant `name` (id `id-<name lowercased>`).
+    fn stamped(
+        (origin, seq, lamport): (&str, u64, u64),
+        kind: EventKind,
+        name: &str,
+        text: &str,
+    ) -> Event {
+        Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(node(origin)),
+                seq,
+            }),
+            lamport,
+            kind: kind as i32,
+            participant_name: name.into(),
+            participant_id: format!("id-{}", name.to_lowercase()),
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+
     /// A peer's frame of its own events is acknowledged on its link only;
     /// one that releases another node's events held back here is
     /// acknowledged on every inbound link, so that node hears at once.
     #[test]
     fn only_news_of_other_nodes_is_acknowledged_on_every_inbound_link() {
         let now = Instant::now();
-        let mut n1 = core("n1", now);
-        n1.merge_members(
-            now,
-            &[
-                member(node("n2"), "n2:1", MemberState::Alive, 1),
-                member(node("n3"), "n3:1", MemberState::Alive, 1),
-            ],
-        );
+        let mut n1 = with_peers(now);
         let (_, l2, _) = n1
             .on_hello(now, member(node("n2"), "n2:1", MemberState::Alive, 1))
             .unwrap();
@@ -3000,37 +3028,22 @@ mod tests {
 
         // Cy's "joined" on n3 follows n2's second event, not here yet.
         let cy_joined = Event {
-            id: Some(crate::proto::EventId {
-                origin: Some(node("n3")),
-                seq: 1,
-            }),
-            lamport: 5,
-            kind: EventKind::Joined as i32,
-            participant_name: "Cy".into(),
-            participant_id: "id-cy".into(),
-            text: "Participant Cy joined Chitty-Chat at Lamport time 5".into(),
             deps: vec![SeqMark {
                 origin: Some(node("n2")),
                 seq: 2,
             }],
-            ..Default::default()
+            ..stamped(
+                ("n3", 1, 5),
+                EventKind::Joined,
+                "Cy",
+                "Participant Cy joined Chitty-Chat at Lamport time 5",
+            )
         };
         n1.on_relay(now, &node("n3"), relay_batch(vec![cy_joined]))
             .unwrap();
         assert_eq!(acks(&mut n1), [(l3, 1, 0)], "held back: n3's link only");
 
-        let bob_says = Event {
-            id: Some(crate::proto::EventId {
-                origin: Some(node("n2")),
-                seq: 2,
-            }),
-            lamport: 4,
-            kind: EventKind::Message as i32,
-            participant_name: "Bob".into(),
-            participant_id: "id-bob".into(),
-            text: "hi".into(),
-            ..Default::default()
-        };
+        let bob_says = stamped(("n2", 2, 4), EventKind::Message, "Bob", "hi");
         n1.on_relay(now, &node("n2"), relay_batch(vec![bob_says]))
             .unwrap();
         assert_eq!(
@@ -3054,14 +3067,7 @@ mod tests {
     #[test]
     fn another_nodes_events_are_taken_from_a_member_only_while_its_own_link_is_silent() {
         let now = Instant::now();
-        let mut n1 = core("n1", now);
-        n1.merge_members(
-            now,
-            &[
-                member(node("n2"), "n2:1", MemberState::Alive, 1),
-                member(node("n3"), "n3:1", MemberState::Alive, 1),
-            ],
-        );
+        let mut n1 = with_peers(now);
         join(&mut n1, "Ann");
         n1.on_hello(now, member(node("n2"), "n2:1", MemberState::Alive, 1))
             .unwrap();
