@@ -1697,18 +1697,20 @@ impl NodeCore {
         }
         // The peer's own link is acknowledged. Events from one peer can also
         // release held-back events of another (a causal dependency arrived),
-        // or be another node's (forwarded): then every inbound link hears
+        // or be a third node's (forwarded): then every inbound link hears
         // the news now, not at its peer's next frame, which may be a
-        // heartbeat away. That only the peer's own events arrived, the other
-        // links learn with their next acknowledgement (each carries all this
-        // node holds, and every frame, heartbeats too, gets one): with every
-        // link acknowledged for every frame, a node wrote an acknowledgement
-        // to each of its peers for each frame it received.
+        // heartbeat away. That only the peer's own events arrived, or that
+        // this node stamped some of its own, the other links learn with
+        // their next acknowledgement (each carries all this node holds, and
+        // every frame, heartbeats too, gets one; what a peer waits on, its
+        // own events held here, comes on its own link): with every link
+        // acknowledged for every frame, a node wrote an acknowledgement to
+        // each of its peers for each frame it received.
         let held = self.chat.delivered();
         let others_moved = held.iter().any(|m| {
-            m.origin
-                .as_ref()
-                .is_some_and(|origin| origin != peer && mark_of(&self.last_acked, origin) != m.seq)
+            m.origin.as_ref().is_some_and(|origin| {
+                origin != peer && origin != &self.me && mark_of(&self.last_acked, origin) != m.seq
+            })
         });
         for (&link, node) in &self.inbound {
             if others_moved || node == peer {
@@ -2994,9 +2996,10 @@ mod tests {
         }
     }
 
-    /// A peer's frame of its own events is acknowledged on its link only;
-    /// one that releases another node's events held back here is
-    /// acknowledged on every inbound link, so that node hears at once.
+    /// A peer's frame of its own events is acknowledged on its link only,
+    /// also after this node stamped events of its own; one that releases
+    /// a third node's events held back here is acknowledged on every
+    /// inbound link, so that node hears at once.
     #[test]
     fn only_news_of_other_nodes_is_acknowledged_on_every_inbound_link() {
         let now = Instant::now();
@@ -3052,7 +3055,9 @@ mod tests {
             "n3's event released: every link"
         );
 
-        // A heartbeat changes nothing: its link alone hears.
+        // Nor do this node's own events (Ann's "joined"): a peer learns
+        // what the node stamped from its events, not from its marks.
+        join(&mut n1, "Ann");
         let heartbeat = RelayFrame {
             frame: Some(relay_frame::Frame::Heartbeat(Heartbeat::default())),
         };
