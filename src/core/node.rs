@@ -2854,6 +2854,28 @@ mod tests {
         assert_eq!(many.earlier.len(), 3, "all it holds, bounded by MAX_RECENT");
     }
 
+    /// An event `origin` stamped as its `seq`-th at Lamport time `lamport`,
+    /// about participant `name` (id `id-<name lowercased>`).
+    fn stamped(
+        (origin, seq, lamport): (&str, u64, u64),
+        kind: EventKind,
+        name: &str,
+        text: &str,
+    ) -> Event {
+        Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(node(origin)),
+                seq,
+            }),
+            lamport,
+            kind: kind as i32,
+            participant_name: name.into(),
+            participant_id: format!("id-{}", name.to_lowercase()),
+            text: text.into(),
+            ..Default::default()
+        }
+    }
+
     /// A relay frame carrying `events`.
     fn relay_batch(events: Vec<Event>) -> RelayFrame {
         RelayFrame {
@@ -2870,17 +2892,13 @@ mod tests {
         let mut n1 = with_peer(now);
         join(&mut n1, "Ann");
         let before = n1.lamport();
-        let event = |seq: u64, lamport: u64| Event {
-            id: Some(crate::proto::EventId {
-                origin: Some(node("n2")),
-                seq,
-            }),
-            lamport,
-            kind: EventKind::Joined as i32,
-            participant_name: format!("Bob{seq}"),
-            participant_id: format!("id-bob{seq}"),
-            text: format!("Participant Bob{seq} joined"),
-            ..Default::default()
+        let event = |seq: u64, lamport: u64| {
+            stamped(
+                ("n2", seq, lamport),
+                EventKind::Joined,
+                &format!("Bob{seq}"),
+                &format!("Participant Bob{seq} joined"),
+            )
         };
         let batch = |e: Event| relay_batch(vec![e]);
         n1.on_relay(now, &node("n2"), batch(event(1, u64::MAX)))
@@ -2903,18 +2921,12 @@ mod tests {
     /// same id that follows is delivered.
     /// Bob's "joined", stamped by n2 at Lamport time 3.
     fn bob_joined_on_n2() -> Event {
-        Event {
-            id: Some(crate::proto::EventId {
-                origin: Some(node("n2")),
-                seq: 1,
-            }),
-            lamport: 3,
-            kind: EventKind::Joined as i32,
-            participant_name: "Bob".into(),
-            participant_id: "id-bob".into(),
-            text: "Participant Bob joined Chitty-Chat at Lamport time 3".into(),
-            ..Default::default()
-        }
+        stamped(
+            ("n2", 1, 3),
+            EventKind::Joined,
+            "Bob",
+            "Participant Bob joined Chitty-Chat at Lamport time 3",
+        )
     }
 
     #[test]
@@ -2972,28 +2984,6 @@ mod tests {
         assert!(n1.participants().iter().all(|p| p.name != "Bob"));
         n1.on_relay(now, &node("n2"), bob(&|_| {})).unwrap();
         assert!(n1.participants().iter().any(|p| p.name == "Bob"));
-    }
-
-    /// An event `origin` stamped as its `seq`-th at Lamport time `lamport`,
-    /// about participant `name` (id `id-<name lowercased>`).
-    fn stamped(
-        (origin, seq, lamport): (&str, u64, u64),
-        kind: EventKind,
-        name: &str,
-        text: &str,
-    ) -> Event {
-        Event {
-            id: Some(crate::proto::EventId {
-                origin: Some(node(origin)),
-                seq,
-            }),
-            lamport,
-            kind: kind as i32,
-            participant_name: name.into(),
-            participant_id: format!("id-{}", name.to_lowercase()),
-            text: text.into(),
-            ..Default::default()
-        }
     }
 
     /// A peer's frame of its own events is acknowledged on its link only,
@@ -3087,25 +3077,16 @@ mod tests {
         n1.link_up(now, &node("n3"), Vec::new());
         n1.take_outputs();
         // n3's events: Cy joins, then says something.
-        let from_n3 = |seq: u64, text: &str| Event {
-            id: Some(crate::proto::EventId {
-                origin: Some(node("n3")),
-                seq,
-            }),
-            lamport: 3 + seq,
-            kind: if seq == 1 {
-                EventKind::Joined
+        let from_n3 = |seq: u64, text: &str| {
+            let (kind, text) = if seq == 1 {
+                (
+                    EventKind::Joined,
+                    "Participant Cy joined Chitty-Chat at Lamport time 4",
+                )
             } else {
-                EventKind::Message
-            } as i32,
-            participant_name: "Cy".into(),
-            participant_id: "id-cy".into(),
-            text: if seq == 1 {
-                "Participant Cy joined Chitty-Chat at Lamport time 4".into()
-            } else {
-                text.into()
-            },
-            ..Default::default()
+                (EventKind::Message, text)
+            };
+            stamped(("n3", seq, 3 + seq), kind, "Cy", text)
         };
         let delivered = |out: &[Output]| -> Vec<String> {
             out.iter()
