@@ -109,11 +109,8 @@ mod tests {
     #[test]
     fn publish_ids_are_one_key_only_when_they_are_the_same_text() {
         let id = "0b8f5b3e-2c1d-4a7e-9f00-1234567890ab";
-        let bits = uuid::Uuid::parse_str(id).unwrap().as_u128();
-        assert_eq!(
-            PublishKey::new(id),
-            PublishKey::Uuid([(bits >> 64) as u64, bits as u64])
-        );
+        let (high, low) = uuid::Uuid::parse_str(id).unwrap().as_u64_pair();
+        assert_eq!(PublishKey::new(id), PublishKey::Uuid([high, low]));
         let other_forms = [
             id.to_uppercase(),
             id.replace('-', ""),
