@@ -82,8 +82,8 @@ async fn exchange(client: h2::client::SendRequest<Bytes>) {
     request.headers_mut().insert("x-big", big_value(b'q'));
     let (response, mut send) = client.send_request(request, false).unwrap();
     for (i, &len) in CHUNKS.iter().enumerate() {
-        send.send_data(chunk(i, len), i + 1 == CHUNKS.len())
-            .unwrap();
+        let last = i + 1 == CHUNKS.len();
+        send.send_data(chunk(i, len), last).unwrap();
     }
     let response = response.await.unwrap();
     assert_eq!(response.headers()["x-big"], big_value(b'r'));
