@@ -91,6 +91,16 @@ fn run() -> &'static Run {
 fn run_scenario() -> Run {
     let a = json_server(&[], "node 1");
     let b = json_server(&["--boot", &a.addr], "node 2");
+    // X joins once node 2 is in the cluster: an event stamped before node 1
+    // admitted node 2 reaches node 2 with the cluster's state in the answer
+    // to its ServerJoin, not in a RelayBatch, which the scenario waits for.
+    b.stderr.wait_until("node 2 in the cluster", |lines| {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|r| r["message"] == "joined the cluster through its boot member")
+            .then_some(())
+    });
     let mut x = json_client(&a.addr, "X");
     x.wait_joined();
     // Y joins after node 2 has X's join, so that it is not delivered to Y.
