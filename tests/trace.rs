@@ -94,12 +94,8 @@ fn run_scenario() -> Run {
     // X joins once node 2 is in the cluster: an event stamped before node 1
     // admitted node 2 reaches node 2 with the cluster's state in the answer
     // to its ServerJoin, not in a RelayBatch, which the scenario waits for.
-    b.stderr.wait_until("node 2 in the cluster", |lines| {
-        lines
-            .iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .any(|r| r["message"] == "joined the cluster through its boot member")
-            .then_some(())
+    b.stderr.wait_for_line("node 2 in the cluster", |l| {
+        l.contains(r#""message":"joined the cluster through its boot member""#)
     });
     let mut x = json_client(&a.addr, "X");
     x.wait_joined();
