@@ -60,7 +60,8 @@ enum Next<B> {
     Continuation(frame::Continuation),
 }
 
-/// Initialize the connection with this amount of write buffer.
+/// The write buffer made when a frame is to be written and there is none
+/// (a connection gives its buffer back once everything is written).
 ///
 /// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
 /// frame that big.
