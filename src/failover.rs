@@ -267,8 +267,9 @@ struct Driver {
     current: String,
     /// The node id of `current`, from its Welcome.
     current_node: Option<NodeId>,
-    /// The nodes of the last server list, reachable or not: a resume names
-    /// them (`Resume.known_nodes`).
+    /// The nodes of the server lists received, reachable or not (see
+    /// [`crate::core::membership::learn_nodes`]): a resume names them
+    /// (`Resume.known_nodes`).
     known_nodes: Vec<NodeId>,
     client: Option<ChittyChatClient<Channel>>,
     stream: Option<Streaming<JoinFrame>>,
@@ -438,7 +439,7 @@ impl Driver {
             }
         }
         self.servers = servers;
-        self.known_nodes = crate::core::membership::nodes_of(list);
+        self.known_nodes = crate::core::membership::learn_nodes(&self.known_nodes, list);
     }
 
     /// Whether `event` repeats a message already delivered under another id:

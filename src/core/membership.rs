@@ -70,15 +70,33 @@ pub struct Change {
 }
 
 /// The nodes a server list names, reachable or not, at most
-/// [`crate::core::validate::MAX_KNOWN_NODES`]: what a participant names in
-/// `Resume.known_nodes`.
-pub fn nodes_of(list: &crate::proto::ServerList) -> Vec<NodeId> {
+/// [`crate::core::validate::MAX_KNOWN_NODES`].
+fn nodes_of(list: &crate::proto::ServerList) -> Vec<NodeId> {
     list.servers
         .iter()
         .chain(&list.unreachable)
         .filter_map(|s| s.node.clone())
         .take(crate::core::validate::MAX_KNOWN_NODES)
         .collect()
+}
+
+/// The nodes a participant knows of once it receives `list`, having known
+/// `known` before: the list's nodes, then the nodes it knew that the list
+/// does not name, each id at its newest incarnation, at most
+/// [`MAX_KNOWN_NODES`](crate::core::validate::MAX_KNOWN_NODES). A node that
+/// knows less (across a split) does not make the participant forget a node
+/// that may be the only holder of what it saw (see `Resume.known_nodes`).
+pub fn learn_nodes(known: &[NodeId], list: &crate::proto::ServerList) -> Vec<NodeId> {
+    let mut nodes = nodes_of(list);
+    for old in known {
+        match nodes.iter_mut().find(|n| n.id == old.id) {
+            Some(listed) if listed.generation < old.generation => *listed = old.clone(),
+            Some(_) => {}
+            None => nodes.push(old.clone()),
+        }
+    }
+    nodes.truncate(crate::core::validate::MAX_KNOWN_NODES);
+    nodes
 }
 
 /// One node's view of the cluster.
@@ -395,6 +413,47 @@ mod tests {
             id: id.into(),
             generation,
         }
+    }
+
+    #[test]
+    fn a_server_list_adds_to_the_nodes_a_participant_knows() {
+        let list = |nodes: &[NodeId]| crate::proto::ServerList {
+            servers: nodes[..1]
+                .iter()
+                .map(|n| crate::proto::ServerInfo {
+                    node: Some(n.clone()),
+                    addr: format!("{}:1", n.id),
+                })
+                .collect(),
+            unreachable: nodes[1..]
+                .iter()
+                .map(|n| crate::proto::ServerInfo {
+                    node: Some(n.clone()),
+                    addr: format!("{}:1", n.id),
+                })
+                .collect(),
+        };
+        // Known through its first node: a, b restarted (generation 2), c.
+        let known = learn_nodes(&[], &list(&[node("a", 1), node("b", 2), node("c", 1)]));
+        assert_eq!(known, [node("a", 1), node("b", 2), node("c", 1)]);
+        // Its next node, across a split, knows only b's older incarnation,
+        // and d: b stays at generation 2, and c is not forgotten.
+        let known = learn_nodes(&known, &list(&[node("d", 1), node("b", 1)]));
+        assert_eq!(
+            known,
+            [node("d", 1), node("b", 2), node("a", 1), node("c", 1)]
+        );
+        // A newer incarnation replaces an older one.
+        let known = learn_nodes(&known, &list(&[node("c", 3)]));
+        assert_eq!(
+            known,
+            [node("c", 3), node("d", 1), node("b", 2), node("a", 1)]
+        );
+        // Bounded as a resume's known_nodes are.
+        let many: Vec<NodeId> = (0..100).map(|i| node(&format!("n{i}"), 1)).collect();
+        let known = learn_nodes(&known, &list(&many));
+        assert_eq!(known.len(), crate::core::validate::MAX_KNOWN_NODES);
+        assert_eq!(known[0], node("n0", 1));
     }
 
     fn start(id: &str, generation: u64) -> Membership {

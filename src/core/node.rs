@@ -1229,9 +1229,9 @@ impl NodeCore {
     /// nodes stamped, which a node that joined the cluster since does not
     /// (it starts from a snapshot, without them). While a node that was
     /// there before it is reachable, the participant goes there instead.
-    /// The nodes of `known` (a participant's last server list, already
-    /// bounded by validation) that this node has not heard of, itself left
-    /// out.
+    /// The nodes of `known` (those of the server lists a participant
+    /// received, already bounded by validation) that this node has not heard
+    /// of, itself left out.
     fn unheard_of(&self, known: &[NodeId]) -> Vec<NodeId> {
         known
             .iter()

@@ -178,7 +178,8 @@ pub struct Participant {
     in_flight: Option<(usize, u64, RequestId)>,
     /// The nodes the oldest unanswered publish was sent to, for a resume.
     unanswered_at: Vec<crate::proto::NodeId>,
-    /// The nodes of the last server list it received, for a resume.
+    /// The nodes of the server lists it received, for a resume (as the
+    /// client keeps them).
     known_nodes: Vec<crate::proto::NodeId>,
     leave_requested: bool,
     leaving: Option<RequestId>,
@@ -238,7 +239,7 @@ impl Participant {
 
     /// Takes the nodes of a server list its node sent, as the client does.
     pub(crate) fn learn_servers(&mut self, list: &crate::proto::ServerList) {
-        self.known_nodes = crate::core::membership::nodes_of(list);
+        self.known_nodes = crate::core::membership::learn_nodes(&self.known_nodes, list);
     }
 
     fn current(&self) -> usize {
