@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::core::FastMap;
 use crate::core::causal::{HoldBack, Offer, OriginKey};
 use crate::core::clock::LamportClock;
-use crate::core::dedupe::PublishDedupe;
+use crate::core::dedupe::{PublishDedupe, PublishKey};
 use crate::core::error::{Error, Result};
 use crate::core::event::visible;
 use crate::core::history::{Audience, History};
@@ -296,9 +296,8 @@ impl ChatCore {
                     .into(),
             ));
         }
-        if !publish_id.is_empty()
-            && let Some(original) = self.dedupe.original(publish_id)
-        {
+        let key = (!publish_id.is_empty()).then(|| PublishKey::new(publish_id));
+        if let Some(original) = key.as_ref().and_then(|key| self.dedupe.original(key)) {
             // A retry: still a request received, so the clock moves on.
             self.clock.observe(lamport);
             return Ok(Published {
@@ -319,6 +318,9 @@ impl ChatCore {
             publish_id,
         );
         self.apply(&event);
+        if let Some(key) = key {
+            self.dedupe.remember(key, event.clone());
+        }
         Ok(Published {
             event: event.clone(),
             duplicate: false,
@@ -477,7 +479,7 @@ impl ChatCore {
             if record {
                 out.clocked.push((event.clone(), before, after));
             }
-            if self.dedupe.is_retry_of_delivered(&event) {
+            if !self.dedupe.first_delivery(&event) {
                 // The same publish, stamped again by another node after a
                 // failover: delivered once already, so not again.
                 continue;
@@ -836,13 +838,9 @@ impl ChatCore {
                 }
                 None
             }
-            EventKind::Message => {
-                if !event.publish_id.is_empty() {
-                    self.dedupe.remember(&event.publish_id, event.clone());
-                }
-                None
-            }
-            EventKind::Unspecified => None,
+            // A message's publish id is remembered where it is stamped or
+            // received (`publish`, `receive`).
+            EventKind::Message | EventKind::Unspecified => None,
         }
     }
 

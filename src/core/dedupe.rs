@@ -8,15 +8,17 @@
 //! ids are forgotten first.
 
 use std::collections::VecDeque;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use crate::core::FastMap;
 use crate::proto::{Event, EventKind};
 
 /// A publish id as the dedupe map keeps it: a UUID (what clients send) as
-/// its 128 bits, inline; anything else as its text.
+/// its 128 bits, inline; anything else as its text. Made once per message
+/// and used for every lookup of it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum PublishKey {
+pub enum PublishKey {
     /// As two halves rather than a `u128`, which would align the key (and
     /// every map entry) to 16 bytes.
     Uuid([u64; 2]),
@@ -24,34 +26,53 @@ enum PublishKey {
 }
 
 impl PublishKey {
-    fn new(id: &str) -> Self {
+    pub fn new(id: &str) -> Self {
         // Only the canonical (lowercase, hyphenated) form, so that two
         // different texts are never one key.
         match canonical_uuid(id.as_bytes()) {
-            Some(bits) => PublishKey::Uuid([(bits >> 64) as u64, bits as u64]),
+            Some(halves) => PublishKey::Uuid(halves),
             None => PublishKey::Text(id.into()),
         }
     }
 }
 
-/// The 128 bits of `id` if it is a UUID in canonical form: 36 characters,
-/// lowercase hex digits in groups of 8-4-4-4-12 joined by hyphens.
-fn canonical_uuid(id: &[u8]) -> Option<u128> {
-    if id.len() != 36 {
+/// Each byte's value as a lowercase hex digit, or `NOT_HEX`.
+const HEX_DIGITS: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+const NOT_HEX: u8 = 0xff;
+
+/// Where the 32 digits of a canonical UUID are, in its two halves.
+const HIGH_DIGITS: [usize; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17];
+const LOW_DIGITS: [usize; 16] = [
+    19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
+];
+
+/// The 128 bits of `id`, as two halves, if it is a UUID in canonical form:
+/// 36 characters, lowercase hex digits in groups of 8-4-4-4-12 joined by
+/// hyphens.
+fn canonical_uuid(id: &[u8]) -> Option<[u64; 2]> {
+    let id: &[u8; 36] = id.try_into().ok()?;
+    if [id[8], id[13], id[18], id[23]] != [b'-'; 4] {
         return None;
     }
-    let mut bits = 0u128;
-    for (i, &c) in id.iter().enumerate() {
-        let digit = match c {
-            b'-' if matches!(i, 8 | 13 | 18 | 23) => continue,
-            _ if matches!(i, 8 | 13 | 18 | 23) => return None,
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => return None,
-        };
-        bits = bits << 4 | u128::from(digit);
-    }
-    Some(bits)
+    // Any byte that is no digit sets bits above the low four.
+    let mut seen = 0u8;
+    let mut half = |at: &[usize; 16]| {
+        at.iter().fold(0u64, |bits, &i| {
+            let digit = HEX_DIGITS[usize::from(id[i])];
+            seen |= digit;
+            bits << 4 | u64::from(digit & 0xf)
+        })
+    };
+    let halves = [half(&HIGH_DIGITS), half(&LOW_DIGITS)];
+    (seen <= 0xf).then_some(halves)
 }
 
 #[derive(Debug)]
@@ -72,33 +93,48 @@ impl PublishDedupe {
         }
     }
 
-    /// The event `publish_id` was delivered as, if remembered.
-    pub fn original(&self, publish_id: &str) -> Option<&Arc<Event>> {
-        self.published.get(&PublishKey::new(publish_id))
+    /// The event the publish id `key` was delivered as, if remembered.
+    pub fn original(&self, key: &PublishKey) -> Option<&Arc<Event>> {
+        self.published.get(key)
     }
 
-    /// Remembers that `publish_id` was delivered as `event`, forgetting the
+    /// Remembers that the publish id `key` was delivered as `event` (a
+    /// message this node stamped, not remembered yet), forgetting the
     /// oldest ids beyond the capacity.
-    pub fn remember(&mut self, publish_id: &str, event: Arc<Event>) {
-        let key = PublishKey::new(publish_id);
-        if self.published.insert(key.clone(), event).is_some() {
-            return;
+    pub fn remember(&mut self, key: PublishKey, event: Arc<Event>) {
+        if self.published.insert(key.clone(), event).is_none() {
+            self.note_order(key);
         }
+    }
+
+    /// Takes in `event`, delivered from another node: false for a message
+    /// whose publish id was already delivered as another event (the same
+    /// publish, stamped again after a failover), which is not to be
+    /// delivered again. Otherwise remembers a message's publish id, as
+    /// [`Self::remember`] does, and returns true.
+    pub fn first_delivery(&mut self, event: &Arc<Event>) -> bool {
+        if event.kind() != EventKind::Message || event.publish_id.is_empty() {
+            return true;
+        }
+        let key = PublishKey::new(&event.publish_id);
+        match self.published.entry(key) {
+            Entry::Occupied(original) => original.get().id == event.id,
+            Entry::Vacant(vacant) => {
+                let key = vacant.key().clone();
+                vacant.insert(event.clone());
+                self.note_order(key);
+                true
+            }
+        }
+    }
+
+    fn note_order(&mut self, key: PublishKey) {
         self.order.push_back(key);
         while self.order.len() > self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.published.remove(&old);
             }
         }
-    }
-
-    /// A message whose publish id was already delivered as another event.
-    pub fn is_retry_of_delivered(&self, event: &Event) -> bool {
-        event.kind() == EventKind::Message
-            && !event.publish_id.is_empty()
-            && self
-                .original(&event.publish_id)
-                .is_some_and(|original| original.id != event.id)
     }
 }
 
@@ -136,12 +172,76 @@ mod tests {
     }
 
     #[test]
+    fn every_one_byte_change_of_a_uuid_is_parsed_as_uuid_would() {
+        // What is canonical by the uuid crate: it parses, and prints the same.
+        let expected = |bytes: &[u8]| {
+            let text = std::str::from_utf8(bytes).ok()?;
+            let parsed = uuid::Uuid::try_parse(text).ok()?;
+            let (high, low) = parsed.as_u64_pair();
+            (parsed.hyphenated().to_string() == text).then_some([high, low])
+        };
+        let id = *b"0b8f5b3e-2c1d-4a7e-9f00-1234567890ab";
+        let mut canonical = 0;
+        for at in 0..id.len() {
+            for byte in 0..=u8::MAX {
+                let mut changed = id;
+                changed[at] = byte;
+                let parsed = canonical_uuid(&changed);
+                assert_eq!(parsed, expected(&changed), "{:?}", changed.escape_ascii());
+                canonical += usize::from(parsed.is_some());
+            }
+        }
+        // Each of the 32 digits as any of 16, and each of the 4 hyphens
+        // left as it was.
+        assert_eq!(canonical, 32 * 16 + 4);
+    }
+
+    fn message(origin: &str, seq: u64, publish_id: &str) -> Arc<Event> {
+        Arc::new(Event {
+            id: Some(crate::proto::EventId {
+                origin: Some(crate::proto::NodeId {
+                    id: origin.into(),
+                    generation: 1,
+                }),
+                seq,
+            }),
+            kind: EventKind::Message as i32,
+            publish_id: publish_id.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_publish_stamped_again_elsewhere_is_delivered_once() {
+        let mut d = PublishDedupe::new(10);
+        let first = message("a", 1, "p");
+        assert!(d.first_delivery(&first));
+        // The same event again (no second stamping): still itself.
+        assert!(d.first_delivery(&first));
+        // The same publish, stamped again by node b after a failover.
+        assert!(!d.first_delivery(&message("b", 4, "p")));
+        assert_eq!(d.original(&PublishKey::new("p")), Some(&first));
+        // Events that are not messages, or have no publish id, pass.
+        assert!(d.first_delivery(&message("b", 5, "")));
+        assert!(d.first_delivery(&message("b", 5, "")));
+        let joined = Arc::new(Event {
+            kind: EventKind::Joined as i32,
+            publish_id: "p".into(),
+            ..Default::default()
+        });
+        assert!(d.first_delivery(&joined));
+    }
+
+    #[test]
     fn the_oldest_publish_ids_are_forgotten_first() {
         let mut d = PublishDedupe::new(2);
-        for id in ["a", "b", "c"] {
-            d.remember(id, Arc::new(Event::default()));
-        }
-        assert!(d.original("a").is_none());
-        assert!(d.original("b").is_some() && d.original("c").is_some());
+        d.remember(PublishKey::new("a"), message("n", 1, "a"));
+        assert!(d.first_delivery(&message("n", 2, "b")));
+        d.remember(PublishKey::new("c"), message("n", 3, "c"));
+        assert!(d.original(&PublishKey::new("a")).is_none());
+        assert!(d.original(&PublishKey::new("b")).is_some());
+        assert!(d.original(&PublishKey::new("c")).is_some());
+        // Forgotten: a second stamping of "a" is no longer recognised.
+        assert!(d.first_delivery(&message("m", 1, "a")));
     }
 }
