@@ -12,6 +12,7 @@ use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use crate::core::FastMap;
+use crate::core::validate::canonical_uuid;
 use crate::proto::{Event, EventKind};
 
 /// A publish id as the dedupe map keeps it: a UUID (what clients send) as
@@ -34,45 +35,6 @@ impl PublishKey {
             None => PublishKey::Text(id.into()),
         }
     }
-}
-
-/// Each byte's value as a lowercase hex digit, or `NOT_HEX`.
-const HEX_DIGITS: [u8; 256] = {
-    let mut table = [NOT_HEX; 256];
-    let mut i = 0;
-    while i < 16 {
-        table[b"0123456789abcdef"[i] as usize] = i as u8;
-        i += 1;
-    }
-    table
-};
-const NOT_HEX: u8 = 0xff;
-
-/// Where the 32 digits of a canonical UUID are, in its two halves.
-const HIGH_DIGITS: [usize; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17];
-const LOW_DIGITS: [usize; 16] = [
-    19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
-];
-
-/// The 128 bits of `id`, as two halves, if it is a UUID in canonical form:
-/// 36 characters, lowercase hex digits in groups of 8-4-4-4-12 joined by
-/// hyphens.
-fn canonical_uuid(id: &[u8]) -> Option<[u64; 2]> {
-    let id: &[u8; 36] = id.try_into().ok()?;
-    if [id[8], id[13], id[18], id[23]] != [b'-'; 4] {
-        return None;
-    }
-    // Any byte that is no digit sets bits above the low four.
-    let mut seen = 0u8;
-    let mut half = |at: &[usize; 16]| {
-        at.iter().fold(0u64, |bits, &i| {
-            let digit = HEX_DIGITS[usize::from(id[i])];
-            seen |= digit;
-            bits << 4 | u64::from(digit & 0xf)
-        })
-    };
-    let halves = [half(&HIGH_DIGITS), half(&LOW_DIGITS)];
-    (seen <= 0xf).then_some(halves)
 }
 
 #[derive(Debug)]
@@ -169,31 +131,6 @@ mod tests {
             PublishKey::new("retry-7"),
             PublishKey::Text("retry-7".into())
         );
-    }
-
-    #[test]
-    fn every_one_byte_change_of_a_uuid_is_parsed_as_uuid_would() {
-        // What is canonical by the uuid crate: it parses, and prints the same.
-        let expected = |bytes: &[u8]| {
-            let text = std::str::from_utf8(bytes).ok()?;
-            let parsed = uuid::Uuid::try_parse(text).ok()?;
-            let (high, low) = parsed.as_u64_pair();
-            (parsed.hyphenated().to_string() == text).then_some([high, low])
-        };
-        let id = *b"0b8f5b3e-2c1d-4a7e-9f00-1234567890ab";
-        let mut canonical = 0;
-        for at in 0..id.len() {
-            for byte in 0..=u8::MAX {
-                let mut changed = id;
-                changed[at] = byte;
-                let parsed = canonical_uuid(&changed);
-                assert_eq!(parsed, expected(&changed), "{:?}", changed.escape_ascii());
-                canonical += usize::from(parsed.is_some());
-            }
-        }
-        // Each of the 32 digits as any of 16, and each of the 4 hyphens
-        // left as it was.
-        assert_eq!(canonical, 32 * 16 + 4);
     }
 
     fn message(origin: &str, seq: u64, publish_id: &str) -> Arc<Event> {

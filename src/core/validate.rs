@@ -62,12 +62,7 @@ pub fn token(field: &str, value: &str) -> Result<()> {
 /// form, 36 characters of lower-case hex digits and hyphens (what the
 /// clients send: `uuid::Uuid::new_v4().to_string()`).
 pub fn publish_id(id: &str) -> Result<()> {
-    let canonical = id.len() == 36
-        && id.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
-        });
-    if !id.is_empty() && !canonical {
+    if !id.is_empty() && canonical_uuid(id.as_bytes()).is_none() {
         return Err(Error::InvalidRequest(format!(
             "publish_id must be empty or a UUID in canonical form \
              (36 characters, lower-case hex and hyphens); got {} bytes",
@@ -75,6 +70,45 @@ pub fn publish_id(id: &str) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Each byte's value as a lowercase hex digit, or `NOT_HEX`.
+const HEX_DIGITS: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+const NOT_HEX: u8 = 0xff;
+
+/// Where the 32 digits of a canonical UUID are, in its two halves.
+const HIGH_DIGITS: [usize; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17];
+const LOW_DIGITS: [usize; 16] = [
+    19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
+];
+
+/// The 128 bits of `id`, as two halves, if it is a UUID in canonical form:
+/// 36 characters, lowercase hex digits in groups of 8-4-4-4-12 joined by
+/// hyphens.
+pub fn canonical_uuid(id: &[u8]) -> Option<[u64; 2]> {
+    let id: &[u8; 36] = id.try_into().ok()?;
+    if [id[8], id[13], id[18], id[23]] != [b'-'; 4] {
+        return None;
+    }
+    // Any byte that is no digit sets bits above the low four.
+    let mut seen = 0u8;
+    let mut half = |at: &[usize; 16]| {
+        at.iter().fold(0u64, |bits, &i| {
+            let digit = HEX_DIGITS[usize::from(id[i])];
+            seen |= digit;
+            bits << 4 | u64::from(digit & 0xf)
+        })
+    };
+    let halves = [half(&HIGH_DIGITS), half(&LOW_DIGITS)];
+    (seen <= 0xf).then_some(halves)
 }
 
 /// The repeated fields of a resume or rejoin: at most [`MAX_SEEN_MARKS`]
@@ -147,6 +181,30 @@ pub fn relayed_event(event: &crate::proto::Event) -> std::result::Result<(), Str
 /// move others' cursors, rewrite their lines or fake a line from someone
 /// else.
 pub fn message(text: &str) -> Result<()> {
+    // Most messages are printable ASCII: then one pass over the bytes
+    // answers, the same as the rules below.
+    if text.len() <= MAX_MESSAGE_CHARS
+        && let (true, true) = printable_ascii(text.as_bytes())
+    {
+        return Ok(());
+    }
+    message_by_characters(text)
+}
+
+/// Whether `text` is printable ASCII (space to tilde), and whether any of
+/// it is not a space. One pass with no early exit, which the compiler
+/// turns into a few vector instructions for a short text.
+fn printable_ascii(text: &[u8]) -> (bool, bool) {
+    let mut printable = true;
+    let mut shows = false;
+    for &b in text {
+        printable &= (b' '..=b'~').contains(&b);
+        shows |= b != b' ';
+    }
+    (printable, shows)
+}
+
+fn message_by_characters(text: &str) -> Result<()> {
     let chars = text.chars().count();
     if chars == 0 {
         return Err(Error::InvalidMessage("message is empty".into()));
@@ -250,6 +308,18 @@ fn shows_as_itself_beyond_ascii(c: char) -> bool {
 /// A valid name is 1 to [`MAX_NAME_CHARS`] printable characters, at least
 /// one of them [`visible`], with no leading or trailing white space.
 pub fn name(name: &str) -> Result<()> {
+    // Printable ASCII, not starting or ending with a space: valid, as the
+    // rules below would find.
+    if let (Some(b'!'..=b'~'), Some(b'!'..=b'~')) = (name.bytes().next(), name.bytes().last())
+        && name.len() <= MAX_NAME_CHARS
+        && let (true, _) = printable_ascii(name.as_bytes())
+    {
+        return Ok(());
+    }
+    name_by_characters(name)
+}
+
+fn name_by_characters(name: &str) -> Result<()> {
     let chars = name.chars().count();
     if name.trim().is_empty() {
         return Err(Error::InvalidName("name is empty".into()));
@@ -322,6 +392,72 @@ mod tests {
                 "shows as itself {c:?}"
             );
             assert_eq!(printable(c), printable_beyond_ascii(c), "printable {c:?}");
+        }
+    }
+
+    #[test]
+    fn every_one_byte_change_of_a_uuid_is_parsed_as_uuid_would() {
+        // What is canonical by the uuid crate: it parses, and prints the same.
+        let expected = |bytes: &[u8]| {
+            let text = std::str::from_utf8(bytes).ok()?;
+            let parsed = uuid::Uuid::try_parse(text).ok()?;
+            let (high, low) = parsed.as_u64_pair();
+            (parsed.hyphenated().to_string() == text).then_some([high, low])
+        };
+        let id = *b"0b8f5b3e-2c1d-4a7e-9f00-1234567890ab";
+        let mut canonical = 0;
+        for at in 0..id.len() {
+            for byte in 0..=u8::MAX {
+                let mut changed = id;
+                changed[at] = byte;
+                let parsed = canonical_uuid(&changed);
+                assert_eq!(parsed, expected(&changed), "{:?}", changed.escape_ascii());
+                canonical += usize::from(parsed.is_some());
+            }
+        }
+        // Each of the 32 digits as any of 16, and each of the 4 hyphens
+        // left as it was.
+        assert_eq!(canonical, 32 * 16 + 4);
+    }
+
+    /// Every string of up to `len` characters from `alphabet`.
+    fn strings(alphabet: &[char], len: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..len {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn the_ascii_shortcuts_of_messages_and_names_answer_as_the_rules_do() {
+        let ascii: Vec<char> = (0u8..=0x7f).map(char::from).collect();
+        let mut cases = strings(&ascii, 2);
+        cases.extend(strings(&[' ', 'a', '\t', '~', '\u{7f}', 'é'], 4));
+        for len in [31, 32, 33, 127, 128, 129] {
+            for edge in ["a", " ", "\u{1}"] {
+                cases.push(format!("{}{edge}", "b".repeat(len - 1)));
+                cases.push(format!("{edge}{}", "b".repeat(len - 1)));
+            }
+            cases.push(" ".repeat(len));
+        }
+        for case in &cases {
+            let answer = |r: Result<()>| r.map_err(|e| e.to_string());
+            assert_eq!(
+                answer(message(case)),
+                answer(message_by_characters(case)),
+                "message {case:?}"
+            );
+            assert_eq!(
+                answer(name(case)),
+                answer(name_by_characters(case)),
+                "name {case:?}"
+            );
         }
     }
 
