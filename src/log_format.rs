@@ -1,24 +1,99 @@
-//! The text log lines' fields and time, written exactly as
-//! tracing-subscriber's own defaults write them, with less work per line.
+//! The text log lines, written exactly as tracing-subscriber's own defaults
+//! write them, with less work per line.
 //!
 //! A node logs every service call at its default level, so a line is
 //! formatted for every message it takes in. The defaults put every field
-//! through `fmt::Debug` and the time through a dozen `write!`s; here a
-//! number is written by [`itoa`], a plain string is copied, and the time's
-//! date and second are formatted once a second. Anything not plain (text
-//! that needs escaping, colors) is handed to tracing-subscriber's own
-//! visitor, so every line is the same, byte for byte, as the default format
-//! writes it (tests below check both).
+//! through `fmt::Debug`, the level, spans and target through `write!`, and
+//! the time through a dozen `write!`s; here a number is written by
+//! [`itoa`], a plain string or a line's fixed parts are copied, and the
+//! time's date and second are formatted once a second. Anything not plain
+//! (text that needs escaping, colors) is handed to tracing-subscriber's
+//! own visitor or format, so every line is the same, byte for byte, as the
+//! default format writes it (tests below check both).
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::{RecordFields, VisitOutput};
-use tracing_subscriber::fmt::FormatFields;
-use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Format, Full, Writer};
 use tracing_subscriber::fmt::time::FormatTime;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// A text log line: time, level, the spans it is in, target and fields,
+/// as tracing-subscriber's default (`Full`) format writes them, each part
+/// written as it is rather than through `write!`. A line with colors, or
+/// from a `log` record (its metadata is in fields), is left to the default.
+#[derive(Debug, Clone)]
+pub struct LogLine<T = LogTime> {
+    timer: T,
+    default: Format<Full, T>,
+}
+
+impl<T: FormatTime + Clone> LogLine<T> {
+    pub fn new(timer: T) -> Self {
+        Self {
+            default: Format::default().with_timer(timer.clone()),
+            timer,
+        }
+    }
+}
+
+impl<S, N, T> FormatEvent<S, N> for LogLine<T>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    T: FormatTime,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        if writer.has_ansi_escapes() || meta.fields().field("log.target").is_some() {
+            return self.default.format_event(ctx, writer, event);
+        }
+        if self.timer.format_time(&mut writer).is_err() {
+            writer.write_str("<unknown time>")?;
+        }
+        // The time's space, then the level padded to five.
+        writer.write_str(match *meta.level() {
+            Level::TRACE => " TRACE ",
+            Level::DEBUG => " DEBUG ",
+            Level::INFO => "  INFO ",
+            Level::WARN => "  WARN ",
+            Level::ERROR => " ERROR ",
+        })?;
+        if let Some(scope) = ctx.event_scope() {
+            let mut any = false;
+            for span in scope.from_root() {
+                any = true;
+                writer.write_str(span.metadata().name())?;
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    writer.write_char('{')?;
+                    writer.write_str(fields)?;
+                    writer.write_char('}')?;
+                }
+                writer.write_char(':')?;
+            }
+            if any {
+                writer.write_char(' ')?;
+            }
+        }
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_char('\n')
+    }
+}
 
 /// The fields of a text log line: `name=value`, separated by spaces, the
 /// message first as written (see the module docs).
@@ -348,19 +423,47 @@ mod tests {
         info!(value = ?Loud, "a loud field");
     }
 
-    fn formatted(ansi: bool, ours: bool) -> String {
+    /// A timer that writes the same every time, so that two formats'
+    /// lines can be compared whole.
+    #[derive(Clone)]
+    struct Fixed(Option<&'static str>);
+
+    impl FormatTime for Fixed {
+        fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+            match self.0 {
+                Some(time) => w.write_str(time),
+                None => Err(fmt::Error),
+            }
+        }
+    }
+
+    fn formatted(ansi: bool, ours: bool, time: Option<&'static str>) -> String {
         let lines = Lines::default();
         let builder = tracing_subscriber::fmt()
             .with_writer(lines.clone())
             .with_ansi(ansi)
-            .without_time();
+            .with_max_level(tracing::Level::TRACE)
+            .with_timer(Fixed(time));
+        let everything = || {
+            log_everything();
+            let span = tracing::trace_span!("Outer");
+            let _outer = span.enter();
+            let span = tracing::debug_span!("Inner", empty = tracing::field::Empty);
+            let _inner = span.enter();
+            tracing::trace!("trace");
+            tracing::debug!(n = 1u64, "debug");
+            tracing::error!("error");
+        };
         if ours {
             tracing::subscriber::with_default(
-                builder.fmt_fields(LogFields).finish(),
-                log_everything,
+                builder
+                    .fmt_fields(LogFields)
+                    .event_format(LogLine::new(Fixed(time)))
+                    .finish(),
+                everything,
             );
         } else {
-            tracing::subscriber::with_default(builder.finish(), log_everything);
+            tracing::subscriber::with_default(builder.finish(), everything);
         }
         lines.text()
     }
@@ -368,13 +471,15 @@ mod tests {
     #[test]
     fn lines_are_the_default_format_byte_for_byte() {
         for ansi in [false, true] {
-            let theirs = formatted(ansi, false);
-            let ours = formatted(ansi, true);
-            assert_eq!(ours.lines().count(), 15, "{ours}");
-            for (ours, theirs) in ours.lines().zip(theirs.lines()) {
-                assert_eq!(ours, theirs, "ansi {ansi}");
+            for time in [Some("2026-12-04T13:31:20.000001Z"), None] {
+                let theirs = formatted(ansi, false, time);
+                let ours = formatted(ansi, true, time);
+                assert_eq!(ours.lines().count(), 18, "{ours}");
+                for (ours, theirs) in ours.lines().zip(theirs.lines()) {
+                    assert_eq!(ours, theirs, "ansi {ansi}");
+                }
+                assert_eq!(ours, theirs);
             }
-            assert_eq!(ours, theirs);
         }
     }
 

@@ -155,9 +155,11 @@ pub fn init_logging(
     };
     match format {
         LogFormat::Text => builder
-            .fmt_fields(chitty::log_format::LogFields)
-            .with_timer(chitty::log_format::LogTime)
             .with_ansi(ansi)
+            .fmt_fields(chitty::log_format::LogFields)
+            .event_format(chitty::log_format::LogLine::new(
+                chitty::log_format::LogTime,
+            ))
             .with_writer(writer)
             .init(),
         // One object per line, the event's fields at the top level, where
