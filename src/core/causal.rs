@@ -31,17 +31,79 @@
 //! Origins are node incarnations: a restarted node has a new generation and
 //! numbers its events from 1 again, so it is a different origin.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::core::FastMap;
 use crate::proto::{Event, NodeId, SeqMark};
 
 /// A node incarnation as a map key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct OriginKey {
     pub id: String,
     pub generation: u64,
+}
+
+/// A node incarnation, owned ([`OriginKey`]) or as an event carries it
+/// ([`NodeId`]). A map keyed by `OriginKey` is looked up with either
+/// through `&dyn Incarnation`, without building a key (which copies the
+/// id): the hot paths look up an origin for every event and dependency.
+pub trait Incarnation {
+    fn node_id(&self) -> &str;
+    fn generation(&self) -> u64;
+}
+
+impl Incarnation for OriginKey {
+    fn node_id(&self) -> &str {
+        &self.id
+    }
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+impl Incarnation for NodeId {
+    fn node_id(&self) -> &str {
+        &self.id
+    }
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
+// The key and its borrowed form hash and compare alike, as `Borrow` needs.
+impl Hash for OriginKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self as &dyn Incarnation).hash(state);
+    }
+}
+
+impl Hash for dyn Incarnation + '_ {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.node_id().hash(state);
+        self.generation().hash(state);
+    }
+}
+
+impl PartialEq for dyn Incarnation + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.node_id() == other.node_id() && self.generation() == other.generation()
+    }
+}
+
+impl Eq for dyn Incarnation + '_ {}
+
+impl<'a> Borrow<dyn Incarnation + 'a> for OriginKey {
+    fn borrow(&self) -> &(dyn Incarnation + 'a) {
+        self
+    }
+}
+
+/// Whether two incarnations are the same.
+fn same(a: &dyn Incarnation, b: &dyn Incarnation) -> bool {
+    a == b
 }
 
 impl From<&NodeId> for OriginKey {
@@ -102,20 +164,25 @@ impl HoldBack {
         let Some((origin, seq)) = identity(&event) else {
             return Offer::Duplicate;
         };
-        if seq == 0 || seq <= self.delivered_of(&origin) {
+        if seq == 0 || seq <= self.delivered_of(origin) {
             return Offer::Duplicate;
         }
-        if self
-            .pending
-            .get(&origin)
-            .is_some_and(|queue| queue.contains_key(&seq))
-        {
+        let held = self.pending.get(origin as &dyn Incarnation);
+        if held.is_some_and(|queue| queue.contains_key(&seq)) {
             return Offer::Duplicate;
         }
-        if self.held >= self.capacity && !self.ready(&origin, seq, &event) {
+        if self.held >= self.capacity && !self.ready(origin, seq, &event) {
             return Offer::Full;
         }
-        self.pending.entry(origin).or_default().insert(seq, event);
+        match self.pending.get_mut(origin as &dyn Incarnation) {
+            Some(queue) => {
+                queue.insert(seq, event);
+            }
+            None => {
+                let key = OriginKey::from(origin);
+                self.pending.insert(key, BTreeMap::from([(seq, event)]));
+            }
+        }
         self.held += 1;
         Offer::Held
     }
@@ -124,23 +191,30 @@ impl HoldBack {
     /// if nothing held is deliverable.
     pub fn pop_ready(&mut self) -> Option<Arc<Event>> {
         // Only the lowest held seq of each origin can be next in FIFO order.
-        let (origin, seq) = self
+        let next = self
             .pending
             .iter()
             .filter_map(|(origin, queue)| {
                 let (&seq, event) = queue.first_key_value()?;
                 self.ready(origin, seq, event)
-                    .then_some((event.lamport, origin, seq))
+                    .then_some((event.lamport, origin, seq, event))
             })
-            .min()
-            .map(|(_, origin, seq)| (origin.clone(), seq))?;
-        let queue = self.pending.get_mut(&origin)?;
+            .min_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)))
+            .map(|(.., event)| Arc::clone(event))?;
+        // Looked up by the event's own origin: it is held under that.
+        let (origin, seq) = identity(&next)?;
+        let queue = self.pending.get_mut(origin as &dyn Incarnation)?;
         let event = queue.remove(&seq)?;
         if queue.is_empty() {
-            self.pending.remove(&origin);
+            self.pending.remove(origin as &dyn Incarnation);
         }
         self.held -= 1;
-        self.delivered.insert(origin, seq);
+        match self.delivered.get_mut(origin as &dyn Incarnation) {
+            Some(delivered) => *delivered = seq,
+            None => {
+                self.delivered.insert(OriginKey::from(origin), seq);
+            }
+        }
         Some(event)
     }
 
@@ -160,7 +234,7 @@ impl HoldBack {
     /// This node stamped its own event `seq`: it is delivered here by
     /// definition.
     pub fn record_own(&mut self, origin: &NodeId, seq: u64) {
-        self.raise(OriginKey::from(origin), seq);
+        self.raise(origin, seq);
     }
 
     /// The delivered vector, sorted by origin.
@@ -178,8 +252,11 @@ impl HoldBack {
     }
 
     /// Highest seq delivered from `origin` (0 for none).
-    pub fn delivered_of(&self, origin: &OriginKey) -> u64 {
-        self.delivered.get(origin).copied().unwrap_or(0)
+    pub fn delivered_of(&self, origin: &impl Incarnation) -> u64 {
+        self.delivered
+            .get(origin as &dyn Incarnation)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Treats everything up to `marks` as delivered: the state a joining node
@@ -188,7 +265,7 @@ impl HoldBack {
     pub fn set_delivered(&mut self, marks: &[SeqMark]) {
         for mark in marks {
             if let Some(origin) = mark.origin.as_ref() {
-                self.raise(OriginKey::from(origin), mark.seq);
+                self.raise(origin, mark.seq);
             }
         }
     }
@@ -203,7 +280,7 @@ impl HoldBack {
             .values()
             .flat_map(|queue| queue.values())
             .flat_map(|event| event.deps.iter())
-            .filter(|dep| dep.origin.as_ref().map(OriginKey::from).as_ref() == Some(origin))
+            .filter(|dep| dep.origin.as_ref().is_some_and(|o| same(o, origin)))
             .map(|dep| dep.seq);
         let as_predecessor = self
             .pending
@@ -239,48 +316,60 @@ impl HoldBack {
     /// The dependencies to stamp on a new event of `except` (the node itself:
     /// its own order is already given by seq).
     pub fn deps(&self, except: &NodeId) -> Vec<SeqMark> {
-        let except = OriginKey::from(except);
-        self.delivered()
+        let mut marks: Vec<(&OriginKey, u64)> = self
+            .delivered
+            .iter()
+            .filter(|(origin, _)| !same(*origin, except))
+            .map(|(origin, &seq)| (origin, seq))
+            .collect();
+        marks.sort();
+        marks
             .into_iter()
-            .filter(|m| m.origin.as_ref().map(OriginKey::from).as_ref() != Some(&except))
+            .map(|(origin, seq)| SeqMark {
+                origin: Some(origin.to_node_id()),
+                seq,
+            })
             .collect()
     }
 
     /// Whether event `seq` of `origin` can be delivered now.
-    fn ready(&self, origin: &OriginKey, seq: u64, event: &Event) -> bool {
+    fn ready(&self, origin: &impl Incarnation, seq: u64, event: &Event) -> bool {
         seq == self.delivered_of(origin) + 1
             && event.deps.iter().all(|dep| {
                 let Some(dep_origin) = dep.origin.as_ref() else {
                     return true;
                 };
-                let dep_origin = OriginKey::from(dep_origin);
                 // FIFO already orders an origin's own events; a self
                 // dependency at or past `seq` could never be met.
-                dep_origin == *origin || self.delivered_of(&dep_origin) >= dep.seq
+                same(dep_origin, origin) || self.delivered_of(dep_origin) >= dep.seq
             })
     }
 
-    fn raise(&mut self, origin: OriginKey, seq: u64) {
-        if seq <= self.delivered_of(&origin) {
-            return;
+    fn raise(&mut self, origin: &NodeId, seq: u64) {
+        let key = origin as &dyn Incarnation;
+        match self.delivered.get_mut(key) {
+            Some(delivered) if *delivered >= seq => return,
+            Some(delivered) => *delivered = seq,
+            None if seq == 0 => return,
+            None => {
+                self.delivered.insert(OriginKey::from(origin), seq);
+            }
         }
-        self.delivered.insert(origin.clone(), seq);
-        if let Some(queue) = self.pending.get_mut(&origin) {
+        if let Some(queue) = self.pending.get_mut(key) {
             let keep = queue.split_off(&(seq + 1));
             self.held -= queue.len();
             *queue = keep;
             if queue.is_empty() {
-                self.pending.remove(&origin);
+                self.pending.remove(key);
             }
         }
     }
 }
 
 /// The origin and seq of an event, if it has them.
-fn identity(event: &Event) -> Option<(OriginKey, u64)> {
+fn identity(event: &Event) -> Option<(&NodeId, u64)> {
     let id = event.id.as_ref()?;
-    let origin = id.origin.as_ref()?;
-    Some((OriginKey::from(origin), id.seq))
+    Some((id.origin.as_ref()?, id.seq))
 }
 
 #[cfg(test)]
@@ -290,6 +379,28 @@ mod tests {
     use super::*;
     use crate::core::rng::Rng;
     use crate::proto::EventId;
+
+    #[test]
+    fn an_origin_is_found_by_its_node_id_as_by_its_key() {
+        use std::hash::BuildHasher;
+        let a = NodeId {
+            id: "a".into(),
+            generation: 2,
+        };
+        let mut map: FastMap<OriginKey, u64> = FastMap::default();
+        map.insert(OriginKey::from(&a), 7);
+        assert_eq!(map.get(&a as &dyn Incarnation), Some(&7));
+        let later = NodeId {
+            generation: 3,
+            ..a.clone()
+        };
+        assert_eq!(map.get(&later as &dyn Incarnation), None);
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(
+            hasher.hash_one(OriginKey::from(&a)),
+            hasher.hash_one(&a as &dyn Incarnation)
+        );
+    }
 
     fn node(id: &str) -> NodeId {
         NodeId {
@@ -547,6 +658,7 @@ mod tests {
                     }
                     while let Some(d) = hb.pop_ready() {
                         let (origin, seq) = identity(&d).unwrap();
+                        let origin = OriginKey::from(origin);
                         let last = shadow.entry(origin.clone()).or_insert(0);
                         assert_eq!(seq, *last + 1, "seed {seed} round {round}: FIFO");
                         *last = seq;

@@ -424,7 +424,7 @@ impl ChatCore {
         seen.iter().all(|m| {
             m.origin
                 .as_ref()
-                .is_none_or(|o| self.holdback.delivered_of(&OriginKey::from(o)) >= m.seq)
+                .is_none_or(|o| self.holdback.delivered_of(o) >= m.seq)
         })
     }
 
@@ -894,7 +894,7 @@ impl ChatCore {
 
     /// Highest sequence number of `origin` delivered here (0 for none).
     pub fn delivered_of(&self, origin: &NodeId) -> u64 {
-        self.holdback.delivered_of(&OriginKey::from(origin))
+        self.holdback.delivered_of(origin)
     }
 
     /// Per origin, the events this node counts as delivered but never held:

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use prost::Message;
 
-use crate::core::causal::OriginKey;
+use crate::core::causal::{Incarnation, OriginKey};
 use crate::proto::{Event, GapRange, NodeId};
 
 #[derive(Debug)]
@@ -169,7 +169,7 @@ impl History {
                 let Some(origin) = &id.origin else {
                     return false;
                 };
-                id.seq > seen.get(&OriginKey::from(origin)).copied().unwrap_or(0)
+                id.seq > seen.get(origin as &dyn Incarnation).copied().unwrap_or(0)
             })
             .cloned()
             .collect();
