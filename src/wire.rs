@@ -21,38 +21,84 @@ use crate::proto::{Event, EventKind, JoinFrame, RelayFrame, SessionGrant};
 /// Field numbers of `JoinFrame.events` and `EventBatch.events`.
 const JOIN_FRAME_EVENTS: u32 = 2;
 const EVENT_BATCH_EVENTS: u32 = 1;
-/// Field number of `Event.deps`.
-const EVENT_DEPS: u32 = 8;
+/// Field numbers of `Event.id`, `Event.lamport` and `Event.kind`.
+const EVENT_ID: u32 = 1;
+const EVENT_LAMPORT: u32 = 2;
+const EVENT_KIND: u32 = 3;
 
 /// One `Event`, encoded as a length-delimited `EventBatch.events` field.
 pub fn event_field(event: &Event) -> Bytes {
-    field(event, 0)
+    let len = event.encoded_len();
+    let mut buf = Vec::with_capacity(len + 1 + encoded_len_varint(len as u64));
+    encode_key(EVENT_BATCH_EVENTS, WireType::LengthDelimited, &mut buf);
+    encode_varint(len as u64, &mut buf);
+    event.encode_raw(&mut buf);
+    Bytes::from(buf)
 }
 
 /// One `Event` as participants get it, without its dependencies (which only
 /// nodes use), encoded as a length-delimited `EventBatch.events` field.
 pub fn session_field(event: &Event) -> Bytes {
-    let deps = event
-        .deps
-        .iter()
-        .map(|d| prost::encoding::message::encoded_len(EVENT_DEPS, d))
-        .sum();
-    field(event, deps)
-}
-
-/// `event` as a length-delimited `EventBatch.events` field, without its
-/// last `cut` bytes. prost writes fields in field-number order and `deps` is
-/// the last, so cutting their length drops exactly them.
-fn field(event: &Event, cut: usize) -> Bytes {
-    let whole = event.encoded_len();
-    let len = whole - cut;
-    let mut buf = Vec::with_capacity(whole + 1 + encoded_len_varint(len as u64));
+    let len = encoded_len_without_deps(event);
+    let mut buf = Vec::with_capacity(len + 1 + encoded_len_varint(len as u64));
     encode_key(EVENT_BATCH_EVENTS, WireType::LengthDelimited, &mut buf);
     encode_varint(len as u64, &mut buf);
-    let start = buf.len();
-    event.encode_raw(&mut buf);
-    buf.truncate(start + len);
+    encode_without_deps(event, &mut buf);
     Bytes::from(buf)
+}
+
+/// `event`'s fields but `deps`, written as prost writes an `Event` (field
+/// by field in number order, defaults left out): the encoding of the event
+/// with no dependencies, without copying it to clear them. A test checks
+/// it byte for byte against prost's.
+fn encode_without_deps(event: &Event, buf: &mut impl BufMut) {
+    use prost::encoding::{int32, message, string, uint64};
+    if let Some(id) = &event.id {
+        message::encode(EVENT_ID, id, buf);
+    }
+    if event.lamport != 0 {
+        uint64::encode(EVENT_LAMPORT, &event.lamport, buf);
+    }
+    if event.kind != 0 {
+        int32::encode(EVENT_KIND, &event.kind, buf);
+    }
+    for (tag, text) in event_strings(event) {
+        if !text.is_empty() {
+            string::encode(tag, text, buf);
+        }
+    }
+}
+
+fn encoded_len_without_deps(event: &Event) -> usize {
+    use prost::encoding::{int32, message, string, uint64};
+    let id = event
+        .id
+        .as_ref()
+        .map_or(0, |id| message::encoded_len(EVENT_ID, id));
+    let lamport = match event.lamport {
+        0 => 0,
+        lamport => uint64::encoded_len(EVENT_LAMPORT, &lamport),
+    };
+    let kind = match event.kind {
+        0 => 0,
+        kind => int32::encoded_len(EVENT_KIND, &kind),
+    };
+    let strings: usize = event_strings(event)
+        .iter()
+        .filter(|(_, text)| !text.is_empty())
+        .map(|(tag, text)| string::encoded_len(*tag, text))
+        .sum();
+    id + lamport + kind + strings
+}
+
+/// `Event`'s string fields with their numbers, in order.
+fn event_strings(event: &Event) -> [(u32, &String); 4] {
+    [
+        (4, &event.participant_name),
+        (5, &event.participant_id),
+        (6, &event.text),
+        (7, &event.publish_id),
+    ]
 }
 
 /// `event` as participants get it: [`session_field`] for a message, the
@@ -317,6 +363,54 @@ mod tests {
         let batch = EventBatch::decode(field.as_ref()).unwrap();
         assert_eq!(batch.events, vec![without.clone()]);
         assert_eq!(field, event_field(&without), "byte for byte");
+        // Fields left at their defaults, one at a time and all together.
+        let defaults = [
+            Event {
+                id: None,
+                ..full.clone()
+            },
+            Event {
+                lamport: 0,
+                ..full.clone()
+            },
+            Event {
+                kind: 0,
+                ..full.clone()
+            },
+            Event {
+                participant_name: String::new(),
+                ..full.clone()
+            },
+            Event {
+                participant_id: String::new(),
+                ..full.clone()
+            },
+            Event {
+                text: String::new(),
+                ..full.clone()
+            },
+            Event {
+                publish_id: String::new(),
+                ..full.clone()
+            },
+            Event {
+                deps: full.deps.clone(),
+                ..Event::default()
+            },
+            Event {
+                lamport: u64::MAX,
+                kind: -1,
+                text: "x".repeat(300),
+                ..full.clone()
+            },
+        ];
+        for case in defaults {
+            let expected = event_field(&Event {
+                deps: Vec::new(),
+                ..case.clone()
+            });
+            assert_eq!(session_field(&case), expected, "{case:?}");
+        }
         assert!(event_field(&full).len() > field.len());
         assert_eq!(participant_field(&full), field);
         // Joins and leaves keep their dependencies.
