@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// How long [`ServerProcesses::stop`] lets servers stop by themselves.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
 /// One spawned server, killed and reaped when dropped.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -92,9 +95,25 @@ impl ServerProcesses {
         Ok(())
     }
 
-    /// Kills and reaps every server (idempotent).
+    /// Stops and reaps every server (idempotent): asks each to stop
+    /// (SIGTERM), so that it writes out what it still has to log, and kills
+    /// whatever still runs after [`STOP_WAIT`].
     pub fn stop(&mut self) {
         for server in &mut self.list {
+            if let Ok(None) = server.child.try_wait()
+                && let Ok(pid) = libc::pid_t::try_from(server.child.id())
+            {
+                // SAFETY: kill(2) on a child not reaped yet: the pid is still ours.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        let deadline = std::time::Instant::now() + STOP_WAIT;
+        for server in &mut self.list {
+            while matches!(server.child.try_wait(), Ok(None))
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             server.kill();
         }
     }
