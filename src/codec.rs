@@ -8,6 +8,7 @@
 use std::marker::PhantomData;
 
 use prost::Message;
+use prost::bytes::Buf;
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec as TonicCodec, DecodeBuf, Decoder as TonicDecoder};
 use tonic_prost::{ProstCodec, ProstEncoder};
@@ -54,6 +55,15 @@ impl<U: Message + Default> TonicDecoder for Decoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        // The message is one slice of tonic's buffer (always, as tonic
+        // buffers it): prost then reads a plain slice, where each read
+        // through `DecodeBuf` would also move the buffer's own offset.
+        let len = buf.remaining();
+        if buf.chunk().len() == len {
+            let decoded = decode(buf.chunk());
+            buf.advance(len);
+            return decoded.map(Some);
+        }
         decode(buf).map(Some)
     }
 }
