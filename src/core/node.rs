@@ -493,6 +493,10 @@ struct Handoff {
     /// Per peer that acknowledged the move: its generation and its own last
     /// sequence number then.
     until: BTreeMap<String, (u64, u64)>,
+    /// When the participant resumed (or joined again) here: what a peer
+    /// said it holds counts only if it said so since (see
+    /// [`holds_what_can_come`]).
+    since: Instant,
     deadline: Instant,
     queued: VecDeque<Queued>,
     /// This node lacked some of what the participant saw when it resumed.
@@ -865,6 +869,7 @@ impl NodeCore {
                     unanswered_at,
                     moved_seq: joined_seq,
                     until: BTreeMap::new(),
+                    since: now,
                     deadline: now + self.timing.request_timeout(),
                     queued: VecDeque::new(),
                     lacked: false,
@@ -1028,6 +1033,7 @@ impl NodeCore {
                     unanswered_at: unanswered_at.clone(),
                     moved_seq,
                     until: BTreeMap::new(),
+                    since: now,
                     deadline: now + self.timing.request_timeout(),
                     queued,
                     lacked,
@@ -2464,7 +2470,7 @@ impl NodeCore {
                 && (!self.chat.covers(&h.seen)
                     || h.unanswered_at.iter().any(|n| h.unheard.contains(n)));
             let mut complete = !waits_for_unheard
-                && holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen);
+                && holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen, h.since);
             for p in self.peers.values().filter(|p| p.reachable) {
                 let stale = h
                     .until
@@ -2509,7 +2515,13 @@ impl NodeCore {
                         origin: Some(sent.clone()),
                         seq: u64::MAX,
                     };
-                    return holds_what_can_come(chat, &self.peers, &self.me, &[all_it_stamped]);
+                    return holds_what_can_come(
+                        chat,
+                        &self.peers,
+                        &self.me,
+                        &[all_it_stamped],
+                        h.since,
+                    );
                 }
                 h.until.get(&sent.id).is_some_and(|&(generation, seq)| {
                     generation == sent.generation && chat.delivered_of(sent) >= seq
@@ -2520,7 +2532,7 @@ impl NodeCore {
                 done.push(pid.clone());
             } else if now >= h.deadline {
                 if !waits_for_unheard
-                    && holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen)
+                    && holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen, h.since)
                     && handed_over
                 {
                     warn!(participant = %pid, "a resumed participant's publishes waited past the deadline for peers to hand it over; publishing anyway");
@@ -2668,12 +2680,16 @@ impl NodeCore {
 /// Whether this node delivered `seen`, except what can no longer come:
 /// events of a node that is not running (or no longer a member) beyond
 /// what any peer that may run holds (all of them connected, so that what
-/// each holds is known).
+/// each holds is known, and each heard from since `since`: the participant
+/// saw only events a peer held, so what a peer said before it resumed may
+/// lack them; with the way back cut, a link can stay up for a while with
+/// nothing heard on it).
 fn holds_what_can_come(
     chat: &ChatCore,
     peers: &BTreeMap<String, Peer>,
     me: &NodeId,
     seen: &[SeqMark],
+    since: Instant,
 ) -> bool {
     seen.iter().all(|mark| {
         let Some(origin) = mark.origin.as_ref() else {
@@ -2687,7 +2703,7 @@ fn holds_what_can_come(
         let all_known = peers
             .values()
             .filter(|p| !p.gone && p.node != *origin)
-            .all(|p| p.up);
+            .all(|p| p.up && p.last_ack >= since);
         let need = if runs || !all_known {
             mark.seq
         } else {
