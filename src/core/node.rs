@@ -2502,30 +2502,36 @@ impl NodeCore {
             // A node the participant's unanswered publish went to may have
             // stamped it: it must have handed the participant over (it
             // acknowledged the move and this node holds what it had stamped
-            // by then), or be no longer a member, or be known not to run and
-            // this node hold whatever of its events any peer holds (its
-            // stamp may have reached a peer out of reach before it stopped).
+            // by then), or, no longer a member or known not to run, this
+            // node must hold whatever of its events any peer holds (its
+            // stamp may have reached a peer before it stopped).
             let chat = &self.chat;
             let handed_over = h.unanswered_at.iter().all(|sent| {
-                let Some(p) = self.peers.get(&sent.id).filter(|p| p.node == *sent) else {
-                    return true;
-                };
-                if p.gone {
-                    let all_it_stamped = SeqMark {
+                let all_it_stamped = || {
+                    let all = SeqMark {
                         origin: Some(sent.clone()),
                         seq: u64::MAX,
                     };
-                    return holds_what_can_come(
-                        chat,
-                        &self.peers,
-                        &self.me,
-                        &[all_it_stamped],
-                        h.since,
-                    );
+                    // Its stamp may reach a peer until it stops, unseen by
+                    // the participant: what a peer holds counts only as it
+                    // said after this node saw the node go.
+                    let gone_at = self
+                        .departed
+                        .get(&(sent.id.clone(), sent.generation))
+                        .map(|&(_, at)| at);
+                    let since = gone_at.map_or(h.since, |at| at.max(h.since));
+                    holds_what_can_come(chat, &self.peers, &self.me, &[all], since)
+                };
+                match self.peers.get(&sent.id).filter(|p| p.node == *sent) {
+                    // No longer a member (it left, or was replaced), or not
+                    // running: it may have passed its stamp of the publish
+                    // to a peer before it stopped.
+                    None => all_it_stamped(),
+                    Some(p) if p.gone => all_it_stamped(),
+                    Some(_) => h.until.get(&sent.id).is_some_and(|&(generation, seq)| {
+                        generation == sent.generation && chat.delivered_of(sent) >= seq
+                    }),
                 }
-                h.until.get(&sent.id).is_some_and(|&(generation, seq)| {
-                    generation == sent.generation && chat.delivered_of(sent) >= seq
-                })
             });
             complete &= handed_over;
             if complete {
