@@ -123,10 +123,16 @@ fn random_schedules_keep_every_invariant() {
 /// participant's unanswered publish went to stamped it, passed it to one
 /// peer and left the cluster; the node the participant resumed on took a
 /// node that left for one that had handed the participant over, and
-/// stamped the retry again.
-const SEEDS_THAT_ONCE_FAILED: [u64; 20] = [
+/// stamped the retry again. 14006902: a node cut off on its way out passed
+/// its events to one peer as the cut healed and crashed; the node a
+/// participant that had seen them resumed on took what that peer had said
+/// before the crash for what it holds, and let the participant publish
+/// before them. 14079426: likewise, a node declared a crashed node's events
+/// lost (telling its participants of a gap) on what a peer had said before
+/// the crash, though the peer held them.
+const SEEDS_THAT_ONCE_FAILED: [u64; 22] = [
     920, 1069, 2186, 2334, 2692, 3118, 3497, 3534, 8478, 24725, 28627, 46651, 51662, 61872, 83479,
-    134831, 169831, 5016274, 10011793, 13094955,
+    134831, 169831, 5016274, 10011793, 13094955, 14006902, 14079426,
 ];
 
 #[test]

@@ -348,9 +348,9 @@ struct Peer {
     /// link sends it next is late.
     missed: bool,
     /// A connection to it was refused: nothing listens at its address, so
-    /// this incarnation is not running (a crash, not a network split). Set
-    /// until this node hears from it again.
-    gone: bool,
+    /// this incarnation is not running (a crash, not a network split). Set,
+    /// to when it was refused first, until this node hears from it again.
+    gone_since: Option<Instant>,
     /// The highest of this node's own sequence numbers the peer holds.
     acked_own: u64,
     /// What the peer last said it holds, per origin.
@@ -382,7 +382,7 @@ impl Peer {
             up: false,
             reachable: true,
             missed: false,
-            gone: false,
+            gone_since: None,
             acked_own: 0,
             held: Vec::new(),
             never_held: Vec::new(),
@@ -757,7 +757,7 @@ impl NodeCore {
                 addr: self.membership.addr_of(&p.node.id).to_string(),
                 up: p.up,
                 reachable: p.reachable,
-                gone: p.gone,
+                gone: p.gone_since.is_some(),
                 lag: last.saturating_sub(p.acked_own),
                 last_heard: now.saturating_duration_since(p.last_seen),
             })
@@ -1542,9 +1542,9 @@ impl NodeCore {
                 .alive_incarnation(&claimed.id)
                 .filter(|current| claimed.generation > current.generation)
                 .is_some_and(|current| {
-                    self.peers
-                        .get(&current.id)
-                        .is_some_and(|p| p.node == *current && p.reachable && !p.gone)
+                    self.peers.get(&current.id).is_some_and(|p| {
+                        p.node == *current && p.reachable && p.gone_since.is_none()
+                    })
                 })
         };
         if in_use {
@@ -1813,10 +1813,10 @@ impl NodeCore {
     /// so that incarnation is not running.
     pub fn connect_refused(&mut self, now: Instant, peer: &NodeId) {
         if let Some(p) = self.peers.get_mut(&peer.id).filter(|p| &p.node == peer)
-            && !p.gone
+            && p.gone_since.is_none()
         {
             debug!(peer = %peer.id, addr = %self.membership.addr_of(&peer.id), "connection refused: the peer is not running");
-            p.gone = true;
+            p.gone_since = Some(now);
             self.check_handoffs(now);
         }
     }
@@ -1934,21 +1934,23 @@ impl NodeCore {
         // Not for a node merely out of reach: what it stamped arrives once
         // the network heals (or through a node that reaches it).
         let peers = &self.peers;
-        let stuck: Vec<NodeId> = self
-            .departed
+        let departed = &self.departed;
+        let stuck: Vec<(NodeId, Instant)> = departed
             .values()
-            .filter(|(_, since)| now.saturating_duration_since(*since) >= timeout)
             .filter(|(gone, _)| {
                 peers
                     .get(&gone.id)
-                    .is_none_or(|p| p.node != *gone || p.gone)
+                    .is_none_or(|p| p.node != *gone || p.gone_since.is_some())
             })
-            .map(|(gone, _)| gone.clone())
+            .filter_map(|(gone, _)| Some((gone.clone(), seen_to_go(peers, departed, gone)?)))
+            .filter(|&(_, went)| now.saturating_duration_since(went) >= timeout)
             .collect();
-        for gone in stuck {
+        for (gone, went) in stuck {
             // Not while a peer that may be running holds them, or may (its
             // link is not caught up, so what it holds is not known; one out
-            // of reach may hold them and bring them when the split heals).
+            // of reach may hold them and bring them when the split heals;
+            // what it said before this node saw the node go may lack what
+            // it got since).
             let Some(need) = self.chat.gap_end(&gone) else {
                 continue;
             };
@@ -1956,9 +1958,10 @@ impl NodeCore {
             if self
                 .peers
                 .values()
-                .filter(|p| !p.gone && p.node != gone)
+                .filter(|p| p.gone_since.is_none() && p.node != gone)
                 .any(|p| {
                     !p.up
+                        || p.last_ack < went
                         || (mark_of(&p.held, &gone) >= need
                             && mark_of(&p.never_held, &gone) <= delivered)
                 })
@@ -2085,7 +2088,7 @@ impl NodeCore {
             return;
         };
         p.last_seen = now;
-        p.gone = false;
+        p.gone_since = None;
         if p.reachable {
             return;
         }
@@ -2470,7 +2473,14 @@ impl NodeCore {
                 && (!self.chat.covers(&h.seen)
                     || h.unanswered_at.iter().any(|n| h.unheard.contains(n)));
             let mut complete = !waits_for_unheard
-                && holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen, h.since);
+                && holds_what_can_come(
+                    &self.chat,
+                    &self.peers,
+                    &self.departed,
+                    &self.me,
+                    &h.seen,
+                    h.since,
+                );
             for p in self.peers.values().filter(|p| p.reachable) {
                 let stale = h
                     .until
@@ -2512,22 +2522,21 @@ impl NodeCore {
                         origin: Some(sent.clone()),
                         seq: u64::MAX,
                     };
-                    // Its stamp may reach a peer until it stops, unseen by
-                    // the participant: what a peer holds counts only as it
-                    // said after this node saw the node go.
-                    let gone_at = self
-                        .departed
-                        .get(&(sent.id.clone(), sent.generation))
-                        .map(|&(_, at)| at);
-                    let since = gone_at.map_or(h.since, |at| at.max(h.since));
-                    holds_what_can_come(chat, &self.peers, &self.me, &[all], since)
+                    holds_what_can_come(
+                        chat,
+                        &self.peers,
+                        &self.departed,
+                        &self.me,
+                        &[all],
+                        h.since,
+                    )
                 };
                 match self.peers.get(&sent.id).filter(|p| p.node == *sent) {
                     // No longer a member (it left, or was replaced), or not
                     // running: it may have passed its stamp of the publish
                     // to a peer before it stopped.
                     None => all_it_stamped(),
-                    Some(p) if p.gone => all_it_stamped(),
+                    Some(p) if p.gone_since.is_some() => all_it_stamped(),
                     Some(_) => h.until.get(&sent.id).is_some_and(|&(generation, seq)| {
                         generation == sent.generation && chat.delivered_of(sent) >= seq
                     }),
@@ -2538,7 +2547,14 @@ impl NodeCore {
                 done.push(pid.clone());
             } else if now >= h.deadline {
                 if !waits_for_unheard
-                    && holds_what_can_come(&self.chat, &self.peers, &self.me, &h.seen, h.since)
+                    && holds_what_can_come(
+                        &self.chat,
+                        &self.peers,
+                        &self.departed,
+                        &self.me,
+                        &h.seen,
+                        h.since,
+                    )
                     && handed_over
                 {
                     warn!(participant = %pid, "a resumed participant's publishes waited past the deadline for peers to hand it over; publishing anyway");
@@ -2650,7 +2666,7 @@ impl NodeCore {
                 // this node holds: they go with it. Say so.
                 let last = self.chat.last_seq();
                 for p in self.peers.values() {
-                    if !p.gone && p.acked_own < last {
+                    if p.gone_since.is_none() && p.acked_own < last {
                         warn!(
                             peer = %p.node.id,
                             missing = last - p.acked_own,
@@ -2685,14 +2701,16 @@ impl NodeCore {
 
 /// Whether this node delivered `seen`, except what can no longer come:
 /// events of a node that is not running (or no longer a member) beyond
-/// what any peer that may run holds (all of them connected, so that what
-/// each holds is known, and each heard from since `since`: the participant
-/// saw only events a peer held, so what a peer said before it resumed may
-/// lack them; with the way back cut, a link can stay up for a while with
-/// nothing heard on it).
+/// what any peer that may run holds. What each of those holds must be
+/// known: all of them connected, each heard from since `since` (the
+/// participant saw only events a peer held, so what a peer said before it
+/// resumed may lack them; with the way back cut, a link can stay up for a
+/// while with nothing heard on it) and since this node saw the origin go
+/// (until it stopped, the origin may have passed events to a peer).
 fn holds_what_can_come(
     chat: &ChatCore,
     peers: &BTreeMap<String, Peer>,
+    departed: &BTreeMap<(String, u64), (NodeId, Instant)>,
     me: &NodeId,
     seen: &[SeqMark],
     since: Instant,
@@ -2704,25 +2722,47 @@ fn holds_what_can_come(
         let runs = origin == me
             || peers
                 .get(&origin.id)
-                .is_some_and(|p| p.node == *origin && !p.gone);
-        // What peers out of reach hold is not known: they may bring it.
-        let all_known = peers
-            .values()
-            .filter(|p| !p.gone && p.node != *origin)
-            .all(|p| p.up && p.last_ack >= since);
-        let need = if runs || !all_known {
+                .is_some_and(|p| p.node == *origin && p.gone_since.is_none());
+        let need = if runs {
             mark.seq
         } else {
-            let held = peers
+            let heard_after = seen_to_go(peers, departed, origin).map_or(since, |at| at.max(since));
+            // What peers out of reach hold is not known: they may bring it.
+            let all_known = peers
                 .values()
-                .filter(|p| !p.gone)
-                .map(|p| mark_of(&p.held, origin))
-                .max()
-                .unwrap_or(0);
-            mark.seq.min(held)
+                .filter(|p| p.gone_since.is_none() && p.node != *origin)
+                .all(|p| p.up && p.last_ack >= heard_after);
+            if all_known {
+                let held = peers
+                    .values()
+                    .filter(|p| p.gone_since.is_none())
+                    .map(|p| mark_of(&p.held, origin))
+                    .max()
+                    .unwrap_or(0);
+                mark.seq.min(held)
+            } else {
+                mark.seq
+            }
         };
         chat.delivered_of(origin) >= need
     })
+}
+
+/// When this node last saw `origin` go: a connection to it was refused, or
+/// it left the membership (or was replaced). `None` if neither.
+fn seen_to_go(
+    peers: &BTreeMap<String, Peer>,
+    departed: &BTreeMap<(String, u64), (NodeId, Instant)>,
+    origin: &NodeId,
+) -> Option<Instant> {
+    let refused = peers
+        .get(&origin.id)
+        .filter(|p| p.node == *origin)
+        .and_then(|p| p.gone_since);
+    let left = departed
+        .get(&(origin.id.clone(), origin.generation))
+        .map(|&(_, at)| at);
+    refused.max(left)
 }
 
 /// Queues `queued`, or refuses it when `queue` is full.
