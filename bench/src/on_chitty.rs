@@ -112,7 +112,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
     };
     let result = run_on(config, &addrs, cluster.as_mut()).await;
     if let Some(c) = cluster.as_mut() {
-        c.stop();
+        c.stop().await;
         if result.is_err() {
             c.keep_logs();
         }

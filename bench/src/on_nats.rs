@@ -76,7 +76,7 @@ pub async fn run(config: &Config) -> Result<Report, String> {
                 eprintln!("  {line}");
             }
         }
-        c.stop();
+        c.stop().await;
         if result.is_err() {
             c.keep_logs();
         }

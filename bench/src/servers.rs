@@ -97,8 +97,9 @@ impl ServerProcesses {
 
     /// Stops and reaps every server (idempotent): asks each to stop
     /// (SIGTERM), so that it writes out what it still has to log, and kills
-    /// whatever still runs after [`STOP_WAIT`].
-    pub fn stop(&mut self) {
+    /// whatever still runs after [`STOP_WAIT`]. Polls without blocking the
+    /// runtime's thread.
+    pub async fn stop(&mut self) {
         for server in &mut self.list {
             if let Ok(None) = server.child.try_wait()
                 && let Ok(pid) = libc::pid_t::try_from(server.child.id())
@@ -107,12 +108,12 @@ impl ServerProcesses {
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
         }
-        let deadline = std::time::Instant::now() + STOP_WAIT;
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
         for server in &mut self.list {
             while matches!(server.child.try_wait(), Ok(None))
-                && std::time::Instant::now() < deadline
+                && tokio::time::Instant::now() < deadline
             {
-                std::thread::sleep(Duration::from_millis(10));
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
             server.kill();
         }
@@ -156,8 +157,12 @@ impl Drop for ServerProcess {
 }
 
 impl Drop for ServerProcesses {
+    /// Kills whatever still runs (a run that was dropped, or failed before
+    /// [`Self::stop`]).
     fn drop(&mut self) {
-        self.stop();
+        for server in &mut self.list {
+            server.kill();
+        }
         if self.remove_logs {
             let _ = std::fs::remove_dir_all(&self.log_dir);
         }
