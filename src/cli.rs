@@ -303,9 +303,12 @@ pub struct ServerArgs {
     /// The same in bytes (each item at its encoded size plus its slot).
     #[arg(long, env = "CHITTY_SESSION_QUEUE_BYTES", default_value_t = DEFAULT_SESSION_QUEUE_BYTES)]
     pub session_queue_bytes: usize,
-    /// Worker threads of the node's runtime; 0: one per core. With 1 the
-    /// node runs on a single-threaded runtime.
-    #[arg(long, env = "CHITTY_THREADS", default_value_t = 0)]
+    /// Worker threads of the node's runtime. With 1, the default, the node
+    /// runs on a single-threaded runtime: its decisions are one task
+    /// anyway, and no task wakes another across threads, which costs least
+    /// CPU per delivery. 0: one per core (more can run at once, at more CPU
+    /// per delivery).
+    #[arg(long, env = "CHITTY_THREADS", default_value_t = DEFAULT_THREADS)]
     pub threads: usize,
     /// Recent events kept for replay, by count.
     #[arg(long, env = "CHITTY_HISTORY_EVENTS", default_value_t = CoreLimits::default().history_events)]
@@ -635,6 +638,9 @@ fn advertised(given: Option<String>, bound: std::net::SocketAddr) -> Result<Stri
 
 /// Shortest cluster secret accepted.
 const MIN_SECRET_CHARS: usize = 16;
+
+/// A node's runtime threads by default (see [`ServerArgs::threads`]).
+pub const DEFAULT_THREADS: usize = 1;
 
 /// The cluster secret, from the flag (or CHITTY_CLUSTER_SECRET) or the first
 /// line of `file`; `None` for none. Refuses one that is too short or not

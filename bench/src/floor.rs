@@ -62,7 +62,8 @@ pub fn main(args: &[String]) -> std::process::ExitCode {
     let flag = |name: &str| args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone());
     let listen = flag("--listen").unwrap_or_else(|| "127.0.0.1:0".into());
     let boot = flag("--boot");
-    let runtime = match crate::chitty_main::runtime(0) {
+    // The runtime a node runs on by default.
+    let runtime = match crate::chitty_main::runtime(chitty::cli::DEFAULT_THREADS) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
