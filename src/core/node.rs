@@ -2472,15 +2472,15 @@ impl NodeCore {
             let waits_for_unheard = !h.unheard.is_empty()
                 && (!self.chat.covers(&h.seen)
                     || h.unanswered_at.iter().any(|n| h.unheard.contains(n)));
-            let mut complete = !waits_for_unheard
-                && holds_what_can_come(
-                    &self.chat,
-                    &self.peers,
-                    &self.departed,
-                    &self.me,
-                    &h.seen,
-                    h.since,
-                );
+            let holds_seen = holds_what_can_come(
+                &self.chat,
+                &self.peers,
+                &self.departed,
+                &self.me,
+                &h.seen,
+                h.since,
+            );
+            let mut complete = !waits_for_unheard && holds_seen;
             for p in self.peers.values().filter(|p| p.reachable) {
                 let stale = h
                     .until
@@ -2546,17 +2546,7 @@ impl NodeCore {
             if complete {
                 done.push(pid.clone());
             } else if now >= h.deadline {
-                if !waits_for_unheard
-                    && holds_what_can_come(
-                        &self.chat,
-                        &self.peers,
-                        &self.departed,
-                        &self.me,
-                        &h.seen,
-                        h.since,
-                    )
-                    && handed_over
-                {
+                if !waits_for_unheard && holds_seen && handed_over {
                     warn!(participant = %pid, "a resumed participant's publishes waited past the deadline for peers to hand it over; publishing anyway");
                     done.push(pid.clone());
                 } else {
