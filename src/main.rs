@@ -44,11 +44,12 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if threads > 1 {
         builder.worker_threads(threads);
     }
-    // By default a task woken by another runs right after it. A message
-    // fanned out to many sessions would then have the connection task run
-    // (and write) after every single session: in order instead, the
-    // sessions queue their events first and each connection writes once.
-    // The option is in tokio's unstable API (`.cargo/config.toml`).
+    // On the multi-threaded runtime a task woken by another runs right
+    // after it by default (the single-threaded one runs them in order). A
+    // message fanned out to many sessions would then have the connection
+    // task run (and write) after every single session: in order instead,
+    // the sessions queue their events first and each connection writes
+    // once. The option is in tokio's unstable API (`.cargo/config.toml`).
     #[cfg(tokio_unstable)]
     if threads != 1 {
         builder.disable_lifo_slot();
