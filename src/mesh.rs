@@ -416,11 +416,11 @@ impl Node {
     pub(crate) fn relay_hello(&self, hello: Member) -> Result<InboundLink, Status> {
         let mut state = self.lock();
         let opened = state.core.on_hello(Instant::now(), hello);
-        let link = opened.map(|(peer, link, held)| {
+        let link = opened.map(|(peer, link, ack)| {
             // The first acknowledgement tells the peer what to catch up
             // on. The channel is registered before the core's outputs are
             // carried out, so no acknowledgement for this link is lost.
-            let (acks, first) = tokio::sync::watch::channel(Ok(RelayAck { held }));
+            let (acks, first) = tokio::sync::watch::channel(Ok(ack));
             state.ack_watches.insert(link, acks.clone());
             InboundLink {
                 peer,
@@ -662,7 +662,7 @@ impl Link {
             .await
             .map_err(|_| Status::deadline_exceeded("peer did not acknowledge the link"))??
             .ok_or_else(|| Status::unavailable("peer closed the link"))?;
-        let Some(replay) = self.catch_up(|core, now, id| core.link_up(now, id, first.held)) else {
+        let Some(replay) = self.catch_up(|core, now, id| core.link_up(now, id, first)) else {
             return Ok(()); // no longer a peer: the node drops this link
         };
         self.send_replay(&out, replay).await?;
@@ -684,7 +684,7 @@ impl Link {
                             );
                         }
                         let id = &self.id;
-                        node.step(|core, now| core.on_ack(now, id, ack.held));
+                        node.step(|core, now| core.on_ack(now, id, ack));
                     }
                     None => return Err(Status::unavailable("peer closed the link")),
                 },

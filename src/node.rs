@@ -834,9 +834,9 @@ impl Node {
                             vec![peer],
                         ));
                     }
-                    Output::Ack { link, held } => {
+                    Output::Ack { link, ack } => {
                         if diagram::debug_enabled() {
-                            let marks = diagram::marks(&held);
+                            let marks = diagram::marks(&ack.held);
                             diagram::rpc_debug(
                                 state.core.who(),
                                 Record::new(Call::RelayAck, Dir::Sent)
@@ -845,7 +845,7 @@ impl Node {
                             );
                         }
                         if let Some(acks) = state.ack_watches.get(&link) {
-                            let _ = acks.send_replace(Ok(RelayAck { held }));
+                            let _ = acks.send_replace(Ok(ack));
                         }
                     }
                     Output::Removed(reason) => {

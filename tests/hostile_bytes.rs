@@ -19,7 +19,7 @@ use chitty::core::rng::Rng;
 use chitty::core::validate;
 use chitty::proto::{
     Event, EventId, EventKind, Gap, GapRange, Heartbeat, JoinRequest, LeaveRequest, MemberState,
-    NeverHeld, NodeId, PublishRequest, Rejoin, RelayBatch, RelayFrame, Resume, SeqMark,
+    NeverHeld, NodeId, PublishRequest, Rejoin, RelayAck, RelayBatch, RelayFrame, Resume, SeqMark,
     ServerJoinReply, ServerJoinRequest, UpdateServersRequest, relay_frame,
 };
 use prost::Message;
@@ -65,7 +65,7 @@ fn serving(now: Instant) -> NodeCore {
     // As the node process does: every process draws a fresh id.
     core.never_reuse_ids();
     core.merge_members(now, &[member(node("n2"), "n2:1", MemberState::Alive, 1)]);
-    core.link_up(now, &node("n2"), Vec::new());
+    core.link_up(now, &node("n2"), RelayAck::default());
     core.join(now, 1, joiner("Ann"), 1);
     core.take_outputs();
     core

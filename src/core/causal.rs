@@ -259,6 +259,36 @@ impl HoldBack {
             .unwrap_or(0)
     }
 
+    /// Per origin with events held back, the highest of them.
+    pub fn held_back(&self) -> Vec<SeqMark> {
+        if self.held == 0 {
+            return Vec::new();
+        }
+        let mut marks: Vec<(&OriginKey, u64)> = self
+            .pending
+            .iter()
+            .filter_map(|(origin, queue)| Some((origin, *queue.keys().next_back()?)))
+            .collect();
+        marks.sort();
+        marks
+            .into_iter()
+            .map(|(origin, seq)| SeqMark {
+                origin: Some(origin.to_node_id()),
+                seq,
+            })
+            .collect()
+    }
+
+    /// Highest seq of `origin` this node has: delivered, or held back until
+    /// what it depends on arrives (0 for none).
+    pub fn received_of(&self, origin: &impl Incarnation) -> u64 {
+        let delivered = self.delivered_of(origin);
+        self.pending
+            .get(origin as &dyn Incarnation)
+            .and_then(|queue| queue.keys().next_back())
+            .map_or(delivered, |&held| held.max(delivered))
+    }
+
     /// Treats everything up to `marks` as delivered: the state a joining node
     /// starts from, or a gap being skipped. Never lowers anything; held events
     /// that this makes obsolete are dropped.

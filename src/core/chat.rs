@@ -897,6 +897,18 @@ impl ChatCore {
         self.holdback.delivered_of(origin)
     }
 
+    /// Per origin with events held back (waiting for what they depend on),
+    /// the highest of them.
+    pub fn held_back(&self) -> Vec<SeqMark> {
+        self.holdback.held_back()
+    }
+
+    /// Highest sequence number of `origin` this node has: delivered, or
+    /// held back until what it depends on arrives (0 for none).
+    pub fn received_of(&self, origin: &NodeId) -> u64 {
+        self.holdback.received_of(origin)
+    }
+
     /// Per origin, the events this node counts as delivered but never held:
     /// those older than its join to the cluster.
     pub fn never_held(&self) -> &[SeqMark] {

@@ -49,7 +49,7 @@ use crate::core::validate;
 use crate::diagram::{self, Call, Dir, Record, Who};
 use crate::proto::{
     Event, EventKind, Gap, GapRange, Heartbeat, Member, MemberState, NodeId, Participant,
-    PublishReply, RelayFrame, Resume, SeqMark, ServerInfo, ServerJoinReply, ServerList,
+    PublishReply, RelayAck, RelayFrame, Resume, SeqMark, ServerInfo, ServerJoinReply, ServerList,
     SessionGrant, Welcome, relay_frame,
 };
 
@@ -311,7 +311,7 @@ pub enum Output {
     /// Acknowledge on inbound link `link`: what this node holds.
     Ack {
         link: u64,
-        held: Vec<SeqMark>,
+        ack: RelayAck,
     },
     /// The outgoing link to `peer` carried no acknowledgement for the
     /// failure timeout: drop its connection and connect again (a cut
@@ -355,6 +355,9 @@ struct Peer {
     acked_own: u64,
     /// What the peer last said it holds, per origin.
     held: Vec<SeqMark>,
+    /// What it last said it holds back, waiting for what those events
+    /// depend on: they come too.
+    held_back: Vec<SeqMark>,
     /// What the peer said it counts as held but never had (older than its
     /// join): it cannot re-send those.
     never_held: Vec<SeqMark>,
@@ -385,6 +388,7 @@ impl Peer {
             gone_since: None,
             acked_own: 0,
             held: Vec::new(),
+            held_back: Vec::new(),
             never_held: Vec::new(),
             last_seen: now,
             last_ack: now,
@@ -1503,7 +1507,7 @@ impl NodeCore {
         &mut self,
         now: Instant,
         hello: Member,
-    ) -> Result<(NodeId, u64, Vec<SeqMark>), MeshRefusal> {
+    ) -> Result<(NodeId, u64, RelayAck), MeshRefusal> {
         let node = hello
             .node
             .clone()
@@ -1519,7 +1523,7 @@ impl NodeCore {
         let link = self.next_inbound;
         self.next_inbound += 1;
         self.inbound.insert(link, node.clone());
-        Ok((node, link, self.chat.delivered()))
+        Ok((node, link, self.ack()))
     }
 
     /// A process that calls with its own entry (ServerJoin, relay hello) may
@@ -1712,8 +1716,8 @@ impl NodeCore {
         // own events held here, comes on its own link): with every link
         // acknowledged for every frame, a node wrote an acknowledgement to
         // each of its peers for each frame it received.
-        let held = self.chat.delivered();
-        let others_moved = held.iter().any(|m| {
+        let ack = self.ack();
+        let others_moved = ack.held.iter().any(|m| {
             m.origin.as_ref().is_some_and(|origin| {
                 origin != peer && origin != &self.me && mark_of(&self.last_acked, origin) != m.seq
             })
@@ -1722,11 +1726,11 @@ impl NodeCore {
             if others_moved || node == peer {
                 self.outputs.push(Output::Ack {
                     link,
-                    held: held.clone(),
+                    ack: ack.clone(),
                 });
             }
         }
-        self.last_acked = held;
+        self.last_acked = ack.held;
         self.check_resumes(now);
         self.check_handoffs(now);
         result
@@ -1735,7 +1739,7 @@ impl NodeCore {
     /// The outgoing link to `peer` connected and the peer said what it
     /// holds. Returns what to send it first, or `None` if `peer` is no longer
     /// a live peer (the link should go away).
-    pub fn link_up(&mut self, now: Instant, peer: &NodeId, held: Vec<SeqMark>) -> Option<Replay> {
+    pub fn link_up(&mut self, now: Instant, peer: &NodeId, ack: RelayAck) -> Option<Replay> {
         if !self.wants_link(peer) {
             return None;
         }
@@ -1746,13 +1750,14 @@ impl NodeCore {
             // the peer holds now, not before. What of it this node lacks
             // was stamped out of its reach: it arrives late.
             catch_up.targets.extend(
-                held.iter()
+                ack.held
+                    .iter()
                     .filter(|m| m.origin.as_ref() != Some(&self.me))
                     .cloned(),
             );
             let key = (peer.id.clone(), peer.generation);
             self.late_upto.remove(&key);
-            for mark in &held {
+            for mark in &ack.held {
                 let Some(origin) = mark.origin.as_ref().filter(|o| **o != self.me) else {
                     continue;
                 };
@@ -1765,7 +1770,7 @@ impl NodeCore {
                 }
             }
         }
-        self.on_ack(now, peer, held);
+        self.on_ack(now, peer, ack);
         let p = self.peers.get_mut(&peer.id)?;
         p.up = true;
         p.next_heartbeat = now;
@@ -1835,17 +1840,31 @@ impl NodeCore {
         }
     }
 
+    /// What an acknowledgement says this node holds, and holds back.
+    fn ack(&self) -> RelayAck {
+        RelayAck {
+            held: self.chat.delivered(),
+            held_back: self.chat.held_back(),
+        }
+    }
+
     /// `peer` acknowledged on the outgoing link: what it holds.
-    pub fn on_ack(&mut self, now: Instant, peer: &NodeId, held: Vec<SeqMark>) {
+    pub fn on_ack(&mut self, now: Instant, peer: &NodeId, ack: RelayAck) {
         let Some(p) = self.peers.get_mut(&peer.id).filter(|p| &p.node == peer) else {
             return;
         };
+        let RelayAck {
+            held,
+            mut held_back,
+        } = ack;
         let own = held
             .iter()
             .find(|m| m.origin.as_ref() == Some(&self.me))
             .map_or(0, |m| m.seq);
         p.last_ack = now;
         p.held = held;
+        held_back.truncate(MAX_MARKS);
+        p.held_back = held_back;
         if own > p.acked_own {
             p.acked_own = own;
             self.release();
@@ -2691,12 +2710,14 @@ impl NodeCore {
 
 /// Whether this node delivered `seen`, except what can no longer come:
 /// events of a node that is not running (or no longer a member) beyond
-/// what any peer that may run holds. What each of those holds must be
-/// known: all of them connected, each heard from since `since` (the
-/// participant saw only events a peer held, so what a peer said before it
-/// resumed may lack them; with the way back cut, a link can stay up for a
-/// while with nothing heard on it) and since this node saw the origin go
-/// (until it stopped, the origin may have passed events to a peer).
+/// what any peer that may run holds or holds back, or this node holds
+/// back. What each
+/// of those peers holds must be known: all of them connected, each heard
+/// from since `since` (the participant saw only events a peer held, so
+/// what a peer said before it resumed may lack them; with the way back
+/// cut, a link can stay up for a while with nothing heard on it) and since
+/// this node saw the origin go (until it stopped, the origin may have
+/// passed events to a peer).
 fn holds_what_can_come(
     chat: &ChatCore,
     peers: &BTreeMap<String, Peer>,
@@ -2723,12 +2744,15 @@ fn holds_what_can_come(
                 .filter(|p| p.gone_since.is_none() && p.node != *origin)
                 .all(|p| p.up && p.last_ack >= heard_after);
             if all_known {
+                // What a peer or this node has but holds back (it waits
+                // for what it depends on) comes too.
                 let held = peers
                     .values()
                     .filter(|p| p.gone_since.is_none())
-                    .map(|p| mark_of(&p.held, origin))
+                    .map(|p| mark_of(&p.held, origin).max(mark_of(&p.held_back, origin)))
                     .max()
-                    .unwrap_or(0);
+                    .unwrap_or(0)
+                    .max(chat.received_of(origin));
                 mark.seq.min(held)
             } else {
                 mark.seq
@@ -3057,10 +3081,10 @@ mod tests {
             n1.take_outputs()
                 .into_iter()
                 .filter_map(|o| match o {
-                    Output::Ack { link, held } => Some((
+                    Output::Ack { link, ack } => Some((
                         link,
-                        mark_of(&held, &node("n2")),
-                        mark_of(&held, &node("n3")),
+                        mark_of(&ack.held, &node("n2")),
+                        mark_of(&ack.held, &node("n3")),
                     )),
                     _ => None,
                 })
@@ -3125,8 +3149,15 @@ mod tests {
             origin: Some(node("n1")),
             seq: 1,
         };
-        n1.link_up(now, &node("n2"), vec![ann_joined]);
-        n1.link_up(now, &node("n3"), Vec::new());
+        n1.link_up(
+            now,
+            &node("n2"),
+            RelayAck {
+                held: vec![ann_joined],
+                ..Default::default()
+            },
+        );
+        n1.link_up(now, &node("n3"), RelayAck::default());
         n1.take_outputs();
         // n3's events: Cy joins, then says something.
         let from_n3 = |seq: u64, text: &str| {
@@ -3287,7 +3318,7 @@ mod tests {
         let now = Instant::now();
         let mut n1 = with_peer(now);
         let token = join(&mut n1, "Ann");
-        n1.link_up(now, &node("n2"), Vec::new());
+        n1.link_up(now, &node("n2"), RelayAck::default());
         n1.take_outputs();
         n1.publish(now, 7, &token, "hello", 0, P1);
         let out = n1.take_outputs();
@@ -3302,7 +3333,14 @@ mod tests {
         ));
 
         let held = n1.chat().delivered();
-        n1.on_ack(now, &node("n2"), held);
+        n1.on_ack(
+            now,
+            &node("n2"),
+            RelayAck {
+                held,
+                ..Default::default()
+            },
+        );
         let out = n1.take_outputs();
         assert!(matches!(replies(&out)[..], [(7, Reply::Published(_))]));
         assert!(
@@ -3389,7 +3427,7 @@ mod tests {
             },
         )
         .unwrap();
-        n1.link_up(now, &node("n2"), Vec::new());
+        n1.link_up(now, &node("n2"), RelayAck::default());
         n1.take_outputs();
 
         let resume = Resume {
@@ -3419,7 +3457,14 @@ mod tests {
             origin: Some(node("n2")),
             seq: 1,
         });
-        n1.on_ack(now, &node("n2"), held);
+        n1.on_ack(
+            now,
+            &node("n2"),
+            RelayAck {
+                held,
+                ..Default::default()
+            },
+        );
         let out = n1.take_outputs();
         assert!(out.iter().any(
             |o| matches!(o, Output::Relay { item: PeerItem::Event(e, _), .. } if e.text == "retry")
@@ -3447,7 +3492,7 @@ mod tests {
             frame: Some(relay_frame::Frame::Batch(batch)),
         };
         n1.on_relay(now, &node("n2"), frame).unwrap();
-        n1.link_up(now, &node("n2"), Vec::new());
+        n1.link_up(now, &node("n2"), RelayAck::default());
         let resume = Resume {
             participant_id: "id-Ann".into(),
             session_token: "tok-Ann".into(),

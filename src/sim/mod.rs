@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use crate::core::chat::CoreLimits;
 use crate::core::node::{MeshRefusal, NodeCore, Output, PeerItem, Replay, RequestId, Timing};
 use crate::core::rng::Rng;
-use crate::proto::{Event, Member, NodeId, RelayBatch, RelayFrame, SeqMark, relay_frame};
+use crate::proto::{Event, Member, NodeId, RelayAck, RelayBatch, RelayFrame, relay_frame};
 
 pub use participant::{EventKey, Observed, Participant, PublishRecord};
 
@@ -97,7 +97,7 @@ enum Action {
     /// The callee's answer to a hello, at the caller.
     HelloAnswer {
         conn: u64,
-        answer: Result<Vec<SeqMark>, MeshRefusal>,
+        answer: Result<RelayAck, MeshRefusal>,
     },
     /// The caller gives up waiting for the first acknowledgement.
     HelloTimeout {
@@ -111,7 +111,7 @@ enum Action {
     /// An acknowledgement on connection `conn`, at the caller.
     Ack {
         conn: u64,
-        held: Vec<SeqMark>,
+        ack: RelayAck,
     },
     /// The caller of `conn` notices it broke.
     CallerNotices {
@@ -754,12 +754,12 @@ impl Sim {
                     )
                 });
                 let answer = match answer {
-                    Ok((peer, link, held)) => {
+                    Ok((peer, link, ack)) => {
                         self.nodes[callee].inbound.insert(link, conn);
                         if let Some(c) = self.conns.get_mut(&conn) {
                             c.inbound = Some((peer, link));
                         }
-                        Ok(held)
+                        Ok(ack)
                     }
                     Err(e) => Err(e),
                 };
@@ -786,9 +786,9 @@ impl Sim {
                 let peer = self.conn_peer(conn);
                 let now = self.instant();
                 match answer {
-                    Ok(held) => {
+                    Ok(ack) => {
                         let core = self.nodes[caller].core.as_mut().expect("runs");
-                        let replay = core.link_up(now, &peer, held);
+                        let replay = core.link_up(now, &peer, ack);
                         self.note(|| {
                             format!(
                                 "n{caller} link to n{callee} up conn {conn}: {}",
@@ -868,7 +868,7 @@ impl Sim {
                     self.break_conn(conn, Duration::ZERO);
                 }
             }
-            Action::Ack { conn, held } => {
+            Action::Ack { conn, ack } => {
                 let Some(c) = self.conns.get(&conn) else {
                     return;
                 };
@@ -880,7 +880,7 @@ impl Sim {
                         generation,
                         &Action::Ack {
                             conn,
-                            held: held.clone(),
+                            ack: ack.clone(),
                         },
                     )
                 {
@@ -892,7 +892,7 @@ impl Sim {
                     .core
                     .as_mut()
                     .expect("runs")
-                    .on_ack(now, &peer, held);
+                    .on_ack(now, &peer, ack);
                 self.carry_out(caller);
             }
             Action::CallerNotices { conn } => {
@@ -1361,11 +1361,11 @@ impl Sim {
                 };
                 self.push_members(i, generation, members, targets);
             }
-            Output::Ack { link, held } => {
+            Output::Ack { link, ack } => {
                 let Some(&conn) = self.nodes[i].inbound.get(&link) else {
                     return;
                 };
-                self.send(conn, false, Action::Ack { conn, held });
+                self.send(conn, false, Action::Ack { conn, ack });
             }
             Output::LateRun { gate, late } => {
                 for p in self.sessions_from(i, gate) {
