@@ -3620,6 +3620,76 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_participants_publish_waits_for_events_a_peer_holds_back() {
+        let stamped = |out: &[Output], text: &str| {
+            out.iter().any(
+                |o| matches!(o, Output::Relay { item: PeerItem::Event(e, _), .. } if e.text == text),
+            )
+        };
+        let now = Instant::now();
+        let mut n1 = core("n1", now);
+        n1.merge_members(
+            now,
+            &[
+                member(node("n0"), "n0:1", MemberState::Alive, 1),
+                member(node("n2"), "n2:1", MemberState::Alive, 1),
+            ],
+        );
+        join(&mut n1, "Ann");
+        n1.link_up(now, &node("n2"), RelayAck::default());
+        // Ann saw n0's event 5, which n1 never got.
+        let resume = Resume {
+            participant_id: "id-Ann".into(),
+            session_token: "tok-Ann".into(),
+            seen: vec![SeqMark {
+                origin: Some(node("n0")),
+                seq: 5,
+            }],
+            unanswered_at: Vec::new(),
+            known_nodes: vec![node("n0"), node("n2")],
+        };
+        n1.resume(now, 1, resume, 5);
+        n1.publish(now, 2, "tok-Ann", "after n0's", 6, P1);
+        let moved = SeqMark {
+            origin: Some(node("n1")),
+            seq: n1.chat().last_seq(),
+        };
+        let ack = |held_back: u64| RelayAck {
+            held: vec![moved.clone()],
+            held_back: (held_back > 0)
+                .then(|| SeqMark {
+                    origin: Some(node("n0")),
+                    seq: held_back,
+                })
+                .into_iter()
+                .collect(),
+        };
+        // n0 is not running, and goes unheard for the failure timeout; n2,
+        // which holds n1's events up to the move, keeps saying that it
+        // holds n0's event 5 back.
+        let step = n1.timing().tick_interval();
+        n1.connect_refused(now + step, &node("n0"));
+        let (mut t, mut out) = (now + step, Vec::new());
+        while t < now + n1.timing().failure_timeout + step * 2 {
+            t += step;
+            let heartbeat = RelayFrame {
+                frame: Some(relay_frame::Frame::Heartbeat(Heartbeat::default())),
+            };
+            n1.on_relay(t, &node("n2"), heartbeat).unwrap();
+            n1.on_ack(t, &node("n2"), ack(5));
+            n1.tick(t);
+            out.extend(n1.take_outputs());
+        }
+        assert!(
+            !stamped(&out, "after n0's"),
+            "stamped before an event Ann saw, which n2 may still deliver and pass on"
+        );
+        // n2 holds nothing of n0's: what Ann saw of n0 can no longer come.
+        n1.on_ack(t + step, &node("n2"), ack(0));
+        assert!(stamped(&n1.take_outputs(), "after n0's"));
+    }
+
+    #[test]
     fn a_node_replaced_while_it_waits_answers_every_request() {
         let now = Instant::now();
         let mut n1 = with_peer(now);
