@@ -102,6 +102,18 @@ impl<'a> Borrow<dyn Incarnation + 'a> for OriginKey {
 }
 
 /// Whether two incarnations are the same.
+/// `marks` as sequence marks, sorted by origin.
+fn sorted_marks(mut marks: Vec<(&OriginKey, u64)>) -> Vec<SeqMark> {
+    marks.sort();
+    marks
+        .into_iter()
+        .map(|(origin, seq)| SeqMark {
+            origin: Some(origin.to_node_id()),
+            seq,
+        })
+        .collect()
+}
+
 fn same(a: &dyn Incarnation, b: &dyn Incarnation) -> bool {
     a == b
 }
@@ -239,16 +251,7 @@ impl HoldBack {
 
     /// The delivered vector, sorted by origin.
     pub fn delivered(&self) -> Vec<SeqMark> {
-        let mut marks: Vec<(&OriginKey, u64)> =
-            self.delivered.iter().map(|(k, &seq)| (k, seq)).collect();
-        marks.sort();
-        marks
-            .into_iter()
-            .map(|(origin, seq)| SeqMark {
-                origin: Some(origin.to_node_id()),
-                seq,
-            })
-            .collect()
+        sorted_marks(self.delivered.iter().map(|(k, &seq)| (k, seq)).collect())
     }
 
     /// Highest seq delivered from `origin` (0 for none).
@@ -264,19 +267,12 @@ impl HoldBack {
         if self.held == 0 {
             return Vec::new();
         }
-        let mut marks: Vec<(&OriginKey, u64)> = self
-            .pending
-            .iter()
-            .filter_map(|(origin, queue)| Some((origin, *queue.keys().next_back()?)))
-            .collect();
-        marks.sort();
-        marks
-            .into_iter()
-            .map(|(origin, seq)| SeqMark {
-                origin: Some(origin.to_node_id()),
-                seq,
-            })
-            .collect()
+        sorted_marks(
+            self.pending
+                .iter()
+                .filter_map(|(origin, queue)| Some((origin, *queue.keys().next_back()?)))
+                .collect(),
+        )
     }
 
     /// Highest seq of `origin` this node has: delivered, or held back until
@@ -346,20 +342,13 @@ impl HoldBack {
     /// The dependencies to stamp on a new event of `except` (the node itself:
     /// its own order is already given by seq).
     pub fn deps(&self, except: &NodeId) -> Vec<SeqMark> {
-        let mut marks: Vec<(&OriginKey, u64)> = self
-            .delivered
-            .iter()
-            .filter(|(origin, _)| !same(*origin, except))
-            .map(|(origin, &seq)| (origin, seq))
-            .collect();
-        marks.sort();
-        marks
-            .into_iter()
-            .map(|(origin, seq)| SeqMark {
-                origin: Some(origin.to_node_id()),
-                seq,
-            })
-            .collect()
+        sorted_marks(
+            self.delivered
+                .iter()
+                .filter(|(origin, _)| !same(*origin, except))
+                .map(|(origin, &seq)| (origin, seq))
+                .collect(),
+        )
     }
 
     /// Whether event `seq` of `origin` can be delivered now.

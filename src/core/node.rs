@@ -2853,6 +2853,14 @@ mod tests {
         n1
     }
 
+    /// An acknowledgement saying the peer holds `held`, nothing held back.
+    fn held_only(held: Vec<SeqMark>) -> RelayAck {
+        RelayAck {
+            held,
+            held_back: Vec::new(),
+        }
+    }
+
     fn replies(outputs: &[Output]) -> Vec<(RequestId, &Reply)> {
         outputs
             .iter()
@@ -3149,14 +3157,7 @@ mod tests {
             origin: Some(node("n1")),
             seq: 1,
         };
-        n1.link_up(
-            now,
-            &node("n2"),
-            RelayAck {
-                held: vec![ann_joined],
-                ..Default::default()
-            },
-        );
+        n1.link_up(now, &node("n2"), held_only(vec![ann_joined]));
         n1.link_up(now, &node("n3"), RelayAck::default());
         n1.take_outputs();
         // n3's events: Cy joins, then says something.
@@ -3333,14 +3334,7 @@ mod tests {
         ));
 
         let held = n1.chat().delivered();
-        n1.on_ack(
-            now,
-            &node("n2"),
-            RelayAck {
-                held,
-                ..Default::default()
-            },
-        );
+        n1.on_ack(now, &node("n2"), held_only(held));
         let out = n1.take_outputs();
         assert!(matches!(replies(&out)[..], [(7, Reply::Published(_))]));
         assert!(
@@ -3457,14 +3451,7 @@ mod tests {
             origin: Some(node("n2")),
             seq: 1,
         });
-        n1.on_ack(
-            now,
-            &node("n2"),
-            RelayAck {
-                held,
-                ..Default::default()
-            },
-        );
+        n1.on_ack(now, &node("n2"), held_only(held));
         let out = n1.take_outputs();
         assert!(out.iter().any(
             |o| matches!(o, Output::Relay { item: PeerItem::Event(e, _), .. } if e.text == "retry")
@@ -3540,6 +3527,21 @@ mod tests {
     /// a participant that moves here from a node that had (and then
     /// stopped) may have seen events only that newcomer holds. Its
     /// publishes wait until this node hears of the newcomer, bounded.
+    /// Ann (joined with `join`) resumes having seen n0's event 5, knowing
+    /// of `known_nodes`.
+    fn ann_saw_n0s_fifth(known_nodes: Vec<NodeId>) -> Resume {
+        Resume {
+            participant_id: "id-Ann".into(),
+            session_token: "tok-Ann".into(),
+            seen: vec![SeqMark {
+                origin: Some(node("n0")),
+                seq: 5,
+            }],
+            unanswered_at: Vec::new(),
+            known_nodes,
+        }
+    }
+
     #[test]
     fn a_resumed_participants_publish_waits_for_a_node_it_knew_of_and_this_one_did_not() {
         let stamped = |out: &[Output], text: &str| {
@@ -3550,16 +3552,7 @@ mod tests {
         let mut n1 = core("n1", now);
         join(&mut n1, "Ann");
         // Ann saw events of n0 that n1 never got; she knew of n0 and n3.
-        let resume = |known_nodes| Resume {
-            participant_id: "id-Ann".into(),
-            session_token: "tok-Ann".into(),
-            seen: vec![SeqMark {
-                origin: Some(node("n0")),
-                seq: 5,
-            }],
-            unanswered_at: Vec::new(),
-            known_nodes,
-        };
+        let resume = ann_saw_n0s_fifth;
         n1.resume(now, 1, resume(vec![node("n0"), node("n3")]), 5);
         assert!(
             n1.take_outputs()
@@ -3638,17 +3631,7 @@ mod tests {
         join(&mut n1, "Ann");
         n1.link_up(now, &node("n2"), RelayAck::default());
         // Ann saw n0's event 5, which n1 never got.
-        let resume = Resume {
-            participant_id: "id-Ann".into(),
-            session_token: "tok-Ann".into(),
-            seen: vec![SeqMark {
-                origin: Some(node("n0")),
-                seq: 5,
-            }],
-            unanswered_at: Vec::new(),
-            known_nodes: vec![node("n0"), node("n2")],
-        };
-        n1.resume(now, 1, resume, 5);
+        n1.resume(now, 1, ann_saw_n0s_fifth(vec![node("n0"), node("n2")]), 5);
         n1.publish(now, 2, "tok-Ann", "after n0's", 6, P1);
         let moved = SeqMark {
             origin: Some(node("n1")),
