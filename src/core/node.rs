@@ -2711,13 +2711,12 @@ impl NodeCore {
 /// Whether this node delivered `seen`, except what can no longer come:
 /// events of a node that is not running (or no longer a member) beyond
 /// what any peer that may run holds or holds back, or this node holds
-/// back. What each
-/// of those peers holds must be known: all of them connected, each heard
-/// from since `since` (the participant saw only events a peer held, so
-/// what a peer said before it resumed may lack them; with the way back
-/// cut, a link can stay up for a while with nothing heard on it) and since
-/// this node saw the origin go (until it stopped, the origin may have
-/// passed events to a peer).
+/// back. What each of those peers holds must be known: all of them
+/// connected, each heard from since `since` (the participant saw only
+/// events a peer held, so what a peer said before it resumed may lack
+/// them; with the way back cut, a link can stay up for a while with
+/// nothing heard on it) and since this node saw the origin go (until it
+/// stopped, the origin may have passed events to a peer).
 fn holds_what_can_come(
     chat: &ChatCore,
     peers: &BTreeMap<String, Peer>,
@@ -3552,8 +3551,7 @@ mod tests {
         let mut n1 = core("n1", now);
         join(&mut n1, "Ann");
         // Ann saw events of n0 that n1 never got; she knew of n0 and n3.
-        let resume = ann_saw_n0s_fifth;
-        n1.resume(now, 1, resume(vec![node("n0"), node("n3")]), 5);
+        n1.resume(now, 1, ann_saw_n0s_fifth(vec![node("n0"), node("n3")]), 5);
         assert!(
             n1.take_outputs()
                 .iter()
@@ -3586,7 +3584,7 @@ mod tests {
         // for at most `unheard_node_wait`.
         let mut n1 = core("n1", now);
         join(&mut n1, "Ann");
-        n1.resume(now, 1, resume(vec![node("n9")]), 5);
+        n1.resume(now, 1, ann_saw_n0s_fifth(vec![node("n9")]), 5);
         n1.publish(now, 2, "tok-Ann", "after n0's", 6, P1);
         let wait = n1.timing().unheard_node_wait();
         let (mut t, mut out) = (now, Vec::new());
