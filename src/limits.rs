@@ -14,10 +14,11 @@
 //!   whole room (about 200 bytes a participant), a Join stream frame at most
 //!   a few hundred KiB of events. 16 MiB holds a room of 80,000.
 //! * Between nodes, a `ServerJoinReply` carries every live participant of
-//!   the cluster with its session grant (at most about 350 bytes each: see
-//!   the tests below), and a `RelayBatch` up to 512 events (at most a few
-//!   KiB each, most of it one dependency mark per origin). 64 MiB holds a
-//!   snapshot of 190,000 participants.
+//!   the cluster with its session grant and the id of its latest message
+//!   (at most about 450 bytes each: see the tests below), and a
+//!   `RelayBatch` up to 512 events (at most a few KiB each, most of it one
+//!   dependency mark per origin). 64 MiB holds a snapshot of 150,000
+//!   participants.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -162,10 +163,25 @@ mod tests {
 
     #[test]
     fn a_snapshot_of_ten_thousand_participants_is_well_within_the_mesh_limit() {
-        let (participants, grants) = (0..10_000).map(largest_participant).unzip();
+        let (participants, grants): (Vec<_>, Vec<_>) = (0..10_000).map(largest_participant).unzip();
+        let last_messages = participants
+            .iter()
+            .map(|p| Event {
+                id: Some(EventId {
+                    origin: Some(node_id(1)),
+                    seq: u64::MAX,
+                }),
+                lamport: u64::MAX,
+                kind: EventKind::Message as i32,
+                participant_id: p.id.clone(),
+                publish_id: "0".repeat(36),
+                ..Default::default()
+            })
+            .collect();
         let reply = ServerJoinReply {
             participants,
             grants,
+            last_messages,
             delivered: (0..64)
                 .map(|i| SeqMark {
                     origin: Some(node_id(i)),
@@ -175,8 +191,8 @@ mod tests {
             ..Default::default()
         };
         let len = reply.encoded_len();
-        assert!(len < 10_000 * 350, "{len} bytes");
-        assert!(len * 18 < MESH_MAX_MESSAGE, "{len} bytes");
+        assert!(len < 10_000 * 450, "{len} bytes");
+        assert!(len * 15 < MESH_MAX_MESSAGE, "{len} bytes");
     }
 
     #[test]

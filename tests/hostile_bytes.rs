@@ -19,8 +19,8 @@ use chitty::core::rng::Rng;
 use chitty::core::validate;
 use chitty::proto::{
     Event, EventId, EventKind, Gap, GapRange, Heartbeat, JoinRequest, LeaveRequest, MemberState,
-    NeverHeld, NodeId, PublishRequest, Rejoin, RelayAck, RelayBatch, RelayFrame, Resume, SeqMark,
-    ServerJoinReply, ServerJoinRequest, UpdateServersRequest, relay_frame,
+    NeverHeld, NodeId, Participant, PublishRequest, Rejoin, RelayAck, RelayBatch, RelayFrame,
+    Resume, SeqMark, ServerJoinReply, ServerJoinRequest, UpdateServersRequest, relay_frame,
 };
 use prost::Message;
 
@@ -196,10 +196,15 @@ fn seeds() -> Vec<(&'static str, Vec<u8>)> {
             "ServerJoinReply",
             ServerJoinReply {
                 members,
-                participants: Vec::new(),
+                participants: vec![Participant {
+                    id: "id-Bo".into(),
+                    name: "Bo".into(),
+                    node: Some(node("n2")),
+                }],
                 lamport: 50,
                 delivered: vec![mark("n2", 9)],
                 grants: vec![chitty::core::tokens::grant_of("id-Bo", "tok-Bo")],
+                last_messages: vec![event(8, EventKind::Message, "")],
             }
             .encode_to_vec(),
         ),

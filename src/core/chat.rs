@@ -120,6 +120,9 @@ pub struct Snapshot {
     pub delivered: Vec<SeqMark>,
     pub lamport: u64,
     pub grants: Vec<SessionGrant>,
+    /// Each live participant's latest message, as
+    /// [`PublishDedupe::latest_per_participant`] gives it.
+    pub last_messages: Vec<Event>,
 }
 
 /// Result of a successful resume.
@@ -719,6 +722,9 @@ impl ChatCore {
             delivered: self.holdback.delivered(),
             lamport: self.clock.now(),
             grants: self.tokens.grants(),
+            last_messages: self
+                .dedupe
+                .latest_per_participant(|pid| self.roster.contains(pid), self.roster.len()),
         }
     }
 
@@ -737,6 +743,29 @@ impl ChatCore {
         }
         for p in snapshot.participants {
             self.roster.load(p);
+        }
+        // A participant whose last publish got no answer retries it here
+        // with the same publish id: the id must be known, or the retry
+        // would become a second event (events before the snapshot never
+        // reach this node, so nor do their ids).
+        for mut event in snapshot.last_messages.into_iter().take(self.roster.len()) {
+            let Some(member) = self.roster.get(&event.participant_id) else {
+                continue;
+            };
+            if event.kind() != EventKind::Message
+                || event.publish_id.is_empty()
+                || validate::publish_id(&event.publish_id).is_err()
+                || event.id.as_ref().is_none_or(|id| id.origin.is_none())
+            {
+                continue;
+            }
+            let key = PublishKey::new(&event.publish_id);
+            if self.dedupe.original(&key).is_none() {
+                event.participant_name = member.name.clone();
+                event.text.clear();
+                event.deps.clear();
+                self.dedupe.remember(key, Arc::new(event));
+            }
         }
     }
 
@@ -1169,6 +1198,48 @@ mod tests {
             Some(&n2)
         );
         assert_eq!(retry.event.lamport, 9);
+    }
+
+    #[test]
+    fn a_node_that_joins_knows_the_publish_id_of_each_participants_latest_message() {
+        let mut a = core();
+        let j = join(&mut a, "J", 1);
+        let first = "00000000-0000-4000-8000-000000000001";
+        let latest = "00000000-0000-4000-8000-000000000002";
+        a.publish("tok-J", "one", 2, first).unwrap();
+        let original = a.publish("tok-J", "two", 3, latest).unwrap().event;
+        let mut snapshot = a.snapshot();
+        // What no honest node sends is dropped: an entry for a participant
+        // not in the snapshot, one that is not a message.
+        let forged = "00000000-0000-4000-8000-000000000003";
+        let mut stranger = snapshot.last_messages[0].clone();
+        stranger.participant_id = "id-nobody".into();
+        stranger.publish_id = forged.into();
+        let mut joined = snapshot.last_messages[0].clone();
+        joined.kind = EventKind::Joined as i32;
+        joined.publish_id = forged.into();
+        snapshot.last_messages.extend([stranger, joined]);
+        let mut b = ChatCore::new(
+            NodeId {
+                id: "n2".into(),
+                generation: 1,
+            },
+            CoreLimits::default(),
+        );
+        b.load(snapshot);
+        assert!(b.dedupe.original(&PublishKey::new(forged)).is_none());
+        b.resume(&j.participant_id, "tok-J", 4).unwrap();
+        let retry = b.publish("tok-J", "two", 5, latest).unwrap();
+        assert!(
+            retry.duplicate,
+            "the retry is the original, not a second event"
+        );
+        assert_eq!(retry.event.id, original.id);
+        assert_eq!(retry.event.lamport, original.lamport);
+        assert_eq!(retry.event.participant_name, "J");
+        // Only the latest message is carried: a client sends one publish at
+        // a time, so only that one can be unanswered.
+        assert!(!b.publish("tok-J", "one", 6, first).unwrap().duplicate);
     }
 
     #[test]

@@ -90,6 +90,34 @@ impl PublishDedupe {
         }
     }
 
+    /// The latest message remembered of each participant that `wanted`
+    /// accepts, newest first, at most `most` of them, each cut to what
+    /// answering a retry needs (id, clock, participant and publish id).
+    pub fn latest_per_participant(&self, wanted: impl Fn(&str) -> bool, most: usize) -> Vec<Event> {
+        let mut taken = std::collections::HashSet::new();
+        let mut latest = Vec::new();
+        for key in self.order.iter().rev() {
+            if latest.len() >= most {
+                break;
+            }
+            let Some(event) = self.published.get(key) else {
+                continue;
+            };
+            let pid = event.participant_id.as_str();
+            if wanted(pid) && taken.insert(pid) {
+                latest.push(Event {
+                    id: event.id.clone(),
+                    lamport: event.lamport,
+                    kind: EventKind::Message as i32,
+                    participant_id: event.participant_id.clone(),
+                    publish_id: event.publish_id.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+        latest
+    }
+
     fn note_order(&mut self, key: PublishKey) {
         self.order.push_back(key);
         while self.order.len() > self.capacity {
@@ -180,5 +208,33 @@ mod tests {
         assert!(d.original(&PublishKey::new("c")).is_some());
         // Forgotten: a second stamping of "a" is no longer recognised.
         assert!(d.first_delivery(&message("m", 1, "a")));
+    }
+
+    #[test]
+    fn the_latest_message_of_each_wanted_participant_is_cut_to_what_a_retry_needs() {
+        let mut d = PublishDedupe::new(10);
+        let by = |who: &str, seq: u64, publish_id: &str| {
+            let mut event = Arc::unwrap_or_clone(message("n", seq, publish_id));
+            event.participant_id = who.into();
+            event.participant_name = format!("name of {who}");
+            event.text = "hello".into();
+            event.lamport = seq * 10;
+            Arc::new(event)
+        };
+        d.remember(PublishKey::new("a1"), by("ann", 1, "a1"));
+        d.remember(PublishKey::new("b1"), by("bob", 2, "b1"));
+        d.remember(PublishKey::new("a2"), by("ann", 3, "a2"));
+        d.remember(PublishKey::new("c1"), by("cy", 4, "c1"));
+        let latest = d.latest_per_participant(|pid| pid != "cy", 10);
+        let got: Vec<_> = latest
+            .iter()
+            .map(|e| (e.participant_id.as_str(), e.publish_id.as_str(), e.lamport))
+            .collect();
+        assert_eq!(got, [("ann", "a2", 30), ("bob", "b1", 20)]);
+        assert!(latest.iter().all(|e| e.text.is_empty()
+            && e.participant_name.is_empty()
+            && e.kind() == EventKind::Message
+            && e.id.is_some()));
+        assert_eq!(d.latest_per_participant(|_| true, 1).len(), 1);
     }
 }

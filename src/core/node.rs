@@ -1236,9 +1236,11 @@ impl NodeCore {
 
     /// A participant's unanswered publish went to `unanswered_at`: its retry
     /// here is recognised only if this node remembers the publish ids those
-    /// nodes stamped, which a node that joined the cluster since does not
-    /// (it starts from a snapshot, without them). While a node that was
-    /// there before it is reachable, the participant goes there instead.
+    /// nodes stamped. A node that joined the cluster since starts from a
+    /// snapshot, which carries only each participant's latest message (the
+    /// one a client that sends one publish at a time retries). While a node
+    /// that was there before it is reachable, the participant goes there
+    /// instead.
     /// The nodes of `known` (those of the server lists a participant
     /// received, already bounded by validation) that this node has not heard
     /// of, itself left out.
@@ -1437,6 +1439,7 @@ impl NodeCore {
             lamport: snapshot.lamport,
             delivered: snapshot.delivered,
             grants: snapshot.grants,
+            last_messages: snapshot.last_messages,
         })
     }
 
@@ -1448,6 +1451,7 @@ impl NodeCore {
             // A boot node's absurd clock is not taken whole.
             lamport: reply.lamport.min(validate::MAX_EVENT_LAMPORT),
             grants: reply.grants,
+            last_messages: reply.last_messages,
         });
         let change = self.membership.merge(&reply.members);
         self.elders = self

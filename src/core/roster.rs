@@ -56,6 +56,11 @@ impl Roster {
         self.members.contains_key(participant_id)
     }
 
+    /// How many participants are live.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
     /// The name, as typed, of the live participant holding `name` or a
     /// look-alike of it (same [`names::skeleton`]).
     pub fn resembles(&self, name: &str) -> Option<&str> {
