@@ -13,6 +13,7 @@
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
@@ -61,14 +62,7 @@ where
         if self.timer.format_time(&mut writer).is_err() {
             writer.write_str("<unknown time>")?;
         }
-        // The time's space, then the level padded to five.
-        writer.write_str(match *meta.level() {
-            Level::TRACE => " TRACE ",
-            Level::DEBUG => " DEBUG ",
-            Level::INFO => "  INFO ",
-            Level::WARN => "  WARN ",
-            Level::ERROR => " ERROR ",
-        })?;
+        writer.write_str(level_text(*meta.level()))?;
         if let Some(scope) = ctx.event_scope() {
             let mut any = false;
             for span in scope.from_root() {
@@ -271,6 +265,155 @@ impl Visit for FieldsVisitor<'_> {
         if !plain {
             self.by_default(|v| v.record_debug(field, value));
         }
+    }
+}
+
+/// Whether lines may be written by [`direct_line`]: set once the process
+/// logs text without colors through [`crate::log_writer`].
+static DIRECT: AtomicBool = AtomicBool::new(false);
+
+/// Lets [`direct_line`] write lines from now on. For a process whose only
+/// subscriber writes text without colors, formatted by [`LogLine`] and
+/// [`LogFields`], to the log [`crate::log_writer::start`] began.
+pub fn allow_direct_lines() {
+    DIRECT.store(true, Ordering::Relaxed);
+}
+
+/// The fields of a line [`direct_line`] writes, each written as
+/// [`LogFields`] writes that kind of field.
+pub struct DirectFields<'a> {
+    line: &'a mut String,
+}
+
+impl DirectFields<'_> {
+    fn name(&mut self, name: &str) {
+        self.line.push(' ');
+        self.line.push_str(name);
+        self.line.push('=');
+    }
+
+    /// A `&str` field (`name = value`): quoted, escaped as `str`'s `Debug`.
+    pub fn quoted(&mut self, name: &str, value: &str) {
+        self.name(name);
+        if plain_quoted(value) {
+            self.line.push('"');
+            self.line.push_str(value);
+            self.line.push('"');
+        } else {
+            let _ = write!(self.line, "{value:?}");
+        }
+    }
+
+    /// A field written with `Display` (`name = %value`).
+    pub fn display(&mut self, name: &str, value: &str) {
+        self.name(name);
+        self.line.push_str(value);
+    }
+
+    pub fn number(&mut self, name: &str, value: u64) {
+        self.name(name);
+        self.line.push_str(itoa::Buffer::new().format(value));
+    }
+
+    pub fn boolean(&mut self, name: &str, value: bool) {
+        self.name(name);
+        self.line.push_str(if value { "true" } else { "false" });
+    }
+}
+
+/// A whole line as [`LogLine`] and [`LogFields`] write an event of `level`
+/// and `target`, outside any span, whose message is `message` (printable
+/// ASCII) and whose fields `fields` writes.
+fn format_direct(
+    line: &mut String,
+    timer: &impl FormatTime,
+    level: Level,
+    target: &str,
+    message: &str,
+    fields: impl FnOnce(&mut DirectFields<'_>),
+) {
+    debug_assert!(plain_message(message), "{message:?}");
+    if timer.format_time(&mut Writer::new(line)).is_err() {
+        line.push_str("<unknown time>");
+    }
+    line.push_str(level_text(level));
+    line.push_str(target);
+    line.push_str(": ");
+    line.push_str(message);
+    fields(&mut DirectFields { line });
+    line.push('\n');
+}
+
+/// Writes a line of `level` and `target` (the module logging) straight to
+/// the log, the same bytes [`LogLine`] would write for it, without tracing's
+/// dispatch, filter and visitors: those cost more than the work a node
+/// logs per message. The caller has checked the level is enabled for the
+/// target (`tracing::enabled!`). Returns false, having written nothing and
+/// without calling `fields`, when the line must go through tracing:
+/// [`allow_direct_lines`] was not called, a span is entered on this thread
+/// (its name and fields belong on the line), or this thread is already
+/// writing a direct line.
+pub fn direct_line(
+    level: Level,
+    target: &str,
+    message: &str,
+    fields: impl FnOnce(&mut DirectFields<'_>),
+) -> bool {
+    if !DIRECT.load(Ordering::Relaxed)
+        || tracing::dispatcher::get_default(|d| d.current_span().id().is_some())
+    {
+        return false;
+    }
+    thread_local! {
+        static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+    }
+    LINE.try_with(|cell| {
+        let Ok(mut line) = cell.try_borrow_mut() else {
+            return false;
+        };
+        line.clear();
+        format_direct(&mut line, &LogTime, level, target, message, fields);
+        crate::log_writer::append_line(line.as_bytes())
+    })
+    .unwrap_or(false)
+}
+
+/// An INFO line of the calling module: a message and fields, each field
+/// named with how it is written (a method of [`DirectFields`]: `quoted`
+/// for a `&str` as `name = value` logs it, `display` as `name = %value`,
+/// `number`, `boolean`). Written by [`direct_line`] when it can, otherwise
+/// by `tracing::info!`, with the same fields: the same line either way, and
+/// the same record in any other format.
+macro_rules! info_line {
+    ($message:literal $(, $name:ident = $how:ident($value:expr))* $(,)?) => {
+        if ::tracing::enabled!(::tracing::Level::INFO) {
+            let direct = $crate::log_format::direct_line(
+                ::tracing::Level::INFO,
+                module_path!(),
+                $message,
+                |_line| { $( _line.$how(stringify!($name), $value); )* },
+            );
+            if !direct {
+                ::tracing::info!(
+                    $( $name = $crate::log_format::info_line!(@value $how $value), )*
+                    $message
+                );
+            }
+        }
+    };
+    (@value display $value:expr) => { ::tracing::field::display($value) };
+    (@value $how:ident $value:expr) => { $value };
+}
+pub(crate) use info_line;
+
+/// The time's space, then the level padded to five, then a space.
+fn level_text(level: Level) -> &'static str {
+    match level {
+        Level::TRACE => " TRACE ",
+        Level::DEBUG => " DEBUG ",
+        Level::INFO => "  INFO ",
+        Level::WARN => "  WARN ",
+        Level::ERROR => " ERROR ",
     }
 }
 
@@ -481,6 +624,86 @@ mod tests {
                 assert_eq!(ours, theirs);
             }
         }
+    }
+
+    /// The lines a node writes with [`info_line!`], logged through tracing
+    /// (`info_line!` falls back to it, as [`allow_direct_lines`] was not
+    /// called here).
+    fn node_lines(name: &str, origin: &str) {
+        info_line!(
+            "Broadcast",
+            kind = quoted("EVENT_KIND_MESSAGE"),
+            participant = display(name),
+            lamport = number(51),
+            origin = quoted(origin),
+            seq = number(u64::MAX),
+        );
+        info_line!(
+            "Publish",
+            participant = display(name),
+            lamport = number(0),
+            request_lamport = number(51),
+            duplicate = boolean(true),
+        );
+        info_line!("Publish", duplicate = boolean(false));
+        info_line!("Nothing else");
+    }
+
+    fn node_lines_direct(timer: &impl FormatTime, name: &str, origin: &str) -> String {
+        let target = module_path!();
+        let mut out = String::new();
+        let mut line = |message: &str, fields: &dyn Fn(&mut DirectFields<'_>)| {
+            format_direct(&mut out, timer, Level::INFO, target, message, fields);
+        };
+        line("Broadcast", &|f| {
+            f.quoted("kind", "EVENT_KIND_MESSAGE");
+            f.display("participant", name);
+            f.number("lamport", 51);
+            f.quoted("origin", origin);
+            f.number("seq", u64::MAX);
+        });
+        line("Publish", &|f| {
+            f.display("participant", name);
+            f.number("lamport", 0);
+            f.number("request_lamport", 51);
+            f.boolean("duplicate", true);
+        });
+        line("Publish", &|f| f.boolean("duplicate", false));
+        line("Nothing else", &|_| {});
+        out
+    }
+
+    #[test]
+    fn a_direct_line_is_the_line_tracing_writes() {
+        for time in [Some("2026-12-04T13:31:20.000001Z"), None] {
+            for (name, origin) in [
+                ("Ann", "0123456789abcdef"),
+                ("Zoë \"the\" ✓", "quote \" and \\ and ✓ and \u{7}"),
+                ("", ""),
+            ] {
+                let direct = node_lines_direct(&Fixed(time), name, origin);
+                for ours in [false, true] {
+                    let lines = Lines::default();
+                    let builder = tracing_subscriber::fmt()
+                        .with_writer(lines.clone())
+                        .with_ansi(false)
+                        .with_timer(Fixed(time));
+                    let log = || node_lines(name, origin);
+                    if ours {
+                        let subscriber = builder
+                            .fmt_fields(LogFields)
+                            .event_format(LogLine::new(Fixed(time)))
+                            .finish();
+                        tracing::subscriber::with_default(subscriber, log);
+                    } else {
+                        tracing::subscriber::with_default(builder.finish(), log);
+                    }
+                    assert_eq!(direct, lines.text(), "ours {ours}");
+                }
+            }
+        }
+        // Not allowed here: nothing written, the fields never asked for.
+        assert!(!direct_line(Level::INFO, "t", "m", |_| unreachable!()));
     }
 
     fn time_text(timer: &impl FormatTime) -> String {

@@ -181,6 +181,18 @@ pub fn flush() {
     }
 }
 
+/// Appends a whole formatted line to the log [`start`] began first, as a
+/// line logged through tracing is; false if no log was started.
+pub fn append_line(line: &[u8]) -> bool {
+    match CURRENT.get() {
+        Some(shared) => {
+            shared.append(line);
+            true
+        }
+        None => false,
+    }
+}
+
 impl Drop for LogGuard {
     fn drop(&mut self) {
         lock(&self.shared.pending).closing = true;

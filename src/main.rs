@@ -176,5 +176,9 @@ pub fn init_logging(
             .with_writer(writer)
             .init(),
     }
+    if format == LogFormat::Text && !ansi {
+        // The hottest lines (one per message) skip tracing's dispatch.
+        chitty::log_format::allow_direct_lines();
+    }
     Some(guard)
 }

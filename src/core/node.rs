@@ -47,6 +47,7 @@ use crate::core::history::Audience;
 use crate::core::membership::{Change, Membership, member};
 use crate::core::validate;
 use crate::diagram::{self, Call, Dir, Record, Who};
+use crate::log_format::info_line;
 use crate::proto::{
     Event, EventKind, Gap, GapRange, Heartbeat, Member, MemberState, NodeId, Participant,
     PublishReply, RelayAck, RelayFrame, Resume, SeqMark, ServerInfo, ServerJoinReply, ServerList,
@@ -1188,12 +1189,12 @@ impl NodeCore {
             Err(e) => return self.refuse(request, e),
         };
         let event = &published.event;
-        info!(
-            participant = %event.participant_name,
-            lamport = event.lamport,
-            request_lamport = lamport,
-            duplicate = published.duplicate,
-            "Publish"
+        info_line!(
+            "Publish",
+            participant = display(&event.participant_name),
+            lamport = number(event.lamport),
+            request_lamport = number(lamport),
+            duplicate = boolean(published.duplicate),
         );
         diagram::rpc(
             self.who(),
@@ -2356,13 +2357,19 @@ impl NodeCore {
             if own {
                 diagram::stamp(&self.me, &self.addr, &event);
             }
-            info!(
-                kind = event.kind().as_str_name(),
-                participant = %event.participant_name,
-                lamport = event.lamport,
-                origin = event.id.as_ref().and_then(|i| i.origin.as_ref()).map_or("", |o| o.id.as_str()),
-                seq = event.id.as_ref().map_or(0, |i| i.seq),
-                "Broadcast"
+            info_line!(
+                "Broadcast",
+                kind = quoted(event.kind().as_str_name()),
+                participant = display(&event.participant_name),
+                lamport = number(event.lamport),
+                origin = quoted(
+                    event
+                        .id
+                        .as_ref()
+                        .and_then(|i| i.origin.as_ref())
+                        .map_or("", |o| o.id.as_str())
+                ),
+                seq = number(event.id.as_ref().map_or(0, |i| i.seq)),
             );
             if own {
                 // Only a "joined" carries a grant: no lookup per message.
