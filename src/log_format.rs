@@ -350,9 +350,9 @@ fn format_direct(
 /// logs per message. The caller has checked the level is enabled for the
 /// target (`tracing::enabled!`). Returns false, having written nothing and
 /// without calling `fields`, when the line must go through tracing:
-/// [`allow_direct_lines`] was not called, a span is entered on this thread
-/// (its name and fields belong on the line), or this thread is already
-/// writing a direct line.
+/// [`allow_direct_lines`] was not called, no log was started, a span is
+/// entered on this thread (its name and fields belong on the line), or this
+/// thread is already writing a direct line.
 pub fn direct_line(
     level: Level,
     target: &str,
@@ -360,6 +360,7 @@ pub fn direct_line(
     fields: impl FnOnce(&mut DirectFields<'_>),
 ) -> bool {
     if !DIRECT.load(Ordering::Relaxed)
+        || !crate::log_writer::started()
         || tracing::dispatcher::get_default(|d| d.current_span().id().is_some())
     {
         return false;

@@ -181,6 +181,11 @@ pub fn flush() {
     }
 }
 
+/// Whether a log was started in this process.
+pub fn started() -> bool {
+    CURRENT.get().is_some()
+}
+
 /// Appends a whole formatted line to the log [`start`] began first, as a
 /// line logged through tracing is; false if no log was started.
 pub fn append_line(line: &[u8]) -> bool {
