@@ -101,7 +101,6 @@ impl<'a> Borrow<dyn Incarnation + 'a> for OriginKey {
     }
 }
 
-/// Whether two incarnations are the same.
 /// `marks` as sequence marks, sorted by origin.
 fn sorted_marks(mut marks: Vec<(&OriginKey, u64)>) -> Vec<SeqMark> {
     marks.sort();
@@ -114,6 +113,7 @@ fn sorted_marks(mut marks: Vec<(&OriginKey, u64)>) -> Vec<SeqMark> {
         .collect()
 }
 
+/// Whether two incarnations are the same.
 fn same(a: &dyn Incarnation, b: &dyn Incarnation) -> bool {
     a == b
 }

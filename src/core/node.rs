@@ -3533,10 +3533,6 @@ mod tests {
         ));
     }
 
-    /// A node cut off while another joined the cluster has not heard of it;
-    /// a participant that moves here from a node that had (and then
-    /// stopped) may have seen events only that newcomer holds. Its
-    /// publishes wait until this node hears of the newcomer, bounded.
     /// Ann (joined with `join`) resumes having seen n0's event 5, knowing
     /// of `known_nodes`.
     fn ann_saw_n0s_fifth(known_nodes: Vec<NodeId>) -> Resume {
@@ -3552,6 +3548,10 @@ mod tests {
         }
     }
 
+    /// A node cut off while another joined the cluster has not heard of it;
+    /// a participant that moves here from a node that had (and then
+    /// stopped) may have seen events only that newcomer holds. Its
+    /// publishes wait until this node hears of the newcomer, bounded.
     #[test]
     fn a_resumed_participants_publish_waits_for_a_node_it_knew_of_and_this_one_did_not() {
         let stamped = |out: &[Output], text: &str| {
