@@ -759,13 +759,11 @@ impl ChatCore {
             {
                 continue;
             }
-            let key = PublishKey::new(&event.publish_id);
-            if self.dedupe.original(&key).is_none() {
-                event.participant_name = member.name.clone();
-                event.text.clear();
-                event.deps.clear();
-                self.dedupe.remember(key, Arc::new(event));
-            }
+            event.participant_name = member.name.clone();
+            event.text.clear();
+            event.deps.clear();
+            // Remembered unless this node already knows the publish id.
+            self.dedupe.first_delivery(&Arc::new(event));
         }
     }
 
