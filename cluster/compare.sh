@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs Chitty and NATS side by side on the same loads, alternately, and
-# prints one table of what each run measured; the three main cases also run
-# on the bench's floor servers (`chitty-bench --floor`, bench/src/floor.rs:
-# the least a cluster on Chitty's stack does for the load, no chat logic):
+# prints one table of what each run measured; the three main cases and the
+# 10,000 idle one also run on the bench's floor servers (`chitty-bench
+# --floor`, bench/src/floor.rs: the least a cluster on Chitty's stack does
+# for the load, no chat logic):
 #
 #   cluster/compare.sh                 # 2 rounds of every case, into bench-results/compare-<date>-<commit>/
 #   cluster/compare.sh --rounds 3 --out /tmp/compare
@@ -53,7 +54,7 @@ if [ "$scale" = 1 ]; then
     cases+=(
         "S=3,000, steady 300/s|-s 3000 -m 200 --rate 300 --pipeline|-s 3000 -m 200 --rate 300"
         "S=300 on 5 nodes, steady 1,000/s|--nodes 5 -s 300 -m 1000 --rate 1000 --pipeline|--nodes 5 -s 300 -m 1000 --rate 1000"
-        "10,000 idle + 30, steady 2/s|-s 30 -m 7 --rate 2 --idle 10000|-s 10030 -m 7 --rate 2"
+        "10,000 idle + 30, steady 2/s|-s 30 -m 7 --rate 2 --idle 10000|-s 10030 -m 7 --rate 2|-s 30 -m 7 --rate 2 --idle 10000"
     )
 fi
 
