@@ -351,6 +351,9 @@ impl<T: Clone> DeliveryLog<T> {
         let stop = r.ending.as_ref().map_or(head, |e| e.at.min(head));
         let before = out.len();
         let mut at = r.cursor;
+        // Room for what this read can take, no more: a session woken for
+        // one item does not allocate for a whole frame's worth.
+        out.reserve(usize::try_from(stop.saturating_sub(at)).map_or(max, |n| n.min(max)));
         while at < stop && out.len() - before < max {
             let entry = &entries[(at - *first) as usize];
             if entry.audience.includes(reader, r.from_gate) {

@@ -209,7 +209,9 @@ impl http_body::Body for JoinBody {
         // Frames up to the session's limit (one larger frame goes on its
         // own); the rest of the backlog follows in the next chunk.
         let limit = this.stream.limit() + 1024;
-        let mut frames: Vec<EncodedFrame> = Vec::new();
+        // Most chunks hold one frame: the others, if any, go in `rest`.
+        let mut first: Option<EncodedFrame> = None;
+        let mut rest: Vec<EncodedFrame> = Vec::new();
         let mut len = 0;
         loop {
             let next = match this.held.take() {
@@ -219,12 +221,15 @@ impl http_body::Body for JoinBody {
             match next {
                 Poll::Ready(Some(Ok(frame))) => {
                     let size = PREFIX + frame.encoded_len();
-                    if !frames.is_empty() && len + size > limit {
+                    if first.is_some() && len + size > limit {
                         this.held = Some(frame);
                         break;
                     }
                     len += size;
-                    frames.push(frame);
+                    match first {
+                        None => first = Some(frame),
+                        Some(_) => rest.push(frame),
+                    }
                 }
                 Poll::Ready(Some(Err(status))) => {
                     this.end = Some(status);
@@ -237,14 +242,14 @@ impl http_body::Body for JoinBody {
                 Poll::Pending => break,
             }
         }
-        if frames.is_empty() {
+        let Some(first) = first else {
             return match this.end.take() {
                 Some(status) => Poll::Ready(Some(Ok(this.trailers(&status)))),
                 None => Poll::Pending,
             };
-        }
+        };
         let mut chunk = BytesMut::with_capacity(len);
-        for frame in &frames {
+        for frame in std::iter::once(&first).chain(&rest) {
             chunk.put_u8(0);
             chunk.put_u32(frame.encoded_len() as u32);
             frame.encode_raw(&mut chunk);

@@ -1198,14 +1198,13 @@ impl Stream for SessionStream {
             return Poll::Ready(None);
         }
         if this.taken.is_empty() {
-            // Room for what one frame takes, kept while the session has
-            // something to send: `take` slots, fewer the more sessions
-            // share the node.
+            // At most what one frame takes: `take` items, fewer the more
+            // sessions share the node. The log reserves room for what it
+            // hands over.
             let take = (limit / 256).min(1024);
             if this.taken.capacity() > take {
                 this.taken = Vec::new();
             }
-            this.taken.reserve_exact(take);
             let reader = &this.reader;
             match reader.log.read(reader.id, take, &mut this.taken, cx) {
                 Read::Pending => {

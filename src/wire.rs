@@ -114,8 +114,34 @@ pub fn participant_field(event: &Event) -> Bytes {
 /// A `JoinFrame`, already encoded in parts.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct EncodedFrame {
+    /// For an `events` frame, the key and length of `JoinFrame.events`,
+    /// kept here rather than in a part of its own; empty otherwise.
+    header: FieldHeader,
     parts: Vec<Bytes>,
     len: usize,
+}
+
+/// A length-delimited field's key and length: at most 2 bytes of key (field
+/// numbers below 2,048) and 10 of length.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct FieldHeader {
+    bytes: [u8; 12],
+    len: u8,
+}
+
+impl FieldHeader {
+    fn new(field: u32, body: usize) -> Self {
+        let mut bytes = [0; 12];
+        let mut out = &mut bytes[..];
+        encode_key(field, WireType::LengthDelimited, &mut out);
+        encode_varint(body as u64, &mut out);
+        let len = (12 - out.len()) as u8;
+        Self { bytes, len }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 impl EncodedFrame {
@@ -123,27 +149,28 @@ impl EncodedFrame {
     pub fn message(frame: &JoinFrame) -> Self {
         let bytes = Bytes::from(frame.encode_to_vec());
         Self {
+            header: FieldHeader::default(),
             len: bytes.len(),
             parts: vec![bytes],
         }
     }
 
-    /// An `events` frame from parts made by [`event_field`].
+    /// An `events` frame from parts made by [`event_field`]; `events` is
+    /// kept as the frame's parts.
     pub fn events(events: Vec<Bytes>) -> Self {
         let body: usize = events.iter().map(Bytes::len).sum();
-        let mut header = Vec::with_capacity(11);
-        encode_key(JOIN_FRAME_EVENTS, WireType::LengthDelimited, &mut header);
-        encode_varint(body as u64, &mut header);
-        let len = header.len() + body;
-        let mut parts = Vec::with_capacity(events.len() + 1);
-        parts.push(Bytes::from(header));
-        parts.extend(events);
-        Self { parts, len }
+        let header = FieldHeader::new(JOIN_FRAME_EVENTS, body);
+        Self {
+            len: header.as_slice().len() + body,
+            header,
+            parts: events,
+        }
     }
 }
 
 impl Message for EncodedFrame {
     fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(self.header.as_slice());
         for part in &self.parts {
             buf.put_slice(part);
         }
@@ -165,6 +192,7 @@ impl Message for EncodedFrame {
     }
 
     fn clear(&mut self) {
+        self.header = FieldHeader::default();
         self.parts.clear();
         self.len = 0;
     }
@@ -324,15 +352,27 @@ mod tests {
 
     #[test]
     fn an_events_frame_decodes_as_the_join_frame_it_stands_for() {
-        let events = vec![event(1, "hi"), event(2, &"😀".repeat(128))];
-        let frame = EncodedFrame::events(events.iter().map(event_field).collect());
-        let bytes = frame.encode_to_vec();
-        assert_eq!(bytes.len(), frame.encoded_len());
-        let expected = JoinFrame {
-            frame: Some(join_frame::Frame::Events(EventBatch { events })),
-        };
-        assert_eq!(JoinFrame::decode(bytes.as_slice()).unwrap(), expected);
-        assert_eq!(bytes, expected.encode_to_vec(), "byte for byte");
+        // Bodies whose length takes one, two and three bytes.
+        for count in [0, 1, 2, 200] {
+            let events: Vec<Event> = (1..=count)
+                .map(|seq| match seq % 2 {
+                    1 => event(seq, "hi"),
+                    _ => event(seq, &"😀".repeat(128)),
+                })
+                .collect();
+            let frame = EncodedFrame::events(events.iter().map(event_field).collect());
+            let bytes = frame.encode_to_vec();
+            assert_eq!(bytes.len(), frame.encoded_len(), "{count} events");
+            let expected = JoinFrame {
+                frame: Some(join_frame::Frame::Events(EventBatch { events })),
+            };
+            assert_eq!(JoinFrame::decode(bytes.as_slice()).unwrap(), expected);
+            assert_eq!(
+                bytes,
+                expected.encode_to_vec(),
+                "{count} events, byte for byte"
+            );
+        }
     }
 
     #[test]
