@@ -7,7 +7,8 @@
 //! than what h2 copies into the buffer, DATA frames split at the largest
 //! frame size, header blocks too large for one frame (CONTINUATION), and
 //! trailers, on streams one after another (the buffer given back and made
-//! again in between) and at once.
+//! again in between) and at once, and on connections that take turns with
+//! the buffers their thread keeps.
 
 use std::time::Duration;
 
@@ -121,6 +122,28 @@ async fn streams_at_once_arrive_whole() {
         let client = connect().await;
         let streams: Vec<_> = (0..8)
             .map(|_| tokio::spawn(exchange(client.clone())))
+            .collect();
+        for stream in streams {
+            stream.await.unwrap();
+        }
+    })
+    .await
+    .expect("the exchanges did not finish in time");
+}
+
+/// Several connections, each side on one thread, writing at once: a buffer
+/// one connection gives back goes to another, and nothing of one stream's
+/// bytes may turn up in another's.
+#[tokio::test]
+async fn connections_taking_turns_with_their_threads_buffers_arrive_whole() {
+    tokio::time::timeout(DEADLINE, async {
+        let mut clients = Vec::new();
+        for _ in 0..6 {
+            clients.push(connect().await);
+        }
+        let streams: Vec<_> = clients
+            .iter()
+            .flat_map(|client| (0..2).map(|_| tokio::spawn(exchange(client.clone()))))
             .collect();
         for stream in streams {
             stream.await.unwrap();

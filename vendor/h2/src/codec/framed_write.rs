@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::io::poll_write_buf;
 
+use std::cell::RefCell;
 use std::io::{self, Cursor};
 
 // A macro to get around a method needing to borrow &mut self
@@ -66,6 +67,40 @@ enum Next<B> {
 /// The minimum MAX_FRAME_SIZE is 16kb, so always be able to send a HEADERS
 /// frame that big.
 const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
+
+/// Write buffers that connections on this thread gave back, at most this
+/// many: the next connection with a frame to write takes one rather than
+/// allocating its own. A busy thread writes to many connections in turn, each
+/// needing a buffer only until its flush.
+const SPARE_BUFFERS: usize = 4;
+
+thread_local! {
+    static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A write buffer of the usual size: a spare one if this thread has one.
+fn take_buffer() -> BytesMut {
+    SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| BytesMut::with_capacity(DEFAULT_BUFFER_CAPACITY))
+}
+
+/// Keeps `buf`, emptied, for the next connection on this thread, unless
+/// enough are kept or it is not of the usual size.
+fn give_back(mut buf: BytesMut) {
+    if buf.capacity() != DEFAULT_BUFFER_CAPACITY {
+        return;
+    }
+    buf.clear();
+    let _ = SPARE.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(buf);
+        }
+    });
+}
 
 /// Chain payloads bigger than this when vectored I/O is enabled. The remote
 /// will never advertise a max frame size less than this (well, the spec says
@@ -173,7 +208,7 @@ where
         // Everything is written: give the buffer back, so that a connection
         // with nothing to send holds none.
         if self.encoder.next.is_none() {
-            self.encoder.buf = Cursor::new(BytesMut::new());
+            give_back(std::mem::take(&mut self.encoder.buf).into_inner());
         }
 
         tracing::trace!("flushing buffer");
@@ -238,7 +273,7 @@ where
         // A frame to write and no buffer (see `flush`): make one of the
         // usual size, so a busy connection gathers frames as it always did.
         if self.buf.get_ref().capacity() == 0 {
-            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+            *self.buf.get_mut() = take_buffer();
         }
 
         match item {
