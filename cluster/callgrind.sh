@@ -51,6 +51,9 @@ start() {
     local n=$1 boot=${2:-}
     local args=(server --listen 127.0.0.1:0 --publish-rate=0 --max-connections-per-ip=20000)
     [ -z "$boot" ] || args+=(--boot "$boot")
+    # Made here, not by the redirection of the job below, which may come
+    # after the first look for the address.
+    : >"$work/node$n.out"
     valgrind --tool=callgrind --callgrind-out-file="$out/node$n.callgrind" \
         "$bin" "${args[@]}" >"$work/node$n.out" 2>"$work/node$n.err" &
     pids+=($!)
