@@ -16,7 +16,9 @@ use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use tracing::callsite::{Callsite as _, DefaultCallsite};
 use tracing::field::{Field, Visit};
+use tracing::level_filters::{LevelFilter, STATIC_MAX_LEVEL};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::format::{DefaultVisitor, Format, Full, Writer};
@@ -348,7 +350,7 @@ fn format_direct(
 /// the log, the same bytes [`LogLine`] would write for it, without tracing's
 /// dispatch, filter and visitors: those cost more than the work a node
 /// logs per message. The caller has checked the level is enabled for the
-/// target (`tracing::enabled!`). Returns false, having written nothing and
+/// target ([`line_enabled`]). Returns false, having written nothing and
 /// without calling `fields`, when the line must go through tracing:
 /// [`allow_direct_lines`] was not called, no log was started, a span is
 /// entered on this thread (its name and fields belong on the line), or this
@@ -379,6 +381,25 @@ pub fn direct_line(
     .unwrap_or(false)
 }
 
+/// Whether an [`info_line!`] with `callsite` is written: what the subscriber
+/// said of the callsite when it was registered (as for `tracing::info!`),
+/// asking it again at each line only if its answer depends on more than
+/// the callsite. (`tracing::enabled!` asks at every line; with the node's
+/// filter of several targets, that cost more than the rest of the check.)
+pub fn line_enabled(callsite: &'static DefaultCallsite) -> bool {
+    if Level::INFO > STATIC_MAX_LEVEL || Level::INFO > LevelFilter::current() {
+        return false;
+    }
+    let interest = callsite.interest();
+    if interest.is_always() {
+        return true;
+    }
+    if interest.is_never() {
+        return false;
+    }
+    tracing::dispatcher::get_default(|d| d.enabled(callsite.metadata()))
+}
+
 /// An INFO line of the calling module: a message and fields, each field
 /// named with how it is written (a method of [`DirectFields`]: `quoted`
 /// for a `&str` as `name = value` logs it, `display` as `name = %value`,
@@ -387,7 +408,7 @@ pub fn direct_line(
 /// the same record in any other format.
 macro_rules! info_line {
     ($message:literal $(, $name:ident = $how:ident($value:expr))* $(,)?) => {
-        if ::tracing::enabled!(::tracing::Level::INFO) {
+        if $crate::log_format::line_enabled($crate::log_format::line_callsite!()) {
             let direct = $crate::log_format::direct_line(
                 ::tracing::Level::INFO,
                 module_path!(),
@@ -406,6 +427,27 @@ macro_rules! info_line {
     (@value $how:ident $value:expr) => { $value };
 }
 pub(crate) use info_line;
+
+/// The callsite of an [`info_line!`]: an INFO hint of the calling module,
+/// registered with tracing on its first use.
+macro_rules! line_callsite {
+    () => {{
+        static CALLSITE: ::tracing::callsite::DefaultCallsite =
+            ::tracing::callsite::DefaultCallsite::new(&META);
+        static META: ::tracing::Metadata<'static> = ::tracing::Metadata::new(
+            concat!("info_line ", file!(), ":", line!()),
+            module_path!(),
+            ::tracing::Level::INFO,
+            ::core::option::Option::Some(file!()),
+            ::core::option::Option::Some(line!()),
+            ::core::option::Option::Some(module_path!()),
+            ::tracing::field::FieldSet::new(&[], ::tracing_core::identify_callsite!(&CALLSITE)),
+            ::tracing::metadata::Kind::HINT,
+        );
+        &CALLSITE
+    }};
+}
+pub(crate) use line_callsite;
 
 /// The time's space, then the level padded to five, then a space.
 fn level_text(level: Level) -> &'static str {
@@ -705,6 +747,27 @@ mod tests {
         }
         // Not allowed here: nothing written, the fields never asked for.
         assert!(!direct_line(Level::INFO, "t", "m", |_| unreachable!()));
+    }
+
+    #[test]
+    fn info_lines_follow_the_filter_of_their_module() {
+        // (Lines go through tracing here, which filters them again: what
+        // `line_enabled` says is checked on its own.)
+        let enabled = |directives: &str| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
+                .finish();
+            tracing::subscriber::with_default(subscriber, || line_enabled(line_callsite!()))
+        };
+        let here = module_path!();
+        assert!(enabled("info"));
+        assert!(!enabled("warn"));
+        assert!(!enabled(&format!("info,{here}=warn")));
+        assert!(enabled(&format!("warn,{here}=info")));
+        assert!(enabled("h2=warn,tonic=warn,info"));
+        // Again each way: what a callsite was told first does not stick.
+        assert!(!enabled("warn"));
+        assert!(enabled("info"));
     }
 
     fn time_text(timer: &impl FormatTime) -> String {

@@ -406,3 +406,41 @@ fn a_server_process_whose_stderr_is_closed_keeps_serving_and_stops_cleanly() {
         "the node stops cleanly on SIGTERM with its stderr closed: {exit}"
     );
 }
+
+/// `RUST_LOG` sets what a node logs: at its default level every service
+/// call and event has a line, and with Chitty's own lines at `warn` (all of
+/// them, or Chitty's only) none of them is written.
+#[test]
+fn a_node_at_warn_writes_no_line_per_call_and_one_at_its_default_does() {
+    let node_log = |rust_log: Option<&str>| {
+        let mut cmd = test_command(std::process::Command::new(CHITTY));
+        cmd.args(["server", "--listen", "127.0.0.1:0"]);
+        if let Some(level) = rust_log {
+            cmd.env("RUST_LOG", level);
+        }
+        let mut server = start_server_process(cmd, "chitty server");
+        let mut alice = spawn_client(&server.addr, "Alice");
+        alice.wait_joined();
+        alice.say("hello");
+        alice.wait_for_event("Alice's message", |e| e.body == "Alice: hello");
+        let status = std::process::Command::new("kill")
+            .args(["-s", "TERM", &server.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        assert!(server.child.wait_exit().success(), "the node stops cleanly");
+        server.stderr.wait_closed("the node's log")
+    };
+    let per_call = |line: &&String| line.contains("Publish") || line.contains("Broadcast");
+    let default = node_log(None);
+    assert!(
+        default.iter().filter(per_call).count() >= 3,
+        "a Publish and the Broadcasts of the join and the message:\n{}",
+        default.join("\n")
+    );
+    for rust_log in ["warn", "info,chitty=warn"] {
+        let log = node_log(Some(rust_log));
+        let written: Vec<&String> = log.iter().filter(per_call).collect();
+        assert!(written.is_empty(), "at {rust_log}: {written:?}");
+    }
+}
