@@ -1232,7 +1232,7 @@ impl Stream for SessionStream {
             .iter()
             .take_while(|item| matches!(item, Outbound::Event(e) if fits(&mut size, e, limit)))
             .count();
-        let frame = if run == 0 {
+        let frame = if run <= 1 {
             this.taken.remove(0).into_frame()
         } else {
             let events = this.taken.drain(..run).filter_map(Outbound::into_event);
@@ -1262,7 +1262,7 @@ impl Outbound {
 
     fn into_frame(self) -> EncodedFrame {
         let frame = match self {
-            Outbound::Event(e) => return EncodedFrame::events(vec![e]),
+            Outbound::Event(e) => return EncodedFrame::event(e),
             Outbound::Servers(list) => join_frame::Frame::Servers(Arc::unwrap_or_clone(list)),
             Outbound::Gap(gap) => join_frame::Frame::Gap(Arc::unwrap_or_clone(gap)),
             Outbound::Late(late) => join_frame::Frame::Late(crate::proto::LateRun { late }),

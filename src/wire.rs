@@ -117,7 +117,10 @@ pub struct EncodedFrame {
     /// For an `events` frame, the key and length of `JoinFrame.events`,
     /// kept here rather than in a part of its own; empty otherwise.
     header: FieldHeader,
-    parts: Vec<Bytes>,
+    /// The frame's first part (empty for an events frame of several: they
+    /// are all in `rest`). A frame of one part allocates nothing more.
+    first: Bytes,
+    rest: Vec<Bytes>,
     len: usize,
 }
 
@@ -151,7 +154,8 @@ impl EncodedFrame {
         Self {
             header: FieldHeader::default(),
             len: bytes.len(),
-            parts: vec![bytes],
+            first: bytes,
+            rest: Vec::new(),
         }
     }
 
@@ -163,7 +167,19 @@ impl EncodedFrame {
         Self {
             len: header.as_slice().len() + body,
             header,
-            parts: events,
+            first: Bytes::new(),
+            rest: events,
+        }
+    }
+
+    /// An `events` frame of one event, made by [`event_field`].
+    pub fn event(event: Bytes) -> Self {
+        let header = FieldHeader::new(JOIN_FRAME_EVENTS, event.len());
+        Self {
+            len: header.as_slice().len() + event.len(),
+            header,
+            first: event,
+            rest: Vec::new(),
         }
     }
 }
@@ -171,7 +187,8 @@ impl EncodedFrame {
 impl Message for EncodedFrame {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         buf.put_slice(self.header.as_slice());
-        for part in &self.parts {
+        buf.put_slice(&self.first);
+        for part in &self.rest {
             buf.put_slice(part);
         }
     }
@@ -193,7 +210,8 @@ impl Message for EncodedFrame {
 
     fn clear(&mut self) {
         self.header = FieldHeader::default();
-        self.parts.clear();
+        self.first = Bytes::new();
+        self.rest.clear();
         self.len = 0;
     }
 }
@@ -360,18 +378,27 @@ mod tests {
                     _ => event(seq, &"😀".repeat(128)),
                 })
                 .collect();
-            let frame = EncodedFrame::events(events.iter().map(event_field).collect());
-            let bytes = frame.encode_to_vec();
-            assert_eq!(bytes.len(), frame.encoded_len(), "{count} events");
-            let expected = JoinFrame {
-                frame: Some(join_frame::Frame::Events(EventBatch { events })),
-            };
-            assert_eq!(JoinFrame::decode(bytes.as_slice()).unwrap(), expected);
-            assert_eq!(
-                bytes,
-                expected.encode_to_vec(),
-                "{count} events, byte for byte"
-            );
+            let mut frames = vec![EncodedFrame::events(
+                events.iter().map(event_field).collect(),
+            )];
+            if let [one] = events.as_slice() {
+                frames.push(EncodedFrame::event(event_field(one)));
+            }
+            for frame in frames {
+                let bytes = frame.encode_to_vec();
+                assert_eq!(bytes.len(), frame.encoded_len(), "{count} events");
+                let expected = JoinFrame {
+                    frame: Some(join_frame::Frame::Events(EventBatch {
+                        events: events.clone(),
+                    })),
+                };
+                assert_eq!(JoinFrame::decode(bytes.as_slice()).unwrap(), expected);
+                assert_eq!(
+                    bytes,
+                    expected.encode_to_vec(),
+                    "{count} events, byte for byte"
+                );
+            }
         }
     }
 
