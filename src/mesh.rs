@@ -420,7 +420,7 @@ impl Node {
             // The first acknowledgement tells the peer what to catch up
             // on. The channel is registered before the core's outputs are
             // carried out, so no acknowledgement for this link is lost.
-            let (acks, first) = tokio::sync::watch::channel(Ok(ack));
+            let (acks, first) = ack_channel(Ok(ack));
             state.ack_watches.insert(link, acks.clone());
             InboundLink {
                 peer,
@@ -854,9 +854,90 @@ pub(crate) struct InboundLink {
     pub(crate) peer: NodeId,
     /// Its number, to tell the core when it closes.
     pub(crate) link: u64,
-    pub(crate) acks: tokio::sync::watch::Sender<Result<RelayAck, Status>>,
+    pub(crate) acks: AckSender,
     /// The receiving end: the response stream.
-    pub(crate) first: tokio::sync::watch::Receiver<Result<RelayAck, Status>>,
+    pub(crate) first: AckStream,
+}
+
+/// The acknowledgements of one inbound relay link, on their way to the
+/// Relay call's response stream. Each one says all the node holds, so only
+/// the newest is kept: a reader that falls behind skips stale ones and never
+/// misses the newest (as a watch channel does). The stream takes it rather
+/// than copying it. `first` is the stream's first item.
+pub(crate) fn ack_channel(first: Result<RelayAck, Status>) -> (AckSender, AckStream) {
+    let slot = Arc::new(AckSlot {
+        latest: std::sync::Mutex::new(Some(first)),
+        waker: atomic_waker::AtomicWaker::new(),
+        senders: std::sync::atomic::AtomicUsize::new(1),
+    });
+    (AckSender(slot.clone()), AckStream(slot))
+}
+
+#[derive(Debug)]
+struct AckSlot {
+    latest: std::sync::Mutex<Option<Result<RelayAck, Status>>>,
+    waker: atomic_waker::AtomicWaker,
+    /// Senders not dropped: with none left the stream ends, after the last
+    /// acknowledgement.
+    senders: std::sync::atomic::AtomicUsize,
+}
+
+impl AckSlot {
+    fn latest(&self) -> std::sync::MutexGuard<'_, Option<Result<RelayAck, Status>>> {
+        self.latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Hands acknowledgements to an [`AckStream`].
+#[derive(Debug)]
+pub(crate) struct AckSender(Arc<AckSlot>);
+
+impl AckSender {
+    /// Makes `ack` the one the stream yields next, in place of any it has
+    /// not taken yet.
+    pub(crate) fn send_replace(&self, ack: Result<RelayAck, Status>) {
+        *self.0.latest() = Some(ack);
+        self.0.waker.wake();
+    }
+}
+
+impl Clone for AckSender {
+    fn clone(&self) -> Self {
+        self.0.senders.fetch_add(1, Ordering::Relaxed);
+        Self(self.0.clone())
+    }
+}
+
+impl Drop for AckSender {
+    fn drop(&mut self) {
+        if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.waker.wake();
+        }
+    }
+}
+
+/// The Relay call's response stream: each acknowledgement once, the newest.
+#[derive(Debug)]
+pub struct AckStream(Arc<AckSlot>);
+
+impl tokio_stream::Stream for AckStream {
+    type Item = Result<RelayAck, Status>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.waker.register(cx.waker());
+        if let Some(ack) = self.0.latest().take() {
+            return std::task::Poll::Ready(Some(ack));
+        }
+        if self.0.senders.load(Ordering::Acquire) == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::Poll::Pending
+    }
 }
 
 /// Serves one inbound relay link until the peer closes it, the peer is
@@ -866,13 +947,13 @@ pub(crate) async fn serve_inbound(
     peer: NodeId,
     link: u64,
     mut inbound: tonic::Streaming<RelayFrame>,
-    acks: tokio::sync::watch::Sender<Result<RelayAck, Status>>,
+    acks: AckSender,
 ) {
     let mut shutdown = node.shared.shutdown.subscribe();
     loop {
         let frame = tokio::select! {
             _ = shutdown.changed() => {
-                let _ = acks.send_replace(Err(Status::unavailable("node is shutting down")));
+                acks.send_replace(Err(Status::unavailable("node is shutting down")));
                 break;
             }
             frame = inbound.message() => frame,
@@ -892,11 +973,81 @@ pub(crate) async fn serve_inbound(
             node.metrics().events_in.inc_by(batch.events.len() as u64);
         }
         if let Err(refusal) = node.step(|core, now| core.on_relay(now, &peer, frame)) {
-            let _ = acks.send_replace(Err(mesh_status(&refusal)));
+            acks.send_replace(Err(mesh_status(&refusal)));
             break;
         }
     }
     let mut state = node.lock();
     state.core.inbound_closed(link);
     state.ack_watches.remove(&link);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::{Context, Poll, Waker};
+
+    use tokio_stream::Stream;
+
+    use super::*;
+
+    fn ack(seq: u64) -> Result<RelayAck, Status> {
+        Ok(RelayAck {
+            held: vec![crate::proto::SeqMark { origin: None, seq }],
+            held_back: Vec::new(),
+        })
+    }
+
+    fn poll(stream: &mut AckStream) -> Poll<Option<Result<RelayAck, Status>>> {
+        std::pin::Pin::new(stream).poll_next(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn seq(item: Poll<Option<Result<RelayAck, Status>>>) -> u64 {
+        match item {
+            Poll::Ready(Some(Ok(ack))) => ack.held[0].seq,
+            other => panic!("expected an acknowledgement, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_stream_yields_the_first_then_only_the_newest_once_each() {
+        let (acks, mut stream) = ack_channel(ack(1));
+        assert_eq!(seq(poll(&mut stream)), 1);
+        assert!(poll(&mut stream).is_pending());
+        acks.send_replace(ack(2));
+        acks.send_replace(ack(3));
+        assert_eq!(seq(poll(&mut stream)), 3, "the stale one skipped");
+        assert!(poll(&mut stream).is_pending());
+    }
+
+    #[test]
+    fn the_stream_ends_once_every_sender_is_gone_after_the_last_acknowledgement() {
+        let (acks, mut stream) = ack_channel(ack(1));
+        let other = acks.clone();
+        assert_eq!(seq(poll(&mut stream)), 1);
+        drop(acks);
+        assert!(poll(&mut stream).is_pending(), "one sender is left");
+        other.send_replace(Err(Status::unavailable("stopping")));
+        drop(other);
+        match poll(&mut stream) {
+            Poll::Ready(Some(Err(status))) => assert_eq!(status.code(), Code::Unavailable),
+            other => panic!("expected the error first, got {other:?}"),
+        }
+        assert!(matches!(poll(&mut stream), Poll::Ready(None)));
+    }
+
+    #[tokio::test]
+    async fn a_waiting_stream_is_woken_by_a_send_and_by_the_last_sender_leaving() {
+        use tokio_stream::StreamExt;
+        let (acks, mut stream) = ack_channel(ack(1));
+        assert_eq!(stream.next().await.unwrap().unwrap().held[0].seq, 1);
+        let reader = tokio::spawn(async move {
+            let next = stream.next().await.map(|a| a.unwrap().held[0].seq);
+            (next, stream.next().await.is_none())
+        });
+        tokio::task::yield_now().await;
+        acks.send_replace(ack(7));
+        tokio::task::yield_now().await;
+        drop(acks);
+        assert_eq!(reader.await.unwrap(), (Some(7), true));
+    }
 }

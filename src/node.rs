@@ -49,8 +49,8 @@ use crate::delivery_log::{Audience, DeliveryLog, LogLimits, Read, ReaderId};
 use crate::diagram::{self, Call, Dir, Record};
 use crate::error::{Error, Result, end_status};
 use crate::proto::{
-    Event, Gap, JoinFrame, NodeId, Participant, PublishReply, RelayAck, Resume, ServerList,
-    SessionGrant, join_frame,
+    Event, Gap, JoinFrame, NodeId, Participant, PublishReply, Resume, ServerList, SessionGrant,
+    join_frame,
 };
 use crate::rate::{PublishRate, RateLimit};
 use crate::wire::{self, EncodedFrame, Wired};
@@ -274,7 +274,7 @@ pub(crate) struct State {
     sinks: HashMap<String, Sink>,
     pub(crate) links: HashMap<String, LinkHandle>,
     /// The acknowledgement channel of each inbound relay link, by its number.
-    pub(crate) ack_watches: HashMap<u64, watch::Sender<Result<RelayAck, Status>>>,
+    pub(crate) ack_watches: HashMap<u64, crate::mesh::AckSender>,
     /// Callers waiting for the answer to a request.
     replies: FastMap<RequestId, oneshot::Sender<Answer>>,
     next_request: RequestId,
@@ -845,7 +845,7 @@ impl Node {
                             );
                         }
                         if let Some(acks) = state.ack_watches.get(&link) {
-                            let _ = acks.send_replace(Ok(ack));
+                            acks.send_replace(Ok(ack));
                         }
                     }
                     Output::Removed(reason) => {

@@ -2,7 +2,7 @@
 //! `Status`. No chat logic lives here.
 
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, WatchStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info, instrument, warn};
 
@@ -12,9 +12,8 @@ use crate::proto::server::chitty_chat_server::ChittyChat;
 use crate::proto::server::server_mesh_server::ServerMesh;
 use crate::proto::{
     JoinRequest, LeaveReply, LeaveRequest, ListParticipantsReply, ListParticipantsRequest,
-    ListServersReply, ListServersRequest, PublishOutcome, PublishReply, PublishRequest, RelayAck,
-    RelayFrame, ServerJoinReply, ServerJoinRequest, UpdateServersReply, UpdateServersRequest,
-    relay_frame,
+    ListServersReply, ListServersRequest, PublishOutcome, PublishReply, PublishRequest, RelayFrame,
+    ServerJoinReply, ServerJoinRequest, UpdateServersReply, UpdateServersRequest, relay_frame,
 };
 
 /// The client-facing `ChittyChat` service.
@@ -267,9 +266,9 @@ impl MeshService {
 #[tonic::async_trait]
 impl ServerMesh for MeshService {
     /// Acknowledgements are cumulative: the stream carries the latest one
-    /// (a watch), so a slow reader skips stale ones and never misses the
-    /// newest.
-    type RelayStream = WatchStream<Result<RelayAck, Status>>;
+    /// (`mesh::ack_channel`), so a slow reader skips stale ones and never
+    /// misses the newest.
+    type RelayStream = crate::mesh::AckStream;
 
     #[instrument(name = "ServerJoin", skip_all)]
     async fn server_join(
@@ -320,6 +319,6 @@ impl ServerMesh for MeshService {
             inbound,
             opened.acks,
         ));
-        Ok(Response::new(WatchStream::new(rx)))
+        Ok(Response::new(rx))
     }
 }

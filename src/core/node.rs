@@ -1727,15 +1727,24 @@ impl NodeCore {
                 origin != peer && origin != &self.me && mark_of(&self.last_acked, origin) != m.seq
             })
         });
-        for (&link, node) in &self.inbound {
-            if others_moved || node == peer {
-                self.outputs.push(Output::Ack {
-                    link,
-                    ack: ack.clone(),
-                });
+        remember_marks(&mut self.last_acked, &ack.held);
+        let mut links = self
+            .inbound
+            .iter()
+            .filter(|&(_, node)| others_moved || node == peer)
+            .map(|(&link, _)| link)
+            .peekable();
+        let mut ack = Some(ack);
+        while let Some(link) = links.next() {
+            // Each link its own copy, the last one this.
+            let ack = match links.peek() {
+                Some(_) => ack.clone(),
+                None => ack.take(),
+            };
+            if let Some(ack) = ack {
+                self.outputs.push(Output::Ack { link, ack });
             }
         }
-        self.last_acked = ack.held;
         self.check_resumes(now);
         self.check_handoffs(now);
         result
@@ -2804,6 +2813,21 @@ fn queue_bounded(queue: &mut VecDeque<Queued>, queued: Queued, outputs: &mut Vec
 }
 
 /// The sequence number `marks` give for `origin` (0 if none).
+/// Makes `last` hold what `marks` holds, in place when both name the same
+/// origins in the same order (as acknowledgements from one node do, until
+/// its peers change), so that nothing is allocated.
+fn remember_marks(last: &mut Vec<SeqMark>, marks: &[SeqMark]) {
+    let same_origins =
+        last.len() == marks.len() && last.iter().zip(marks).all(|(l, m)| l.origin == m.origin);
+    if same_origins {
+        for (l, m) in last.iter_mut().zip(marks) {
+            l.seq = m.seq;
+        }
+    } else {
+        *last = marks.to_vec();
+    }
+}
+
 fn mark_of(marks: &[SeqMark], origin: &NodeId) -> u64 {
     marks
         .iter()
