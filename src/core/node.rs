@@ -2812,7 +2812,6 @@ fn queue_bounded(queue: &mut VecDeque<Queued>, queued: Queued, outputs: &mut Vec
     }
 }
 
-/// The sequence number `marks` give for `origin` (0 if none).
 /// Makes `last` hold what `marks` holds, in place when both name the same
 /// origins in the same order (as acknowledgements from one node do, until
 /// its peers change), so that nothing is allocated.
@@ -2828,6 +2827,7 @@ fn remember_marks(last: &mut Vec<SeqMark>, marks: &[SeqMark]) {
     }
 }
 
+/// The sequence number `marks` give for `origin` (0 if none).
 fn mark_of(marks: &[SeqMark], origin: &NodeId) -> u64 {
     marks
         .iter()
