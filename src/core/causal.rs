@@ -102,15 +102,19 @@ impl<'a> Borrow<dyn Incarnation + 'a> for OriginKey {
 }
 
 /// `marks` as sequence marks, sorted by origin.
-fn sorted_marks(mut marks: Vec<(&OriginKey, u64)>) -> Vec<SeqMark> {
-    marks.sort();
-    marks
-        .into_iter()
+fn sorted_marks<'a>(marks: impl Iterator<Item = (&'a OriginKey, u64)>) -> Vec<SeqMark> {
+    let mut marks: Vec<SeqMark> = marks
         .map(|(origin, seq)| SeqMark {
             origin: Some(origin.to_node_id()),
             seq,
         })
-        .collect()
+        .collect();
+    // By origin, as `OriginKey` orders them (each origin is there once).
+    fn key(mark: &SeqMark) -> Option<(&str, u64)> {
+        mark.origin.as_ref().map(|o| (o.id.as_str(), o.generation))
+    }
+    marks.sort_by(|a, b| key(a).cmp(&key(b)));
+    marks
 }
 
 /// Whether two incarnations are the same.
@@ -251,7 +255,7 @@ impl HoldBack {
 
     /// The delivered vector, sorted by origin.
     pub fn delivered(&self) -> Vec<SeqMark> {
-        sorted_marks(self.delivered.iter().map(|(k, &seq)| (k, seq)).collect())
+        sorted_marks(self.delivered.iter().map(|(k, &seq)| (k, seq)))
     }
 
     /// Highest seq delivered from `origin` (0 for none).
@@ -270,8 +274,7 @@ impl HoldBack {
         sorted_marks(
             self.pending
                 .iter()
-                .filter_map(|(origin, queue)| Some((origin, *queue.keys().next_back()?)))
-                .collect(),
+                .filter_map(|(origin, queue)| Some((origin, *queue.keys().next_back()?))),
         )
     }
 
@@ -346,8 +349,7 @@ impl HoldBack {
             self.delivered
                 .iter()
                 .filter(|(origin, _)| !same(*origin, except))
-                .map(|(origin, &seq)| (origin, seq))
-                .collect(),
+                .map(|(origin, &seq)| (origin, seq)),
         )
     }
 
@@ -585,6 +587,27 @@ mod tests {
         let key = OriginKey::from(&me2);
         assert_eq!(key.to_node_id(), me2);
         assert_eq!(hb.delivered_of(&key), 0);
+    }
+
+    #[test]
+    fn marks_come_sorted_by_origin_then_generation() {
+        let mut hb = HoldBack::new(10);
+        let node_gen = |id: &str, generation| NodeId {
+            id: id.into(),
+            generation,
+        };
+        for (id, generation) in [("c", 1), ("a", 2), ("b", 1), ("a", 1), ("ab", 1)] {
+            hb.record_own(&node_gen(id, generation), 3);
+        }
+        let order: Vec<(String, u64)> = hb
+            .delivered()
+            .into_iter()
+            .map(|m| m.origin.map(|o| (o.id, o.generation)).unwrap())
+            .collect();
+        let expected = [("a", 1), ("a", 2), ("ab", 1), ("b", 1), ("c", 1)];
+        assert_eq!(order, expected.map(|(id, g)| (id.to_string(), g)));
+        let deps: Vec<u64> = hb.deps(&node_gen("b", 1)).iter().map(|m| m.seq).collect();
+        assert_eq!(deps, [3, 3, 3, 3]);
     }
 
     /// A simulated origin node: stamps events and receives the others' in

@@ -312,11 +312,12 @@ impl ChatCore {
         validate::message(text)?;
         let time = self.clock.observe(lamport);
         let name = self.roster.get(&pid).expect("a local owner").name.clone();
+        // The owner's id and name are this event's: moved into it.
         let event = self.stamp(
             time,
             EventKind::Message,
-            &pid,
-            &name,
+            pid,
+            name,
             text.to_string(),
             publish_id,
         );
@@ -987,8 +988,8 @@ impl ChatCore {
         &mut self,
         lamport: u64,
         kind: EventKind,
-        participant_id: &str,
-        name: &str,
+        participant_id: impl Into<String>,
+        name: impl Into<String>,
         text: String,
         publish_id: &str,
     ) -> Arc<Event> {
@@ -1001,8 +1002,8 @@ impl ChatCore {
             }),
             lamport,
             kind: kind as i32,
-            participant_name: name.to_string(),
-            participant_id: participant_id.to_string(),
+            participant_name: name.into(),
+            participant_id: participant_id.into(),
             text,
             publish_id: publish_id.to_string(),
             deps: self.holdback.deps(&self.me),
