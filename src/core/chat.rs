@@ -168,6 +168,9 @@ pub struct ChatCore {
     /// Per origin, the first sequence number ever skipped (lost): a
     /// participant's "joined" may be among them.
     skipped_from: FastMap<OriginKey, u64>,
+    /// Per origin, the highest sequence number skipped: counted as
+    /// delivered without ever being held here.
+    skipped_to: FastMap<OriginKey, u64>,
     limits: CoreLimits,
 }
 
@@ -189,6 +192,7 @@ impl ChatCore {
             hidden_order: VecDeque::new(),
             joined_at: Vec::new(),
             skipped_from: FastMap::default(),
+            skipped_to: FastMap::default(),
             join_marks: FastMap::default(),
             limits,
         }
@@ -685,6 +689,8 @@ impl ChatCore {
             let key = OriginKey::from(origin);
             let from = self.holdback.delivered_of(&key) + 1;
             if mark.seq >= from {
+                let last = self.skipped_to.entry(key.clone()).or_insert(mark.seq);
+                *last = (*last).max(mark.seq);
                 let first = self.skipped_from.entry(key).or_insert(from);
                 *first = (*first).min(from);
             }
@@ -937,10 +943,30 @@ impl ChatCore {
         self.holdback.received_of(origin)
     }
 
-    /// Per origin, the events this node counts as delivered but never held:
-    /// those older than its join to the cluster.
-    pub fn never_held(&self) -> &[SeqMark] {
-        &self.joined_at
+    /// Per origin, up to where this node counts events as delivered without
+    /// having held them all: those older than its join to the cluster, and
+    /// those it skipped as lost. A peer waiting for such events must not
+    /// wait for this node to bring them. Sorted by origin.
+    pub fn never_held(&self) -> Vec<SeqMark> {
+        let mut marks = self.joined_at.clone();
+        for (origin, &seq) in &self.skipped_to {
+            let origin = origin.to_node_id();
+            match marks
+                .iter_mut()
+                .find(|m| m.origin.as_ref() == Some(&origin))
+            {
+                Some(mark) => mark.seq = mark.seq.max(seq),
+                None => marks.push(SeqMark {
+                    origin: Some(origin),
+                    seq,
+                }),
+            }
+        }
+        marks.sort_by(|a, b| {
+            let key = |m: &SeqMark| m.origin.clone().map(|o| (o.id, o.generation));
+            key(a).cmp(&key(b))
+        });
+        marks
     }
 
     /// Whether history holds event `seq` of `origin`.

@@ -360,7 +360,7 @@ struct Peer {
     /// depend on: they come too.
     held_back: Vec<SeqMark>,
     /// What the peer said it counts as held but never had (older than its
-    /// join): it cannot re-send those.
+    /// join, or skipped as lost): it cannot re-send those.
     never_held: Vec<SeqMark>,
     /// When this node last heard that the peer runs.
     last_seen: Instant,
@@ -580,6 +580,9 @@ pub struct NodeCore {
     next_inbound: u64,
     /// What this node held at the last acknowledgement on any inbound link.
     last_acked: Vec<SeqMark>,
+    /// What this node last told its peers it counts as delivered but never
+    /// held ([`ChatCore::never_held`]).
+    never_held_told: Vec<SeqMark>,
     /// Departed nodes and when they were seen to go: their participants are
     /// announced once reconciliation had time to finish.
     departed: BTreeMap<(String, u64), (NodeId, Instant)>,
@@ -629,6 +632,7 @@ impl NodeCore {
             inbound: BTreeMap::new(),
             next_inbound: 1,
             last_acked: Vec::new(),
+            never_held_told: Vec::new(),
             departed: BTreeMap::new(),
             gate: VecDeque::new(),
             next_gate: 0,
@@ -1810,8 +1814,33 @@ impl NodeCore {
             events,
             grants,
             late,
-            never_held: self.chat.never_held().to_vec(),
+            never_held: self.chat.never_held(),
         })
+    }
+
+    /// Tells every connected peer what this node counts as delivered but
+    /// never held, when that grew (it skipped lost events): a peer waiting
+    /// for those events releases them too, instead of waiting for this node
+    /// to bring them. (A peer whose link comes up later is told with its
+    /// replay.)
+    fn tell_never_held(&mut self) {
+        let never_held = self.chat.never_held();
+        if never_held == self.never_held_told {
+            return;
+        }
+        for p in self.peers.values().filter(|p| p.up) {
+            self.outputs.push(Output::Forward {
+                peer: p.named.clone(),
+                replay: Replay {
+                    skip: None,
+                    events: Vec::new(),
+                    grants: Vec::new(),
+                    late: true,
+                    never_held: never_held.clone(),
+                },
+            });
+        }
+        self.never_held_told = never_held;
     }
 
     /// The outgoing link to `peer` broke; it reconnects by itself.
@@ -2018,6 +2047,7 @@ impl NodeCore {
         }
 
         self.announce_orphans(now);
+        self.tell_never_held();
 
         for p in self.peers.values_mut() {
             if p.up && now >= p.next_heartbeat {
