@@ -109,12 +109,17 @@ fn sorted_marks<'a>(marks: impl Iterator<Item = (&'a OriginKey, u64)>) -> Vec<Se
             seq,
         })
         .collect();
-    // By origin, as `OriginKey` orders them (each origin is there once).
+    sort_by_origin(&mut marks);
+    marks
+}
+
+/// Sorts `marks` by origin, as `OriginKey` orders origins: by id, then
+/// generation.
+pub fn sort_by_origin(marks: &mut [SeqMark]) {
     fn key(mark: &SeqMark) -> Option<(&str, u64)> {
         mark.origin.as_ref().map(|o| (o.id.as_str(), o.generation))
     }
     marks.sort_by(|a, b| key(a).cmp(&key(b)));
-    marks
 }
 
 /// Whether two incarnations are the same.

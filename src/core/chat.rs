@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::core::FastMap;
-use crate::core::causal::{HoldBack, Offer, OriginKey};
+use crate::core::causal::{self, HoldBack, Offer, OriginKey};
 use crate::core::clock::LamportClock;
 use crate::core::dedupe::{PublishDedupe, PublishKey};
 use crate::core::error::{Error, Result};
@@ -962,10 +962,7 @@ impl ChatCore {
                 }),
             }
         }
-        marks.sort_by(|a, b| {
-            let key = |m: &SeqMark| m.origin.clone().map(|o| (o.id, o.generation));
-            key(a).cmp(&key(b))
-        });
+        causal::sort_by_origin(&mut marks);
         marks
     }
 

@@ -1725,7 +1725,7 @@ impl NodeCore {
         // own events held here, comes on its own link): with every link
         // acknowledged for every frame, a node wrote an acknowledgement to
         // each of its peers for each frame it received.
-        let ack = self.ack();
+        let mut ack = self.ack();
         let others_moved = ack.held.iter().any(|m| {
             m.origin.as_ref().is_some_and(|origin| {
                 origin != peer && origin != &self.me && mark_of(&self.last_acked, origin) != m.seq
@@ -1738,16 +1738,13 @@ impl NodeCore {
             .filter(|&(_, node)| others_moved || node == peer)
             .map(|(&link, _)| link)
             .peekable();
-        let mut ack = Some(ack);
         while let Some(link) = links.next() {
             // Each link its own copy, the last one this.
             let ack = match links.peek() {
                 Some(_) => ack.clone(),
-                None => ack.take(),
+                None => std::mem::take(&mut ack),
             };
-            if let Some(ack) = ack {
-                self.outputs.push(Output::Ack { link, ack });
-            }
+            self.outputs.push(Output::Ack { link, ack });
         }
         self.check_resumes(now);
         self.check_handoffs(now);
