@@ -162,24 +162,23 @@ impl EncodedFrame {
     /// An `events` frame from parts made by [`event_field`]; `events` is
     /// kept as the frame's parts.
     pub fn events(events: Vec<Bytes>) -> Self {
-        let body: usize = events.iter().map(Bytes::len).sum();
-        let header = FieldHeader::new(JOIN_FRAME_EVENTS, body);
-        Self {
-            len: header.as_slice().len() + body,
-            header,
-            first: Bytes::new(),
-            rest: events,
-        }
+        let body = events.iter().map(Bytes::len).sum();
+        Self::events_of(body, Bytes::new(), events)
     }
 
     /// An `events` frame of one event, made by [`event_field`].
     pub fn event(event: Bytes) -> Self {
-        let header = FieldHeader::new(JOIN_FRAME_EVENTS, event.len());
+        Self::events_of(event.len(), event, Vec::new())
+    }
+
+    /// An `events` frame of `first`, then `rest`: `body` bytes in all.
+    fn events_of(body: usize, first: Bytes, rest: Vec<Bytes>) -> Self {
+        let header = FieldHeader::new(JOIN_FRAME_EVENTS, body);
         Self {
-            len: header.as_slice().len() + event.len(),
+            len: header.as_slice().len() + body,
             header,
-            first: event,
-            rest: Vec::new(),
+            first,
+            rest,
         }
     }
 }
